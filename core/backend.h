@@ -1,0 +1,206 @@
+/* backend.h: the compute backend interface (a table of function pointers plus an opaque
+ * context, in the spirit of ggml's backends) and the registry that picks one by name.
+ *
+ * Tensors
+ *   cz_tensor is a small value type: a logical NCHW shape, a dtype, and a pointer to storage
+ *   that the backend allocated (host memory for CPU backends, device memory for CUDA). The
+ *   backend chooses the physical layout at allocation (plain NCHW, or a blocked layout such as
+ *   oneDNN's nChw16c) and records it in `layout`; only the backend that allocated a tensor
+ *   interprets its storage. Host code moves data in and out with tensor_write/tensor_read,
+ *   always as plain fp32 NCHW. Weight tensors use the same 4-d shape: conv weights are
+ *   (out, in, kh, kw), transposed-conv weights (in, out, kh, kw) as in PyTorch; vectors
+ *   (bias, BatchNorm parameters) are (1, C, 1, 1).
+ *
+ *   Batch views: a tensor allocated for batch N can be used with any n <= N by copying the
+ *   struct and lowering `n` (cz_tensor_batch_view). Every layout a backend uses must keep
+ *   batch as the outermost dimension so that such a view is the buffer's prefix.
+ *
+ * Ops
+ *   Forward ops for inference and training, and a backward slot for each. Output tensors are
+ *   allocated by the caller (the model plans all memory once; ops never allocate tensors,
+ *   though a backend may cache primitives / scratch keyed by shape on first use). A backend
+ *   leaves a slot NULL when it does not implement it; cz_backend_call_* helpers turn that into
+ *   CZ_ERR_UNSUPPORTED. Every op validates shapes and returns CZ_ERR_SHAPE with a detail.
+ *   `y == x` (in place) is allowed for act_fwd only.
+ *
+ * Threading: a backend instance is used by one thread at a time (the device-owner thread in
+ * the server). Creating several instances is allowed.
+ *
+ * Tested by tests/unit/test_ops.c (every op of every backend against `ref`). */
+#ifndef CZ_BACKEND_H
+#define CZ_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "status.h"
+
+typedef enum cz_dtype { CZ_F32 = 0, CZ_BF16 = 1, CZ_F16 = 2 } cz_dtype;
+
+/* Size in bytes of one element of `dt`. */
+size_t cz_dtype_size(cz_dtype dt);
+const char *cz_dtype_name(cz_dtype dt);
+/* Parses "fp32"/"f32", "bf16", "fp16"/"f16"; returns -1 when unknown. */
+int cz_dtype_parse(const char *name);
+
+/* What a tensor is for: lets a backend pick the best physical layout at allocation. */
+typedef enum cz_role {
+    CZ_ROLE_ACT = 0,      /* activations, gradients of activations */
+    CZ_ROLE_CONV_W = 1,   /* conv weights (out, in, kh, kw) */
+    CZ_ROLE_DECONV_W = 2, /* transposed-conv weights (in, out, kh, kw) */
+    CZ_ROLE_VEC = 3       /* per-channel vectors (1, C, 1, 1) */
+} cz_role;
+
+typedef struct cz_tensor {
+    void *data;     /* backend storage; NULL for an unallocated tensor */
+    cz_dtype dtype;
+    cz_role role;
+    int layout;     /* backend-private layout id; 0 = plain NCHW */
+    int n, c, h, w; /* logical shape; n may be lowered for a batch view */
+    int cap_n;      /* batch the storage was allocated for */
+} cz_tensor;
+
+static inline size_t cz_tensor_numel(const cz_tensor *t) {
+    return (size_t)t->n * (size_t)t->c * (size_t)t->h * (size_t)t->w;
+}
+static inline cz_tensor cz_tensor_batch_view(cz_tensor t, int n) {
+    t.n = n;
+    return t;
+}
+
+typedef enum cz_act { CZ_ACT_NONE = 0, CZ_ACT_RELU = 1, CZ_ACT_LRELU = 2, CZ_ACT_TANH = 3 } cz_act;
+
+/* Square kernels; kernel size comes from the weight tensor. `act` is applied after the bias
+ * (fused where the backend can). `alpha` is LeakyReLU's negative slope. */
+typedef struct cz_conv_params {
+    int stride;
+    int pad;
+    cz_act act;
+    float alpha;
+} cz_conv_params;
+
+typedef struct cz_backend cz_backend;
+
+typedef struct cz_backend_ops {
+    const char *name; /* "ref", "dnnl", "cuda" */
+
+    void (*destroy)(cz_backend *be);
+    /* Whether tensors/ops of this dtype are supported (CZ_F32 always is). */
+    int (*supports)(cz_backend *be, cz_dtype dt);
+
+    /* ---- memory ---- */
+    /* In: t->dtype, t->role, t->n/c/h/w. Out: t->data, t->layout, t->cap_n = t->n. */
+    cz_status (*tensor_alloc)(cz_backend *be, cz_tensor *t);
+    void (*tensor_free)(cz_backend *be, cz_tensor *t); /* NULL data is a no-op */
+    /* Host side is always plain NCHW fp32 with numel(t) elements. */
+    cz_status (*tensor_write)(cz_backend *be, cz_tensor *t, const float *src);
+    cz_status (*tensor_read)(cz_backend *be, const cz_tensor *t, float *dst);
+    cz_status (*tensor_zero)(cz_backend *be, cz_tensor *t);
+    /* Waits for queued work (no-op on synchronous backends). */
+    cz_status (*sync)(cz_backend *be);
+
+    /* ---- forward ---- */
+    /* y = act(conv(x, w) + b); b may be NULL. */
+    cz_status (*conv2d)(cz_backend *be, const cz_tensor *x, const cz_tensor *w, const cz_tensor *b,
+                        const cz_conv_params *p, cz_tensor *y);
+    /* y = act(conv_transpose(x, w) + b); b may be NULL. Output size (h-1)*stride - 2*pad + k. */
+    cz_status (*deconv2d)(cz_backend *be, const cz_tensor *x, const cz_tensor *w,
+                          const cz_tensor *b, const cz_conv_params *p, cz_tensor *y);
+    /* Inference BatchNorm with running statistics: y = (x-mean)/sqrt(var+eps)*gamma + beta. */
+    cz_status (*bn_infer)(cz_backend *be, const cz_tensor *x, const cz_tensor *gamma,
+                          const cz_tensor *beta, const cz_tensor *mean, const cz_tensor *var,
+                          float eps, cz_tensor *y);
+    /* Training BatchNorm with batch statistics (biased variance for normalization). Writes the
+     * batch mean and 1/sqrt(var+eps) to save_mean/save_invstd (1,C,1,1, fp32) for backward,
+     * and updates running_mean/running_var (unbiased variance) with `momentum` when not NULL. */
+    cz_status (*bn_train_fwd)(cz_backend *be, const cz_tensor *x, const cz_tensor *gamma,
+                              const cz_tensor *beta, float eps, float momentum,
+                              cz_tensor *running_mean, cz_tensor *running_var,
+                              cz_tensor *save_mean, cz_tensor *save_invstd, cz_tensor *y);
+    /* y = act(x); y may equal x. */
+    cz_status (*act_fwd)(cz_backend *be, cz_act act, float alpha, const cz_tensor *x, cz_tensor *y);
+    /* y = concat(a, b) along channels: y->c == a->c + b->c. */
+    cz_status (*concat)(cz_backend *be, const cz_tensor *a, const cz_tensor *b, cz_tensor *y);
+    /* Inverted dropout: mask = (u >= p) / (1-p) from a counter-based RNG on (seed, index);
+     * y = x * mask. mask has x's shape. */
+    cz_status (*dropout_fwd)(cz_backend *be, float p, uint64_t seed, const cz_tensor *x,
+                             cz_tensor *mask, cz_tensor *y);
+    /* Mean over all elements of BCE-with-logits(x, target) with a constant target (0 or 1). */
+    cz_status (*bce_logits_fwd)(cz_backend *be, const cz_tensor *x, float target, double *loss);
+    /* Mean absolute difference mean|a - b|. */
+    cz_status (*l1_fwd)(cz_backend *be, const cz_tensor *a, const cz_tensor *b, double *loss);
+
+    /* ---- backward (training) ---- */
+    /* dx = conv2d backward-data. */
+    cz_status (*conv2d_bwd_data)(cz_backend *be, const cz_tensor *dy, const cz_tensor *w,
+                                 const cz_conv_params *p, cz_tensor *dx);
+    /* dw (+)= grad wrt weights; db (+)= grad wrt bias when db != NULL. accumulate != 0 adds
+     * to the existing gradient instead of overwriting it. */
+    cz_status (*conv2d_bwd_weights)(cz_backend *be, const cz_tensor *x, const cz_tensor *dy,
+                                    const cz_conv_params *p, cz_tensor *dw, cz_tensor *db,
+                                    int accumulate);
+    cz_status (*deconv2d_bwd_data)(cz_backend *be, const cz_tensor *dy, const cz_tensor *w,
+                                   const cz_conv_params *p, cz_tensor *dx);
+    cz_status (*deconv2d_bwd_weights)(cz_backend *be, const cz_tensor *x, const cz_tensor *dy,
+                                      const cz_conv_params *p, cz_tensor *dw, cz_tensor *db,
+                                      int accumulate);
+    cz_status (*bn_train_bwd)(cz_backend *be, const cz_tensor *x, const cz_tensor *dy,
+                              const cz_tensor *gamma, const cz_tensor *save_mean,
+                              const cz_tensor *save_invstd, cz_tensor *dx, cz_tensor *dgamma,
+                              cz_tensor *dbeta, int accumulate);
+    /* dx = dy * act'(.), computed from the forward output y (relu, lrelu, tanh all allow it). */
+    cz_status (*act_bwd)(cz_backend *be, cz_act act, float alpha, const cz_tensor *y,
+                         const cz_tensor *dy, cz_tensor *dx);
+    /* Splits dy (channels a.c + b.c) into da, db; accumulate adds to them. */
+    cz_status (*concat_bwd)(cz_backend *be, const cz_tensor *dy, cz_tensor *da, cz_tensor *db,
+                            int accumulate);
+    cz_status (*dropout_bwd)(cz_backend *be, const cz_tensor *mask, const cz_tensor *dy,
+                             cz_tensor *dx);
+    /* dx = scale * d(mean BCE)/dx. */
+    cz_status (*bce_logits_bwd)(cz_backend *be, const cz_tensor *x, float target, float scale,
+                                cz_tensor *dx);
+    /* da = scale * d(mean|a-b|)/da (sign(a-b)/numel, 0 at equality). */
+    cz_status (*l1_bwd)(cz_backend *be, const cz_tensor *a, const cz_tensor *b, float scale,
+                        cz_tensor *da);
+    /* One Adam step on fp32 params: m,v moments; t is the 1-based step count. */
+    cz_status (*adam_step)(cz_backend *be, cz_tensor *param, const cz_tensor *grad, cz_tensor *m,
+                           cz_tensor *v, float lr, float beta1, float beta2, float eps, int t);
+} cz_backend_ops;
+
+/* Every backend instance starts with this header; implementations embed it first. */
+struct cz_backend {
+    const cz_backend_ops *ops;
+    int threads; /* CPU threads the backend may use (0 = library default) */
+};
+
+/* ---- registry ---- */
+typedef struct cz_backend_options {
+    int threads; /* 0 = all available cores */
+} cz_backend_options;
+
+/* Creates a backend by name: "ref", "dnnl", "cuda", or "auto" (cuda -> dnnl -> ref, first
+ * that is compiled in and initializes; the choice is logged). CZ_ERR_UNAVAILABLE when the
+ * named backend is not compiled in or cannot start here (detail says why). */
+cz_status cz_backend_create(const char *name, const cz_backend_options *opt, cz_backend **out);
+void cz_backend_destroy(cz_backend *be);
+/* Names compiled into this build, NULL-terminated. */
+const char *const *cz_backend_names(void);
+
+/* Implementations (each returns CZ_ERR_UNAVAILABLE when it cannot run here). */
+cz_status cz_backend_ref_create(const cz_backend_options *opt, cz_backend **out);
+cz_status cz_backend_dnnl_create(const cz_backend_options *opt, cz_backend **out);
+cz_status cz_backend_cuda_create(const cz_backend_options *opt, cz_backend **out);
+
+/* ---- convenience wrappers (NULL slot -> CZ_ERR_UNSUPPORTED with the op's name) ---- */
+cz_status cz_tensor_alloc(cz_backend *be, cz_tensor *t, cz_dtype dt, cz_role role, int n, int c,
+                          int h, int w);
+void cz_tensor_free(cz_backend *be, cz_tensor *t);
+int cz_shape_eq(const cz_tensor *a, const cz_tensor *b);
+
+/* Float <-> bfloat16 / half conversions (round to nearest even), shared by backends. */
+uint16_t cz_f32_to_bf16(float f);
+float cz_bf16_to_f32(uint16_t h);
+uint16_t cz_f32_to_f16(float f);
+float cz_f16_to_f32(uint16_t h);
+
+#endif

@@ -1,0 +1,112 @@
+/* image.h: images in and out of the engine.
+ *
+ *  - codecs: JPEG (libjpeg-turbo) and PNG (libspng) decode/encode to 8-bit interleaved
+ *    gray or RGB. Dimensions and pixel count are checked from the header before any pixel
+ *    buffer is allocated. Alpha is composited on white; palette, 1-16 bit, interlaced PNG,
+ *    grayscale, CMYK/YCCK and progressive JPEG (scan count capped) are handled; EXIF
+ *    orientation is applied so the decoded image is upright.
+ *  - color: sRGB <-> CIE Lab (D65).
+ *  - geometry for the network: render size, reflect padding, crop, bilinear resize, and the
+ *    merge of predicted ab with the ORIGINAL full-resolution L (output luminance == input
+ *    luminance up to 8-bit rounding).
+ *
+ * All functions are reentrant and thread-safe (no global state). Buffers returned are owned
+ * by the caller (free with cz_image_free / free()).
+ * Tested by tests/unit/test_image_codec.c and tests/unit/test_image_color.c. */
+#ifndef CZ_IMAGE_H
+#define CZ_IMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "status.h"
+
+typedef enum cz_image_format {
+    CZ_FMT_UNKNOWN = 0,
+    CZ_FMT_JPEG = 1,
+    CZ_FMT_PNG = 2
+} cz_image_format;
+
+/* 8-bit image, rows top to bottom, `channels` interleaved samples per pixel (1 = gray, 3 = RGB),
+ * stride = width * channels. */
+typedef struct cz_image {
+    int width, height, channels;
+    uint8_t *px;
+} cz_image;
+
+typedef struct cz_image_limits {
+    uint64_t max_pixels;  /* width*height limit, checked from the header (default 40e6) */
+    int max_dimension;    /* limit on either side (default 65535) */
+    int max_jpeg_scans;   /* progressive JPEG scan cap (default 64) */
+} cz_image_limits;
+
+void cz_image_limits_default(cz_image_limits *lim);
+
+/* Identifies the format from magic bytes alone (never from a file name or MIME type). */
+cz_image_format cz_image_sniff(const void *data, size_t len);
+const char *cz_image_format_name(cz_image_format f); /* "jpeg", "png", "unknown" */
+/* Parses "jpeg"/"jpg"/"png"; CZ_FMT_UNKNOWN otherwise. */
+cz_image_format cz_image_format_parse(const char *name);
+
+/* Decodes a JPEG or PNG held in memory. On success `out` holds a 1- or 3-channel upright
+ * image (grayscale sources stay 1-channel). `fmt` (may be NULL) receives the sniffed format.
+ * Errors: CZ_ERR_UNSUPPORTED_FORMAT, CZ_ERR_CORRUPT_IMAGE, CZ_ERR_TRUNCATED_IMAGE,
+ * CZ_ERR_TOO_MANY_PIXELS, CZ_ERR_EMPTY_IMAGE, CZ_ERR_NOMEM; the error detail says what. */
+cz_status cz_image_decode(const void *data, size_t len, const cz_image_limits *lim,
+                          cz_image *out, cz_image_format *fmt);
+/* Reads only the header: dimensions (after EXIF orientation) without decoding pixels. */
+cz_status cz_image_probe(const void *data, size_t len, const cz_image_limits *lim, int *width,
+                         int *height, cz_image_format *fmt);
+/* Encodes to JPEG (quality 1..100) or PNG (quality ignored). *out is malloc'd. */
+cz_status cz_image_encode(const cz_image *img, cz_image_format fmt, int quality, uint8_t **out,
+                          size_t *out_len);
+cz_status cz_image_alloc(cz_image *img, int width, int height, int channels);
+void cz_image_free(cz_image *img); /* frees px, zeroes the struct; NULL-safe */
+
+/* ---- color ---- */
+/* sRGB 8-bit -> CIE Lab (D65): L in [0,100], a/b roughly [-110, 110]. */
+void cz_srgb8_to_lab(const uint8_t rgb[3], float lab[3]);
+/* Lab -> sRGB 8-bit, gamut-clipped. */
+void cz_lab_to_srgb8(const float lab[3], uint8_t rgb[3]);
+/* Float sRGB in [0,1] <-> Lab (for rgb-mode models). */
+void cz_srgbf_to_lab(const float rgb[3], float lab[3]);
+void cz_lab_to_srgbf(const float lab[3], float rgb[3]);
+/* Full-resolution L plane (width*height floats) of an image; color images use their luminance. */
+cz_status cz_image_lightness(const cz_image *img, float *L);
+
+/* ---- geometry for the network ---- */
+/* How an image of src_w x src_h is placed in the network's input: scaled so the long side is
+ * `render` (never stretched: aspect kept, each side rounded, at least 1), then reflect-padded
+ * to net_w x net_h, each a multiple of `multiple` (2^depth), with the scaled image at
+ * (off_x, off_y). */
+typedef struct cz_render_geom {
+    int src_w, src_h;
+    int scaled_w, scaled_h;
+    int net_w, net_h;
+    int off_x, off_y;
+} cz_render_geom;
+
+cz_status cz_render_geom_compute(int src_w, int src_h, int render, int multiple,
+                                 cz_render_geom *g);
+/* Bilinear resize of one float plane (half-pixel centers, like OpenCV INTER_LINEAR without
+ * antialiasing when upsampling; area-averaging when downsampling by more than 2x is
+ * acceptable as long as it is documented in the implementation). */
+void cz_resize_plane(const float *src, int sw, int sh, float *dst, int dw, int dh);
+/* Reflect padding (like numpy 'reflect': edge not repeated) of a sw x sh plane into a
+ * dw x dh plane at (ox, oy). Requires pads smaller than the source side, otherwise repeats
+ * the reflection (handles any size). */
+void cz_pad_reflect_plane(const float *src, int sw, int sh, float *dst, int dw, int dh, int ox,
+                          int oy);
+/* Crop a cw x ch window at (ox, oy) out of a sw-wide plane. */
+void cz_crop_plane(const float *src, int sw, float *dst, int cw, int ch, int ox, int oy);
+
+/* Network input for lab-mode models: L plane (full resolution, [0,100]) -> net_w x net_h
+ * plane in [-1, 1] (L/50 - 1), resized and reflect-padded per `g`. */
+void cz_render_input_L(const float *L_full, const cz_render_geom *g, float *net_in);
+/* Final merge: ab planes at network resolution (2 planes of net_w x net_h, in Lab units) are
+ * cropped to the scaled image, bilinearly upsampled to the source size, and combined with the
+ * source's own full-resolution L (L_full) into an RGB image `out` (allocated here). */
+cz_status cz_render_merge_ab(const float *L_full, const float *ab_net, const cz_render_geom *g,
+                             cz_image *out);
+
+#endif
