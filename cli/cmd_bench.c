@@ -1,0 +1,153 @@
+/* cmd_bench.c: `colorize bench`: forward-pass throughput of the generator at a fixed size on
+ * freshly initialized weights, for each (precision, batch), as a table (and JSON lines with
+ * --json). Each cell warms up once (plans memory, creates primitives), then runs until both
+ * --min-time seconds and 3 iterations have passed, and reports the median batch time. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cli.h"
+#include "safetensors.h"
+#include "unet.h"
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int cz_cmd_bench(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"backend", required_argument, 0, 'b'}, {"batch", required_argument, 0, 'B'},
+        {"ngf", required_argument, 0, 'n'},     {"precision", required_argument, 0, 'p'},
+        {"size", required_argument, 0, 's'},    {"threads", required_argument, 0, 't'},
+        {"min-time", required_argument, 0, 'T'}, {"json", no_argument, 0, 'j'},
+        {0, 0, 0, 0}};
+    const char *backend = "auto", *batches_s = "1,8", *precs_s = "fp32,bf16";
+    int ngf = 64, size = 256, threads = 0, json = 0, c;
+    double min_time = 3.0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "b:B:n:p:s:t:T:j", opts, NULL)) != -1) {
+        switch (c) {
+        case 'b': backend = optarg; break;
+        case 'B': batches_s = optarg; break;
+        case 'n': ngf = atoi(optarg); break;
+        case 'p': precs_s = optarg; break;
+        case 's': size = atoi(optarg); break;
+        case 't': threads = atoi(optarg); break;
+        case 'T': min_time = atof(optarg); break;
+        case 'j': json = 1; break;
+        default: return 2;
+        }
+    }
+    int batches[16];
+    int nb = cli_parse_int_list(batches_s, batches, 16);
+    if (nb < 0 || ngf < 1 || size < 256 || size % 256 || min_time < 0) {
+        fprintf(stderr, "colorize bench: bad --batch, --ngf, --size (multiple of 256) or --min-time\n");
+        return 2;
+    }
+    cz_dtype precs[4];
+    int np = 0;
+    char *pl = strdup(precs_s);
+    for (char *tok = strtok(pl, ","); tok && np < 4; tok = strtok(NULL, ",")) {
+        int d = cz_dtype_parse(tok);
+        if (d < 0) {
+            fprintf(stderr, "colorize bench: unknown precision '%s'\n", tok);
+            free(pl);
+            return 2;
+        }
+        precs[np++] = (cz_dtype)d;
+    }
+    free(pl);
+
+    cz_backend_options bo = {.threads = threads};
+    cz_backend *be = NULL;
+    if (cz_backend_create(backend, &bo, &be) != CZ_OK) {
+        fprintf(stderr, "colorize bench: %s\n", cz_error_detail());
+        return 1;
+    }
+    /* fresh weights, in memory */
+    cz_unet_arch a = cz_unet_arch_default(ngf, CZ_COLOR_LAB);
+    cz_st_writer *w = NULL;
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    cz_safetensors *st = NULL;
+    cz_status s = cz_st_writer_create(&w);
+    if (s == CZ_OK) s = cz_unet_init_weights(&a, 1, w);
+    if (s == CZ_OK) s = cz_st_writer_bytes(w, &bytes, &len);
+    if (s == CZ_OK) s = cz_st_parse(bytes, len, 0, &st);
+    cz_st_writer_destroy(w);
+    if (s != CZ_OK) {
+        fprintf(stderr, "colorize bench: %s\n", cz_error_detail());
+        free(bytes);
+        cz_backend_destroy(be);
+        return 1;
+    }
+    double gflop = cz_unet_flops(&a, size, size) / 1e9;
+    if (!json) {
+        printf("colorize bench: U-Net ngf %d depth %d, %dx%d, %.2f GFLOP/image, backend %s, threads %d\n", ngf,
+               a.depth, size, size, gflop, be->ops->name, threads);
+        printf("%-9s %6s %12s %12s %10s %8s\n", "precision", "batch", "ms/batch", "images/s", "GFLOP/s", "iters");
+    }
+    int rc = 0;
+    for (int pi = 0; pi < np; pi++) {
+        if (!be->ops->supports(be, precs[pi])) {
+            printf("%-9s  skipped: backend %s does not support it\n", cz_dtype_name(precs[pi]), be->ops->name);
+            continue;
+        }
+        cz_unet *u = NULL;
+        if (cz_unet_create(be, st, precs[pi], &u) != CZ_OK) {
+            fprintf(stderr, "colorize bench: %s\n", cz_error_detail());
+            rc = 1;
+            continue;
+        }
+        for (int bi = 0; bi < nb; bi++) {
+            int n = batches[bi];
+            size_t in_n = (size_t)n * a.in_ch * size * size, out_n = (size_t)n * a.out_ch * size * size;
+            float *in = malloc(in_n * sizeof *in), *out = malloc(out_n * sizeof *out);
+            double times[4096];
+            int iters = 0;
+            s = in && out ? cz_unet_plan(u, n, size, size) : cz_error_set(CZ_ERR_NOMEM, "out of memory");
+            if (s == CZ_OK) {
+                uint64_t r = 12345;
+                for (size_t i = 0; i < in_n; i++) {
+                    r = r * 6364136223846793005ull + 1442695040888963407ull;
+                    in[i] = (float)((r >> 40) & 0xffff) / 32768.0f - 1.0f;
+                }
+                s = cz_unet_forward(u, n, size, size, in, out); /* warm-up */
+            }
+            double t_start = cli_now();
+            while (s == CZ_OK && iters < 4096 && (iters < 3 || cli_now() - t_start < min_time)) {
+                double t0 = cli_now();
+                s = cz_unet_forward(u, n, size, size, in, out);
+                times[iters++] = cli_now() - t0;
+            }
+            if (s != CZ_OK) {
+                fprintf(stderr, "colorize bench: batch %d: %s\n", n, cz_error_detail());
+                rc = 1;
+            } else {
+                qsort(times, (size_t)iters, sizeof times[0], cmp_double);
+                double med = times[iters / 2];
+                double ips = n / med;
+                if (json)
+                    printf("{\"engine\":\"colorize\",\"backend\":\"%s\",\"precision\":\"%s\",\"ngf\":%d,\"size\":%d,"
+                           "\"batch\":%d,\"threads\":%d,\"ms_per_batch\":%.3f,\"images_per_s\":%.3f,"
+                           "\"gflops\":%.1f,\"iters\":%d}\n",
+                           be->ops->name, cz_dtype_name(precs[pi]), ngf, size, n, threads, med * 1e3, ips,
+                           gflop * ips, iters);
+                else
+                    printf("%-9s %6d %12.2f %12.3f %10.1f %8d\n", cz_dtype_name(precs[pi]), n, med * 1e3, ips,
+                           gflop * ips, iters);
+                fflush(stdout);
+            }
+            free(in);
+            free(out);
+        }
+        cz_unet_destroy(u);
+    }
+    cz_st_close(st);
+    free(bytes);
+    cz_backend_destroy(be);
+    return rc;
+}

@@ -1,0 +1,175 @@
+/* colorize.c: prepare / run / finish stages of a colorization job. See colorize.h.
+ *
+ * Color modes:
+ *   lab: net input = L/50 - 1 (1 plane), output ab/110 in [-1, 1] (2 planes).
+ *   rgb: net input = the gray sRGB of L replicated on 3 planes, scaled to [-1, 1]; the output
+ *        RGB is converted to Lab and only its ab is kept, so luminance still comes from the
+ *        source in both modes.
+ * The batch buffers (input/output staging for one forward pass) are allocated once at create
+ * for max_batch images of the largest planned size and grown when a bigger size appears. */
+#include "colorize.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+#define AB_SCALE 110.0f
+
+struct cz_colorizer {
+    cz_backend *be;
+    cz_unet *unet;
+    cz_unet_arch arch;
+    int max_batch;
+    uint64_t checksum;
+    float *stage_in, *stage_out;
+    size_t stage_px; /* pixels per image the staging buffers hold */
+};
+
+cz_status cz_colorizer_create(cz_backend *be, const char *weights_path, const cz_colorizer_opts *opt,
+                              cz_colorizer **out) {
+    *out = NULL;
+    if (opt->max_batch < 1 || opt->max_batch > 1024)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "max_batch %d out of range 1..1024", opt->max_batch);
+    cz_safetensors *st = NULL;
+    cz_status s = cz_st_open(weights_path, &st);
+    if (s != CZ_OK) return s;
+    cz_colorizer *cz = calloc(1, sizeof *cz);
+    if (!cz) {
+        cz_st_close(st);
+        return cz_error_set(CZ_ERR_NOMEM, "out of memory");
+    }
+    cz->be = be;
+    cz->max_batch = opt->max_batch;
+    cz->checksum = cz_st_checksum(st);
+    s = cz_unet_create(be, st, opt->precision, &cz->unet);
+    cz_st_close(st);
+    if (s != CZ_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", cz_error_detail());
+        free(cz);
+        return cz_error_set(s, "%s: %s", weights_path, msg);
+    }
+    cz->arch = *cz_unet_get_arch(cz->unet);
+    CZ_LOGI("colorize", "loaded %s: U-Net ngf %d depth %d %s, %zu parameters, checksum %016llx, backend %s %s",
+            weights_path, cz->arch.ngf, cz->arch.depth, cz_color_mode_name(cz->arch.mode),
+            cz_unet_param_count(&cz->arch), (unsigned long long)cz->checksum, be->ops->name,
+            cz_dtype_name(opt->precision));
+    *out = cz;
+    return CZ_OK;
+}
+
+void cz_colorizer_destroy(cz_colorizer *cz) {
+    if (!cz) return;
+    cz_unet_destroy(cz->unet);
+    free(cz->stage_in);
+    free(cz->stage_out);
+    free(cz);
+}
+
+const cz_unet_arch *cz_colorizer_arch(const cz_colorizer *cz) { return &cz->arch; }
+cz_unet *cz_colorizer_unet(cz_colorizer *cz) { return cz->unet; }
+uint64_t cz_colorizer_checksum(const cz_colorizer *cz) { return cz->checksum; }
+int cz_colorizer_max_batch(const cz_colorizer *cz) { return cz->max_batch; }
+
+cz_status cz_render_validate(const cz_colorizer *cz, int render) {
+    int m = cz_unet_multiple(&cz->arch);
+    if (render < m || render > CZ_RENDER_MAX || render % m)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "render %d must be a multiple of %d between %d and %d", render,
+                            m, m, CZ_RENDER_MAX);
+    return CZ_OK;
+}
+
+void cz_cjob_release(cz_cjob *job) {
+    if (!job) return;
+    free(job->L_full);
+    free(job->net_in);
+    free(job->net_out);
+    memset(job, 0, sizeof *job);
+}
+
+cz_status cz_cjob_prepare(const cz_colorizer *cz, const cz_image *src, int render, cz_cjob *job) {
+    memset(job, 0, sizeof *job);
+    CZ_TRY(cz_render_validate(cz, render));
+    if (src->width < 1 || src->height < 1)
+        return cz_error_set(CZ_ERR_EMPTY_IMAGE, "image is %dx%d", src->width, src->height);
+    CZ_TRY(cz_render_geom_compute(src->width, src->height, render, cz_unet_multiple(&cz->arch), &job->geom));
+    const cz_render_geom *g = &job->geom;
+    size_t full = (size_t)src->width * src->height, net = (size_t)g->net_w * g->net_h;
+    job->src_channels = src->channels;
+    job->L_full = malloc(full * sizeof(float));
+    job->net_in = malloc(net * (size_t)cz->arch.in_ch * sizeof(float));
+    job->net_out = malloc(net * (size_t)cz->arch.out_ch * sizeof(float));
+    if (!job->L_full || !job->net_in || !job->net_out) {
+        cz_cjob_release(job);
+        return cz_error_set(CZ_ERR_NOMEM, "cannot allocate buffers for a %dx%d image", src->width, src->height);
+    }
+    cz_status s = cz_image_lightness(src, job->L_full);
+    if (s != CZ_OK) {
+        cz_cjob_release(job);
+        return s;
+    }
+    cz_render_input_L(job->L_full, g, job->net_in);
+    if (cz->arch.mode == CZ_COLOR_RGB) {
+        /* L/50-1 -> gray sRGB in [-1,1], replicated to three planes */
+        for (size_t i = 0; i < net; i++) {
+            float lab[3] = {(job->net_in[i] + 1.f) * 50.f, 0.f, 0.f}, rgb[3];
+            cz_lab_to_srgbf(lab, rgb);
+            job->net_in[i] = rgb[0] * 2.f - 1.f;
+        }
+        memcpy(job->net_in + net, job->net_in, net * sizeof(float));
+        memcpy(job->net_in + 2 * net, job->net_in, net * sizeof(float));
+    }
+    return CZ_OK;
+}
+
+cz_status cz_colorizer_run(cz_colorizer *cz, cz_cjob *const *jobs, int n) {
+    if (n < 1 || n > cz->max_batch)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "batch of %d images, expected 1..%d", n, cz->max_batch);
+    int h = jobs[0]->geom.net_h, w = jobs[0]->geom.net_w;
+    for (int i = 1; i < n; i++)
+        if (jobs[i]->geom.net_h != h || jobs[i]->geom.net_w != w)
+            return cz_error_set(CZ_ERR_INVALID_ARG, "batch mixes network sizes %dx%d and %dx%d", w, h,
+                                jobs[i]->geom.net_w, jobs[i]->geom.net_h);
+    size_t px = (size_t)h * w;
+    if (px > cz->stage_px) {
+        float *si = realloc(cz->stage_in, px * (size_t)cz->max_batch * (size_t)cz->arch.in_ch * sizeof(float));
+        if (si) cz->stage_in = si;
+        float *so = realloc(cz->stage_out, px * (size_t)cz->max_batch * (size_t)cz->arch.out_ch * sizeof(float));
+        if (so) cz->stage_out = so;
+        if (!si || !so) return cz_error_set(CZ_ERR_NOMEM, "cannot allocate batch buffers for %dx%d", w, h);
+        cz->stage_px = px;
+    }
+    CZ_TRY(cz_unet_plan(cz->unet, cz->max_batch, h, w));
+    size_t in_sz = px * (size_t)cz->arch.in_ch, out_sz = px * (size_t)cz->arch.out_ch;
+    for (int i = 0; i < n; i++) memcpy(cz->stage_in + (size_t)i * in_sz, jobs[i]->net_in, in_sz * sizeof(float));
+    CZ_TRY(cz_unet_forward(cz->unet, n, h, w, cz->stage_in, cz->stage_out));
+    for (int i = 0; i < n; i++)
+        memcpy(jobs[i]->net_out, cz->stage_out + (size_t)i * out_sz, out_sz * sizeof(float));
+    return CZ_OK;
+}
+
+cz_status cz_cjob_finish(const cz_colorizer *cz, const cz_cjob *job, cz_image *out) {
+    const cz_render_geom *g = &job->geom;
+    size_t net = (size_t)g->net_w * g->net_h;
+    float *ab = malloc(2 * net * sizeof(float));
+    if (!ab) return cz_error_set(CZ_ERR_NOMEM, "out of memory");
+    if (cz->arch.mode == CZ_COLOR_LAB) {
+        for (size_t i = 0; i < 2 * net; i++) ab[i] = job->net_out[i] * AB_SCALE;
+    } else {
+        for (size_t i = 0; i < net; i++) {
+            float rgb[3], lab[3];
+            for (int k = 0; k < 3; k++) {
+                float v = (job->net_out[k * net + i] + 1.f) * 0.5f;
+                rgb[k] = v < 0.f ? 0.f : v > 1.f ? 1.f : v;
+            }
+            cz_srgbf_to_lab(rgb, lab);
+            ab[i] = lab[1];
+            ab[net + i] = lab[2];
+        }
+    }
+    cz_status s = cz_render_merge_ab(job->L_full, ab, g, out);
+    free(ab);
+    return s;
+}

@@ -1,0 +1,57 @@
+/* colorize.h: the data path of one photo, split in the three stages the daemon runs on
+ * different threads (DESIGN.md "Data path"):
+ *   prepare (any thread): decoded image -> full-resolution L, render geometry, network input
+ *   run     (model owner thread): a batch of prepared jobs of the same network size -> U-Net
+ *   finish  (any thread): predicted ab (lab mode) or RGB (rgb mode) -> crop, upsample, merge
+ *           with the ORIGINAL L -> RGB image whose luminance equals the input's.
+ * cz_colorize_files-style batching for the CLI lives in cli/; this module only knows jobs.
+ *
+ * A cz_colorizer owns a backend-resident cz_unet; cz_colorizer_run must be called by one thread
+ * at a time. prepare/finish only read the colorizer's immutable architecture and may run
+ * concurrently with run. Tested by tests/unit/test_colorize.c. */
+#ifndef CZ_COLORIZE_H
+#define CZ_COLORIZE_H
+
+#include "backend.h"
+#include "image.h"
+#include "unet.h"
+
+typedef struct cz_colorizer_opts {
+    int max_batch;      /* images per forward pass (planned at this size) */
+    cz_dtype precision; /* fp32 or bf16 (backend permitting) */
+} cz_colorizer_opts;
+
+typedef struct cz_colorizer cz_colorizer;
+
+/* Loads weights (validated) onto `be`. The backend stays owned by the caller. */
+cz_status cz_colorizer_create(cz_backend *be, const char *weights_path, const cz_colorizer_opts *opt,
+                              cz_colorizer **out);
+void cz_colorizer_destroy(cz_colorizer *cz);
+const cz_unet_arch *cz_colorizer_arch(const cz_colorizer *cz);
+cz_unet *cz_colorizer_unet(cz_colorizer *cz);
+/* FNV-1a 64 of the weights file and its parameter count, for /model and logs. */
+uint64_t cz_colorizer_checksum(const cz_colorizer *cz);
+int cz_colorizer_max_batch(const cz_colorizer *cz);
+
+/* Render sizes: the long side the network sees. Valid values are positive multiples of
+ * 2^depth up to CZ_RENDER_MAX. */
+#define CZ_RENDER_MAX 4096
+cz_status cz_render_validate(const cz_colorizer *cz, int render);
+
+typedef struct cz_cjob {
+    cz_render_geom geom;
+    int src_channels;
+    float *L_full;  /* src_w * src_h, Lab L of the source */
+    float *net_in;  /* in_ch planes of net_w * net_h */
+    float *net_out; /* out_ch planes of net_w * net_h, filled by run */
+} cz_cjob;
+
+/* Computes L, geometry and the network input for `src` at `render`. */
+cz_status cz_cjob_prepare(const cz_colorizer *cz, const cz_image *src, int render, cz_cjob *job);
+/* Runs n jobs (all with the same net_w x net_h, n <= max_batch) through the U-Net. */
+cz_status cz_colorizer_run(cz_colorizer *cz, cz_cjob *const *jobs, int n);
+/* Builds the colorized RGB image from a job that has run. */
+cz_status cz_cjob_finish(const cz_colorizer *cz, const cz_cjob *job, cz_image *out);
+void cz_cjob_release(cz_cjob *job); /* frees buffers; NULL-safe; the struct may be reused */
+
+#endif

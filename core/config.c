@@ -1,0 +1,216 @@
+/* config.c: table-driven configuration: defaults, JSON file, environment, flags.
+ * See config.h. Tested by tests/unit/test_config.c. */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "log.h"
+
+typedef enum { T_INT, T_I64, T_STR } key_type;
+
+typedef struct {
+    const char *key;
+    key_type type;
+    size_t off;
+    size_t cap; /* strings: buffer size */
+    int64_t min, max;
+    const char *def;
+    const char *help;
+} key_row;
+
+#define F(field) offsetof(cz_config, field)
+#define SZ(field) sizeof(((cz_config *)0)->field)
+
+static const key_row k_keys[] = {
+    {"model.path", T_STR, F(model_path), SZ(model_path), 0, 0, "models/colorize-default.safetensors",
+     "generator weights (safetensors)"},
+    {"model.backend", T_STR, F(backend), SZ(backend), 0, 0, "auto", "auto | cuda | dnnl | ref"},
+    {"model.precision", T_STR, F(precision), SZ(precision), 0, 0, "fp32", "fp32 | bf16 | fp16 (backend permitting)"},
+    {"model.threads", T_INT, F(threads), 0, 0, 1024, "0", "CPU threads for the backend (0 = all cores)"},
+    {"model.max_batch", T_INT, F(max_batch), 0, 1, 1024, "8", "images per forward pass"},
+    {"image.max_pixels", T_I64, F(max_pixels), 0, 1, 1000000000, "40000000",
+     "largest width*height accepted, checked from the header before decoding"},
+    {"image.max_dimension", T_INT, F(max_dimension), 0, 1, 65535, "65535", "largest width or height accepted"},
+    {"image.max_jpeg_scans", T_INT, F(max_jpeg_scans), 0, 1, 1000, "64", "most scans a progressive JPEG may have"},
+    {"image.max_input_bytes", T_I64, F(max_input_bytes), 0, 1, (int64_t)1 << 32, "52428800",
+     "largest encoded input file / upload in bytes"},
+    {"image.render", T_INT, F(render), 0, 32, 4096, "256",
+     "long side of the image the network sees (a multiple of 2^depth, 256 for the default model)"},
+    {"image.jpeg_quality", T_INT, F(jpeg_quality), 0, 1, 100, "90", "quality of JPEG output"},
+    {"log.level", T_STR, F(log_level), SZ(log_level), 0, 0, "info", "debug | info | warn | error | off"},
+};
+#define NKEYS (sizeof k_keys / sizeof k_keys[0])
+
+static const key_row *find_key(const char *key) {
+    for (size_t i = 0; i < NKEYS; i++)
+        if (!strcmp(k_keys[i].key, key)) return &k_keys[i];
+    return NULL;
+}
+
+static cz_status set_row(cz_config *c, const key_row *r, const char *value, const char *origin) {
+    char *base = (char *)c + r->off;
+    if (r->type == T_STR) {
+        if (strlen(value) >= r->cap)
+            return cz_error_set(CZ_ERR_CONFIG, "%s: %s is longer than %zu characters", origin, r->key, r->cap - 1);
+        memcpy(base, value, strlen(value) + 1);
+        return CZ_OK;
+    }
+    char *end;
+    errno = 0;
+    long long v = strtoll(value, &end, 10);
+    while (end && isspace((unsigned char)*end)) end++;
+    if (errno || end == value || *end)
+        return cz_error_set(CZ_ERR_CONFIG, "%s: %s = '%s' is not an integer", origin, r->key, value);
+    if (v < r->min || v > r->max)
+        return cz_error_set(CZ_ERR_CONFIG, "%s: %s = %lld is out of range %lld..%lld", origin, r->key, v,
+                            (long long)r->min, (long long)r->max);
+    if (r->type == T_INT)
+        *(int *)base = (int)v;
+    else
+        *(int64_t *)base = (int64_t)v;
+    return CZ_OK;
+}
+
+void cz_config_defaults(cz_config *c) {
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < NKEYS; i++) {
+        cz_status s = set_row(c, &k_keys[i], k_keys[i].def, "defaults");
+        (void)s; /* defaults are within their own ranges (tested) */
+    }
+}
+
+cz_status cz_config_set(cz_config *c, const char *key, const char *value) {
+    const key_row *r = find_key(key);
+    if (!r) return cz_error_set(CZ_ERR_CONFIG, "unknown configuration key '%s'", key);
+    return set_row(c, r, value, "setting");
+}
+
+static cz_status apply_json(cz_config *c, json_t *obj, const char *prefix, const char *origin) {
+    const char *k;
+    json_t *v;
+    json_object_foreach(obj, k, v) {
+        char key[128];
+        snprintf(key, sizeof key, "%s%s%s", prefix, *prefix ? "." : "", k);
+        if (json_is_object(v)) {
+            CZ_TRY(apply_json(c, v, key, origin));
+            continue;
+        }
+        const key_row *r = find_key(key);
+        if (!r) return cz_error_set(CZ_ERR_CONFIG, "%s: unknown key '%s'", origin, key);
+        char buf[CZ_CFG_STR];
+        if (r->type == T_STR) {
+            if (!json_is_string(v)) return cz_error_set(CZ_ERR_CONFIG, "%s: %s must be a string", origin, key);
+            CZ_TRY(set_row(c, r, json_string_value(v), origin));
+        } else {
+            if (!json_is_integer(v)) return cz_error_set(CZ_ERR_CONFIG, "%s: %s must be an integer", origin, key);
+            snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(v));
+            CZ_TRY(set_row(c, r, buf, origin));
+        }
+    }
+    return CZ_OK;
+}
+
+cz_status cz_config_load_json(cz_config *c, const char *text, const char *origin) {
+    json_error_t err;
+    json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &err);
+    if (!root)
+        return cz_error_set(CZ_ERR_CONFIG, "%s:%d:%d: %s", origin, err.line, err.column, err.text);
+    cz_status s = json_is_object(root) ? apply_json(c, root, "", origin)
+                                       : cz_error_set(CZ_ERR_CONFIG, "%s: top level must be an object", origin);
+    json_decref(root);
+    return s;
+}
+
+cz_status cz_config_load_file(cz_config *c, const char *path) {
+    json_error_t err;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &err);
+    if (!root) return cz_error_set(CZ_ERR_CONFIG, "%s:%d:%d: %s", path, err.line, err.column, err.text);
+    cz_status s = json_is_object(root) ? apply_json(c, root, "", path)
+                                       : cz_error_set(CZ_ERR_CONFIG, "%s: top level must be an object", path);
+    json_decref(root);
+    return s;
+}
+
+cz_status cz_config_load_env(cz_config *c, char *const *envp) {
+    for (; envp && *envp; envp++) {
+        const char *e = *envp;
+        if (strncmp(e, "COLORIZE_", 9)) continue;
+        const char *eq = strchr(e, '=');
+        if (!eq) continue;
+        char name[128];
+        size_t n = (size_t)(eq - e) - 9;
+        if (n >= sizeof name) continue;
+        for (size_t i = 0; i < n; i++) name[i] = (char)tolower((unsigned char)e[9 + i]);
+        name[n] = '\0';
+        if (!strcmp(name, "config")) continue;
+        /* map NAME_WITH_UNDERSCORES to a key: the first '_' separates the section */
+        const key_row *r = NULL;
+        for (size_t i = 0; i < NKEYS && !r; i++) {
+            char flat[128];
+            snprintf(flat, sizeof flat, "%s", k_keys[i].key);
+            for (char *p = flat; *p; p++)
+                if (*p == '.') *p = '_';
+            if (!strcmp(flat, name)) r = &k_keys[i];
+        }
+        char origin[160];
+        snprintf(origin, sizeof origin, "environment %.*s", (int)(eq - e), e);
+        if (!r) return cz_error_set(CZ_ERR_CONFIG, "%s: no such configuration key", origin);
+        CZ_TRY(set_row(c, r, eq + 1, origin));
+    }
+    return CZ_OK;
+}
+
+cz_status cz_config_validate(const cz_config *c) {
+    static const char *backends[] = {"auto", "cuda", "dnnl", "ref"};
+    int ok = 0;
+    for (size_t i = 0; i < 4; i++) ok |= !strcmp(c->backend, backends[i]);
+    if (!ok) return cz_error_set(CZ_ERR_CONFIG, "model.backend = '%s': expected auto, cuda, dnnl or ref", c->backend);
+    if (cz_dtype_parse(c->precision) < 0)
+        return cz_error_set(CZ_ERR_CONFIG, "model.precision = '%s': expected fp32, bf16 or fp16", c->precision);
+    if (cz_log_parse_level(c->log_level) < 0)
+        return cz_error_set(CZ_ERR_CONFIG, "log.level = '%s': expected debug, info, warn, error or off", c->log_level);
+    if (!c->model_path[0]) return cz_error_set(CZ_ERR_CONFIG, "model.path is empty");
+    return CZ_OK;
+}
+
+void cz_config_print_help(void *fp) {
+    FILE *f = fp;
+    for (size_t i = 0; i < NKEYS; i++) {
+        const key_row *r = &k_keys[i];
+        if (r->type == T_STR)
+            fprintf(f, "  %-22s string  default %-10s %s\n", r->key, r->def, r->help);
+        else
+            fprintf(f, "  %-22s %lld..%lld default %s: %s\n", r->key, (long long)r->min, (long long)r->max,
+                    r->def, r->help);
+    }
+}
+
+char *cz_config_to_json(const cz_config *c) {
+    json_t *root = json_object();
+    for (size_t i = 0; i < NKEYS; i++) {
+        const key_row *r = &k_keys[i];
+        char sect[64];
+        const char *dot = strchr(r->key, '.');
+        snprintf(sect, sizeof sect, "%.*s", (int)(dot - r->key), r->key);
+        json_t *o = json_object_get(root, sect);
+        if (!o) {
+            o = json_object();
+            json_object_set_new(root, sect, o);
+        }
+        const char *base = (const char *)c + r->off;
+        json_t *v = r->type == T_STR ? json_string(base)
+                    : r->type == T_INT ? json_integer(*(const int *)base)
+                                       : json_integer((json_int_t) * (const int64_t *)base);
+        json_object_set_new(o, dot + 1, v);
+    }
+    char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    return s;
+}

@@ -1,0 +1,53 @@
+/* config.h: the configuration shared by the CLI and the daemon. Sources, later wins:
+ * built-in defaults -> JSON file (jansson) -> COLORIZE_* environment -> command-line flags.
+ * Keys are "section.name" ("image.max_pixels"); in JSON they nest ({"image": {"max_pixels":
+ * 40000000}}); in the environment they are upper-cased with '.' -> '_'
+ * (COLORIZE_IMAGE_MAX_PIXELS). Every value is range-checked when set, and unknown keys are
+ * refused, with a message naming the key. The table in config.c is the single list of keys,
+ * their types, ranges, defaults and help text (`colorize --help-config` prints it).
+ * Not thread-safe while being loaded; read-only afterwards. Tested by tests/unit/test_config.c. */
+#ifndef CZ_CONFIG_H
+#define CZ_CONFIG_H
+
+#include <stdint.h>
+
+#include "status.h"
+
+#define CZ_CFG_STR 256
+
+typedef struct cz_config {
+    /* model */
+    char model_path[CZ_CFG_STR];
+    char backend[32];   /* auto | cuda | dnnl | ref */
+    char precision[16]; /* fp32 | bf16 | fp16 */
+    int threads;        /* CPU threads for the backend; 0 = all cores */
+    int max_batch;      /* images per forward pass */
+    /* image */
+    int64_t max_pixels;
+    int max_dimension;
+    int max_jpeg_scans;
+    int64_t max_input_bytes;
+    int render;       /* long side the network sees */
+    int jpeg_quality; /* output JPEG quality */
+    /* log */
+    char log_level[16];
+} cz_config;
+
+void cz_config_defaults(cz_config *c);
+/* Applies a JSON file. */
+cz_status cz_config_load_file(cz_config *c, const char *path);
+/* Applies a JSON text (for tests and embedded defaults). */
+cz_status cz_config_load_json(cz_config *c, const char *text, const char *origin);
+/* Applies every COLORIZE_* variable of `envp` (NULL-terminated, as environ). COLORIZE_CONFIG
+ * is the config file path and is skipped here. */
+cz_status cz_config_load_env(cz_config *c, char *const *envp);
+/* Sets one key from a string (flags, env). */
+cz_status cz_config_set(cz_config *c, const char *key, const char *value);
+/* Checks cross-field rules (e.g. names of backend/precision); call after all sources. */
+cz_status cz_config_validate(const cz_config *c);
+/* Prints every key with type, range, default and help to `f` (a FILE *). */
+void cz_config_print_help(void *f);
+/* Serializes the effective configuration as a JSON object text (malloc'd). */
+char *cz_config_to_json(const cz_config *c);
+
+#endif

@@ -1,0 +1,107 @@
+/* unet.h: the pix2pix U-Net generator (Isola et al. 2017, appendix; layer for layer as the
+ * reference `UnetGenerator` with BatchNorm, see DESIGN.md "Model") written once against the
+ * backend interface.
+ *
+ * Architecture: `depth` levels (8 for 256x256 inputs; 5..8 accepted so small test networks
+ * can run on 32..128 px inputs), widths ngf * min(2^i, 8). Weights live in safetensors files
+ * with the architecture in `__metadata__` (format "colorize-unet", version "1", ngf, depth,
+ * in_ch, out_ch, color_mode, norm "batch", bn_eps) and tensors named per level:
+ *   down.{i}.weight (out,in,4,4); down.{i}.bn.{weight,bias,running_mean,running_var} for
+ *   1 <= i <= depth-2; up.{i}.weight (in,out,4,4) (ConvTranspose layout); up.0.bias;
+ *   up.{i}.bn.* for 1 <= i <= depth-1.
+ *
+ * Inference (this file): BatchNorm folded into the convolutions at load, dropout off, every
+ * activation fused into the conv that produces it where the graph allows:
+ *   s[i]  = lrelu(down_i(...))            i = 0..depth-2   (the skip carries LeakyReLU(x),
+ *                                                           as the reference's in-place op)
+ *   r     = relu(down_{depth-1}(s[depth-2]))
+ *   u[i]  = relu(up_i(...)),              i = depth-1..1
+ *   c[i]  = relu(concat(s[i], u[i+1]))    i = 0..depth-2   (ReLU(LReLU(x)) == ReLU(x))
+ *   out   = tanh(up_0(c[0]) + bias)
+ * All activations for a (max_batch, h, w) shape are planned once (cz_unet_plan); forward
+ * allocates nothing and runs any batch n <= max_batch through batch views. One image's output
+ * does not depend on what else is in its batch (tests/unit/test_unet.c checks it bit for bit).
+ *
+ * Threading: a cz_unet is used by one thread at a time (its backend's owner).
+ * Tested by tests/unit/test_unet.c (loading, validation, batch invariance, ref vs dnnl) and
+ * tests/unit/test_unet_golden.c (against PyTorch fixtures from tests/golden/). */
+#ifndef CZ_UNET_H
+#define CZ_UNET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "safetensors.h"
+#include "status.h"
+
+typedef enum cz_color_mode { CZ_COLOR_LAB = 0, CZ_COLOR_RGB = 1 } cz_color_mode;
+
+typedef struct cz_unet_arch {
+    int ngf;
+    int depth;
+    int in_ch, out_ch;
+    cz_color_mode mode;
+    float bn_eps;
+} cz_unet_arch;
+
+#define CZ_UNET_MAX_DEPTH 8
+#define CZ_UNET_MIN_DEPTH 5
+#define CZ_UNET_MAX_PARAMS (4 * CZ_UNET_MAX_DEPTH * 5)
+
+/* Default lab architecture with the given ngf (depth 8, 1 -> 2 channels, eps 1e-5). */
+cz_unet_arch cz_unet_arch_default(int ngf, cz_color_mode mode);
+cz_status cz_unet_arch_validate(const cz_unet_arch *a);
+/* Reads and checks the architecture from safetensors metadata. */
+cz_status cz_unet_arch_from_meta(const cz_safetensors *st, cz_unet_arch *a);
+/* Writes the architecture as metadata. */
+cz_status cz_unet_arch_to_meta(const cz_unet_arch *a, cz_st_writer *w);
+const char *cz_color_mode_name(cz_color_mode m);
+int cz_color_mode_parse(const char *name); /* -1 when unknown */
+
+/* Channel width of level i. */
+int cz_unet_width(const cz_unet_arch *a, int level);
+/* Inputs must be multiples of this (2^depth). */
+int cz_unet_multiple(const cz_unet_arch *a);
+
+/* The parameters a weights file must hold, in layer order. */
+typedef struct cz_unet_param_spec {
+    char name[40];
+    int ndim;
+    int64_t shape[4];
+} cz_unet_param_spec;
+int cz_unet_param_specs(const cz_unet_arch *a, cz_unet_param_spec *out, int cap);
+/* Learnable parameter count (running statistics excluded). */
+size_t cz_unet_param_count(const cz_unet_arch *a);
+/* Multiply-add FLOPs (2 per MAC) of one forward pass at h x w. */
+double cz_unet_flops(const cz_unet_arch *a, int h, int w);
+
+/* Freshly initialized weights as in pix2pix (`init_type normal`, gain 0.02): conv weights
+ * N(0, 0.02), BatchNorm gamma N(1, 0.02), beta 0, running mean 0 / var 1, bias 0.
+ * Adds metadata and tensors to `w`. */
+cz_status cz_unet_init_weights(const cz_unet_arch *a, uint64_t seed, cz_st_writer *w);
+
+typedef struct cz_unet cz_unet;
+
+/* Validates `st` against its metadata architecture (every tensor present, shape and dtype
+ * right, values finite, variances non-negative; unexpected down.* / up.* tensors refused;
+ * other namespaces ignored), folds BatchNorm and uploads weights to `be` in `precision`. */
+cz_status cz_unet_create(cz_backend *be, const cz_safetensors *st, cz_dtype precision,
+                         cz_unet **out);
+void cz_unet_destroy(cz_unet *u);
+const cz_unet_arch *cz_unet_get_arch(const cz_unet *u);
+cz_dtype cz_unet_precision(const cz_unet *u);
+cz_backend *cz_unet_backend(const cz_unet *u);
+
+/* Plans activations for up to max_batch images of h x w (multiples of cz_unet_multiple).
+ * Replaces an existing plan for the same h x w when max_batch grows. A unet keeps up to
+ * CZ_UNET_MAX_PLANS plans; planning another evicts the least recently used. */
+#define CZ_UNET_MAX_PLANS 4
+cz_status cz_unet_plan(cz_unet *u, int max_batch, int h, int w);
+/* Runs n images (NCHW fp32 host buffers: in n*in_ch*h*w values in [-1,1], out n*out_ch*h*w).
+ * Requires a plan for h x w with max_batch >= n. */
+cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, float *out);
+/* Bytes of activation memory held by all plans. */
+size_t cz_unet_plan_bytes(const cz_unet *u);
+
+#endif

@@ -1,0 +1,82 @@
+/* test_config.c: defaults in range, JSON/env/flag layering, every error names its key. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+
+static void test_defaults_valid(void **state) {
+    (void)state;
+    cz_config c;
+    cz_config_defaults(&c);
+    assert_int_equal(cz_config_validate(&c), CZ_OK);
+    assert_int_equal(c.max_pixels, 40000000);
+    assert_int_equal(c.render, 256);
+    assert_string_equal(c.backend, "auto");
+    /* the JSON dump of the defaults loads back to the same struct */
+    char *j = cz_config_to_json(&c);
+    cz_config d;
+    cz_config_defaults(&d);
+    assert_int_equal(cz_config_load_json(&d, j, "dump"), CZ_OK);
+    assert_memory_equal(&c, &d, sizeof c);
+    free(j);
+}
+
+static void test_layering(void **state) {
+    (void)state;
+    cz_config c;
+    cz_config_defaults(&c);
+    assert_int_equal(cz_config_load_json(&c, "{\"image\": {\"max_pixels\": 1000, \"render\": 512},"
+                                             " \"model\": {\"backend\": \"ref\"}}", "t"),
+                     CZ_OK);
+    assert_int_equal(c.max_pixels, 1000);
+    char *env[] = {"PATH=/bin", "COLORIZE_IMAGE_MAX_PIXELS=2000", "COLORIZE_CONFIG=/x", NULL};
+    assert_int_equal(cz_config_load_env(&c, env), CZ_OK);
+    assert_int_equal(c.max_pixels, 2000);
+    assert_int_equal(c.render, 512);
+    assert_int_equal(cz_config_set(&c, "image.max_pixels", "3000"), CZ_OK);
+    assert_int_equal(c.max_pixels, 3000);
+    assert_string_equal(c.backend, "ref");
+}
+
+static void expect_error(const char *json, const char *needle) {
+    cz_config c;
+    cz_config_defaults(&c);
+    assert_int_equal(cz_config_load_json(&c, json, "cfg.json"), CZ_ERR_CONFIG);
+    if (!strstr(cz_error_detail(), needle)) fail_msg("detail '%s' lacks '%s'", cz_error_detail(), needle);
+}
+
+static void test_errors(void **state) {
+    (void)state;
+    expect_error("{\"image\": {\"max_pixels\": 0}}", "image.max_pixels");
+    expect_error("{\"image\": {\"max_pixels\": 0}}", "out of range");
+    expect_error("{\"image\": {\"max_pixel\": 5}}", "image.max_pixel");
+    expect_error("{\"image\": {\"render\": \"big\"}}", "image.render must be an integer");
+    expect_error("{\"model\": {\"backend\": 3}}", "model.backend must be a string");
+    expect_error("{\"image\": {\"render\": 256, \"render\": 512}}", "cfg.json");
+    expect_error("[1,2]", "top level");
+    expect_error("{\"image\": ", "cfg.json:1");
+    cz_config c;
+    cz_config_defaults(&c);
+    char *env[] = {"COLORIZE_IMAGE_RENDER=abc", NULL};
+    assert_int_equal(cz_config_load_env(&c, env), CZ_ERR_CONFIG);
+    assert_non_null(strstr(cz_error_detail(), "COLORIZE_IMAGE_RENDER"));
+    char *env2[] = {"COLORIZE_NO_SUCH=1", NULL};
+    assert_int_equal(cz_config_load_env(&c, env2), CZ_ERR_CONFIG);
+    assert_int_equal(cz_config_set(&c, "model.backend", "tpu"), CZ_OK);
+    assert_int_equal(cz_config_validate(&c), CZ_ERR_CONFIG);
+    assert_non_null(strstr(cz_error_detail(), "model.backend"));
+    assert_int_equal(cz_config_load_file(&c, "/nonexistent/colorize.json"), CZ_ERR_CONFIG);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults_valid),
+        cmocka_unit_test(test_layering),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

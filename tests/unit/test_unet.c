@@ -1,0 +1,233 @@
+/* test_unet.c: U-Net architecture tables, weight validation messages, forward sanity and
+ * batch invariance (an image's output is bit-identical alone and inside a batch of 8) on
+ * every backend available here, fp32 and bf16. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "safetensors.h"
+#include "testutil.h"
+#include "unet.h"
+
+/* Builds weights in memory; `mutate` may replace one tensor's data/shape or add one. */
+typedef struct mutation {
+    const char *name;    /* tensor to change (NULL: none) */
+    int64_t shape0;      /* replacement first dim (0: keep) */
+    int nan;             /* put a NaN in it */
+    const char *extra;   /* add a tensor with this name */
+    const char *drop;    /* leave this tensor out */
+    const char *meta_k, *meta_v; /* override one metadata value */
+} mutation;
+
+static cz_safetensors *make_weights(const cz_unet_arch *a, const mutation *m, uint8_t **bytes) {
+    cz_unet_param_spec specs[CZ_UNET_MAX_PARAMS];
+    int n = cz_unet_param_specs(a, specs, CZ_UNET_MAX_PARAMS);
+    cz_st_writer *w;
+    assert_int_equal(cz_st_writer_create(&w), CZ_OK);
+    assert_int_equal(cz_unet_arch_to_meta(a, w), CZ_OK);
+    if (m && m->meta_k) assert_int_equal(cz_st_writer_meta(w, m->meta_k, m->meta_v), CZ_OK);
+    uint64_t rng = 99;
+    for (int i = 0; i < n; i++) {
+        cz_unet_param_spec p = specs[i];
+        if (m && m->drop && !strcmp(m->drop, p.name)) continue;
+        if (m && m->name && !strcmp(m->name, p.name) && m->shape0) p.shape[0] = m->shape0;
+        size_t k = 1;
+        for (int d = 0; d < p.ndim; d++) k *= (size_t)p.shape[d];
+        float *v = malloc(k * sizeof *v);
+        int is_var = strstr(p.name, "running_var") != NULL;
+        int fan_in = p.ndim == 4 ? (int)(p.shape[1] * 16) : 1;
+        for (size_t j = 0; j < k; j++)
+            v[j] = is_var ? tu_rand_uniform(&rng, 0.5f, 1.5f)
+                   : p.ndim == 4 ? tu_rand_normal(&rng) * sqrtf(2.0f / (float)fan_in)
+                                 : tu_rand_uniform(&rng, -0.2f, 0.2f) + (strstr(p.name, "bn.weight") ? 1.f : 0.f);
+        if (m && m->nan && m->name && !strcmp(m->name, p.name)) v[k / 2] = NAN;
+        assert_int_equal(cz_st_writer_add(w, p.name, CZ_ST_F32, p.ndim, p.shape, v, k * sizeof *v), CZ_OK);
+        free(v);
+    }
+    if (m && m->extra) {
+        float z = 0;
+        int64_t one = 1;
+        assert_int_equal(cz_st_writer_add(w, m->extra, CZ_ST_F32, 1, &one, &z, 4), CZ_OK);
+    }
+    size_t len;
+    assert_int_equal(cz_st_writer_bytes(w, bytes, &len), CZ_OK);
+    cz_st_writer_destroy(w);
+    cz_safetensors *st = NULL;
+    assert_int_equal(cz_st_parse(*bytes, len, 0, &st), CZ_OK);
+    return st;
+}
+
+static void test_arch_tables(void **state) {
+    (void)state;
+    cz_unet_arch a = cz_unet_arch_default(64, CZ_COLOR_LAB);
+    cz_unet_param_spec specs[CZ_UNET_MAX_PARAMS];
+    int n = cz_unet_param_specs(&a, specs, CZ_UNET_MAX_PARAMS);
+    /* 8 down weights + 6 down BN x4 + 8 up weights + 1 bias + 7 up BN x4 */
+    assert_int_equal(n, 8 + 24 + 8 + 1 + 28);
+    assert_string_equal(specs[0].name, "down.0.weight");
+    assert_int_equal(specs[0].shape[0], 64);
+    assert_int_equal(specs[0].shape[1], 1);
+    int widths[8] = {64, 128, 256, 512, 512, 512, 512, 512};
+    for (int i = 0; i < 8; i++) assert_int_equal(cz_unet_width(&a, i), widths[i]);
+    /* 2 FLOP per multiply-add: 11.96 GFLOP per 256x256 image at ngf 64 in lab mode (1 -> 2),
+     * 12.10 GFLOP in rgb mode (3 -> 3, the figure usually quoted for pix2pix) */
+    double gf = cz_unet_flops(&a, 256, 256) / 1e9;
+    assert_true(gf > 11.95 && gf < 11.97);
+    cz_unet_arch rgb = cz_unet_arch_default(64, CZ_COLOR_RGB);
+    gf = cz_unet_flops(&rgb, 256, 256) / 1e9;
+    assert_true(gf > 12.09 && gf < 12.11);
+    /* pix2pix's unet_256 (3 -> 3) is reported as 54.414 M parameters */
+    assert_int_equal(cz_unet_param_count(&rgb), 54413955);
+    /* parameters: known count of the 1->2 pix2pix U-Net at ngf 64 */
+    size_t pc = cz_unet_param_count(&a);
+    assert_true(pc > 54000000 && pc < 54500000);
+    cz_unet_arch bad = a;
+    bad.depth = 9;
+    assert_int_equal(cz_unet_arch_validate(&bad), CZ_ERR_BAD_WEIGHTS);
+    bad = a;
+    bad.out_ch = 3;
+    assert_int_equal(cz_unet_arch_validate(&bad), CZ_ERR_BAD_WEIGHTS);
+}
+
+static void expect_refused(const mutation *m, const char *needle) {
+    cz_unet_arch a = cz_unet_arch_default(4, CZ_COLOR_LAB);
+    a.depth = 5;
+    uint8_t *bytes;
+    cz_safetensors *st = make_weights(&a, m, &bytes);
+    cz_backend *be;
+    assert_int_equal(cz_backend_create("ref", NULL, &be), CZ_OK);
+    cz_unet *u = NULL;
+    assert_int_equal(cz_unet_create(be, st, CZ_F32, &u), CZ_ERR_BAD_WEIGHTS);
+    assert_null(u);
+    if (!strstr(cz_error_detail(), needle)) fail_msg("detail '%s' lacks '%s'", cz_error_detail(), needle);
+    cz_backend_destroy(be);
+    cz_st_close(st);
+    free(bytes);
+}
+
+static void test_validation(void **state) {
+    (void)state;
+    expect_refused(&(mutation){.name = "down.2.weight", .shape0 = 7}, "down.2.weight: shape [7,8,4,4], expected [16,8,4,4]");
+    expect_refused(&(mutation){.drop = "up.3.bn.running_var"}, "up.3.bn.running_var: tensor missing");
+    expect_refused(&(mutation){.name = "up.1.weight", .nan = 1}, "up.1.weight: element");
+    expect_refused(&(mutation){.extra = "down.9.weight"}, "down.9.weight: unexpected tensor");
+    expect_refused(&(mutation){.meta_k = "color_mode", .meta_v = "cmyk"}, "color_mode");
+    expect_refused(&(mutation){.meta_k = "ngf", .meta_v = "4x"}, "'ngf'");
+    expect_refused(&(mutation){.meta_k = "format", .meta_v = "other"}, "format");
+    /* other namespaces are ignored */
+    cz_unet_arch a = cz_unet_arch_default(4, CZ_COLOR_LAB);
+    a.depth = 5;
+    uint8_t *bytes;
+    cz_safetensors *st = make_weights(&a, &(mutation){.extra = "disc.0.weight"}, &bytes);
+    cz_backend *be;
+    assert_int_equal(cz_backend_create("ref", NULL, &be), CZ_OK);
+    cz_unet *u = NULL;
+    assert_int_equal(cz_unet_create(be, st, CZ_F32, &u), CZ_OK);
+    cz_unet_destroy(u);
+    cz_backend_destroy(be);
+    cz_st_close(st);
+    free(bytes);
+}
+
+/* Runs 8 random images as one batch and each alone; outputs must match bit for bit. */
+static void check_batch_invariance(const char *backend, cz_dtype dt, int ngf, int depth, int size) {
+    cz_backend *be;
+    if (cz_backend_create(backend, NULL, &be) != CZ_OK) {
+        printf("skipped: backend %s not available: %s\n", backend, cz_error_detail());
+        return;
+    }
+    if (!be->ops->supports(be, dt)) {
+        printf("skipped: backend %s has no %s\n", backend, cz_dtype_name(dt));
+        cz_backend_destroy(be);
+        return;
+    }
+    cz_unet_arch a = cz_unet_arch_default(ngf, CZ_COLOR_LAB);
+    a.depth = depth;
+    uint8_t *bytes;
+    cz_safetensors *st = make_weights(&a, NULL, &bytes);
+    cz_unet *u;
+    assert_int_equal(cz_unet_create(be, st, dt, &u), CZ_OK);
+    const int B = 8;
+    size_t px = (size_t)size * size;
+    float *in = malloc(B * px * sizeof *in), *out = malloc(B * 2 * px * sizeof *out);
+    float *one = malloc(2 * px * sizeof *one);
+    tu_fill_uniform(in, B * px, 7, -1.f, 1.f);
+    assert_int_equal(cz_unet_plan(u, B, size, size), CZ_OK);
+    assert_int_equal(cz_unet_forward(u, B, size, size, in, out), CZ_OK);
+    double sum = 0;
+    for (size_t i = 0; i < B * 2 * px; i++) {
+        assert_true(isfinite(out[i]) && out[i] >= -1.f && out[i] <= 1.f);
+        sum += fabs(out[i]);
+    }
+    assert_true(sum / (B * 2 * px) > 1e-3); /* not trivially zero */
+    for (int b = 0; b < B; b++) {
+        assert_int_equal(cz_unet_forward(u, 1, size, size, in + b * px, one), CZ_OK);
+        if (memcmp(one, out + (size_t)b * 2 * px, 2 * px * sizeof *one))
+            fail_msg("%s %s: image %d differs alone vs in a batch of %d", backend, cz_dtype_name(dt), b, B);
+    }
+    /* a smaller batch through a view of the same plan, and a second identical run */
+    assert_int_equal(cz_unet_forward(u, 3, size, size, in + 2 * px, out), CZ_OK);
+    assert_int_equal(cz_unet_forward(u, 1, size, size, in + 3 * px, one), CZ_OK);
+    assert_memory_equal(one, out + 2 * px, 2 * px * sizeof *one);
+    printf("batch invariance ok: %s %s ngf %d depth %d %dx%d\n", backend, cz_dtype_name(dt), ngf, depth, size, size);
+    free(in);
+    free(out);
+    free(one);
+    cz_unet_destroy(u);
+    cz_backend_destroy(be);
+    cz_st_close(st);
+    free(bytes);
+}
+
+static void test_batch_invariance(void **state) {
+    (void)state;
+    check_batch_invariance("ref", CZ_F32, 4, 6, 64);
+    check_batch_invariance("dnnl", CZ_F32, 16, 8, 256);
+    check_batch_invariance("dnnl", CZ_BF16, 16, 8, 256);
+#ifdef CZ_HAVE_CUDA
+    check_batch_invariance("cuda", CZ_F32, 16, 8, 256);
+#endif
+}
+
+static void test_plan_errors(void **state) {
+    (void)state;
+    cz_backend *be;
+    assert_int_equal(cz_backend_create("ref", NULL, &be), CZ_OK);
+    cz_unet_arch a = cz_unet_arch_default(4, CZ_COLOR_LAB);
+    a.depth = 5;
+    uint8_t *bytes;
+    cz_safetensors *st = make_weights(&a, NULL, &bytes);
+    cz_unet *u;
+    assert_int_equal(cz_unet_create(be, st, CZ_F32, &u), CZ_OK);
+    assert_int_equal(cz_unet_plan(u, 2, 48, 32), CZ_ERR_INVALID_ARG); /* 48 not a multiple of 32 */
+    float x[32 * 32], y[2 * 32 * 32];
+    assert_int_equal(cz_unet_forward(u, 1, 32, 32, x, y), CZ_ERR_INVALID_ARG); /* not planned */
+    assert_int_equal(cz_unet_plan(u, 2, 32, 32), CZ_OK);
+    assert_int_equal(cz_unet_forward(u, 3, 32, 32, x, y), CZ_ERR_INVALID_ARG); /* above max_batch */
+    /* LRU eviction keeps at most CZ_UNET_MAX_PLANS plans and stays usable */
+    for (int k = 1; k <= CZ_UNET_MAX_PLANS + 2; k++) assert_int_equal(cz_unet_plan(u, 1, 32 * k, 32), CZ_OK);
+    assert_int_equal(cz_unet_plan(u, 1, 32, 32), CZ_OK);
+    memset(x, 0, sizeof x);
+    assert_int_equal(cz_unet_forward(u, 1, 32, 32, x, y), CZ_OK);
+    cz_unet_destroy(u);
+    cz_unet_destroy(NULL);
+    cz_backend_destroy(be);
+    cz_st_close(st);
+    free(bytes);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_arch_tables),
+        cmocka_unit_test(test_validation),
+        cmocka_unit_test(test_plan_errors),
+        cmocka_unit_test(test_batch_invariance),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
