@@ -121,8 +121,13 @@ typedef struct cz_backend_ops {
     cz_status (*act_fwd)(cz_backend *be, cz_act act, float alpha, const cz_tensor *x, cz_tensor *y);
     /* y = concat(a, b) along channels: y->c == a->c + b->c. */
     cz_status (*concat)(cz_backend *be, const cz_tensor *a, const cz_tensor *b, cz_tensor *y);
-    /* Inverted dropout: mask = (u >= p) / (1-p) from a counter-based RNG on (seed, index);
-     * y = x * mask. mask has x's shape. */
+    /* Inverted dropout with a counter-based RNG, identical on every backend. For the logical
+     * NCHW index i of an element (whatever the physical layout), arithmetic mod 2^64:
+     *   z = seed + (i+1) * 0x9E3779B97F4A7C15
+     *   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;  z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+     *   z = z ^ (z >> 31)                         (the (i+1)-th SplitMix64 output)
+     *   u = (float)(z >> 40) * 2^-24;  keep = u >= p (fp32)
+     *   mask = keep ? 1.0f/(1.0f-p) : 0;  y = x * mask.  mask has x's shape. */
     cz_status (*dropout_fwd)(cz_backend *be, float p, uint64_t seed, const cz_tensor *x,
                              cz_tensor *mask, cz_tensor *y);
     /* Mean over all elements of BCE-with-logits(x, target) with a constant target (0 or 1). */

@@ -290,9 +290,10 @@ static cz_status load_param(const cz_safetensors *st, const cz_unet_param_spec *
             free(v);
             return cz_error_set(CZ_ERR_BAD_WEIGHTS, "%s: element %zu is not finite", p->name, j);
         }
-        if (is_running_stat(p->name) && strstr(p->name, "running_var") && v[j] < 0.f) {
+        if (strstr(p->name, ".running_var") && v[j] < 0.f) {
+            double bad = v[j];
             free(v);
-            return cz_error_set(CZ_ERR_BAD_WEIGHTS, "%s: element %zu is negative (%g)", p->name, j, (double)v[j]);
+            return cz_error_set(CZ_ERR_BAD_WEIGHTS, "%s: element %zu is negative (%g)", p->name, j, bad);
         }
     }
     *out = v;
