@@ -63,6 +63,30 @@ cz_status cz_image_encode(const cz_image *img, cz_image_format fmt, int quality,
 cz_status cz_image_alloc(cz_image *img, int width, int height, int channels);
 void cz_image_free(cz_image *img); /* frees px, zeroes the struct; NULL-safe */
 
+/* ---- per-format entry points (cz_image_decode / _probe / _encode dispatch to these) ----
+ * `lim` may be NULL (defaults); a field <= 0 also means its default. */
+cz_status cz_jpeg_decode(const void *data, size_t len, const cz_image_limits *lim, cz_image *out);
+cz_status cz_jpeg_probe(const void *data, size_t len, const cz_image_limits *lim, int *width,
+                        int *height);
+cz_status cz_jpeg_encode(const cz_image *img, int quality, uint8_t **out, size_t *out_len);
+cz_status cz_png_decode(const void *data, size_t len, const cz_image_limits *lim, cz_image *out);
+cz_status cz_png_probe(const void *data, size_t len, const cz_image_limits *lim, int *width,
+                       int *height);
+/* 8-bit gray or RGB PNG; *out is malloc'd. */
+cz_status cz_png_encode(const cz_image *img, uint8_t **out, size_t *out_len);
+/* Checks header dimensions against `lim` (NULL = defaults): CZ_ERR_EMPTY_IMAGE for a zero
+ * side, CZ_ERR_TOO_MANY_PIXELS past max_dimension or max_pixels. Sets the error detail. */
+cz_status cz_image_check_limits(uint64_t width, uint64_t height, const cz_image_limits *lim);
+
+/* ---- EXIF orientation ---- */
+/* Orientation (1..8) from an EXIF block: either a JPEG APP1 payload starting with "Exif\0\0"
+ * or a bare TIFF header ("II*\0" / "MM\0*"). Returns 1 when absent, malformed or out of
+ * range. Bounds-checked against `len`; safe on hostile input. */
+int cz_exif_orientation(const void *exif, size_t len);
+/* Applies EXIF orientation `o` (1..8) so the image becomes upright; 5..8 swap width and
+ * height. Replaces img->px (CZ_ERR_NOMEM leaves img untouched). Other values: no-op. */
+cz_status cz_image_apply_orientation(cz_image *img, int orientation);
+
 /* ---- color ---- */
 /* sRGB 8-bit -> CIE Lab (D65): L in [0,100], a/b roughly [-110, 110]. */
 void cz_srgb8_to_lab(const uint8_t rgb[3], float lab[3]);
