@@ -59,9 +59,9 @@ static void run_fixture(const char *rel) {
     free(path);
 }
 
-static void test_lab_ngf8_depth8(void **state) {
+static void test_lab_ngf3_depth8(void **state) {
     (void)state;
-    run_fixture("tests/golden/data/unet_lab_ngf8_d8.safetensors");
+    run_fixture("tests/golden/data/unet_lab_ngf3_d8.safetensors");
 }
 
 static void test_rgb_ngf4_depth6(void **state) {
@@ -71,7 +71,7 @@ static void test_rgb_ngf4_depth6(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_lab_ngf8_depth8),
+        cmocka_unit_test(test_lab_ngf3_depth8),
         cmocka_unit_test(test_rgb_ngf4_depth6),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
