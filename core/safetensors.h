@@ -10,7 +10,9 @@
  * Any violation is CZ_ERR_BAD_WEIGHTS with a detail naming the tensor and the problem.
  *
  * The writer builds a file in memory and saves it atomically (temp + fsync + rename + fsync
- * of the directory); tensors are written in insertion order with 8-byte aligned offsets.
+ * of the directory). The data section is covered exactly (no gaps), so tensors are laid out in
+ * insertion order within groups of decreasing element size (8, 4, 2, 1 bytes): each is aligned
+ * to its element size, and all offsets are 8-aligned when sizes are multiples of 8.
  *
  * Not thread-safe per object; separate objects are independent.
  * Tested by tests/unit/test_safetensors.c. */
