@@ -1,6 +1,6 @@
 /* cmd_bench.c: `colorize bench`: forward-pass throughput of the generator at a fixed size on
- * freshly initialized weights, for each (precision, batch), as a table (and JSON lines with
- * --json). Each cell warms up once (plans memory, creates primitives), then runs until both
+ * freshly initialized weights (or --model FILE), for each (precision, batch), as a table (and
+ * JSON lines with --json). Each cell warms up once (plans memory, creates primitives), then runs until both
  * --min-time seconds and 3 iterations have passed, and reports the median batch time. */
 #include <getopt.h>
 #include <stdio.h>
@@ -23,13 +23,14 @@ int cz_cmd_bench(int argc, char **argv) {
         {"ngf", required_argument, 0, 'n'},     {"precision", required_argument, 0, 'p'},
         {"size", required_argument, 0, 's'},    {"threads", required_argument, 0, 't'},
         {"min-time", required_argument, 0, 'T'}, {"json", no_argument, 0, 'j'},
-        {0, 0, 0, 0}};
-    const char *backend = "auto", *batches_s = "1,8", *precs_s = "fp32,bf16";
+        {"model", required_argument, 0, 'm'},   {0, 0, 0, 0}};
+    const char *backend = "auto", *batches_s = "1,8", *precs_s = "fp32,bf16", *model = NULL;
     int ngf = 64, size = 256, threads = 0, json = 0, c;
     double min_time = 3.0;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "b:B:n:p:s:t:T:j", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "b:B:n:p:s:t:T:jm:", opts, NULL)) != -1) {
         switch (c) {
+        case 'm': model = optarg; break;
         case 'b': backend = optarg; break;
         case 'B': batches_s = optarg; break;
         case 'n': ngf = atoi(optarg); break;
@@ -43,8 +44,8 @@ int cz_cmd_bench(int argc, char **argv) {
     }
     int batches[16];
     int nb = cli_parse_int_list(batches_s, batches, 16);
-    if (nb < 0 || ngf < 1 || size < 256 || size % 256 || min_time < 0) {
-        fprintf(stderr, "colorize bench: bad --batch, --ngf, --size (multiple of 256) or --min-time\n");
+    if (nb < 0 || ngf < 1 || size < 32 || size > 4096 || min_time < 0) {
+        fprintf(stderr, "colorize bench: bad --batch, --ngf, --size or --min-time\n");
         return 2;
     }
     cz_dtype precs[4];
@@ -67,23 +68,33 @@ int cz_cmd_bench(int argc, char **argv) {
         fprintf(stderr, "colorize bench: %s\n", cz_error_detail());
         return 1;
     }
-    /* fresh weights, in memory */
+    /* the weights: a file, or fresh ones in memory */
     cz_unet_arch a = cz_unet_arch_default(ngf, CZ_COLOR_LAB);
-    cz_st_writer *w = NULL;
     uint8_t *bytes = NULL;
-    size_t len = 0;
     cz_safetensors *st = NULL;
-    cz_status s = cz_st_writer_create(&w);
-    if (s == CZ_OK) s = cz_unet_init_weights(&a, 1, w);
-    if (s == CZ_OK) s = cz_st_writer_bytes(w, &bytes, &len);
-    if (s == CZ_OK) s = cz_st_parse(bytes, len, 0, &st);
-    cz_st_writer_destroy(w);
+    cz_status s;
+    if (model) {
+        s = cz_st_open(model, &st);
+        if (s == CZ_OK) s = cz_unet_arch_from_meta(st, &a);
+    } else {
+        cz_st_writer *w = NULL;
+        size_t len = 0;
+        s = cz_st_writer_create(&w);
+        if (s == CZ_OK) s = cz_unet_init_weights(&a, 1, w);
+        if (s == CZ_OK) s = cz_st_writer_bytes(w, &bytes, &len);
+        if (s == CZ_OK) s = cz_st_parse(bytes, len, 0, &st);
+        cz_st_writer_destroy(w);
+    }
+    if (s == CZ_OK && size % cz_unet_multiple(&a))
+        s = cz_error_set(CZ_ERR_INVALID_ARG, "--size %d is not a multiple of %d", size, cz_unet_multiple(&a));
     if (s != CZ_OK) {
         fprintf(stderr, "colorize bench: %s\n", cz_error_detail());
+        cz_st_close(st);
         free(bytes);
         cz_backend_destroy(be);
         return 1;
     }
+    ngf = a.ngf;
     double gflop = cz_unet_flops(&a, size, size) / 1e9;
     if (!json) {
         printf("colorize bench: U-Net ngf %d depth %d, %dx%d, %.2f GFLOP/image, backend %s, threads %d\n", ngf,
@@ -106,7 +117,7 @@ int cz_cmd_bench(int argc, char **argv) {
             int n = batches[bi];
             size_t in_n = (size_t)n * a.in_ch * size * size, out_n = (size_t)n * a.out_ch * size * size;
             float *in = malloc(in_n * sizeof *in), *out = malloc(out_n * sizeof *out);
-            double times[4096];
+            static double times[4096];
             int iters = 0;
             s = in && out ? cz_unet_plan(u, n, size, size) : cz_error_set(CZ_ERR_NOMEM, "out of memory");
             if (s == CZ_OK) {

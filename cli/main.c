@@ -12,7 +12,7 @@ static void usage(FILE *f) {
             "           [--config FILE] (-o OUT | --out-dir DIR) FILE...\n"
             "  colorize inspect WEIGHTS\n"
             "  colorize init --ngf N [--mode lab|rgb] [--depth D] [--seed S] -o WEIGHTS\n"
-            "  colorize bench [--backend B] [--batch 1,8,32] [--ngf N] [--precision fp32,bf16]\n"
+            "  colorize bench [--backend B] [--batch 1,8,32] [--ngf N | --model WEIGHTS] [--precision fp32,bf16]\n"
             "                 [--size 256] [--threads N] [--min-time SECONDS]\n"
             "  colorize --help-config   (every configuration key, its range and default)\n"
             "  colorize --version\n");
