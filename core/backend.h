@@ -23,6 +23,12 @@
  *   CZ_ERR_UNSUPPORTED. Every op validates shapes and returns CZ_ERR_SHAPE with a detail.
  *   `y == x` (in place) is allowed for act_fwd only.
  *
+ *   Channel views (concat-free skips): where view_ok(be, t, c0, nc) returns non-zero, the view
+ *   cz_tensor_channel_view(t, c0, nc) may be the output y of conv2d and deconv2d and the
+ *   input or output of act_fwd, so a decoder writes straight into its half of the skip
+ *   buffer. Every other use of a view, and any view on a backend whose view_ok is NULL, is
+ *   refused with CZ_ERR_UNSUPPORTED.
+ *
  * Threading: a backend instance is used by one thread at a time (the device-owner thread in
  * the server). Creating several instances is allowed.
  *
@@ -58,6 +64,8 @@ typedef struct cz_tensor {
     int layout;     /* backend-private layout id; 0 = plain NCHW */
     int n, c, h, w; /* logical shape; n may be lowered for a batch view */
     int cap_n;      /* batch the storage was allocated for */
+    int c_off;      /* channel view: first channel of this tensor within its storage */
+    int c_store;    /* channel view: channels of the storage (0 = not a view) */
 } cz_tensor;
 
 static inline size_t cz_tensor_numel(const cz_tensor *t) {
@@ -66,6 +74,17 @@ static inline size_t cz_tensor_numel(const cz_tensor *t) {
 static inline cz_tensor cz_tensor_batch_view(cz_tensor t, int n) {
     t.n = n;
     return t;
+}
+/* Channel view: channels [c0, c0+nc) of t, sharing its storage. Only where the backend's
+ * view_ok() accepts it (see below). */
+static inline cz_tensor cz_tensor_channel_view(cz_tensor t, int c0, int nc) {
+    if (!t.c_store) t.c_store = t.c;
+    t.c_off += c0;
+    t.c = nc;
+    return t;
+}
+static inline int cz_tensor_is_view(const cz_tensor *t) {
+    return t->c_store != 0 && (t->c_store != t->c || t->c_off != 0);
 }
 
 typedef enum cz_act { CZ_ACT_NONE = 0, CZ_ACT_RELU = 1, CZ_ACT_LRELU = 2, CZ_ACT_TANH = 3 } cz_act;
@@ -98,6 +117,9 @@ typedef struct cz_backend_ops {
     cz_status (*tensor_zero)(cz_backend *be, cz_tensor *t);
     /* Waits for queued work (no-op on synchronous backends). */
     cz_status (*sync)(cz_backend *be);
+    /* Whether channels [c0, c0+nc) of allocated tensor t can be used as a channel view (see
+     * "Channel views" above). NULL: views unsupported. */
+    int (*view_ok)(cz_backend *be, const cz_tensor *t, int c0, int nc);
 
     /* ---- forward ---- */
     /* y = act(conv(x, w) + b); b may be NULL. */

@@ -242,6 +242,9 @@ typedef struct plan {
     uint64_t last_use;
     cz_tensor x, out;
     cz_tensor s[CZ_UNET_MAX_DEPTH], c[CZ_UNET_MAX_DEPTH], u[CZ_UNET_MAX_DEPTH], r;
+    /* view[i]: c[i] is filled through channel views (decoder writes its half in place, ReLU of
+     * the skip written into the other half) instead of u[i+1] + concat + ReLU */
+    int view[CZ_UNET_MAX_DEPTH];
 } plan;
 
 struct cz_unet {
@@ -456,8 +459,13 @@ static cz_status plan_build(cz_unet *u, plan *p, int nb, int h, int w) {
         CZ_TRY(cz_tensor_alloc(be, &p->c[i], dt, CZ_ROLE_ACT, nb, 2 * ch, hh, ww));
     }
     CZ_TRY(cz_tensor_alloc(be, &p->r, dt, CZ_ROLE_ACT, nb, cz_unet_width(a, D - 1), h >> D, w >> D));
-    for (int i = 1; i <= D - 1; i++)
-        CZ_TRY(cz_tensor_alloc(be, &p->u[i], dt, CZ_ROLE_ACT, nb, up_out(a, i), h >> i, w >> i));
+    for (int i = 1; i <= D - 1; i++) {
+        cz_tensor *c = &p->c[i - 1];
+        int half = up_out(a, i);
+        p->view[i - 1] = be->ops->view_ok && be->ops->view_ok(be, c, 0, half) && be->ops->view_ok(be, c, half, half);
+        if (!p->view[i - 1])
+            CZ_TRY(cz_tensor_alloc(be, &p->u[i], dt, CZ_ROLE_ACT, nb, half, h >> i, w >> i));
+    }
     return CZ_OK;
 }
 
@@ -528,9 +536,17 @@ cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, floa
     /* decoder: u[i] = relu(bn(deconv(...))), c[i] = relu(concat(s[i], u[i+1])) */
     for (int i = D - 1; i >= 1; i--) {
         const cz_tensor *src = i == D - 1 ? &r : &c[i];
-        CZ_TRY(ops->deconv2d(be, src, &u->up_w[i], &u->up_b[i], &up, &uu[i]));
-        CZ_TRY(ops->concat(be, &s[i - 1], &uu[i], &c[i - 1]));
-        CZ_TRY(ops->act_fwd(be, CZ_ACT_RELU, 0.f, &c[i - 1], &c[i - 1]));
+        if (p->view[i - 1]) {
+            int half = up_out(a, i);
+            cz_tensor skip_half = cz_tensor_channel_view(c[i - 1], 0, half);
+            cz_tensor up_half = cz_tensor_channel_view(c[i - 1], half, half);
+            CZ_TRY(ops->deconv2d(be, src, &u->up_w[i], &u->up_b[i], &up, &up_half));
+            CZ_TRY(ops->act_fwd(be, CZ_ACT_RELU, 0.f, &s[i - 1], &skip_half));
+        } else {
+            CZ_TRY(ops->deconv2d(be, src, &u->up_w[i], &u->up_b[i], &up, &uu[i]));
+            CZ_TRY(ops->concat(be, &s[i - 1], &uu[i], &c[i - 1]));
+            CZ_TRY(ops->act_fwd(be, CZ_ACT_RELU, 0.f, &c[i - 1], &c[i - 1]));
+        }
     }
     cz_conv_params outer = {.stride = 2, .pad = 1, .act = CZ_ACT_TANH, .alpha = 0.f};
     CZ_TRY(ops->deconv2d(be, &c[0], &u->up_w[0], &u->up_b[0], &outer, &y));

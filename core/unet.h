@@ -18,6 +18,8 @@
  *   u[i]  = relu(up_i(...)),              i = depth-1..1
  *   c[i]  = relu(concat(s[i], u[i+1]))    i = 0..depth-2   (ReLU(LReLU(x)) == ReLU(x))
  *   out   = tanh(up_0(c[0]) + bias)
+ * Where the backend supports channel views, u[i+1] is written straight into the second half of
+ * c[i] and relu(s[i]) into the first, so no concat copy is made.
  * All activations for a (max_batch, h, w) shape are planned once (cz_unet_plan); forward
  * allocates nothing and runs any batch n <= max_batch through batch views. One image's output
  * does not depend on what else is in its batch (tests/unit/test_unet.c checks it bit for bit).
