@@ -44,6 +44,24 @@ static const key_row k_keys[] = {
     {"image.render", T_INT, F(render), 0, 32, 4096, "256",
      "long side of the image the network sees (a multiple of 2^depth, 256 for the default model)"},
     {"image.jpeg_quality", T_INT, F(jpeg_quality), 0, 1, 100, "90", "quality of JPEG output"},
+    {"server.listen", T_STR, F(listen), SZ(listen), 0, 0, "0.0.0.0:8080", "ADDR:PORT to listen on (port 0: ephemeral)"},
+    {"server.http_threads", T_INT, F(http_threads), 0, 1, 256, "4", "HTTP worker threads (decode/encode run there)"},
+    {"server.max_connections", T_INT, F(max_connections), 0, 1, 100000, "256", "open connections, at most"},
+    {"server.max_connections_per_ip", T_INT, F(max_connections_per_ip), 0, 1, 100000, "64",
+     "open connections per client address, at most"},
+    {"server.connection_timeout_s", T_INT, F(connection_timeout_s), 0, 1, 3600, "30",
+     "a connection idle (or trickling) this long is closed"},
+    {"server.max_body_bytes", T_I64, F(max_body_bytes), 0, 1024, (int64_t)1 << 32, "52428800",
+     "request body limit in bytes (413 above it)"},
+    {"server.request_deadline_ms", T_INT, F(request_deadline_ms), 0, 100, 3600000, "30000",
+     "budget of one request; work past it is dropped before inference (504)"},
+    {"server.max_queue", T_INT, F(max_queue), 0, 1, 100000, "64", "inference jobs waiting, at most (503 above)"},
+    {"server.queue_high_water", T_INT, F(queue_high_water), 0, 1, 100000, "48", "/readyz fails at this queue depth"},
+    {"server.max_wait_us", T_INT, F(max_wait_us), 0, 0, 10000000, "2000",
+     "batching window: how long a queued image waits for others of its size"},
+    {"server.max_render", T_INT, F(max_render), 0, 256, 4096, "1024", "largest render a request may ask for"},
+    {"server.drain_timeout_s", T_INT, F(drain_timeout_s), 0, 0, 3600, "20",
+     "on SIGTERM, how long in-flight requests get to finish"},
     {"log.level", T_STR, F(log_level), SZ(log_level), 0, 0, "info", "debug | info | warn | error | off"},
 };
 #define NKEYS (sizeof k_keys / sizeof k_keys[0])
@@ -177,6 +195,17 @@ cz_status cz_config_validate(const cz_config *c) {
     if (cz_log_parse_level(c->log_level) < 0)
         return cz_error_set(CZ_ERR_CONFIG, "log.level = '%s': expected debug, info, warn, error or off", c->log_level);
     if (!c->model_path[0]) return cz_error_set(CZ_ERR_CONFIG, "model.path is empty");
+    if (c->queue_high_water > c->max_queue)
+        return cz_error_set(CZ_ERR_CONFIG, "server.queue_high_water (%d) exceeds server.max_queue (%d)",
+                            c->queue_high_water, c->max_queue);
+    if (c->render > c->max_render)
+        return cz_error_set(CZ_ERR_CONFIG, "image.render (%d) exceeds server.max_render (%d)", c->render,
+                            c->max_render);
+    const char *colon = strrchr(c->listen, ':');
+    char *end = NULL;
+    long port = colon ? strtol(colon + 1, &end, 10) : -1;
+    if (!colon || colon == c->listen || !end || *end || end == colon + 1 || port < 0 || port > 65535)
+        return cz_error_set(CZ_ERR_CONFIG, "server.listen = '%s': expected ADDR:PORT", c->listen);
     return CZ_OK;
 }
 
@@ -185,9 +214,9 @@ void cz_config_print_help(void *fp) {
     for (size_t i = 0; i < NKEYS; i++) {
         const key_row *r = &k_keys[i];
         if (r->type == T_STR)
-            fprintf(f, "  %-22s string  default %-10s %s\n", r->key, r->def, r->help);
+            fprintf(f, "  %-30s string  default %-14s %s\n", r->key, r->def, r->help);
         else
-            fprintf(f, "  %-22s %lld..%lld default %s: %s\n", r->key, (long long)r->min, (long long)r->max,
+            fprintf(f, "  %-30s %lld..%lld, default %s: %s\n", r->key, (long long)r->min, (long long)r->max,
                     r->def, r->help);
     }
 }

@@ -29,6 +29,19 @@ typedef struct cz_config {
     int64_t max_input_bytes;
     int render;       /* long side the network sees */
     int jpeg_quality; /* output JPEG quality */
+    /* server (colorized) */
+    char listen[64];           /* ADDR:PORT; port 0 = ephemeral (the bound port is logged) */
+    int http_threads;          /* libmicrohttpd thread pool size */
+    int max_connections;       /* open connections, at most */
+    int max_connections_per_ip;
+    int connection_timeout_s;  /* idle / slow client timeout */
+    int64_t max_body_bytes;    /* request body limit (413 above) */
+    int request_deadline_ms;   /* whole request budget, including time in the queue */
+    int max_queue;             /* inference jobs waiting, at most (503 + Retry-After above) */
+    int queue_high_water;      /* /readyz fails at this depth */
+    int max_wait_us;           /* batching window: how long a job waits for company */
+    int max_render;            /* largest `render` a request may ask for */
+    int drain_timeout_s;       /* SIGTERM: time in-flight requests get to finish */
     /* log */
     char log_level[16];
 } cz_config;
