@@ -11,7 +11,8 @@
  * Every submitted job gets exactly one `done` call, whatever happens (ran, failed, expired,
  * shut down): nothing accepted is lost.
  *
- * The model can be swapped between batches (cz_batcher_swap) without failing a request.
+ * The model can be swapped between batches (cz_batcher_call with a function that replaces the
+ * colorizer) without failing a request.
  *
  * Thread-safety: submit/depth/stats/ready may be called from any thread; create/drain/destroy
  * from one controlling thread. Tested by tests/unit/test_batcher.c (also under TSan). */

@@ -1,0 +1,894 @@
+/* test_batcher.c: the inference queue and its device thread (core/batcher.c) on a tiny U-Net
+ * (ngf 4, depth 8, lab): single job equals a direct run bit for bit, concurrent jobs form one
+ * batch, max_batch splits them, sizes batch separately, queue full answers at once, deadlines
+ * expire promptly without running, drain and destroy complete every job exactly once, calls
+ * run on the device thread and swap the model under load, readiness states, a failing batch,
+ * and a multi-threaded stress run. Backend: CZ_TEST_BACKEND (default "auto"); the TSan build
+ * runs it with CZ_TEST_BACKEND=ref. cmocka assertions are made on the main thread only. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "batcher.h"
+#include "colorize.h"
+#include "safetensors.h"
+#include "testutil.h"
+#include "unet.h"
+
+/* Guard for waits that only end early on a bug: generous, TSan + ref on a loaded box is slow. */
+#define WAIT_MS 120000
+
+static char *g_w1, *g_w2;     /* weights files, seeds 5 and 6 */
+static cz_backend *g_prep_be; /* ref backend for the prepare-only colorizer */
+static cz_colorizer *g_prep;  /* used for cz_cjob_prepare only (never run) */
+
+static const char *backend_name(void) {
+    const char *s = getenv("CZ_TEST_BACKEND");
+    return s && *s ? s : "auto";
+}
+
+static char *write_weights(uint64_t seed) {
+    cz_unet_arch a = cz_unet_arch_default(4, CZ_COLOR_LAB);
+    a.depth = 8;
+    cz_st_writer *w;
+    assert_int_equal(cz_st_writer_create(&w), CZ_OK);
+    assert_int_equal(cz_unet_init_weights(&a, seed, w), CZ_OK);
+    char *path = strdup("/tmp/cz_batcher_XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(cz_st_writer_save(w, path), CZ_OK);
+    cz_st_writer_destroy(w);
+    return path;
+}
+
+static int group_setup(void **state) {
+    (void)state;
+    g_w1 = write_weights(5);
+    g_w2 = write_weights(6);
+    cz_colorizer_opts o = {.max_batch = 1, .precision = CZ_F32};
+    if (cz_backend_create("ref", NULL, &g_prep_be) != CZ_OK) return -1;
+    if (cz_colorizer_create(g_prep_be, g_w1, &o, &g_prep) != CZ_OK) return -1;
+    printf("backend: %s\n", backend_name());
+    return 0;
+}
+
+static int group_teardown(void **state) {
+    (void)state;
+    cz_colorizer_destroy(g_prep);
+    cz_backend_destroy(g_prep_be);
+    unlink(g_w1);
+    unlink(g_w2);
+    free(g_w1);
+    free(g_w2);
+    return 0;
+}
+
+/* ---- helpers ---- */
+
+typedef struct tracker {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+} tracker;
+
+typedef struct tjob {
+    cz_bjob bj;
+    atomic_int calls;
+    pthread_t done_thread;
+    tracker *tr;
+} tjob;
+
+static void tracker_init(tracker *t) {
+    pthread_mutex_init(&t->mu, NULL);
+    pthread_cond_init(&t->cv, NULL);
+    t->done = 0;
+}
+
+static void tracker_fini(tracker *t) {
+    pthread_mutex_destroy(&t->mu);
+    pthread_cond_destroy(&t->cv);
+}
+
+/* Waits until `n` callbacks have arrived or timeout_ms passed; returns the count seen. */
+static int tracker_wait(tracker *t, int n, int timeout_ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&t->mu);
+    while (t->done < n)
+        if (pthread_cond_timedwait(&t->cv, &t->mu, &ts) != 0) break;
+    int d = t->done;
+    pthread_mutex_unlock(&t->mu);
+    return d;
+}
+
+static void on_done(cz_bjob *j, void *user) {
+    tjob *t = user;
+    (void)j;
+    t->done_thread = pthread_self();
+    atomic_fetch_add(&t->calls, 1);
+    pthread_mutex_lock(&t->tr->mu);
+    t->tr->done++;
+    pthread_cond_broadcast(&t->tr->cv);
+    pthread_mutex_unlock(&t->tr->mu);
+}
+
+/* Prepares t for a w x h gray image at `render` (no cmocka: usable from worker threads). */
+static cz_status tjob_prepare(tjob *t, int w, int h, int render, uint64_t seed, tracker *tr) {
+    memset(t, 0, sizeof *t);
+    cz_image img;
+    if (cz_image_alloc(&img, w, h, 1) != CZ_OK) return CZ_ERR_NOMEM;
+    uint64_t s = seed | 1;
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++)
+            img.px[(size_t)y * w + x] =
+                (uint8_t)((x * 255 / w + y * 128 / h + (int)(tu_rand_u64(&s) % 32)) % 256);
+    cz_status st = cz_cjob_prepare(g_prep, &img, render, &t->bj.cjob);
+    cz_image_free(&img);
+    atomic_init(&t->calls, 0);
+    t->tr = tr;
+    t->bj.done = on_done;
+    t->bj.user = t;
+    return st;
+}
+
+static void tjob_release(tjob *t) {
+    cz_cjob_release(&t->bj.cjob);
+}
+
+static cz_batcher *make_batcher(cz_backend **be, const char *weights, int cz_max_batch,
+                                const cz_batcher_opts *o) {
+    assert_int_equal(cz_backend_create(backend_name(), NULL, be), CZ_OK);
+    cz_colorizer_opts co = {.max_batch = cz_max_batch, .precision = CZ_F32};
+    cz_colorizer *cz;
+    assert_int_equal(cz_colorizer_create(*be, weights, &co, &cz), CZ_OK);
+    cz_batcher *b;
+    assert_int_equal(cz_batcher_create(cz, o, &b), CZ_OK);
+    return b;
+}
+
+static size_t out_floats(const cz_cjob *j) {
+    return (size_t)2 * j->geom.net_w * j->geom.net_h;
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= m)) m = d; /* NaN propagates */
+    }
+    return m;
+}
+
+static double ms_since(int64_t t0) {
+    return (double)(cz_now_ns() - t0) / 1e6;
+}
+
+/* ---- call functions ---- */
+
+typedef struct direct_run {
+    cz_cjob *job;
+    pthread_t thread;
+    cz_status nested;
+    cz_batcher *b;
+} direct_run;
+
+static cz_status noop_fn(cz_colorizer **cz, void *arg) {
+    (void)cz;
+    (void)arg;
+    return CZ_OK;
+}
+
+static cz_status direct_run_fn(cz_colorizer **cz, void *arg) {
+    direct_run *d = arg;
+    d->thread = pthread_self();
+    d->nested = cz_batcher_call(d->b, noop_fn, NULL); /* must refuse, not deadlock */
+    cz_cjob *p = d->job;
+    return cz_colorizer_run(*cz, &p, 1);
+}
+
+static cz_status failing_fn(cz_colorizer **cz, void *arg) {
+    (void)cz;
+    (void)arg;
+    return cz_error_set(CZ_ERR_NOT_FOUND, "the thing from the test");
+}
+
+/* ---- tests ---- */
+
+static void test_single_job(void **state) {
+    (void)state;
+    cz_backend *be;
+    cz_batcher_opts o = {
+        .max_batch = 4, .max_wait_us = 1000, .max_queue = 16, .high_water = 0, .warmup_render = 0};
+    cz_batcher *b = make_batcher(&be, g_w1, 4, &o);
+    assert_null(cz_batcher_ready(b, NULL, 0));
+
+    tracker tr;
+    tracker_init(&tr);
+    tjob t;
+    assert_int_equal(tjob_prepare(&t, 100, 80, 256, 11, &tr), CZ_OK);
+    /* argument checks */
+    assert_int_equal(cz_batcher_submit(NULL, &t.bj), CZ_ERR_INVALID_ARG);
+    assert_int_equal(cz_batcher_submit(b, NULL), CZ_ERR_INVALID_ARG);
+    t.bj.done = NULL;
+    assert_int_equal(cz_batcher_submit(b, &t.bj), CZ_ERR_INVALID_ARG);
+    t.bj.done = on_done;
+
+    int64_t before = cz_now_ns();
+    assert_int_equal(cz_batcher_submit(b, &t.bj), CZ_OK);
+    assert_int_equal(tracker_wait(&tr, 1, WAIT_MS), 1);
+    int64_t after = cz_now_ns();
+    assert_int_equal(atomic_load(&t.calls), 1);
+    assert_int_equal(t.bj.status, CZ_OK);
+    assert_string_equal(t.bj.error, "");
+    assert_int_equal(t.bj.batch_size, 1);
+    assert_true(t.bj.t_submit_ns >= before);
+    assert_true(t.bj.t_start_ns >= t.bj.t_submit_ns);
+    assert_true(t.bj.t_end_ns >= t.bj.t_start_ns);
+    assert_true(t.bj.t_end_ns <= after);
+    assert_false(pthread_equal(t.done_thread, pthread_self()));
+
+    /* the same input run directly on the batcher's colorizer, on its thread */
+    tjob ref;
+    assert_int_equal(tjob_prepare(&ref, 100, 80, 256, 11, &tr), CZ_OK);
+    direct_run d = {.job = &ref.bj.cjob, .b = b};
+    assert_int_equal(cz_batcher_call(b, direct_run_fn, &d), CZ_OK);
+    assert_int_equal(d.nested, CZ_ERR_INVALID_ARG);
+    assert_true(pthread_equal(d.thread, t.done_thread));
+    assert_memory_equal(ref.bj.cjob.net_out, t.bj.cjob.net_out, out_floats(&t.bj.cjob) * sizeof(float));
+
+    /* fn's status and detail reach the caller */
+    assert_int_equal(cz_batcher_call(b, failing_fn, NULL), CZ_ERR_NOT_FOUND);
+    assert_non_null(strstr(cz_error_detail(), "the thing from the test"));
+    assert_int_equal(cz_batcher_call(b, NULL, NULL), CZ_ERR_INVALID_ARG);
+
+    cz_batcher_stats st;
+    cz_batcher_stats_get(b, &st);
+    assert_int_equal(st.batches, 1);
+    assert_int_equal(st.images, 1);
+    assert_int_equal(st.batch_size_hist[1], 1);
+    assert_int_equal(st.failed, 0);
+    assert_true(st.infer_seconds_sum > 0 && st.infer_seconds_max > 0);
+    assert_int_equal(st.depth, 0);
+
+    cz_batcher_destroy(b);
+    cz_batcher_destroy(NULL);
+    cz_backend_destroy(be);
+    tjob_release(&t);
+    tjob_release(&ref);
+    tracker_fini(&tr);
+}
+
+typedef struct submitter {
+    cz_batcher *b;
+    tjob *job;
+    pthread_barrier_t *bar;
+    cz_status rc;
+} submitter;
+
+static void *submit_thread(void *arg) {
+    submitter *s = arg;
+    pthread_barrier_wait(s->bar);
+    s->rc = cz_batcher_submit(s->b, &s->job->bj);
+    return NULL;
+}
+
+static void check_batching(int max_batch) {
+    enum { N = 8 };
+    cz_backend *be;
+    cz_batcher_opts o = {.max_batch = max_batch, .max_wait_us = 200000, .max_queue = 64, .warmup_render = 0};
+    cz_batcher *b = make_batcher(&be, g_w1, 8, &o);
+    tracker tr;
+    tracker_init(&tr);
+    tjob jobs[N];
+    submitter sub[N];
+    pthread_t th[N];
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, N);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(tjob_prepare(&jobs[i], 64 + 10 * i, 64, 256, (uint64_t)i + 1, &tr), CZ_OK);
+        sub[i] = (submitter){.b = b, .job = &jobs[i], .bar = &bar};
+    }
+    int64_t t0 = cz_now_ns();
+    for (int i = 0; i < N; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, submit_thread, &sub[i]), 0);
+    for (int i = 0; i < N; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(sub[i].rc, CZ_OK);
+    assert_int_equal(tracker_wait(&tr, N, WAIT_MS), N);
+    double ms = ms_since(t0);
+    printf("max_batch %d: 8 jobs done in %.1f ms\n", max_batch, ms);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(jobs[i].bj.status, CZ_OK);
+        assert_int_equal(jobs[i].bj.batch_size, max_batch);
+        assert_int_equal(atomic_load(&jobs[i].calls), 1);
+    }
+    cz_batcher_stats st;
+    cz_batcher_stats_get(b, &st);
+    assert_int_equal(st.batches, N / max_batch);
+    assert_int_equal(st.images, N);
+    assert_int_equal(st.batch_size_hist[max_batch], N / max_batch);
+    if (max_batch == N) { /* a full batch starts at once, without waiting out max_wait (200 ms) */
+        int64_t first = jobs[0].bj.t_submit_ns;
+        for (int i = 1; i < N; i++)
+            if (jobs[i].bj.t_submit_ns < first) first = jobs[i].bj.t_submit_ns;
+        assert_true(jobs[0].bj.t_start_ns - first < 180 * 1000000LL);
+    }
+    cz_batcher_destroy(b);
+    cz_backend_destroy(be);
+    pthread_barrier_destroy(&bar);
+    for (int i = 0; i < N; i++)
+        tjob_release(&jobs[i]);
+    tracker_fini(&tr);
+}
+
+static void test_batching_8(void **state) {
+    (void)state;
+    check_batching(8);
+}
+
+static void test_batching_4(void **state) {
+    (void)state;
+    check_batching(4);
+}
+
+static void test_sizes_batch_separately(void **state) {
+    (void)state;
+    cz_backend *be;
+    cz_batcher_opts o = {.max_batch = 4, .max_wait_us = 100000, .max_queue = 64, .warmup_render = 0};
+    cz_batcher *b = make_batcher(&be, g_w1, 4, &o);
+    tracker tr;
+    tracker_init(&tr);
+    tjob jobs[4];
+    assert_int_equal(tjob_prepare(&jobs[0], 100, 80, 256, 1, &tr), CZ_OK);
+    assert_int_equal(tjob_prepare(&jobs[1], 600, 100, 512, 2, &tr), CZ_OK);
+    assert_int_equal(tjob_prepare(&jobs[2], 80, 100, 256, 3, &tr), CZ_OK);
+    assert_int_equal(tjob_prepare(&jobs[3], 500, 120, 512, 4, &tr), CZ_OK);
+    assert_int_equal(jobs[1].bj.cjob.geom.net_w, 512);
+    assert_int_equal(jobs[1].bj.cjob.geom.net_h, 256);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(cz_batcher_submit(b, &jobs[i].bj), CZ_OK);
+    assert_int_equal(tracker_wait(&tr, 4, WAIT_MS), 4);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(jobs[i].bj.status, CZ_OK);
+        assert_int_equal(jobs[i].bj.batch_size, 2);
+        /* waited for company up to max_wait */
+        assert_true(jobs[i].bj.t_start_ns - jobs[i].bj.t_submit_ns >= 90 * 1000000LL);
+    }
+    assert_true(jobs[0].bj.t_start_ns == jobs[2].bj.t_start_ns);
+    assert_true(jobs[1].bj.t_start_ns == jobs[3].bj.t_start_ns);
+    assert_true(jobs[0].bj.t_start_ns != jobs[1].bj.t_start_ns);
+    cz_batcher_stats st;
+    cz_batcher_stats_get(b, &st);
+    assert_int_equal(st.batches, 2);
+    assert_int_equal(st.batch_size_hist[2], 2);
+    cz_batcher_destroy(b);
+    cz_backend_destroy(be);
+    for (int i = 0; i < 4; i++)
+        tjob_release(&jobs[i]);
+    tracker_fini(&tr);
+}
+
+static void test_queue_full_and_drain(void **state) {
+    (void)state;
+    cz_backend *be;
+    cz_batcher_opts o = {
+        .max_batch = 4, .max_wait_us = 10000000, .max_queue = 2, .high_water = 2, .warmup_render = 0};
+    cz_batcher *b = make_batcher(&be, g_w1, 4, &o);
+    tracker tr;
+    tracker_init(&tr);
+    tjob jobs[3];
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(tjob_prepare(&jobs[i], 90, 90, 256, (uint64_t)i + 7, &tr), CZ_OK);
+    assert_int_equal(cz_batcher_submit(b, &jobs[0].bj), CZ_OK);
+    assert_null(cz_batcher_ready(b, NULL, 0));
+    assert_int_equal(cz_batcher_submit(b, &jobs[1].bj), CZ_OK);
+    char buf[128];
+    const char *r = cz_batcher_ready(b, buf, sizeof buf);
+    assert_non_null(r);
+    assert_string_equal(r, "queue_high");
+    int64_t t0 = cz_now_ns();
+    assert_int_equal(cz_batcher_submit(b, &jobs[2].bj), CZ_ERR_QUEUE_FULL);
+    assert_true(ms_since(t0) < 100);
+    assert_int_equal(cz_batcher_depth(b), 2);
+    usleep(20000);
+    assert_int_equal(tracker_wait(&tr, 1, 0), 0); /* still waiting for company (max_wait 10 s) */
+
+    t0 = cz_now_ns();
+    assert_int_equal(cz_batcher_drain(b, WAIT_MS), 0); /* returns once done, not at the timeout */
+    printf("drain of 2 queued jobs took %.1f ms\n", ms_since(t0));
+    assert_int_equal(tracker_wait(&tr, 2, 0), 2); /* callbacks ran before drain returned */
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(jobs[i].bj.status, CZ_OK);
+        assert_int_equal(jobs[i].bj.batch_size, 2);
+        assert_int_equal(atomic_load(&jobs[i].calls), 1);
+    }
+    assert_int_equal(atomic_load(&jobs[2].calls), 0);
+    assert_int_equal(cz_batcher_submit(b, &jobs[2].bj), CZ_ERR_SHUTTING_DOWN);
+    r = cz_batcher_ready(b, buf, sizeof buf);
+    assert_non_null(r);
+    assert_string_equal(r, "draining");
+    assert_int_equal(cz_batcher_drain(b, 0), 0);
+    /* calls still work after drain (the thread lives until destroy) */
+    assert_int_equal(cz_batcher_call(b, noop_fn, NULL), CZ_OK);
+    cz_batcher_destroy(b);
+    cz_backend_destroy(be);
+    assert_int_equal(atomic_load(&jobs[2].calls), 0);
+    for (int i = 0; i < 3; i++)
+        tjob_release(&jobs[i]);
+    tracker_fini(&tr);
+}
+
+static void test_deadline(void **state) {
+    (void)state;
+    cz_backend *be;
+    cz_batcher_opts o = {.max_batch = 4, .max_wait_us = 300000, .max_queue = 8, .warmup_render = 0};
+    cz_batcher *b = make_batcher(&be, g_w1, 4, &o);
+    tracker tr;
+    tracker_init(&tr);
+    tjob t, late;
+    assert_int_equal(tjob_prepare(&t, 90, 90, 256, 3, &tr), CZ_OK);
+    assert_int_equal(tjob_prepare(&late, 90, 90, 256, 4, &tr), CZ_OK);
+    int64_t t0 = cz_now_ns();
+    t.bj.deadline_ns = t0 + 1000000;         /* 1 ms */
+    late.bj.deadline_ns = t0 + 5000000000LL; /* far: runs after max_wait */
+    assert_int_equal(cz_batcher_submit(b, &t.bj), CZ_OK);
+    assert_int_equal(cz_batcher_submit(b, &late.bj), CZ_OK);
+    assert_int_equal(tracker_wait(&tr, 1, WAIT_MS), 1);
+    double ms = ms_since(t0);
+    printf("expired job completed after %.2f ms: %s\n", ms, t.bj.error);
+    assert_true(ms < 150);
+    assert_int_equal(atomic_load(&t.calls), 1);
+    assert_int_equal(t.bj.status, CZ_ERR_DEADLINE);
+    assert_true(t.bj.t_start_ns == 0);
+    assert_int_equal(t.bj.batch_size, 0);
+    assert_true(t.bj.t_end_ns >= t.bj.deadline_ns);
+    assert_non_null(strstr(t.bj.error, "ms"));
+    assert_int_equal(atomic_load(&late.calls), 0);
+    assert_int_equal(tracker_wait(&tr, 2, WAIT_MS), 2);
+    assert_int_equal(late.bj.status, CZ_OK);
+    assert_int_equal(late.bj.batch_size, 1);
+    cz_batcher_stats st;
+    cz_batcher_stats_get(b, &st);
+    assert_int_equal(st.expired, 1);
+    assert_int_equal(st.images, 1);
+    cz_batcher_destroy(b);
+    cz_backend_destroy(be);
+    tjob_release(&t);
+    tjob_release(&late);
+    tracker_fini(&tr);
+}
+
+static void test_destroy_with_queued_jobs(void **state) {
+    (void)state;
+    enum { N = 6 };
+    cz_backend *be;
+    cz_batcher_opts o = {.max_batch = 4, .max_wait_us = 10000000, .max_queue = 16, .warmup_render = 0};
+    cz_batcher *b = make_batcher(&be, g_w1, 4, &o);
+    tracker tr;
+    tracker_init(&tr);
+    tjob jobs[N];
+    for (int i = 0; i < N; i++)
+        assert_int_equal(tjob_prepare(&jobs[i], 70 + 40 * i, 90, i % 2 ? 512 : 256, (uint64_t)i + 1, &tr),
+                         CZ_OK);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(cz_batcher_submit(b, &jobs[i].bj), CZ_OK);
+    cz_batcher_destroy(b);
+    assert_int_equal(tracker_wait(&tr, N, 0), N);
+    int shut = 0;
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(atomic_load(&jobs[i].calls), 1);
+        assert_true(jobs[i].bj.status == CZ_OK || jobs[i].bj.status == CZ_ERR_SHUTTING_DOWN);
+        if (jobs[i].bj.status == CZ_ERR_SHUTTING_DOWN) {
+            shut++;
+            assert_true(jobs[i].bj.t_start_ns == 0);
+            assert_non_null(strstr(jobs[i].bj.error, "shutting down"));
+        }
+    }
+    printf("destroy: %d of %d queued jobs shut down\n", shut, N);
+    cz_backend_destroy(be);
+    for (int i = 0; i < N; i++)
+        tjob_release(&jobs[i]);
+    tracker_fini(&tr);
+}
+
+static void test_failed_batch(void **state) {
+    (void)state;
+    cz_backend *be;
+    cz_batcher_opts o = {.max_batch = 2, .max_wait_us = 0, .max_queue = 8, .warmup_render = 0};
+    cz_batcher *b = make_batcher(&be, g_w1, 2, &o);
+    tracker tr;
+    tracker_init(&tr);
+    tjob bad, good;
+    assert_int_equal(tjob_prepare(&bad, 90, 90, 256, 3, &tr), CZ_OK);
+    assert_int_equal(tjob_prepare(&good, 90, 90, 256, 4, &tr), CZ_OK);
+    bad.bj.cjob.geom.net_w = bad.bj.cjob.geom.net_h = 128; /* not a multiple of 2^depth */
+    assert_int_equal(cz_batcher_submit(b, &bad.bj), CZ_OK);
+    assert_int_equal(tracker_wait(&tr, 1, WAIT_MS), 1);
+    printf("failed batch: %s: %s\n", cz_strerror(bad.bj.status), bad.bj.error);
+    assert_int_not_equal(bad.bj.status, CZ_OK);
+    assert_true(strlen(bad.bj.error) > 0);
+    assert_int_equal(bad.bj.batch_size, 1);
+    assert_true(bad.bj.t_start_ns > 0);
+    assert_null(cz_batcher_ready(b, NULL, 0)); /* only backend failures are sticky */
+    assert_int_equal(cz_batcher_submit(b, &good.bj), CZ_OK);
+    assert_int_equal(tracker_wait(&tr, 2, WAIT_MS), 2);
+    assert_int_equal(good.bj.status, CZ_OK);
+    cz_batcher_stats st;
+    cz_batcher_stats_get(b, &st);
+    assert_int_equal(st.failed, 1);
+    assert_int_equal(st.batches, 2);
+    cz_batcher_destroy(b);
+    cz_backend_destroy(be);
+    tjob_release(&bad);
+    tjob_release(&good);
+    tracker_fini(&tr);
+}
+
+static void test_ready_warm_up(void **state) {
+    (void)state;
+    cz_backend *be;
+    /* 512 keeps dnnl's warm-up measurable; ref (the slow TSan run) is slow enough at 256 */
+    cz_batcher_opts o = {.max_batch = 4,
+                         .max_wait_us = 1000,
+                         .max_queue = 8,
+                         .high_water = 4,
+                         .warmup_render = strcmp(backend_name(), "ref") == 0 ? 256 : 512};
+    int64_t t0 = cz_now_ns();
+    cz_batcher *b = make_batcher(&be, g_w1, 4, &o);
+    char buf[128];
+    const char *r = cz_batcher_ready(b, buf, sizeof buf);
+    assert_non_null(r);
+    assert_string_equal(r, "warming_up");
+    assert_string_equal(cz_batcher_ready(b, NULL, 0), "warming_up");
+    /* a job submitted during warm-up is accepted and runs afterwards */
+    tracker tr;
+    tracker_init(&tr);
+    tjob t;
+    assert_int_equal(tjob_prepare(&t, 90, 90, 256, 3, &tr), CZ_OK);
+    assert_int_equal(cz_batcher_submit(b, &t.bj), CZ_OK);
+    /* calls are served after warm-up */
+    assert_int_equal(cz_batcher_call(b, noop_fn, NULL), CZ_OK);
+    printf("warm-up finished %.1f ms after create\n", ms_since(t0));
+    assert_null(cz_batcher_ready(b, buf, sizeof buf));
+    assert_int_equal(tracker_wait(&tr, 1, WAIT_MS), 1);
+    assert_int_equal(t.bj.status, CZ_OK);
+    cz_batcher_stats st;
+    cz_batcher_stats_get(b, &st);
+    assert_int_equal(st.batches, 1); /* warm-up passes are not counted */
+    cz_batcher_drain(b, 1000);
+    assert_string_equal(cz_batcher_ready(b, buf, sizeof buf), "draining");
+    cz_batcher_destroy(b);
+    cz_backend_destroy(be);
+    tjob_release(&t);
+    tracker_fini(&tr);
+}
+
+/* ---- model swap under load ---- */
+
+typedef struct swap_arg {
+    cz_colorizer *next;
+    pthread_t thread;
+    int64_t t_swap;
+} swap_arg;
+
+static cz_status swap_fn(cz_colorizer **cz, void *arg) {
+    swap_arg *s = arg;
+    s->thread = pthread_self();
+    cz_colorizer_destroy(*cz);
+    *cz = s->next;
+    s->t_swap = cz_now_ns();
+    return CZ_OK;
+}
+
+enum { SWAP_THREADS = 4, SWAP_JOBS = 12 };
+
+typedef struct swap_worker {
+    cz_batcher *b;
+    tjob jobs[SWAP_JOBS];
+    tracker tr;
+    atomic_int *total;
+    int submit_errors, prep_errors;
+} swap_worker;
+
+static void *swap_worker_main(void *arg) {
+    swap_worker *w = arg;
+    for (int i = 0; i < SWAP_JOBS; i++) {
+        if (tjob_prepare(&w->jobs[i], 120, 90, 256, 42, &w->tr) != CZ_OK) {
+            w->prep_errors++;
+            continue;
+        }
+        if (cz_batcher_submit(w->b, &w->jobs[i].bj) != CZ_OK) {
+            w->submit_errors++;
+            continue;
+        }
+        tracker_wait(&w->tr, i + 1 - w->submit_errors - w->prep_errors, WAIT_MS);
+        atomic_fetch_add(w->total, 1);
+    }
+    return NULL;
+}
+
+static void test_call_swaps_model_under_load(void **state) {
+    (void)state;
+    cz_backend *be, *be2;
+    cz_batcher_opts o = {.max_batch = 4, .max_wait_us = 2000, .max_queue = 64, .warmup_render = 256};
+    cz_batcher *b = make_batcher(&be, g_w1, 4, &o);
+    /* the replacement, on its own backend instance (one thread per backend at a time) */
+    assert_int_equal(cz_backend_create(backend_name(), NULL, &be2), CZ_OK);
+    cz_colorizer_opts co = {.max_batch = 4, .precision = CZ_F32};
+    cz_colorizer *cz2;
+    assert_int_equal(cz_colorizer_create(be2, g_w2, &co, &cz2), CZ_OK);
+
+    /* reference outputs of both models for the input every worker submits */
+    tracker tr;
+    tracker_init(&tr);
+    tjob ra, rb;
+    assert_int_equal(tjob_prepare(&ra, 120, 90, 256, 42, &tr), CZ_OK);
+    assert_int_equal(tjob_prepare(&rb, 120, 90, 256, 42, &tr), CZ_OK);
+    direct_run d = {.job = &ra.bj.cjob, .b = b};
+    assert_int_equal(cz_batcher_call(b, direct_run_fn, &d), CZ_OK);
+    cz_cjob *pb = &rb.bj.cjob;
+    assert_int_equal(cz_colorizer_run(cz2, &pb, 1), CZ_OK); /* main thread owns be2 until the swap */
+    size_t nf = out_floats(&ra.bj.cjob);
+    double ab = max_abs_diff(ra.bj.cjob.net_out, rb.bj.cjob.net_out, nf);
+    assert_true(ab > 1e-3); /* the two models differ */
+
+    atomic_int total;
+    atomic_init(&total, 0);
+    swap_worker *w = calloc(SWAP_THREADS, sizeof *w);
+    pthread_t th[SWAP_THREADS];
+    for (int k = 0; k < SWAP_THREADS; k++) {
+        w[k].b = b;
+        w[k].total = &total;
+        tracker_init(&w[k].tr);
+        assert_int_equal(pthread_create(&th[k], NULL, swap_worker_main, &w[k]), 0);
+    }
+    for (int64_t t0 = cz_now_ns(); atomic_load(&total) < SWAP_THREADS * SWAP_JOBS / 3;) {
+        assert_true(ms_since(t0) < WAIT_MS);
+        usleep(1000);
+    }
+    swap_arg s = {.next = cz2};
+    assert_int_equal(cz_batcher_call(b, swap_fn, &s), CZ_OK);
+    int64_t t_after = cz_now_ns();
+    assert_true(pthread_equal(s.thread, d.thread));
+    assert_false(pthread_equal(s.thread, pthread_self()));
+    for (int k = 0; k < SWAP_THREADS; k++)
+        pthread_join(th[k], NULL);
+
+    int n_a = 0, n_b = 0;
+    for (int k = 0; k < SWAP_THREADS; k++) {
+        assert_int_equal(w[k].prep_errors, 0);
+        assert_int_equal(w[k].submit_errors, 0);
+        for (int i = 0; i < SWAP_JOBS; i++) {
+            tjob *j = &w[k].jobs[i];
+            assert_int_equal(atomic_load(&j->calls), 1);
+            assert_int_equal(j->bj.status, CZ_OK);
+            double da = max_abs_diff(j->bj.cjob.net_out, ra.bj.cjob.net_out, nf);
+            double db = max_abs_diff(j->bj.cjob.net_out, rb.bj.cjob.net_out, nf);
+            int is_a = da < 1e-5, is_b = db < 1e-5;
+            assert_true(is_a != is_b);
+            if (j->bj.t_end_ns < s.t_swap) assert_true(is_a);
+            if (j->bj.t_start_ns > s.t_swap || j->bj.t_submit_ns > t_after) assert_true(is_b);
+            n_a += is_a;
+            n_b += is_b;
+            tjob_release(j);
+        }
+        tracker_fini(&w[k].tr);
+    }
+    printf("swap under load: %d jobs on the old model, %d on the new\n", n_a, n_b);
+    assert_true(n_a > 0 && n_b > 0);
+    cz_batcher_destroy(b); /* destroys cz2 */
+    cz_backend_destroy(be);
+    cz_backend_destroy(be2);
+    free(w);
+    tjob_release(&ra);
+    tjob_release(&rb);
+    tracker_fini(&tr);
+}
+
+/* ---- stress ---- */
+
+enum { STRESS_THREADS = 4, STRESS_JOBS = 50 };
+
+typedef struct stress_ctx {
+    atomic_int done_calls, ok, expired, bad, retries;
+} stress_ctx;
+
+typedef struct sjob {
+    cz_bjob bj;
+    atomic_int calls;
+    stress_ctx *ctx;
+    tracker *tr;
+} sjob;
+
+static void stress_done(cz_bjob *j, void *user) {
+    sjob *s = user;
+    atomic_fetch_add(&s->calls, 1);
+    atomic_fetch_add(&s->ctx->done_calls, 1);
+    if (j->status == CZ_OK) {
+        if (j->t_start_ns < j->t_submit_ns || j->t_end_ns < j->t_start_ns || j->batch_size < 1 ||
+            j->batch_size > 4)
+            atomic_fetch_add(&s->ctx->bad, 1);
+        atomic_fetch_add(&s->ctx->ok, 1);
+    } else if (j->status == CZ_ERR_DEADLINE) {
+        if (j->t_start_ns != 0 || (j->deadline_ns && j->t_end_ns < j->deadline_ns))
+            atomic_fetch_add(&s->ctx->bad, 1);
+        atomic_fetch_add(&s->ctx->expired, 1);
+    } else {
+        atomic_fetch_add(&s->ctx->bad, 1);
+    }
+    cz_cjob_release(&j->cjob); /* the owner may free buffers in its callback */
+    pthread_mutex_lock(&s->tr->mu);
+    s->tr->done++;
+    pthread_cond_broadcast(&s->tr->cv);
+    pthread_mutex_unlock(&s->tr->mu);
+}
+
+typedef struct stress_worker {
+    cz_batcher *b;
+    stress_ctx *ctx;
+    sjob jobs[STRESS_JOBS];
+    tracker tr;
+    uint64_t seed;
+    int errors;
+} stress_worker;
+
+static void *stress_main(void *arg) {
+    stress_worker *w = arg;
+    uint64_t s = w->seed;
+    for (int i = 0; i < STRESS_JOBS; i++) {
+        sjob *j = &w->jobs[i];
+        int wpx = 16 + (int)(tu_rand_u64(&s) % 300), hpx = 16 + (int)(tu_rand_u64(&s) % 200);
+        int render = tu_rand_u64(&s) % 4 == 0 ? 512 : 256;
+        cz_image img;
+        if (cz_image_alloc(&img, wpx, hpx, 1) != CZ_OK) {
+            w->errors++;
+            continue;
+        }
+        memset(img.px, (int)(tu_rand_u64(&s) % 256), (size_t)wpx * hpx);
+        memset(j, 0, sizeof *j);
+        cz_status st = cz_cjob_prepare(g_prep, &img, render, &j->bj.cjob);
+        cz_image_free(&img);
+        if (st != CZ_OK) {
+            w->errors++;
+            continue;
+        }
+        atomic_init(&j->calls, 0);
+        j->ctx = w->ctx;
+        j->tr = &w->tr;
+        j->bj.done = stress_done;
+        j->bj.user = j;
+        int kind = (int)(tu_rand_u64(&s) % 4); /* none, tight (0..10 ms), loose (50..500 ms) x2 */
+        int64_t us =
+            kind == 1 ? (int64_t)(tu_rand_u64(&s) % 10000) : 50000 + (int64_t)(tu_rand_u64(&s) % 450000);
+        j->bj.deadline_ns = kind == 0 ? 0 : cz_now_ns() + us * 1000;
+        while ((st = cz_batcher_submit(w->b, &j->bj)) == CZ_ERR_QUEUE_FULL) {
+            atomic_fetch_add(&w->ctx->retries, 1);
+            usleep(2000);
+        }
+        if (st != CZ_OK) w->errors++;
+        if (tu_rand_u64(&s) % 8 == 0) usleep(1000);
+    }
+    return NULL;
+}
+
+static void test_stress(void **state) {
+    (void)state;
+    cz_backend *be;
+    cz_batcher_opts o = {
+        .max_batch = 4, .max_wait_us = 2000, .max_queue = 8, .high_water = 6, .warmup_render = 0};
+    cz_batcher *b = make_batcher(&be, g_w1, 4, &o);
+    stress_ctx ctx;
+    atomic_init(&ctx.done_calls, 0);
+    atomic_init(&ctx.ok, 0);
+    atomic_init(&ctx.expired, 0);
+    atomic_init(&ctx.bad, 0);
+    atomic_init(&ctx.retries, 0);
+    stress_worker *w = calloc(STRESS_THREADS, sizeof *w);
+    pthread_t th[STRESS_THREADS];
+    int64_t t0 = cz_now_ns();
+    for (int k = 0; k < STRESS_THREADS; k++) {
+        w[k].b = b;
+        w[k].ctx = &ctx;
+        w[k].seed = 1000 + (uint64_t)k;
+        tracker_init(&w[k].tr);
+        assert_int_equal(pthread_create(&th[k], NULL, stress_main, &w[k]), 0);
+    }
+    char buf[128];
+    for (int i = 0; i < 5; i++) { /* control traffic and readers alongside */
+        assert_int_equal(cz_batcher_call(b, noop_fn, NULL), CZ_OK);
+        (void)cz_batcher_ready(b, buf, sizeof buf);
+        cz_batcher_stats st;
+        cz_batcher_stats_get(b, &st);
+        usleep(5000);
+    }
+    for (int k = 0; k < STRESS_THREADS; k++)
+        pthread_join(th[k], NULL);
+    for (int k = 0; k < STRESS_THREADS; k++) {
+        assert_int_equal(w[k].errors, 0);
+        assert_int_equal(tracker_wait(&w[k].tr, STRESS_JOBS, WAIT_MS), STRESS_JOBS);
+    }
+    cz_batcher_stats st;
+    cz_batcher_stats_get(b, &st);
+    cz_batcher_destroy(b);
+    int total = STRESS_THREADS * STRESS_JOBS;
+    printf("stress: %d jobs in %.0f ms: %d ok, %d expired, %d queue-full retries, %llu batches\n", total,
+           ms_since(t0), atomic_load(&ctx.ok), atomic_load(&ctx.expired), atomic_load(&ctx.retries),
+           (unsigned long long)st.batches);
+    assert_int_equal(atomic_load(&ctx.done_calls), total);
+    assert_int_equal(atomic_load(&ctx.bad), 0);
+    assert_int_equal(atomic_load(&ctx.ok) + atomic_load(&ctx.expired), total);
+    for (int k = 0; k < STRESS_THREADS; k++)
+        for (int i = 0; i < STRESS_JOBS; i++)
+            assert_int_equal(atomic_load(&w[k].jobs[i].calls), 1);
+    assert_int_equal(st.images, (uint64_t)atomic_load(&ctx.ok));
+    assert_int_equal(st.expired, (uint64_t)atomic_load(&ctx.expired));
+    uint64_t hist_images = 0;
+    for (int k = 1; k < 17; k++)
+        hist_images += (uint64_t)k * st.batch_size_hist[k];
+    assert_int_equal(hist_images, st.images);
+    for (int k = 0; k < STRESS_THREADS; k++)
+        tracker_fini(&w[k].tr);
+    free(w);
+    cz_backend_destroy(be);
+}
+
+static void test_create_args(void **state) {
+    (void)state;
+    cz_backend *be;
+    assert_int_equal(cz_backend_create("ref", NULL, &be), CZ_OK);
+    cz_colorizer_opts co = {.max_batch = 2, .precision = CZ_F32};
+    cz_colorizer *cz;
+    assert_int_equal(cz_colorizer_create(be, g_w1, &co, &cz), CZ_OK);
+    cz_batcher *b = (cz_batcher *)1;
+    cz_batcher_opts o = {.max_batch = 3, .max_wait_us = 0, .max_queue = 1};
+    assert_int_equal(cz_batcher_create(cz, &o, &b), CZ_ERR_INVALID_ARG); /* above the colorizer's */
+    assert_null(b);
+    o.max_batch = 2;
+    o.max_queue = 0;
+    assert_int_equal(cz_batcher_create(cz, &o, &b), CZ_ERR_INVALID_ARG);
+    o.max_queue = 1;
+    o.warmup_render = 300;
+    assert_int_equal(cz_batcher_create(cz, &o, &b), CZ_ERR_INVALID_ARG);
+    assert_int_equal(cz_batcher_create(NULL, &o, &b), CZ_ERR_INVALID_ARG);
+    /* failures leave the colorizer with the caller */
+    cz_colorizer_destroy(cz);
+    cz_backend_destroy(be);
+    int64_t a = cz_now_ns(), c = cz_now_ns();
+    assert_true(a > 0 && c >= a);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_create_args),
+        cmocka_unit_test(test_single_job),
+        cmocka_unit_test(test_batching_8),
+        cmocka_unit_test(test_batching_4),
+        cmocka_unit_test(test_sizes_batch_separately),
+        cmocka_unit_test(test_queue_full_and_drain),
+        cmocka_unit_test(test_deadline),
+        cmocka_unit_test(test_destroy_with_queued_jobs),
+        cmocka_unit_test(test_failed_batch),
+        cmocka_unit_test(test_ready_warm_up),
+        cmocka_unit_test(test_call_swaps_model_under_load),
+        cmocka_unit_test(test_stress),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
