@@ -20,6 +20,18 @@
  * - Threads: this libdnnl is built with OpenMP. When options.threads > 0 the backend sets the
  *   OpenMP thread count (looked up at run time, so nothing extra is linked) on the calling
  *   thread before every call; 0 keeps the OpenMP default (all cores, or OMP_NUM_THREADS).
+ * - Channel views (view_ok): channels [c0, c0+nc) of a plain-layout tensor always; of an
+ *   nChw16c tensor when c0 (within the storage) and nc are multiples of 16, which is where
+ *   oneDNN 2.6's dnnl_memory_desc_init_submemory describes the part exactly (no partial
+ *   block). Accepted as conv2d/deconv2d y and act_fwd x/y; every other op, tensor_write/read/
+ *   zero included, refuses a view with CZ_ERR_UNSUPPORTED. oneDNN's jit convolutions do not
+ *   take a strided destination (they fall back to the reference kernel), so each path writes
+ *   the view its own way: phase-split deconvs interleave straight into it (their final
+ *   reorders target a sub-memory), the gemm deconv's epilogue reorder does, and the direct
+ *   conv/deconv forms compute into a dense temporary and reorder it in. act_fwd runs its
+ *   eltwise once per image on the view's contiguous per-image run. Writes through a view bump
+ *   the storage's generation (shared header), so weight copies made from it are rebuilt.
+ *   tensor_free of a view is a no-op: the view does not own its storage.
  * - Errors: every dnnl status is checked (DN_CHECK) and becomes CZ_ERR_BACKEND naming the
  *   call, file and line; shape disagreements are CZ_ERR_SHAPE.
  *
@@ -61,15 +73,42 @@ void dn_enter(dn_backend *b) {
 
 dn_hdr *dn_hdr_of(const cz_tensor *t) { return (dn_hdr *)((char *)t->data - sizeof(dn_hdr)); }
 
-cz_status dn_check_tensor(const cz_tensor *t, const char *what) {
+static size_t elem_bytes(const cz_tensor *t);
+
+/* Where view_ok would accept channels [c0, c0+nc) of storage with `store_c` channels. */
+static int view_geometry_ok(int layout, int store_c, int c0, int nc) {
+    if (c0 < 0 || nc < 1 || c0 + nc > store_c) return 0;
+    if (layout == CZ_DNNL_LAYOUT_NCHW) return 1;
+    if (layout == CZ_DNNL_LAYOUT_NCHW16C) return c0 % 16 == 0 && nc % 16 == 0 && store_c % 16 == 0;
+    return 0; /* vectors (fp32 whatever the dtype) and anything unknown */
+}
+
+static cz_status check_tensor(const cz_tensor *t, const char *what, int allow_view) {
     if (!t || !t->data) return cz_error_set(CZ_ERR_INVALID_ARG, "dnnl: %s is not allocated", what);
     if (dn_hdr_of(t)->magic != DN_MAGIC)
         return cz_error_set(CZ_ERR_INVALID_ARG, "dnnl: %s was not allocated by this backend", what);
     if (t->n <= 0 || t->n > t->cap_n || t->c <= 0 || t->h <= 0 || t->w <= 0)
         return cz_error_set(CZ_ERR_SHAPE, "dnnl: %s has shape [%d,%d,%d,%d] (capacity batch %d)",
                             what, t->n, t->c, t->h, t->w, t->cap_n);
+    if (!dn_is_view(t)) return CZ_OK;
+    if (!allow_view)
+        return cz_error_set(CZ_ERR_UNSUPPORTED,
+                            "dnnl: %s is a channel view (channels %d..%d of %d); only conv2d/deconv2d outputs "
+                            "and act_fwd take views",
+                            what, t->c_off, t->c_off + t->c - 1, t->c_store);
+    if (!view_geometry_ok(t->layout, t->c_store, t->c_off, t->c))
+        return cz_error_set(CZ_ERR_UNSUPPORTED,
+                            "dnnl: %s is a channel view (channels %d..%d of %d, layout %d) that view_ok refuses",
+                            what, t->c_off, t->c_off + t->c - 1, t->c_store, t->layout);
+    size_t want = (size_t)t->cap_n * (size_t)t->c_store * (size_t)t->h * (size_t)t->w * elem_bytes(t);
+    if (dn_hdr_of(t)->bytes != want)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "dnnl: %s: view of %d channels does not match its storage", what,
+                            t->c_store);
     return CZ_OK;
 }
+
+cz_status dn_check_tensor(const cz_tensor *t, const char *what) { return check_tensor(t, what, 0); }
+cz_status dn_check_tensor_view(const cz_tensor *t, const char *what) { return check_tensor(t, what, 1); }
 
 void dn_touch(const cz_tensor *t) { dn_hdr_of(t)->gen++; }
 
@@ -79,7 +118,8 @@ int dn_stored_dt(const cz_tensor *t) {
 }
 
 dn_tkey dn_tkey_of(const cz_tensor *t) {
-    dn_tkey k = {dn_stored_dt(t), t->layout, t->n, t->c, t->h, t->w};
+    int v = dn_is_view(t);
+    dn_tkey k = {dn_stored_dt(t), t->layout, t->n, t->c, t->h, t->w, v ? t->c_off : 0, v ? t->c_store : 0};
     return k;
 }
 
@@ -90,9 +130,25 @@ cz_status dn_plain_md(int n, int c, int h, int w, dnnl_data_type_t dt, dnnl_form
     return CZ_OK;
 }
 
+static dnnl_format_tag_t layout_tag(const cz_tensor *t) {
+    return t->layout == CZ_DNNL_LAYOUT_NCHW16C ? dnnl_nChw16c : dnnl_nchw;
+}
+
+cz_status dn_dense_md(const cz_tensor *t, dnnl_memory_desc_t *md) {
+    return dn_plain_md(t->n, t->c, t->h, t->w, (dnnl_data_type_t)dn_stored_dt(t), layout_tag(t), md);
+}
+
+cz_status dn_storage_md(const cz_tensor *t, dnnl_memory_desc_t *md) {
+    return dn_plain_md(t->n, dn_store_c(t), t->h, t->w, (dnnl_data_type_t)dn_stored_dt(t), layout_tag(t), md);
+}
+
 cz_status dn_tensor_md(const cz_tensor *t, dnnl_memory_desc_t *md) {
-    dnnl_format_tag_t tag = t->layout == CZ_DNNL_LAYOUT_NCHW16C ? dnnl_nChw16c : dnnl_nchw;
-    return dn_plain_md(t->n, t->c, t->h, t->w, (dnnl_data_type_t)dn_stored_dt(t), tag, md);
+    if (!dn_is_view(t)) return dn_dense_md(t, md);
+    dnnl_memory_desc_t whole;
+    CZ_TRY(dn_storage_md(t, &whole));
+    dnnl_dims_t dims = {t->n, t->c, t->h, t->w}, offs = {0, t->c_off, 0, 0};
+    DN_CHECK(dnnl_memory_desc_init_submemory(md, &whole, dims, offs));
+    return CZ_OK;
 }
 
 static int layout_for(cz_role role, int c) {
@@ -101,9 +157,12 @@ static int layout_for(cz_role role, int c) {
     return CZ_DNNL_LAYOUT_NCHW;
 }
 
+static size_t elem_bytes(const cz_tensor *t) {
+    return t->layout == CZ_DNNL_LAYOUT_VEC_F32 ? 4 : cz_dtype_size(t->dtype);
+}
+
 static size_t stored_bytes(const cz_tensor *t, int n) {
-    size_t es = t->layout == CZ_DNNL_LAYOUT_VEC_F32 ? 4 : cz_dtype_size(t->dtype);
-    return (size_t)n * (size_t)t->c * (size_t)t->h * (size_t)t->w * es;
+    return (size_t)n * (size_t)t->c * (size_t)t->h * (size_t)t->w * elem_bytes(t);
 }
 
 /* ---------------------------------------------------------------- primitive cache */
@@ -298,7 +357,9 @@ cz_status dn_copy(dn_backend *b, const cz_tensor *src, cz_tensor *dst) {
     dnnl_memory_desc_t a, c;
     CZ_TRY(dn_tensor_md(src, &a));
     CZ_TRY(dn_tensor_md(dst, &c));
-    if (dnnl_memory_desc_equal(&a, &c)) {
+    int views = dn_is_view(src) || dn_is_view(dst);
+    if (dnnl_memory_desc_equal(&a, &c) && (!views || src->data == dst->data)) {
+        /* same element set; for views only the trivial in-place case (same storage, same md) */
         if (src->data != dst->data) memcpy(dst->data, src->data, dnnl_memory_desc_get_size(&a));
     } else {
         dn_key k;
@@ -331,25 +392,41 @@ cz_status dn_aux(dn_backend *b, int slot, size_t bytes, void **out) {
 
 /* ---------------------------------------------------------------- weight copies */
 
+/* Identifies the gathered source within the weight-copy cache (each field < 16). */
 static uint32_t gather_tag(const dn_wspec *sp) {
-    return sp->gather ? (uint32_t)(1 + sp->qh + 16 * sp->qw + 256 * sp->s + 4096 * sp->p) : 0u;
+    if (!sp->gather) return 0u;
+    uint32_t t = 0;
+    if (sp->gather & DN_GATHER_PHASE) t |= (uint32_t)(1 + sp->qh + 16 * sp->qw + 256 * sp->s + 4096 * sp->p);
+    if (sp->gather & DN_GATHER_TRIM)
+        t |= (uint32_t)(sp->th0 | sp->th1 << 4 | sp->tw0 << 8 | sp->tw1 << 12) << 16;
+    return t;
 }
 
-/* Phase sub-kernel of a stride-s transposed conv (see backend_dnnl_ops.c): out[o][i][u][v] =
- * w[i][o][rh + s*(kk-1-u)][rw + s*(kk-1-v)], raw elements of the stored dtype. */
-static void gather_phase(const dn_wspec *sp, const cz_tensor *w, void *out) {
-    int ci = w->n, co = w->c, k = w->h, s = sp->s, kk = k / s;
-    int rh = (sp->qh + sp->p) % s, rw = (sp->qw + sp->p) % s;
+/* Assembles the OIHW source a gathering spec describes, raw elements of the stored dtype.
+ * Phase sub-kernel of a stride-s transposed conv (see backend_dnnl_conv.c): tap (u, v) of
+ * (o, i) is w[i][o][rh + s*(kk-1-u)][rw + s*(kk-1-v)]; a plain conv's is w[o][i][u][v].
+ * Trimming keeps u in [th0, th1), v in [tw0, tw1). */
+static void gather_weights(const dn_wspec *sp, const cz_tensor *w, void *out) {
+    int phase = sp->gather & DN_GATHER_PHASE, k = w->h, s = phase ? sp->s : 1;
+    int co = phase ? w->c : w->n, ci = phase ? w->n : w->c, kk = k / s;
+    int rh = phase ? (sp->qh + sp->p) % s : 0, rw = phase ? (sp->qw + sp->p) % s : 0;
+    int trim = sp->gather & DN_GATHER_TRIM;
+    int u0 = trim ? sp->th0 : 0, u1 = trim ? sp->th1 : kk, v0 = trim ? sp->tw0 : 0, v1 = trim ? sp->tw1 : kk;
     size_t es = dn_stored_dt(w) == dnnl_f32 ? 4 : 2;
     const char *src = w->data;
     char *dst = out;
+    size_t to = 0;
     for (int o = 0; o < co; o++)
         for (int i = 0; i < ci; i++)
-            for (int u = 0; u < kk; u++)
-                for (int v = 0; v < kk; v++) {
-                    int kh = rh + s * (kk - 1 - u), kw = rw + s * (kk - 1 - v);
-                    size_t from = (((size_t)i * co + o) * k + kh) * k + kw;
-                    size_t to = (((size_t)o * ci + i) * kk + u) * kk + v;
+            for (int u = u0; u < u1; u++)
+                for (int v = v0; v < v1; v++, to++) {
+                    size_t from;
+                    if (phase) {
+                        int kh = rh + s * (kk - 1 - u), kw = rw + s * (kk - 1 - v);
+                        from = (((size_t)i * co + o) * k + kh) * k + kw;
+                    } else {
+                        from = (((size_t)o * ci + i) * k + u) * k + v;
+                    }
                     memcpy(dst + to * es, src + from * es, es);
                 }
 }
@@ -401,7 +478,7 @@ cz_status dn_weights(dn_backend *b, const dn_wspec *sp, const cz_tensor *w, void
         void *src = w->data;
         if (sp->gather) {
             CZ_TRY(dn_aux(b, 5, dnnl_memory_desc_get_size(&sp->src_md), &src));
-            gather_phase(sp, w, src);
+            gather_weights(sp, w, src);
         }
         DN_CHECK(dnnl_memory_set_data_handle(c->src, src));
         dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, c->src}, {DNNL_ARG_TO, c->dst}};
@@ -461,6 +538,7 @@ static cz_status dn_tensor_alloc(cz_backend *be, cz_tensor *t) {
 
 static void dn_tensor_free(cz_backend *be, cz_tensor *t) {
     if (!t || !t->data) return;
+    if (dn_is_view(t)) return; /* a view does not own its storage */
     dn_hdr *h = dn_hdr_of(t);
     if (h->magic != DN_MAGIC) return;
     wcopy_drop((dn_backend *)be, h->id);
@@ -529,6 +607,16 @@ static cz_status dn_sync(cz_backend *be) {
 
 static int dn_supports(cz_backend *be, cz_dtype dt) { return dt == CZ_F32 || dt == CZ_BF16; }
 
+/* Channels [c0, c0+nc) of t (itself possibly a view) as a view; see the file-top comment. */
+static int dn_view_ok(cz_backend *be, const cz_tensor *t, int c0, int nc) {
+    (void)be;
+    if (!t || !t->data || dn_hdr_of(t)->magic != DN_MAGIC) return 0;
+    if (t->n <= 0 || t->c <= 0 || t->h <= 0 || t->w <= 0) return 0;
+    if (c0 < 0 || nc < 1 || c0 > t->c - nc) return 0;
+    int base = dn_is_view(t) ? t->c_off : 0;
+    return view_geometry_ok(t->layout, dn_store_c(t), base + c0, nc);
+}
+
 /* ---------------------------------------------------------------- lifetime */
 
 static void dn_destroy(cz_backend *be) {
@@ -581,6 +669,7 @@ static void init_once(void) {
     g_dn_ops.tensor_read = dn_tensor_read;
     g_dn_ops.tensor_zero = dn_tensor_zero;
     g_dn_ops.sync = dn_sync;
+    g_dn_ops.view_ok = dn_view_ok;
     dn_fill_ops(&g_dn_ops);
     g_omp_set = (omp_set_fn)dlsym(RTLD_DEFAULT, "omp_set_num_threads");
     g_omp_get = (omp_get_fn)dlsym(RTLD_DEFAULT, "omp_get_max_threads");

@@ -20,6 +20,13 @@
  *        falls back to a reference binary kernel).
  *   cz_backend_dnnl_set_deconv_mode / CZ_DNNL_DECONV=fwd|bwd|phase force a form.
  * Weights of every form go through the backend's weight-copy cache (backend_dnnl.c).
+ * conv2d and the phase convolutions drop kernel taps that only ever see padding (tiny inputs,
+ *   e.g. the innermost 2x2 -> 1x1 conv and the 1x1 -> 2x2 transposed conv: 4x less weight
+ *   traffic there); the weight copy is then gathered from the kept taps (see live_taps).
+ * Channel views as y (backend.h; geometry checked by view_ok's rules): phase writes through
+ *   its interleaving reorders, which target sub-memories of y's storage anyway; gemm's final
+ *   reorder targets the view; conv/fwd/bwd compute into a dense temporary (aux slot 6) and one
+ *   more reorder copies it into the view (oneDNN 2.6's jit kernels refuse strided outputs).
  * Tested by tests/unit/test_dnnl.c (every form against ref, batch invariance) and
  * tests/unit/test_ops.c. */
 #include <math.h>
@@ -53,6 +60,36 @@ static int phase_ok(const cz_tensor *x, const cz_tensor *w, const cz_conv_params
     return 1;
 }
 
+/* Dead-tap trimming: when the input is tiny (the generator's innermost levels: 2x2 -> 1x1
+ * down, 1x1 -> 2x2 up), some kernel taps only ever multiply padding. Dropping them gives the
+ * same sums (the dropped terms are exact zeros) with a smaller kernel and less padding, and
+ * at batch 1 these layers are bound by reading their weights, which shrink 4x there.
+ * live_taps: the taps [*lo, *hi) along one axis that meet real input for some output
+ * position (input `in`, output `out`, kernel k, stride s, left pad p). */
+static void live_taps(int in, int out, int k, int s, int p, int *lo, int *hi) {
+    *lo = k;
+    *hi = 0;
+    for (int t = 0; t < k; t++)
+        for (int o = 0; o < out; o++) {
+            int i = o * s - p + t;
+            if (i >= 0 && i < in) {
+                if (t < *lo) *lo = t;
+                *hi = t + 1;
+                break;
+            }
+        }
+}
+
+/* Fills the trimmed kernel size and paddings of one axis; 0 when trimming does not apply
+ * (nothing to drop, no live tap at all, or a padding would turn negative). */
+static int trim_axis(int in, int out, int k, int s, int pl, int *lo, int *hi, dnnl_dim_t *npl, dnnl_dim_t *npr) {
+    live_taps(in, out, k, s, pl, lo, hi);
+    if (*lo >= *hi || k >= 16 || *lo > pl) return 0;
+    *npl = pl - *lo;
+    *npr = (dnnl_dim_t)(out - 1) * s + (*hi - *lo) - in - *npl;
+    return *npr >= 0;
+}
+
 static dnnl_format_tag_t tag_of(const cz_tensor *t) {
     return t->layout == CZ_DNNL_LAYOUT_NCHW16C ? dnnl_nChw16c : dnnl_nchw;
 }
@@ -67,9 +104,10 @@ static cz_status phase_build(dn_backend *b, const cz_tensor *x, const cz_tensor 
     dnnl_data_type_t cdt = (dnnl_data_type_t)dn_stored_dt(x), ydt = (dnnl_data_type_t)dn_stored_dt(y);
     dnnl_memory_desc_t xm, ym, tm, y6, t6, bm;
     CZ_TRY(dn_tensor_md(x, &xm));
-    CZ_TRY(dn_tensor_md(y, &ym));
+    CZ_TRY(dn_storage_md(y, &ym)); /* all of y's storage; the view's channels are picked below */
     CZ_TRY(dn_plain_md(n, co, H, W, ydt, tag_of(y), &tm));
-    dnnl_dims_t y6d = {n, co, H, s, W, s}, t6d = {n, co, H, 1, W, 1};
+    int c0 = dn_is_view(y) ? y->c_off : 0;
+    dnnl_dims_t y6d = {n, dn_store_c(y), H, s, W, s}, t6d = {n, co, H, 1, W, 1};
     DN_CHECK(dnnl_memory_desc_reshape(&y6, &ym, 6, y6d));
     DN_CHECK(dnnl_memory_desc_reshape(&t6, &tm, 6, t6d));
     if (bias) {
@@ -81,14 +119,26 @@ static cz_status phase_build(dn_backend *b, const cz_tensor *x, const cz_tensor 
         int qh = q / s, qw = q % s, ah = (qh + p->pad) / s, aw = (qw + p->pad) / s;
         dn_wspec *ws = &ph->ws[q];
         dnnl_memory_desc_t wany, sub;
-        CZ_TRY(dn_plain_md(co, ci, kk, kk, cdt, dnnl_format_tag_any, &wany));
-        CZ_TRY(dn_plain_md(co, ci, kk, kk, (dnnl_data_type_t)dn_stored_dt(w), dnnl_oihw, &ws->src_md));
-        ws->gather = 1;
+        dnnl_dims_t one = {1, 1}, pl = {kk - 1 - ah, kk - 1 - aw}, pr = {ah, aw};
+        int h0, h1, w0, w1;
+        dnnl_dim_t tpl[2], tpr[2];
+        int trim = trim_axis(H, H, kk, 1, (int)pl[0], &h0, &h1, &tpl[0], &tpr[0]) &&
+                   trim_axis(W, W, kk, 1, (int)pl[1], &w0, &w1, &tpl[1], &tpr[1]) &&
+                   (h0 > 0 || h1 < kk || w0 > 0 || w1 < kk);
+        int kh = kk, kw = kk;
+        ws->gather = DN_GATHER_PHASE;
+        if (trim) {
+            ws->gather |= DN_GATHER_TRIM;
+            ws->th0 = h0, ws->th1 = h1, ws->tw0 = w0, ws->tw1 = w1;
+            kh = h1 - h0, kw = w1 - w0;
+            pl[0] = tpl[0], pl[1] = tpl[1], pr[0] = tpr[0], pr[1] = tpr[1];
+        }
+        CZ_TRY(dn_plain_md(co, ci, kh, kw, cdt, dnnl_format_tag_any, &wany));
+        CZ_TRY(dn_plain_md(co, ci, kh, kw, (dnnl_data_type_t)dn_stored_dt(w), dnnl_oihw, &ws->src_md));
         ws->s = s;
         ws->p = p->pad;
         ws->qh = qh;
         ws->qw = qw;
-        dnnl_dims_t one = {1, 1}, pl = {kk - 1 - ah, kk - 1 - aw}, pr = {ah, aw};
         dnnl_convolution_desc_t cd;
         dnnl_primitive_attr_t attr;
         dnnl_primitive_desc_t pd = NULL;
@@ -102,7 +152,7 @@ static cz_status phase_build(dn_backend *b, const cz_tensor *x, const cz_tensor 
         static const int ids_b[4] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_BIAS, DNNL_ARG_DST};
         static const int ids_n[3] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST};
         CZ_TRY(dn_step_init(b, &ph->conv[q], pd, bias ? 4 : 3, bias ? ids_b : ids_n));
-        dnnl_dims_t off = {0, 0, 0, qh, 0, qw};
+        dnnl_dims_t off = {0, c0, 0, qh, 0, qw};
         DN_CHECK(dnnl_memory_desc_init_submemory(&sub, &y6, t6d, off));
         CZ_TRY(dn_attr_make(CZ_ACT_NONE, 0.f, &attr));
         pd = NULL;
@@ -255,7 +305,19 @@ static cz_status conv_build(dn_backend *b, int kind, const cz_tensor *x, const c
                             dn_prim *e) {
     dnnl_memory_desc_t xm, ym, wany, bm;
     CZ_TRY(dn_tensor_md(x, &xm));
-    CZ_TRY(dn_tensor_md(y, &ym));
+    CZ_TRY(dn_dense_md(y, &ym)); /* a view gets the dense result copied in (e->extra) */
+    if (dn_is_view(y)) {
+        dnnl_memory_desc_t vm;
+        dnnl_primitive_attr_t rattr = NULL;
+        dnnl_primitive_desc_t rpd = NULL;
+        CZ_TRY(dn_tensor_md(y, &vm));
+        CZ_TRY(dn_attr_make(CZ_ACT_NONE, 0.f, &rattr));
+        dnnl_status_t rs = dnnl_reorder_primitive_desc_create(&rpd, &ym, b->engine, &vm, b->engine, rattr);
+        dnnl_primitive_attr_destroy(rattr);
+        DN_CHECK(rs);
+        static const int rids[2] = {DNNL_ARG_FROM, DNNL_ARG_TO};
+        CZ_TRY(dn_step_init(b, &e->extra, rpd, 2, rids));
+    }
     dnnl_data_type_t cdt = (dnnl_data_type_t)dn_stored_dt(x);
     int k = w->h, s = p->stride, pad = p->pad;
     dnnl_dims_t strides = {s, s}, pl = {pad, pad};
@@ -268,8 +330,20 @@ static cz_status conv_build(dn_backend *b, int kind, const cz_tensor *x, const c
     /* weight dims as oneDNN sees them (O, I, k, k), and the stored tensor's view of them */
     int wo = kind == KIND_DECONV_BWD ? x->c : y->c, wi = kind == KIND_DECONV_BWD ? y->c : x->c;
     dnnl_format_tag_t stored_tag = kind == KIND_DECONV_FWD ? dnnl_iohw : dnnl_oihw;
-    CZ_TRY(dn_plain_md(wo, wi, k, k, cdt, dnnl_format_tag_any, &wany));
-    CZ_TRY(dn_plain_md(wo, wi, k, k, (dnnl_data_type_t)dn_stored_dt(w), stored_tag, &e->ws.src_md));
+    int kh = k, kw = k;
+    if (kind == KIND_CONV) { /* drop taps that only see padding (see live_taps) */
+        int h0, h1, w0, w1;
+        dnnl_dim_t tpl[2], tpr[2];
+        if (trim_axis(x->h, y->h, k, s, pad, &h0, &h1, &tpl[0], &tpr[0]) &&
+            trim_axis(x->w, y->w, k, s, pad, &w0, &w1, &tpl[1], &tpr[1]) && (h0 > 0 || h1 < k || w0 > 0 || w1 < k)) {
+            e->ws.gather = DN_GATHER_TRIM;
+            e->ws.th0 = h0, e->ws.th1 = h1, e->ws.tw0 = w0, e->ws.tw1 = w1;
+            kh = h1 - h0, kw = w1 - w0;
+            pl[0] = tpl[0], pl[1] = tpl[1], pr[0] = tpr[0], pr[1] = tpr[1];
+        }
+    }
+    CZ_TRY(dn_plain_md(wo, wi, kh, kw, cdt, dnnl_format_tag_any, &wany));
+    CZ_TRY(dn_plain_md(wo, wi, kh, kw, (dnnl_data_type_t)dn_stored_dt(w), stored_tag, &e->ws.src_md));
     if (bias) {
         dnnl_dims_t bd = {y->c};
         DN_CHECK(dnnl_memory_desc_init_by_tag(&bm, 1, bd, dnnl_f32, dnnl_a));
@@ -311,7 +385,7 @@ static cz_status conv_build(dn_backend *b, int kind, const cz_tensor *x, const c
                                                  : "convolution backward-data primitive descriptor");
     }
     e->ws.md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-    e->ws.direct = dnnl_memory_desc_equal(&e->ws.md, &e->ws.src_md);
+    e->ws.direct = !e->ws.gather && dnnl_memory_desc_equal(&e->ws.md, &e->ws.src_md);
     if (kind == KIND_DECONV_BWD) {
         static const int ids[3] = {DNNL_ARG_DIFF_DST, DNNL_ARG_WEIGHTS, DNNL_ARG_DIFF_SRC};
         CZ_TRY(dn_step_init(b, &e->main, pd, 3, ids));
@@ -361,7 +435,7 @@ static cz_status conv_like(cz_backend *be, int transposed, const cz_tensor *x, c
     CZ_TRY(req(op, "x", x));
     CZ_TRY(req(op, "w", w));
     CZ_TRY(opt(op, "b", bias));
-    CZ_TRY(req(op, "y", y));
+    CZ_TRY(req_view(op, "y", y)); /* the one argument that may be a channel view */
     if (!p) return cz_error_set(CZ_ERR_INVALID_ARG, "%s: conv params are NULL", op);
     if (p->stride < 1 || p->pad < 0)
         return cz_error_set(CZ_ERR_INVALID_ARG, "%s: stride %d / pad %d out of range", op, p->stride, p->pad);
@@ -428,20 +502,33 @@ static cz_status conv_like(cz_backend *be, int transposed, const cz_tensor *x, c
         CZ_TRY(phase_run(b, e, x, w, bp, y));
     } else if (kind == KIND_DECONV_GEMM) {
         CZ_TRY(gemm_run(b, e, x, w, wp, bp, p, y));
-    } else if (kind == KIND_DECONV_BWD) {
-        void *ptrs[3] = {x->data, wp, y->data};
-        CZ_TRY(dn_run(b, &e->main, ptrs));
-        if (e->post.prim) {
-            void *pp[3] = {y->data, bp, y->data};
-            if (!bias) pp[1] = y->data;
-            CZ_TRY(dn_run(b, &e->post, pp));
-        }
-    } else if (bias) {
-        void *ptrs[4] = {x->data, wp, bp, y->data};
-        CZ_TRY(dn_run(b, &e->main, ptrs));
     } else {
-        void *ptrs[3] = {x->data, wp, y->data};
-        CZ_TRY(dn_run(b, &e->main, ptrs));
+        /* direct forms: into y, or into a dense temporary that e->extra copies into the view */
+        void *yp = y->data;
+        if (e->extra.prim) {
+            dnnl_memory_desc_t dm;
+            CZ_TRY(dn_dense_md(y, &dm));
+            CZ_TRY(dn_aux(b, 6, dnnl_memory_desc_get_size(&dm), &yp));
+        }
+        if (kind == KIND_DECONV_BWD) {
+            void *ptrs[3] = {x->data, wp, yp};
+            CZ_TRY(dn_run(b, &e->main, ptrs));
+            if (e->post.prim) {
+                void *pp[3] = {yp, bp, yp};
+                if (!bias) pp[1] = yp;
+                CZ_TRY(dn_run(b, &e->post, pp));
+            }
+        } else if (bias) {
+            void *ptrs[4] = {x->data, wp, bp, yp};
+            CZ_TRY(dn_run(b, &e->main, ptrs));
+        } else {
+            void *ptrs[3] = {x->data, wp, yp};
+            CZ_TRY(dn_run(b, &e->main, ptrs));
+        }
+        if (e->extra.prim) {
+            void *ra[2] = {yp, y->data};
+            CZ_TRY(dn_run(b, &e->extra, ra));
+        }
     }
     dn_note_impl(b, kind == KIND_CONV ? DN_OP_CONV : DN_OP_DECONV_FWD, e->ph ? &e->ph->conv[0] : &e->main);
     dn_touch(y);

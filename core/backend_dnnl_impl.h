@@ -7,6 +7,13 @@
  * the backend) followed by the tensor data, so t->data stays 64-byte aligned. Caches key on
  * the buffer id, never on the address, so a freed and reused address cannot alias.
  *
+ * Channel views (backend.h): a view keeps t->data = the storage's first element, so the header
+ * (and with it the generation counter) is the storage's: a write through a view bumps the
+ * generation of the whole buffer, exactly like any other write to it. oneDNN sees a view as a
+ * sub-memory descriptor of the storage (dn_tensor_md); within one image a view's channels are
+ * one contiguous run laid out like a dense (1, c, h, w) tensor of the storage's layout
+ * (dn_img_off), which the per-image paths rely on.
+ *
  * Threading: one thread at a time per instance, like every backend. */
 #ifndef CZ_BACKEND_DNNL_IMPL_H
 #define CZ_BACKEND_DNNL_IMPL_H
@@ -42,9 +49,10 @@ typedef struct dn_hdr {
     uint64_t pad_[4];
 } dn_hdr;
 
-/* The part of a tensor that decides a primitive: stored dtype, layout and logical shape. */
+/* The part of a tensor that decides a primitive: stored dtype, layout, logical shape and, for a
+ * channel view, its place in the storage (c_off, c_store; both 0 for a dense tensor). */
 typedef struct dn_tkey {
-    int32_t dt, layout, n, c, h, w;
+    int32_t dt, layout, n, c, h, w, c_off, c_store;
 } dn_tkey;
 
 typedef enum dn_op {
@@ -83,14 +91,19 @@ typedef struct dn_step {
 } dn_step;
 
 /* How a primitive wants a weight tensor: `md`, made from the stored tensor seen as `src_md`
- * by a oneDNN reorder; when `gather` is set the source is first assembled in C from the
- * stored (in, out, k, k) tensor: the sub-kernel of output phase (qh, qw) of a stride-s
- * transposed convolution, as plain OIHW (see backend_dnnl_ops.c). */
+ * by a oneDNN reorder; when `gather` is non-zero the source is first assembled in C as plain
+ * OIHW (src_md): DN_GATHER_PHASE takes, from the stored (in, out, k, k) tensor, the
+ * sub-kernel of output phase (qh, qw) of a stride-s transposed convolution (see
+ * backend_dnnl_conv.c); DN_GATHER_TRIM keeps only kernel rows [th0, th1) and columns
+ * [tw0, tw1) (of the phase sub-kernel, or of stored (out, in, k, k) conv weights): the taps
+ * that ever meet real input, when the input is so small that the others only see padding. */
+enum { DN_GATHER_PHASE = 1, DN_GATHER_TRIM = 2 };
 typedef struct dn_wspec {
     dnnl_memory_desc_t src_md;
     dnnl_memory_desc_t md;
     int direct; /* md == src_md and no gather: use the tensor's buffer as it is */
     int gather, s, p, qh, qw;
+    int th0, th1, tw0, tw1; /* DN_GATHER_TRIM: the kept tap ranges */
 } dn_wspec;
 
 #define DN_MAX_PHASES 4
@@ -121,7 +134,7 @@ typedef struct dn_wcopy {
     struct dn_wcopy *next;
     uint64_t buf_id;
     uint64_t gen;
-    uint32_t gather_tag; /* 0, or which phase sub-kernel (see dn_wspec) */
+    uint32_t gather_tag; /* 0, or which phase sub-kernel / trimmed taps (see dn_wspec) */
     dnnl_memory_desc_t md;
     void *data;
     dnnl_primitive_t reorder;
@@ -150,11 +163,30 @@ typedef struct dn_backend {
 /* ---- backend_dnnl.c ---- */
 void dn_enter(dn_backend *b);
 dn_hdr *dn_hdr_of(const cz_tensor *t);
+/* Validates an op argument; a channel view is refused with CZ_ERR_UNSUPPORTED. */
 cz_status dn_check_tensor(const cz_tensor *t, const char *what);
+/* Same, but a channel view is accepted when its geometry is one view_ok would allow. */
+cz_status dn_check_tensor_view(const cz_tensor *t, const char *what);
+/* Whether t is a channel view (a strict part of its storage's channels). */
+static inline int dn_is_view(const cz_tensor *t) { return cz_tensor_is_view(t); }
+/* Channels of the storage behind t (t->c for a dense tensor). */
+static inline int dn_store_c(const cz_tensor *t) { return dn_is_view(t) ? t->c_store : t->c; }
+/* Element offset, from t->data, of image `img`'s channels of t: one contiguous run of
+ * c*h*w elements for every layout this backend uses (nChw16c views start on a block). */
+static inline size_t dn_img_off(const cz_tensor *t, int img) {
+    size_t c_off = dn_is_view(t) ? (size_t)t->c_off : 0;
+    return ((size_t)img * (size_t)dn_store_c(t) + c_off) * (size_t)t->h * (size_t)t->w;
+}
 void dn_touch(const cz_tensor *t); /* contents changed: bump the generation */
 int dn_stored_dt(const cz_tensor *t); /* dnnl_data_type_t of the stored elements */
 dn_tkey dn_tkey_of(const cz_tensor *t);
+/* t as oneDNN sees it: for a view, the sub-memory of its storage (data handle = t->data). */
 cz_status dn_tensor_md(const cz_tensor *t, dnnl_memory_desc_t *md);
+/* t's logical shape as a dense tensor of its storage's layout and dtype (what an op writes
+ * before the result is copied into a view). */
+cz_status dn_dense_md(const cz_tensor *t, dnnl_memory_desc_t *md);
+/* The whole storage behind t (batch t->n, dn_store_c(t) channels), dense. */
+cz_status dn_storage_md(const cz_tensor *t, dnnl_memory_desc_t *md);
 cz_status dn_plain_md(int n, int c, int h, int w, dnnl_data_type_t dt, dnnl_format_tag_t tag,
                       dnnl_memory_desc_t *md);
 
@@ -200,6 +232,14 @@ static inline cz_status req(const char *op, const char *name, const cz_tensor *t
 
 static inline cz_status opt(const char *op, const char *name, const cz_tensor *t) {
     return t ? req(op, name, t) : CZ_OK;
+}
+
+/* req() for the arguments the contract lets be channel views (conv/deconv y, act_fwd x/y). */
+static inline cz_status req_view(const char *op, const char *name, const cz_tensor *t) {
+    if (!t) return cz_error_set(CZ_ERR_INVALID_ARG, "%s: %s is NULL", op, name);
+    char what[64];
+    snprintf(what, sizeof what, "%s: %s", op, name);
+    return dn_check_tensor_view(t, what);
 }
 
 static inline cz_status want(const char *op, const char *name, const cz_tensor *t, int n, int c, int h, int w) {

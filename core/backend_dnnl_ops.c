@@ -9,7 +9,13 @@
  *
  * bn_infer / bn_train_fwd: oneDNN batch normalization (global stats / batch stats, scale and
  *   shift); save_invstd and the running-stat updates (unbiased variance) are computed in C.
- * act_fwd: eltwise (in place allowed). concat: oneDNN concat across any layouts.
+ * act_fwd: eltwise (in place allowed). x and y may be channel views (backend.h): then the
+ *   eltwise is built for one image's contiguous run (a dense (1, c, h, w) tensor of the
+ *   storage's layout) and run once per image at each side's offset (oneDNN 2.6's jit eltwise
+ *   wants dense memory and would fall back to its reference kernel on the strided view);
+ *   conversions between dtypes/layouts, and act NONE, are reorders, which take views as they
+ *   are. Every other op here refuses views (req() -> CZ_ERR_UNSUPPORTED).
+ * concat: oneDNN concat across any layouts.
  * dropout_fwd: the ref backend's SplitMix64 counter RNG on the logical NCHW index, so masks
  *   agree bit for bit. bce_logits_fwd, l1_fwd: double-accumulated loops over the stored
  *   elements (every layout here is dense, so the element set is the same as NCHW's).
@@ -200,15 +206,26 @@ static cz_status dn_bn_train_fwd(cz_backend *be, const cz_tensor *x, const cz_te
 
 /* ---------------------------------------------------------------- activation, concat */
 
+/* Two tensors on one storage whose channel ranges overlap without being the same range. */
+static int partial_overlap(const cz_tensor *x, const cz_tensor *y) {
+    if (x->data != y->data) return 0;
+    int xo = dn_is_view(x) ? x->c_off : 0, yo = dn_is_view(y) ? y->c_off : 0;
+    if (xo == yo && x->c == y->c) return 0; /* in place */
+    return xo < yo + y->c && yo < xo + x->c;
+}
+
 static cz_status dn_act_fwd(cz_backend *be, cz_act act, float alpha, const cz_tensor *x, cz_tensor *y) {
     dn_backend *b = (dn_backend *)be;
     const char *op = "act_fwd";
     CZ_TRY(check_act(op, act));
-    CZ_TRY(req(op, "x", x));
-    CZ_TRY(req(op, "y", y));
+    CZ_TRY(req_view(op, "x", x));
+    CZ_TRY(req_view(op, "y", y));
     CZ_TRY(want(op, "y", y, SHP(x)));
     if (x->data == y->data && x->dtype != y->dtype)
         return cz_error_set(CZ_ERR_INVALID_ARG, "%s: in place needs one dtype", op);
+    if (partial_overlap(x, y))
+        return cz_error_set(CZ_ERR_INVALID_ARG, "%s: x (channels %d..) and y (channels %d..) overlap in one storage",
+                            op, dn_is_view(x) ? x->c_off : 0, dn_is_view(y) ? y->c_off : 0);
     dn_enter(b);
     if (act == CZ_ACT_NONE) return dn_copy(b, x, y);
     const cz_tensor *src = x;
@@ -216,18 +233,30 @@ static cz_status dn_act_fwd(cz_backend *be, cz_act act, float alpha, const cz_te
         CZ_TRY(dn_copy(b, x, y)); /* convert first, then activate in place */
         src = y;
     }
+    /* per image when either side is a view: src and y then have one layout and dtype, so one
+     * image's run has the same element order on both sides */
+    int per_image = dn_is_view(src) || dn_is_view(y);
     dn_key key;
     memset(&key, 0, sizeof key);
     key.op = DN_OP_ACT;
-    key.nt = 1;
+    key.nt = 2;
     key.t[0] = dn_tkey_of(y);
+    key.t[1] = dn_tkey_of(src);
     key.i[0] = (int)act;
+    key.i[1] = per_image;
     key.f[0] = act == CZ_ACT_LRELU ? fbits(alpha) : 0;
     uint64_t h;
     dn_prim *e = dn_cache_find(b, &key, &h);
     if (!e) {
         dnnl_memory_desc_t ym;
-        CZ_TRY(dn_tensor_md(y, &ym));
+        if (per_image) {
+            cz_tensor one = *y;
+            one.n = 1;
+            one.c_off = one.c_store = 0;
+            CZ_TRY(dn_dense_md(&one, &ym));
+        } else {
+            CZ_TRY(dn_dense_md(y, &ym));
+        }
         dnnl_alg_kind_t alg;
         float a = 0.f;
         dn_act_alg(act, alpha, &alg, &a);
@@ -248,8 +277,16 @@ static cz_status dn_act_fwd(cz_backend *be, cz_act act, float alpha, const cz_te
         }
         dn_cache_insert(b, e);
     }
-    void *ptrs[2] = {src->data, y->data};
-    CZ_TRY(dn_run(b, &e->main, ptrs));
+    if (!per_image) {
+        void *ptrs[2] = {src->data, y->data};
+        CZ_TRY(dn_run(b, &e->main, ptrs));
+    } else {
+        size_t es = dn_stored_dt(y) == dnnl_f32 ? 4 : 2;
+        for (int i = 0; i < y->n; i++) {
+            void *ptrs[2] = {(char *)src->data + dn_img_off(src, i) * es, (char *)y->data + dn_img_off(y, i) * es};
+            CZ_TRY(dn_run(b, &e->main, ptrs));
+        }
+    }
     dn_note_impl(b, DN_OP_ACT, &e->main);
     dn_touch(y);
     return CZ_OK;

@@ -36,6 +36,11 @@
  * outputs; bn_train_bwd always overwrites dx. NULL db (bias grad), dgamma, dbeta or bn dx are
  * skipped. gamma/beta may be NULL in the BN ops (meaning 1 and 0).
  *
+ * Channel views (backend.h): not implemented here, on purpose: view_ok is NULL and every op
+ * (and tensor_write/read/zero) refuses a tensor for which cz_tensor_is_view() holds with
+ * CZ_ERR_UNSUPPORTED (check_tensor), so a view can never be misread as dense NCHW; freeing
+ * a view is a no-op.
+ *
  * Threading: single-threaded; an instance has no mutable state, so it is safe to use from one
  * thread at a time as the contract requires. Scratch buffers are malloc'd per call. */
 #include <math.h>
@@ -103,6 +108,12 @@ static cz_status check_tensor(const char *op, const char *name, const cz_tensor 
     if (t->n > t->cap_n)
         return cz_error_set(CZ_ERR_SHAPE, "%s: %s is a batch view of %d but was allocated for %d", op, name,
                             t->n, t->cap_n);
+    /* channel views: the oracle reads every tensor as dense NCHW, so a view (whose channels
+     * sit inside a wider buffer) would be misread; view_ok is NULL and any view is refused */
+    if (cz_tensor_is_view(t))
+        return cz_error_set(CZ_ERR_UNSUPPORTED,
+                            "%s: %s is a channel view (channels %d..%d of %d); the ref backend does not support views",
+                            op, name, t->c_off, t->c_off + t->c - 1, t->c_store);
     return CZ_OK;
 }
 
@@ -324,7 +335,7 @@ static cz_status conv_like_fwd(const char *op, int transposed, const cz_tensor *
     CZ_TRY(check_params(op, p));
     CZ_TRY(check_weight(op, "w", w));
     CZ_TRY(no_alias(op, "x", x, "y", y));
-    int k = w->h, in_c = transposed ? w->n : w->c, out_c = transposed ? w->c : w->n, oh, ow;
+    int k = w->h, in_c = transposed ? w->n : w->c, out_c = transposed ? w->c : w->n, oh = 0, ow = 0;
     if (x->c != in_c)
         return cz_error_set(CZ_ERR_SHAPE, "%s: x is %s but w %s expects %d input channels", op, tshape(x).s,
                             tshape(w).s, in_c);
@@ -381,7 +392,7 @@ static cz_status conv_like_bwd_data(const char *op, int transposed, const cz_ten
     CZ_TRY(check_params(op, p));
     CZ_TRY(check_weight(op, "w", w));
     CZ_TRY(no_alias(op, "dy", dy, "dx", dx));
-    int k = w->h, in_c = transposed ? w->n : w->c, out_c = transposed ? w->c : w->n, oh, ow;
+    int k = w->h, in_c = transposed ? w->n : w->c, out_c = transposed ? w->c : w->n, oh = 0, ow = 0;
     if (dx->c != in_c)
         return cz_error_set(CZ_ERR_SHAPE, "%s: dx is %s but w %s has %d input channels", op, tshape(dx).s,
                             tshape(w).s, in_c);
@@ -441,7 +452,7 @@ static cz_status conv_like_bwd_weights(const char *op, int transposed, const cz_
     CZ_TRY(check_opt(op, "db", db));
     CZ_TRY(check_params(op, p));
     CZ_TRY(check_weight(op, "dw", dw));
-    int k = dw->h, in_c = transposed ? dw->n : dw->c, out_c = transposed ? dw->c : dw->n, oh, ow;
+    int k = dw->h, in_c = transposed ? dw->n : dw->c, out_c = transposed ? dw->c : dw->n, oh = 0, ow = 0;
     if (x->c != in_c)
         return cz_error_set(CZ_ERR_SHAPE, "%s: x is %s but dw %s has %d input channels", op, tshape(x).s,
                             tshape(dw).s, in_c);
@@ -899,6 +910,7 @@ static cz_status ref_tensor_alloc(cz_backend *be, cz_tensor *t) {
 static void ref_tensor_free(cz_backend *be, cz_tensor *t) {
     (void)be;
     if (!t || !t->data) return;
+    if (cz_tensor_is_view(t)) return; /* a view never owns its storage */
     free(t->data);
     t->data = NULL;
 }

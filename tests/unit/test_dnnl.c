@@ -2,7 +2,9 @@
  * exact write/read round trips (also through batch views), the primitive cache and the
  * weight-copy cache (reuse, invalidation by tensor_write), both deconv forms and the other
  * forward ops against the ref backend, batch invariance of conv/deconv (an image's output
- * never depends on its batch), and error paths. Operator parity over many shapes is
+ * never depends on its batch), channel views (view_ok's answers for blocked and plain
+ * layouts, every deconv form and conv writing into a view bit-identically to a dense run,
+ * writes through a view invalidating weight copies, refusals), and error paths. Operator parity over many shapes is
  * tests/unit/test_ops.c's job; this file checks what is specific to this backend. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -445,6 +447,202 @@ static void test_weight_invalidation(void **state) {
     }
 }
 
+/* ------------------------------------------------------------------ channel views */
+
+/* view_ok: plain layouts take any channel range; nChw16c only whole 16-channel blocks. */
+static void test_view_ok(void **state) {
+    fixture *f = *state;
+    cz_backend *dn = f->dn;
+    assert_non_null(dn->ops->view_ok);
+    for (int d = 0; d < 2; d++) {
+        cz_dtype dt = d ? CZ_BF16 : CZ_F32;
+        cz_tensor blk, pl, pl24, vec;
+        mk(dn, &blk, dt, CZ_ROLE_ACT, 2, 64, 4, 4, NULL);
+        mk(dn, &pl, dt, CZ_ROLE_ACT, 2, 6, 4, 4, NULL);
+        mk(dn, &pl24, dt, CZ_ROLE_ACT, 1, 24, 3, 3, NULL);
+        mk(dn, &vec, dt, CZ_ROLE_VEC, 1, 32, 1, 1, NULL);
+        assert_int_equal(blk.layout, CZ_DNNL_LAYOUT_NCHW16C);
+        assert_int_equal(pl.layout, CZ_DNNL_LAYOUT_NCHW);
+        assert_int_equal(pl24.layout, CZ_DNNL_LAYOUT_NCHW);
+        int (*ok)(cz_backend *, const cz_tensor *, int, int) = dn->ops->view_ok;
+        /* blocked: offsets and sizes in whole blocks, inside the tensor */
+        assert_true(ok(dn, &blk, 0, 32) && ok(dn, &blk, 32, 32) && ok(dn, &blk, 16, 16) && ok(dn, &blk, 0, 64));
+        assert_false(ok(dn, &blk, 8, 16));  /* offset inside a block */
+        assert_false(ok(dn, &blk, 0, 24));  /* partial last block */
+        assert_false(ok(dn, &blk, 48, 32)); /* past the end */
+        assert_false(ok(dn, &blk, -16, 16));
+        assert_false(ok(dn, &blk, 0, 0));
+        /* plain: any range inside */
+        assert_true(ok(dn, &pl, 0, 3) && ok(dn, &pl, 3, 3) && ok(dn, &pl, 1, 2) && ok(dn, &pl, 5, 1));
+        assert_false(ok(dn, &pl, 4, 3));
+        assert_true(ok(dn, &pl24, 0, 12) && ok(dn, &pl24, 12, 12) && ok(dn, &pl24, 3, 5));
+        /* vectors are stored fp32 whatever the dtype: no views */
+        assert_false(ok(dn, &vec, 0, 16));
+        /* nested: ranges are relative to the view, blocks to the storage */
+        cz_tensor hi = cz_tensor_channel_view(blk, 32, 32);
+        assert_true(ok(dn, &hi, 0, 16) && ok(dn, &hi, 16, 16));
+        assert_false(ok(dn, &hi, 8, 16));
+        assert_false(ok(dn, &hi, 16, 32));
+        cz_tensor mid = cz_tensor_channel_view(pl, 1, 4);
+        assert_true(ok(dn, &mid, 1, 3));
+        assert_false(ok(dn, &mid, 2, 3));
+        /* batch views keep the answer */
+        cz_tensor one = cz_tensor_batch_view(blk, 1);
+        assert_true(ok(dn, &one, 32, 32));
+        cz_tensor_free(dn, &blk), cz_tensor_free(dn, &pl), cz_tensor_free(dn, &pl24), cz_tensor_free(dn, &vec);
+    }
+    if (f->ref) { /* not this backend's tensor */
+        cz_tensor r;
+        mk(f->ref, &r, CZ_F32, CZ_ROLE_ACT, 1, 32, 2, 2, NULL);
+        assert_false(dn->ops->view_ok(dn, &r, 0, 16));
+        cz_tensor_free(f->ref, &r);
+    }
+}
+
+/* Every deconv form (fwd, bwd-data, phase, and gemm for plain outputs) and conv writing into a
+ * view: bit-identical to the same op into a dense tensor, the rest of the storage untouched,
+ * with the view at both halves in turn (the primitive cache must tell them apart). */
+static void test_view_outputs_all_forms(void **state) {
+    fixture *f = *state;
+    cz_backend *dn = f->dn;
+    static const conv_case cases[] = {
+        {1, 2, 32, 16, 4, 4, 4, 2, 1, 1, CZ_ACT_RELU},  /* blocked out */
+        {1, 3, 16, 16, 1, 1, 4, 2, 1, 0, CZ_ACT_RELU},  /* innermost 1x1 -> 2x2 */
+        {1, 2, 8, 3, 4, 4, 4, 2, 1, 1, CZ_ACT_TANH},    /* plain out (gemm) */
+        {0, 2, 16, 32, 8, 8, 4, 2, 1, 0, CZ_ACT_LRELU}, /* conv, blocked out */
+        {0, 2, 3, 5, 9, 9, 4, 2, 1, 1, CZ_ACT_NONE},    /* conv, plain out */
+    };
+    for (int mode = 1; mode <= 3; mode++) {
+        assert_int_equal(cz_backend_dnnl_set_deconv_mode(dn, mode), CZ_OK);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            const conv_case *cc = &cases[i];
+            if (mode >= 2 && !cc->transposed) continue;
+            for (int d = 0; d < 2; d++) {
+                cz_dtype dt = d ? CZ_BF16 : CZ_F32;
+                int oh = cc->transposed ? (cc->h - 1) * cc->s - 2 * cc->p + cc->k : (cc->h + 2 * cc->p - cc->k) / cc->s + 1;
+                int ow = cc->transposed ? (cc->w - 1) * cc->s - 2 * cc->p + cc->k : (cc->w + 2 * cc->p - cc->k) / cc->s + 1;
+                int wn = cc->transposed ? cc->ci : cc->co, wc = cc->transposed ? cc->co : cc->ci, cs = 2 * cc->co;
+                size_t hw = (size_t)oh * ow, per = (size_t)cc->co * hw, sk = (size_t)(cc->n + 1) * cs * hw;
+                float *xd = rnd((size_t)cc->n * cc->ci * cc->h * cc->w, 70 + i, -1.f, 1.f);
+                float *wd = rnd((size_t)wn * wc * cc->k * cc->k, 80 + i, -.2f, .2f);
+                float *bd = rnd((size_t)cc->co, 90 + i, -.5f, .5f);
+                float *pat = malloc(sk * sizeof *pat);
+                for (size_t j = 0; j < sk; j++) pat[j] = bf16_round(-3.f + (float)(j % 11) * 0.5f);
+                cz_conv_params p = {cc->s, cc->p, cc->act, 0.2f};
+                cz_tensor x, w, b, y, st;
+                mk(dn, &x, dt, CZ_ROLE_ACT, cc->n, cc->ci, cc->h, cc->w, xd);
+                mk(dn, &w, dt, cc->transposed ? CZ_ROLE_DECONV_W : CZ_ROLE_CONV_W, wn, wc, cc->k, cc->k, wd);
+                mk(dn, &b, CZ_F32, CZ_ROLE_VEC, 1, cc->co, 1, 1, bd);
+                mk(dn, &y, dt, CZ_ROLE_ACT, cc->n, cc->co, oh, ow, NULL);
+                mk(dn, &st, dt, CZ_ROLE_ACT, cc->n + 1, cs, oh, ow, pat);
+                const cz_tensor *bp = cc->bias ? &b : NULL;
+                cz_status s = cc->transposed ? dn->ops->deconv2d(dn, &x, &w, bp, &p, &y) : dn->ops->conv2d(dn, &x, &w, bp, &p, &y);
+                assert_int_equal(s, CZ_OK);
+                float *dense = rd(dn, &y);
+                for (int half = 0; half < 2; half++) {
+                    int c0 = half ? cc->co : 0;
+                    assert_true(dn->ops->view_ok(dn, &st, c0, cc->co));
+                    cz_tensor v = cz_tensor_batch_view(cz_tensor_channel_view(st, c0, cc->co), cc->n);
+                    s = cc->transposed ? dn->ops->deconv2d(dn, &x, &w, bp, &p, &v) : dn->ops->conv2d(dn, &x, &w, bp, &p, &v);
+                    if (s != CZ_OK) fprintf(stderr, "mode %d case %zu: %s\n", mode, i, cz_error_detail());
+                    assert_int_equal(s, CZ_OK);
+                    float *all = rd(dn, &st);
+                    for (int img = 0; img <= cc->n; img++)
+                        for (int c = 0; c < cs; c++) {
+                            const float *got = all + ((size_t)img * cs + c) * hw;
+                            int inside = img < cc->n && c >= c0 && c < c0 + cc->co;
+                            /* earlier half's result stays where it was written */
+                            int earlier = half && img < cc->n && c < cc->co;
+                            const float *want = inside || earlier ? dense + (size_t)img * per + (size_t)(c % cc->co) * hw
+                                                                  : pat + ((size_t)img * cs + c) * hw;
+                            if (memcmp(got, want, hw * sizeof *got)) {
+                                fprintf(stderr, "mode %d case %zu %s half %d: image %d channel %d differs\n", mode, i,
+                                        cz_dtype_name(dt), half, img, c);
+                                fail();
+                            }
+                        }
+                    free(all);
+                }
+                free(dense), free(xd), free(wd), free(bd), free(pat);
+                cz_tensor_free(dn, &x), cz_tensor_free(dn, &w), cz_tensor_free(dn, &b), cz_tensor_free(dn, &y);
+                cz_tensor_free(dn, &st);
+            }
+        }
+    }
+    assert_int_equal(cz_backend_dnnl_set_deconv_mode(dn, 0), CZ_OK);
+}
+
+/* A write through a view is a write to the storage: a weight copy made from that storage
+ * must be rebuilt (the generation counter lives in the storage's header). */
+static void test_view_write_invalidates_weights(void **state) {
+    fixture *f = *state;
+    if (!f->ref) skip();
+    cz_backend *dn = f->dn;
+    /* weights (16, 32, 4, 4) held in an ACT tensor with 32 channels: nChw16c would not be OIHW,
+     * so use 8 input channels (plain) and a view over half of them */
+    const int co = 16, ci = 8, k = 4;
+    size_t nw = (size_t)co * ci * k * k;
+    float *xd = rnd((size_t)ci * 8 * 8, 5, -1.f, 1.f), *wd = rnd(nw, 6, -.3f, .3f);
+    float *neg = malloc((size_t)co * 4 * k * k * sizeof *neg);
+    for (size_t i = 0; i < (size_t)co * 4 * k * k; i++) neg[i] = -1.f;
+    cz_conv_params p = {2, 1, CZ_ACT_NONE, 0.f};
+    cz_tensor x, w, y, src;
+    mk(dn, &x, CZ_F32, CZ_ROLE_ACT, 1, ci, 8, 8, xd);
+    mk(dn, &w, CZ_F32, CZ_ROLE_ACT, co, ci, k, k, wd); /* plain: the same bytes as OIHW */
+    assert_int_equal(w.layout, CZ_DNNL_LAYOUT_NCHW);
+    mk(dn, &y, CZ_F32, CZ_ROLE_ACT, 1, co, 4, 4, NULL);
+    mk(dn, &src, CZ_F32, CZ_ROLE_ACT, co, 4, k, k, neg);
+    assert_int_equal(dn->ops->conv2d(dn, &x, &w, NULL, &p, &y), CZ_OK); /* caches a weight copy */
+    /* relu(-1) = 0 into input channels 4..7 of every output channel's weights */
+    assert_true(dn->ops->view_ok(dn, &w, 4, 4));
+    cz_tensor wv = cz_tensor_channel_view(w, 4, 4);
+    assert_int_equal(dn->ops->act_fwd(dn, CZ_ACT_RELU, 0.f, &src, &wv), CZ_OK);
+    for (int o = 0; o < co; o++)
+        for (int i = 4; i < ci; i++)
+            for (int t = 0; t < k * k; t++) wd[((size_t)o * ci + i) * k * k + t] = 0.f;
+    assert_int_equal(dn->ops->conv2d(dn, &x, &w, NULL, &p, &y), CZ_OK);
+    float *got = rd(dn, &y);
+    cz_tensor rx, rw, ry;
+    mk(f->ref, &rx, CZ_F32, CZ_ROLE_ACT, 1, ci, 8, 8, xd);
+    mk(f->ref, &rw, CZ_F32, CZ_ROLE_CONV_W, co, ci, k, k, wd);
+    mk(f->ref, &ry, CZ_F32, CZ_ROLE_ACT, 1, co, 4, 4, NULL);
+    assert_int_equal(f->ref->ops->conv2d(f->ref, &rx, &rw, NULL, &p, &ry), CZ_OK);
+    float *want = rd(f->ref, &ry);
+    assert_true(tu_rel_err(got, want, (size_t)co * 16) < 1e-5);
+    free(got), free(want), free(xd), free(wd), free(neg);
+    cz_tensor_free(dn, &x), cz_tensor_free(dn, &w), cz_tensor_free(dn, &y), cz_tensor_free(dn, &src);
+    cz_tensor_free(f->ref, &rx), cz_tensor_free(f->ref, &rw), cz_tensor_free(f->ref, &ry);
+}
+
+/* Views are refused where the contract does not allow them, and validated where it does. */
+static void test_view_refusals(void **state) {
+    fixture *f = *state;
+    cz_backend *dn = f->dn;
+    const cz_backend_ops *o = dn->ops;
+    cz_tensor s, x, w;
+    mk(dn, &s, CZ_F32, CZ_ROLE_ACT, 2, 64, 4, 4, NULL);
+    mk(dn, &x, CZ_F32, CZ_ROLE_ACT, 2, 32, 4, 4, NULL);
+    mk(dn, &w, CZ_F32, CZ_ROLE_CONV_W, 32, 32, 3, 3, NULL);
+    cz_conv_params p = {1, 1, CZ_ACT_NONE, 0.f};
+    cz_tensor hi = cz_tensor_channel_view(s, 32, 32);
+    /* a view as conv input is not allowed */
+    cz_tensor y;
+    mk(dn, &y, CZ_F32, CZ_ROLE_ACT, 2, 32, 4, 4, NULL);
+    assert_int_equal(o->conv2d(dn, &hi, &w, NULL, &p, &y), CZ_ERR_UNSUPPORTED);
+    assert_int_equal(o->conv2d(dn, &x, &w, NULL, &p, &hi), CZ_OK);
+    /* a hand-made view that view_ok would refuse (inside a block) */
+    cz_tensor odd = cz_tensor_channel_view(s, 8, 32);
+    assert_int_equal(o->conv2d(dn, &x, &w, NULL, &p, &odd), CZ_ERR_UNSUPPORTED);
+    assert_int_equal(o->act_fwd(dn, CZ_ACT_RELU, 0.f, &x, &odd), CZ_ERR_UNSUPPORTED);
+    /* overlapping but different ranges of one storage */
+    cz_tensor lo = cz_tensor_channel_view(s, 0, 32), mid = cz_tensor_channel_view(s, 16, 32);
+    assert_int_equal(o->act_fwd(dn, CZ_ACT_RELU, 0.f, &lo, &mid), CZ_ERR_INVALID_ARG);
+    assert_int_equal(o->act_fwd(dn, CZ_ACT_RELU, 0.f, &lo, &hi), CZ_OK); /* disjoint halves */
+    assert_int_equal(o->act_fwd(dn, CZ_ACT_RELU, 0.f, &hi, &hi), CZ_OK); /* in place */
+    cz_tensor_free(dn, &hi); /* no-op */
+    cz_tensor_free(dn, &s), cz_tensor_free(dn, &x), cz_tensor_free(dn, &w), cz_tensor_free(dn, &y);
+}
+
 /* ------------------------------------------------------------------ errors */
 
 static void test_error_paths(void **state) {
@@ -490,6 +688,8 @@ int main(void) {
         cmocka_unit_test(test_conv_deconv_vs_ref), cmocka_unit_test(test_batch_invariance),
         cmocka_unit_test(test_other_ops_vs_ref),   cmocka_unit_test(test_primitive_cache),
         cmocka_unit_test(test_weight_invalidation), cmocka_unit_test(test_error_paths),
+        cmocka_unit_test(test_view_ok),             cmocka_unit_test(test_view_outputs_all_forms),
+        cmocka_unit_test(test_view_write_invalidates_weights), cmocka_unit_test(test_view_refusals),
     };
     return cmocka_run_group_tests_name("dnnl", tests, setup, teardown);
 }

@@ -8,6 +8,11 @@
  *       storage runs through the same loop. Relative error < 1e-4 (fp32) / 2e-2 (bf16, fp16);
  *       NaN never passes. Batch views (allocated for 4, run with 2) must match a separate
  *       2-image run bit for bit and leave the images beyond the view untouched.
+ *   (b') channel views (backend.h): for every backend with view_ok, conv2d/deconv2d/act_fwd
+ *       writing into (or act_fwd reading from) channels [0, c) and [c, 2c) of a 2c-channel
+ *       tensor, as a batch view of it, in fp32 and bf16, against ref into a plain tensor; every
+ *       storage element outside the view must keep the pattern written first; other ops must
+ *       refuse views. ref itself has no view_ok and refuses views in every op.
  *   (c) ref backward ops against central finite differences.
  * Dtype convention in (b): activations and conv weights use the dtype under test; per-channel
  * vectors (bias, BatchNorm parameters and statistics) and the Adam state are fp32.
@@ -842,6 +847,302 @@ static void test_backend_parity(void **state) {
 }
 
 /* ========================================================================================== */
+/* (b') channel views: every backend with view_ok, against ref into a plain tensor             */
+
+/* What a view case runs: the op writes (or, for ACT_FROM_VIEW, reads) channels [c0, c0+c) of a
+ * storage tensor with 2*c channels, c0 = 0 or c, allocated for n+1 images and used as an
+ * n-image batch view, so channels outside the view and the image beyond the batch view must
+ * keep their pattern. */
+typedef enum view_kind { VK_CONV, VK_DECONV, VK_ACT, VK_ACT_INPLACE, VK_ACT_FROM_VIEW } view_kind;
+
+typedef struct view_case {
+    const char *label;
+    view_kind kind;
+    int n, ci, h, w, co, k, s, p, bias;
+    cz_act act;
+} view_case;
+
+static const view_case k_view_cases[] = {
+    {"up conv 64->32 8x8 (phase)", VK_DECONV, 2, 64, 8, 8, 32, 4, 2, 1, 1, CZ_ACT_RELU},
+    {"innermost up 32->32 1x1", VK_DECONV, 2, 32, 1, 1, 32, 4, 2, 1, 0, CZ_ACT_RELU},
+    {"up conv 16->16 4x4", VK_DECONV, 1, 16, 4, 4, 16, 4, 2, 1, 1, CZ_ACT_RELU},
+    {"up conv 8->3 plain", VK_DECONV, 2, 8, 4, 4, 3, 4, 2, 1, 1, CZ_ACT_TANH},
+    {"down conv 16->32 16x16", VK_CONV, 2, 16, 16, 16, 32, 4, 2, 1, 0, CZ_ACT_LRELU},
+    {"first conv 1->16 32x32", VK_CONV, 1, 1, 32, 32, 16, 4, 2, 1, 0, CZ_ACT_NONE},
+    {"conv 3->5 plain", VK_CONV, 2, 3, 9, 9, 5, 4, 2, 1, 1, CZ_ACT_LRELU},
+    {"relu skip 32ch 8x8", VK_ACT, 2, 32, 8, 8, 32, 0, 0, 0, 0, CZ_ACT_RELU},
+    {"relu skip 3ch plain", VK_ACT, 2, 3, 5, 7, 3, 0, 0, 0, 0, CZ_ACT_RELU},
+    {"lrelu in place 16ch", VK_ACT_INPLACE, 2, 16, 6, 6, 16, 0, 0, 0, 0, CZ_ACT_LRELU},
+    {"tanh view -> dense 32ch", VK_ACT_FROM_VIEW, 2, 32, 4, 4, 32, 0, 0, 0, 0, CZ_ACT_TANH},
+};
+#define NVIEW (sizeof k_view_cases / sizeof k_view_cases[0])
+
+static float view_pattern(size_t i) { return 5.0f + 0.25f * (float)(i % 7); }
+
+/* Copies channels [c0, c0+c) of images [0, n) out of / into a dense host storage (cs channels). */
+static void view_gather(const float *st, int n, int cs, int c0, int c, size_t hw, float *out) {
+    for (int i = 0; i < n; i++)
+        memcpy(out + (size_t)i * c * hw, st + ((size_t)i * cs + c0) * hw, (size_t)c * hw * sizeof *out);
+}
+static void view_scatter(float *st, int n, int cs, int c0, int c, size_t hw, const float *in) {
+    for (int i = 0; i < n; i++)
+        memcpy(st + ((size_t)i * cs + c0) * hw, in + (size_t)i * c * hw, (size_t)c * hw * sizeof *in);
+}
+
+/* One case at channel offset c0 on `be` in `dt`; returns 0 ok, 1 failed, -1 skipped (view_ok
+ * refuses this geometry). msg gets the detail. */
+static int view_case_run(cz_backend *ref, cz_backend *be, cz_dtype dt, const view_case *vc, int c0, char *msg,
+                         size_t msz) {
+    const int n = vc->n, cap = n + 1;
+    int is_act = vc->kind >= VK_ACT, tr = vc->kind == VK_DECONV;
+    int oh = vc->h, ow = vc->w;
+    if (vc->kind == VK_CONV) {
+        oh = (vc->h + 2 * vc->p - vc->k) / vc->s + 1;
+        ow = (vc->w + 2 * vc->p - vc->k) / vc->s + 1;
+    } else if (tr) {
+        oh = (vc->h - 1) * vc->s - 2 * vc->p + vc->k;
+        ow = (vc->w - 1) * vc->s - 2 * vc->p + vc->k;
+    }
+    const int c = vc->co, cs = 2 * c;
+    /* the storage holds the view: the output, or for VK_ACT_FROM_VIEW the input */
+    const int sh = vc->kind == VK_ACT_FROM_VIEW ? vc->h : oh, sw = vc->kind == VK_ACT_FROM_VIEW ? vc->w : ow;
+    const size_t shw = (size_t)sh * sw, xk = numel4(cap, vc->ci, vc->h, vc->w);
+    float *xin = hrand(xk, g_seed++, -2.f, 2.f);
+    float *win = tr ? hrand(numel4(vc->ci, c, vc->k, vc->k), g_seed++, -0.3f, 0.3f)
+                    : hrand(numel4(c, vc->ci, vc->k ? vc->k : 1, vc->k ? vc->k : 1), g_seed++, -0.3f, 0.3f);
+    float *bin = hrand((size_t)c, g_seed++, -0.5f, 0.5f);
+    size_t sk = numel4(cap, cs, sh, sw);
+    float *pat = hbuf(sk), *got = hbuf(sk), *want = hbuf(numel4(n, c, oh, ow)), *view_now = hbuf(numel4(n, c, oh, ow));
+    for (size_t i = 0; i < sk; i++) pat[i] = view_pattern(i);
+    cz_conv_params p = {vc->s, vc->p, vc->act, 0.2f};
+    int rc = 0;
+    cz_status s = CZ_OK;
+
+    /* ---- ref into plain tensors, fp32 ---- */
+    cz_tensor rx, rw, rb, ry;
+    memset(&rw, 0, sizeof rw);
+    memset(&rb, 0, sizeof rb);
+    put(ref, &rx, CZ_F32, CZ_ROLE_ACT, n, vc->ci, vc->h, vc->w, xin);
+    put(ref, &ry, CZ_F32, CZ_ROLE_ACT, n, c, oh, ow, NULL);
+    if (!is_act) {
+        if (tr)
+            put(ref, &rw, CZ_F32, CZ_ROLE_DECONV_W, vc->ci, c, vc->k, vc->k, win);
+        else
+            put(ref, &rw, CZ_F32, CZ_ROLE_CONV_W, c, vc->ci, vc->k, vc->k, win);
+        put(ref, &rb, CZ_F32, CZ_ROLE_VEC, 1, c, 1, 1, bin);
+        if (tr)
+            OK(ref->ops->deconv2d(ref, &rx, &rw, vc->bias ? &rb : NULL, &p, &ry));
+        else
+            OK(ref->ops->conv2d(ref, &rx, &rw, vc->bias ? &rb : NULL, &p, &ry));
+    } else {
+        OK(ref->ops->act_fwd(ref, vc->act, 0.2f, &rx, &ry));
+    }
+    OK(ref->ops->tensor_read(ref, &ry, want));
+
+    /* ---- the backend: a storage tensor and a batch view of a channel view of it ---- */
+    cz_tensor bx, bw, bb, st, by;
+    memset(&bx, 0, sizeof bx);
+    memset(&bw, 0, sizeof bw);
+    memset(&bb, 0, sizeof bb);
+    memset(&by, 0, sizeof by);
+    OK(cz_tensor_alloc(be, &st, dt, CZ_ROLE_ACT, cap, cs, sh, sw));
+    if (!be->ops->view_ok(be, &st, c0, c)) {
+        snprintf(msg, msz, "skipped: view_ok refuses channels %d..%d of %d", c0, c0 + c - 1, cs);
+        rc = -1;
+        goto done;
+    }
+    cz_tensor v = cz_tensor_batch_view(cz_tensor_channel_view(st, c0, c), n);
+    if (vc->kind == VK_ACT_INPLACE || vc->kind == VK_ACT_FROM_VIEW) view_scatter(pat, cap, cs, c0, c, shw, xin);
+    OK(be->ops->tensor_write(be, &st, pat));
+    if (vc->kind == VK_ACT_INPLACE) {
+        s = be->ops->act_fwd(be, vc->act, 0.2f, &v, &v);
+    } else if (vc->kind == VK_ACT_FROM_VIEW) {
+        float *sent = hbuf(numel4(cap, c, oh, ow));
+        for (size_t i = 0; i < numel4(cap, c, oh, ow); i++) sent[i] = SENTINEL;
+        put(be, &by, dt, CZ_ROLE_ACT, cap, c, oh, ow, sent);
+        free(sent);
+        cz_tensor yv = cz_tensor_batch_view(by, n);
+        s = be->ops->act_fwd(be, vc->act, 0.2f, &v, &yv);
+    } else {
+        put(be, &bx, dt, CZ_ROLE_ACT, cap, vc->ci, vc->h, vc->w, xin);
+        cz_tensor xv = cz_tensor_batch_view(bx, n);
+        if (vc->kind == VK_ACT) {
+            s = be->ops->act_fwd(be, vc->act, 0.2f, &xv, &v);
+        } else {
+            if (tr)
+                put(be, &bw, dt, CZ_ROLE_DECONV_W, vc->ci, c, vc->k, vc->k, win);
+            else
+                put(be, &bw, dt, CZ_ROLE_CONV_W, c, vc->ci, vc->k, vc->k, win);
+            put(be, &bb, CZ_F32, CZ_ROLE_VEC, 1, c, 1, 1, bin);
+            const cz_tensor *bp = vc->bias ? &bb : NULL;
+            s = tr ? be->ops->deconv2d(be, &xv, &bw, bp, &p, &v) : be->ops->conv2d(be, &xv, &bw, bp, &p, &v);
+        }
+    }
+    if (s == CZ_OK) s = be->ops->sync(be);
+    if (s != CZ_OK) {
+        snprintf(msg, msz, "error %s: %s", cz_strerror(s), cz_error_detail());
+        rc = 1;
+        goto done;
+    }
+    OK(be->ops->tensor_read(be, &st, got));
+    /* the result: in the view, or in the dense y when the view was the input */
+    if (vc->kind == VK_ACT_FROM_VIEW) {
+        float *yall = get(be, &by);
+        memcpy(view_now, yall, numel4(n, c, oh, ow) * sizeof *yall);
+        for (size_t i = numel4(n, c, oh, ow); i < numel4(cap, c, oh, ow) && !rc; i++)
+            if (yall[i] != round_to(dt, SENTINEL)) rc = 1, snprintf(msg, msz, "wrote beyond y's batch view");
+        free(yall);
+    } else {
+        view_gather(got, n, cs, c0, c, shw, view_now);
+    }
+    double e = tu_rel_err(view_now, want, numel4(n, c, oh, ow));
+    double tol = dt == CZ_F32 ? TOL_F32 : TOL_HALF;
+    if (!rc && !(e < tol)) rc = 1, snprintf(msg, msz, "rel err %.2e", e);
+    /* everything else in the storage keeps what was written (for FROM_VIEW: all of it) */
+    float *expect = hbuf(sk);
+    memcpy(expect, pat, sk * sizeof *expect);
+    if (vc->kind != VK_ACT_FROM_VIEW) view_scatter(expect, n, cs, c0, c, shw, view_now);
+    for (size_t i = 0; i < sk && !rc; i++) {
+        float w0 = vc->kind == VK_ACT_FROM_VIEW ? round_to(dt, expect[i]) : expect[i];
+        size_t img = i / ((size_t)cs * shw), ch = (i / shw) % (size_t)cs;
+        int inside = vc->kind != VK_ACT_FROM_VIEW && img < (size_t)n && (int)ch >= c0 && (int)ch < c0 + c;
+        if (!inside) w0 = round_to(dt, pat[i]);
+        if (got[i] != w0)
+            rc = 1, snprintf(msg, msz, "storage changed outside the view (image %zu channel %zu: %g, was %g)", img, ch,
+                             (double)got[i], (double)w0);
+    }
+    free(expect);
+    if (!rc) snprintf(msg, msz, "rel err %.2e, rest untouched", e);
+done:
+    cz_tensor_free(be, &bx), cz_tensor_free(be, &bw), cz_tensor_free(be, &bb), cz_tensor_free(be, &st);
+    cz_tensor_free(be, &by);
+    cz_tensor_free(ref, &rx), cz_tensor_free(ref, &rw), cz_tensor_free(ref, &rb), cz_tensor_free(ref, &ry);
+    free(xin), free(win), free(bin), free(pat), free(got), free(want), free(view_now);
+    return rc;
+}
+
+/* Views are refused everywhere else (contract): a few ops with a view where none is allowed. */
+static int view_refusals(cz_backend *be, cz_dtype dt, char *msg, size_t msz) {
+    cz_tensor a, b2, y, g;
+    put(be, &a, dt, CZ_ROLE_ACT, 2, 32, 4, 4, NULL);
+    put(be, &b2, dt, CZ_ROLE_ACT, 2, 16, 4, 4, NULL);
+    put(be, &y, dt, CZ_ROLE_ACT, 2, 32, 4, 4, NULL);
+    put(be, &g, CZ_F32, CZ_ROLE_VEC, 1, 16, 1, 1, NULL);
+    int bad = 0;
+    if (!be->ops->view_ok(be, &a, 16, 16)) {
+        snprintf(msg, msz, "skipped: view_ok refuses channels 16..31 of 32");
+        bad = -1;
+    } else {
+        cz_tensor v = cz_tensor_channel_view(a, 16, 16);
+        float *host = hbuf(cz_tensor_numel(&v));
+        double loss;
+        struct {
+            const char *what;
+            cz_status s;
+        } r[] = {
+            {"concat(a = view)", CALL(be, concat, &v, &b2, &y)},
+            {"bn_infer(x = view)", CALL(be, bn_infer, &v, &g, &g, &g, &g, 1e-5f, &b2)},
+            {"l1_fwd(a = view)", CALL(be, l1_fwd, &v, &b2, &loss)},
+            {"tensor_read(view)", be->ops->tensor_read(be, &v, host)},
+            {"tensor_write(view)", be->ops->tensor_write(be, &v, host)},
+            {"tensor_zero(view)", be->ops->tensor_zero(be, &v)},
+        };
+        for (size_t i = 0; i < sizeof r / sizeof r[0] && !bad; i++)
+            if (r[i].s != CZ_ERR_UNSUPPORTED)
+                bad = 1, snprintf(msg, msz, "%s returned %s, expected UNSUPPORTED", r[i].what, cz_strerror(r[i].s));
+        if (!bad) snprintf(msg, msz, "concat, bn_infer, l1_fwd, tensor_read/write/zero refuse views");
+        free(host);
+    }
+    cz_tensor_free(be, &a), cz_tensor_free(be, &b2), cz_tensor_free(be, &y), cz_tensor_free(be, &g);
+    return bad;
+}
+
+static void test_backend_views(void **state) {
+    (void)state;
+    cz_backend *ref = ref_backend();
+    int ran = 0, failed = 0, skipped = 0, backends = 0;
+    const char *const *names = cz_backend_names();
+    for (int i = 0; names[i]; i++) {
+        if (!strcmp(names[i], "ref")) continue;
+        cz_backend *be = NULL;
+        if (cz_backend_create(names[i], NULL, &be) != CZ_OK) {
+            printf("views: %s not available (%s)\n", names[i], cz_error_detail());
+            continue;
+        }
+        if (!be->ops->view_ok) {
+            printf("views: %s has no view_ok, nothing to test\n", names[i]);
+            cz_backend_destroy(be);
+            continue;
+        }
+        backends++;
+        const cz_dtype dts[2] = {CZ_F32, CZ_BF16};
+        for (int d = 0; d < 2; d++) {
+            if (!be->ops->supports(be, dts[d])) continue;
+            char msg[256];
+            for (size_t k = 0; k < NVIEW; k++)
+                for (int half = 0; half < 2; half++) {
+                    const view_case *vc = &k_view_cases[k];
+                    int c0 = half ? vc->co : 0;
+                    int r = view_case_run(ref, be, dts[d], vc, c0, msg, sizeof msg);
+                    printf("[%s %s] view %-28s at channel %-3d %s %s\n", be->ops->name, cz_dtype_name(dts[d]),
+                           vc->label, c0, r > 0 ? "FAIL" : r < 0 ? "--" : "ok", msg);
+                    ran += r >= 0, failed += r > 0, skipped += r < 0;
+                }
+            int r = view_refusals(be, dts[d], msg, sizeof msg);
+            printf("[%s %s] views elsewhere: %s %s\n", be->ops->name, cz_dtype_name(dts[d]),
+                   r > 0 ? "FAIL" : r < 0 ? "--" : "ok", msg);
+            ran += r >= 0, failed += r > 0, skipped += r < 0;
+        }
+        cz_backend_destroy(be);
+    }
+    printf("views: %d backend(s), %d cases ran, %d skipped, %d failed\n", backends, ran, skipped, failed);
+    cz_backend_destroy(ref);
+    assert_int_equal(failed, 0);
+}
+
+/* The oracle has no views: view_ok is NULL and every op refuses one. */
+static void test_ref_refuses_views(void **state) {
+    (void)state;
+    cz_backend *be = ref_backend();
+    assert_null(be->ops->view_ok);
+    cz_tensor x, w, y, s, g;
+    put(be, &x, CZ_F32, CZ_ROLE_ACT, 1, 4, 8, 8, NULL);
+    put(be, &w, CZ_F32, CZ_ROLE_CONV_W, 4, 4, 4, 4, NULL);
+    put(be, &y, CZ_F32, CZ_ROLE_ACT, 1, 4, 4, 4, NULL);
+    put(be, &s, CZ_F32, CZ_ROLE_ACT, 1, 8, 4, 4, NULL);
+    put(be, &g, CZ_F32, CZ_ROLE_VEC, 1, 4, 1, 1, NULL);
+    cz_conv_params p = {2, 1, CZ_ACT_RELU, 0};
+    cz_tensor hi = cz_tensor_channel_view(s, 4, 4), lo = cz_tensor_channel_view(s, 0, 4);
+    assert_true(cz_tensor_is_view(&hi) && cz_tensor_is_view(&lo));
+    cz_tensor whole = cz_tensor_channel_view(s, 0, 8); /* all channels: not a view */
+    assert_false(cz_tensor_is_view(&whole));
+    float host[64];
+    double loss;
+    assert_int_equal(be->ops->conv2d(be, &x, &w, NULL, &p, &hi), CZ_ERR_UNSUPPORTED);
+    assert_non_null(strstr(cz_error_detail(), "view"));
+    assert_int_equal(be->ops->conv2d(be, &x, &w, NULL, &p, &lo), CZ_ERR_UNSUPPORTED);
+    assert_int_equal(be->ops->act_fwd(be, CZ_ACT_RELU, 0.f, &y, &hi), CZ_ERR_UNSUPPORTED);
+    assert_int_equal(be->ops->act_fwd(be, CZ_ACT_RELU, 0.f, &hi, &y), CZ_ERR_UNSUPPORTED);
+    assert_int_equal(be->ops->act_fwd(be, CZ_ACT_RELU, 0.f, &hi, &hi), CZ_ERR_UNSUPPORTED);
+    assert_int_equal(be->ops->bn_infer(be, &hi, &g, &g, &g, &g, 1e-5f, &y), CZ_ERR_UNSUPPORTED);
+    assert_int_equal(be->ops->concat(be, &y, &y, &s), CZ_OK); /* plain use still fine */
+    assert_int_equal(be->ops->concat(be, &lo, &y, &s), CZ_ERR_UNSUPPORTED);
+    assert_int_equal(be->ops->l1_fwd(be, &hi, &y, &loss), CZ_ERR_UNSUPPORTED);
+    assert_int_equal(be->ops->tensor_read(be, &hi, host), CZ_ERR_UNSUPPORTED);
+    assert_int_equal(be->ops->tensor_write(be, &hi, host), CZ_ERR_UNSUPPORTED);
+    assert_int_equal(be->ops->tensor_zero(be, &lo), CZ_ERR_UNSUPPORTED);
+    cz_tensor bv = cz_tensor_batch_view(hi, 1); /* a batch view of a view is still a view */
+    assert_int_equal(be->ops->act_fwd(be, CZ_ACT_NONE, 0.f, &y, &bv), CZ_ERR_UNSUPPORTED);
+    OK(be->ops->act_fwd(be, CZ_ACT_RELU, 0.f, &y, &y));
+    OK(be->ops->tensor_read(be, &whole, (float[128]){0}));
+    cz_tensor_free(be, &hi); /* a view does not own storage: no-op */
+    assert_non_null(s.data);
+    cz_tensor_free(be, &x), cz_tensor_free(be, &w), cz_tensor_free(be, &y), cz_tensor_free(be, &s);
+    cz_tensor_free(be, &g);
+    cz_backend_destroy(be);
+}
+
+/* ========================================================================================== */
 /* (a) ref self-checks                                                                         */
 
 static void test_ref_memory(void **state) {
@@ -1663,6 +1964,7 @@ int main(void) {
         cmocka_unit_test(test_ref_conv_grads),    cmocka_unit_test(test_ref_bn_grads),
         cmocka_unit_test(test_ref_elementwise_grads), cmocka_unit_test(test_ref_adam),
         cmocka_unit_test(test_ref_speed),         cmocka_unit_test(test_backend_parity),
+        cmocka_unit_test(test_ref_refuses_views), cmocka_unit_test(test_backend_views),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     clock_gettime(CLOCK_MONOTONIC, &t1);
