@@ -5,8 +5,9 @@
 #
 #   bash tests/fuzz/run.sh [SECONDS] [TARGET...]
 #
-# SECONDS: time per target (default 60). TARGET: image, safetensors, config
-# (default: all three). Exit status 0 when no target found anything; 1 when a
+# SECONDS: time per target (default 60). TARGET: image, safetensors, config, body
+# (default: all four; `body` is the daemon's request body parser, server/body.c).
+# Exit status 0 when no target found anything; 1 when a
 # driver crashed, leaked, hung (>10 s on one input), ran out of memory or hit an
 # invariant check; 2 when the build failed. Reproducers are printed and left in
 # build-fuzz/artifacts/<target>/.
@@ -29,7 +30,7 @@ root=$(cd "$here/../.." && pwd)
 secs=${1:-60}
 shift $(( $# > 0 ? 1 : 0 ))
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(image safetensors config)
+[ ${#targets[@]} -eq 0 ] && targets=(image safetensors config body)
 
 case "$secs" in
     '' | *[!0-9]*) echo "run.sh: SECONDS must be a whole number, got '$secs'" >&2; exit 2 ;;
@@ -45,18 +46,26 @@ if [ -z "$cc" ]; then
 fi
 if [ -z "$cc" ]; then echo "run.sh: clang not found (set CC)" >&2; exit 2; fi
 
+# Extra sources a driver needs beyond core/ (compiled with coverage, linked into that driver).
+extra_srcs_of() {
+    case "$1" in
+        body) echo "$root/server/body.c" ;;
+    esac
+}
+
 # Per-target input size cap (bytes) for libFuzzer's -max_len.
 max_len_of() {
     case "$1" in
         image) echo 65536 ;;
         safetensors) echo 16384 ;;
         config) echo 4096 ;;
+        body) echo 65536 ;;
         *) return 1 ;;
     esac
 }
 for t in "${targets[@]}"; do
     if ! max_len_of "$t" >/dev/null || [ ! -f "$here/fuzz_$t.c" ]; then
-        echo "run.sh: unknown target '$t' (image, safetensors, config)" >&2
+        echo "run.sh: unknown target '$t' (image, safetensors, config, body)" >&2
         exit 2
     fi
 done
@@ -66,7 +75,7 @@ done
 # finding aborts so that libFuzzer records it as a crash. No -Werror here: warnings are the
 # regular build's business, a fuzz run should not fail on them.
 # shellcheck disable=SC2054 # the commas are inside -fsanitize=, not between elements
-cflags=(-std=c11 -D_GNU_SOURCE -DCZ_VERSION="\"fuzz\"" -I"$root/core" -g -O1
+cflags=(-std=c11 -D_GNU_SOURCE -DCZ_VERSION="\"fuzz\"" -I"$root/core" -I"$root/server" -g -O1
         -fno-omit-frame-pointer -Wall -Wextra -Wno-unused-parameter
         -fsanitize=address,undefined -fno-sanitize-recover=undefined)
 libs=(-ljansson -lspng -lturbojpeg -ljpeg -ldnnl -lm -lpthread)
@@ -90,7 +99,13 @@ build_all() {
     # An archive, so each driver links only the objects it needs (and their dependencies).
     ar rcs "$build/libcz_core_fuzz.a" "$build"/obj/*.o || return 1
     for t in "${targets[@]}"; do
-        "$cc" "${cflags[@]}" -fsanitize=fuzzer "$here/fuzz_$t.c" "$build/libcz_core_fuzz.a" \
+        local extra=() e
+        for e in $(extra_srcs_of "$t"); do
+            "$cc" "${cflags[@]}" -fsanitize=fuzzer-no-link -c "$e" -o "$build/obj_${t}_$(basename "$e" .c).o" ||
+                { echo "run.sh: compiling $e failed" >&2; return 1; }
+            extra+=("$build/obj_${t}_$(basename "$e" .c).o")
+        done
+        "$cc" "${cflags[@]}" -fsanitize=fuzzer "$here/fuzz_$t.c" "${extra[@]}" "$build/libcz_core_fuzz.a" \
             "${libs[@]}" -o "$build/bin/fuzz_$t" || { echo "run.sh: linking fuzz_$t failed" >&2; return 1; }
     done
 }
