@@ -491,12 +491,8 @@ static void test_view_ok(void **state) {
         assert_true(ok(dn, &one, 32, 32));
         cz_tensor_free(dn, &blk), cz_tensor_free(dn, &pl), cz_tensor_free(dn, &pl24), cz_tensor_free(dn, &vec);
     }
-    if (f->ref) { /* not this backend's tensor */
-        cz_tensor r;
-        mk(f->ref, &r, CZ_F32, CZ_ROLE_ACT, 1, 32, 2, 2, NULL);
-        assert_false(dn->ops->view_ok(dn, &r, 0, 16));
-        cz_tensor_free(f->ref, &r);
-    }
+    /* (Tensors of another backend are outside the contract: the storage header dnnl checks
+     * sits before the data pointer, so probing a foreign allocation would read out of bounds.) */
 }
 
 /* Every deconv form (fwd, bwd-data, phase, and gemm for plain outputs) and conv writing into a
