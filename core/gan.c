@@ -1,0 +1,220 @@
+/* gan.c: the pix2pix training step (order, losses and determinism in gan.h), checkpoint save
+ * and restore of the whole training state. One thread at a time. Tested by
+ * tests/unit/test_train.c and tests/unit/test_train_golden.c. */
+#include "gan.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct cz_gan {
+    cz_backend *be;
+    cz_gan_config cfg;
+    cz_unet_train *g;
+    cz_patchgan *d;
+    cz_adam *opt_g, *opt_d;
+    long steps;
+    int max_batch, h, w;
+    cz_tensor b;     /* target batch (max_batch, out_ch, h, w) */
+    cz_tensor gfake; /* d(loss_G)/d(fake) */
+    cz_tensor ga;    /* scratch for the condition's half of d(D input), discarded */
+    cz_tensor dlog;  /* d(loss)/d(logits) */
+};
+
+cz_gan_config cz_gan_config_default(void) {
+    cz_gan_config c = {.adam = cz_adam_config_default(), .lambda_l1 = 100.f, .ndf = 64, .n_layers = 3,
+                       .dropout = 0.5f, .seed = 1};
+    return c;
+}
+
+uint64_t cz_gan_step_seed(uint64_t seed, long step) { return seed + (uint64_t)step * 0xD1B54A32D192ED03ull; }
+cz_unet_train *cz_gan_generator(cz_gan *gan) { return gan->g; }
+cz_patchgan *cz_gan_discriminator(cz_gan *gan) { return gan->d; }
+long cz_gan_steps(const cz_gan *gan) { return gan->steps; }
+
+void cz_gan_set_lr(cz_gan *gan, float lr) {
+    cz_adam_set_lr(gan->opt_g, lr);
+    cz_adam_set_lr(gan->opt_d, lr);
+}
+
+static void free_plan(cz_gan *gan) {
+    cz_tensor_free(gan->be, &gan->b);
+    cz_tensor_free(gan->be, &gan->gfake);
+    cz_tensor_free(gan->be, &gan->ga);
+    cz_tensor_free(gan->be, &gan->dlog);
+    gan->max_batch = gan->h = gan->w = 0;
+}
+
+void cz_gan_destroy(cz_gan *gan) {
+    if (!gan) return;
+    free_plan(gan);
+    cz_adam_destroy(gan->opt_g);
+    cz_adam_destroy(gan->opt_d);
+    cz_patchgan_destroy(gan->d);
+    cz_unet_train_destroy(gan->g);
+    free(gan);
+}
+
+static cz_status create_parts(cz_gan *gan, const cz_unet_arch *arch, const cz_safetensors *init) {
+    cz_backend *be = gan->be;
+    const cz_gan_config *c = &gan->cfg;
+    CZ_TRY(cz_unet_train_create(be, arch, init, c->seed, &gan->g));
+    CZ_TRY(cz_unet_train_set_dropout(gan->g, c->dropout));
+    const cz_unet_arch *ga = cz_unet_train_get_arch(gan->g);
+    cz_patchgan_arch da = {.in_ch = ga->in_ch + ga->out_ch, .ndf = c->ndf, .n_layers = c->n_layers, .bn_eps = 1e-5f};
+    const cz_safetensors *dst = NULL;
+    if (init) {
+        cz_status s = cz_patchgan_arch_from_meta(init, &da);
+        if (s == CZ_OK)
+            dst = init;
+        else if (s != CZ_ERR_NOT_FOUND)
+            return s;
+    }
+    if (da.in_ch != ga->in_ch + ga->out_ch)
+        return cz_error_set(CZ_ERR_BAD_WEIGHTS, "discriminator takes %d channels, the generator gives %d + %d",
+                            da.in_ch, ga->in_ch, ga->out_ch);
+    CZ_TRY(cz_patchgan_create(be, &da, dst, c->seed, &gan->d));
+    int ng, nd;
+    cz_param *pg = cz_unet_train_params(gan->g, &ng), *pd = cz_patchgan_params(gan->d, &nd);
+    CZ_TRY(cz_adam_create(be, pg, ng, &c->adam, &gan->opt_g));
+    CZ_TRY(cz_adam_create(be, pd, nd, &c->adam, &gan->opt_d));
+    if (init && cz_st_meta(init, "train_step")) { /* resume */
+        char *end;
+        const char *v = cz_st_meta(init, "train_step");
+        long t = strtol(v, &end, 10);
+        if (end == v || *end || t < 0) return cz_error_set(CZ_ERR_BAD_WEIGHTS, "metadata train_step '%s' invalid", v);
+        CZ_TRY(cz_adam_load(gan->opt_g, "opt_g.", init));
+        CZ_TRY(cz_adam_load(gan->opt_d, "opt_d.", init));
+        gan->steps = t;
+    }
+    return CZ_OK;
+}
+
+cz_status cz_gan_create(cz_backend *be, const cz_gan_config *cfg, const cz_unet_arch *arch, const cz_safetensors *init,
+                        cz_gan **out) {
+    *out = NULL;
+    cz_gan_config c = cfg ? *cfg : cz_gan_config_default();
+    if (!(c.lambda_l1 >= 0.f && c.lambda_l1 < 1e6f))
+        return cz_error_set(CZ_ERR_INVALID_ARG, "lambda_l1 %g out of range", (double)c.lambda_l1);
+    const char *need[] = {"conv2d", "deconv2d", "bn_train_fwd", "bn_infer", "act_fwd", "concat", "dropout_fwd",
+                          "bce_logits_fwd", "l1_fwd", "conv2d_bwd_data", "conv2d_bwd_weights", "deconv2d_bwd_data",
+                          "deconv2d_bwd_weights", "bn_train_bwd", "act_bwd", "concat_bwd", "dropout_bwd",
+                          "bce_logits_bwd", "l1_bwd", "adam_step"};
+    const cz_backend_ops *o = be->ops;
+    const void *have[] = {(void *)o->conv2d, (void *)o->deconv2d, (void *)o->bn_train_fwd, (void *)o->bn_infer,
+                          (void *)o->act_fwd, (void *)o->concat, (void *)o->dropout_fwd, (void *)o->bce_logits_fwd,
+                          (void *)o->l1_fwd, (void *)o->conv2d_bwd_data, (void *)o->conv2d_bwd_weights,
+                          (void *)o->deconv2d_bwd_data, (void *)o->deconv2d_bwd_weights, (void *)o->bn_train_bwd,
+                          (void *)o->act_bwd, (void *)o->concat_bwd, (void *)o->dropout_bwd,
+                          (void *)o->bce_logits_bwd, (void *)o->l1_bwd, (void *)o->adam_step};
+    for (size_t i = 0; i < sizeof need / sizeof need[0]; i++)
+        if (!have[i])
+            return cz_error_set(CZ_ERR_UNSUPPORTED, "backend '%s' cannot train: no %s", o->name, need[i]);
+    cz_gan *gan = calloc(1, sizeof *gan);
+    if (!gan) return cz_error_set(CZ_ERR_NOMEM, "gan: out of memory");
+    gan->be = be;
+    gan->cfg = c;
+    cz_status s = create_parts(gan, arch, init);
+    if (s != CZ_OK) {
+        cz_gan_destroy(gan);
+        return s;
+    }
+    *out = gan;
+    return CZ_OK;
+}
+
+cz_status cz_gan_plan(cz_gan *gan, int max_batch, int h, int w) {
+    CZ_TRY(cz_unet_train_plan(gan->g, max_batch, h, w));
+    CZ_TRY(cz_patchgan_plan(gan->d, max_batch, h, w));
+    if (gan->max_batch == max_batch && gan->h == h && gan->w == w) return CZ_OK;
+    free_plan(gan);
+    const cz_unet_arch *a = cz_unet_train_get_arch(gan->g);
+    const cz_patchgan_arch *da = cz_patchgan_get_arch(gan->d);
+    int oh = cz_patchgan_out_size(da, h), ow = cz_patchgan_out_size(da, w);
+    cz_backend *be = gan->be;
+    cz_status s = cz_tensor_alloc(be, &gan->b, CZ_F32, CZ_ROLE_ACT, max_batch, a->out_ch, h, w);
+    if (s == CZ_OK) s = cz_tensor_alloc(be, &gan->gfake, CZ_F32, CZ_ROLE_ACT, max_batch, a->out_ch, h, w);
+    if (s == CZ_OK) s = cz_tensor_alloc(be, &gan->ga, CZ_F32, CZ_ROLE_ACT, max_batch, a->in_ch, h, w);
+    if (s == CZ_OK) s = cz_tensor_alloc(be, &gan->dlog, CZ_F32, CZ_ROLE_ACT, max_batch, 1, oh, ow);
+    if (s != CZ_OK) {
+        free_plan(gan);
+        return s;
+    }
+    gan->max_batch = max_batch;
+    gan->h = h;
+    gan->w = w;
+    return CZ_OK;
+}
+
+/* D(cat(cond, color)) -> mean BCE against `target`; dlog = scale * d(loss)/d(logits). */
+static cz_status d_eval(cz_gan *gan, int n, const cz_tensor *cond, const cz_tensor *color, float target,
+                        float scale, double *loss, cz_tensor *dlog) {
+    cz_backend *be = gan->be;
+    cz_tensor xin = cz_tensor_batch_view(*cz_patchgan_input(gan->d), n);
+    CZ_TRY(be->ops->concat(be, cond, color, &xin));
+    const cz_tensor *logits;
+    CZ_TRY(cz_patchgan_forward(gan->d, n, &logits));
+    CZ_TRY(be->ops->bce_logits_fwd(be, logits, target, loss));
+    return be->ops->bce_logits_bwd(be, logits, target, scale, dlog);
+}
+
+static cz_status finite_or_fail(const char *what, double v, long step) {
+    if (isfinite(v)) return CZ_OK;
+    return cz_error_set(CZ_ERR_NONFINITE, "step %ld: %s is %g", step, what, v);
+}
+
+cz_status cz_gan_step(cz_gan *gan, int n, const float *A, const float *B, cz_gan_losses *losses) {
+    if (!gan->max_batch || n < 1 || n > gan->max_batch)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "gan step: batch %d not planned (max %d)", n, gan->max_batch);
+    cz_backend *be = gan->be;
+    const cz_backend_ops *ops = be->ops;
+    const long t = gan->steps + 1;
+    cz_gan_losses L = {0};
+    cz_tensor a = cz_tensor_batch_view(*cz_unet_train_input(gan->g), n);
+    cz_tensor b = cz_tensor_batch_view(gan->b, n), dlog = cz_tensor_batch_view(gan->dlog, n);
+    CZ_TRY(ops->tensor_write(be, &a, A));
+    CZ_TRY(ops->tensor_write(be, &b, B));
+
+    const cz_tensor *fake;
+    CZ_TRY(cz_unet_train_forward(gan->g, n, 1, cz_gan_step_seed(gan->cfg.seed, t), &fake));
+
+    /* ---- D step: 0.5 * (BCE(D(A, fake), 0) + BCE(D(A, B), 1)) */
+    CZ_TRY(d_eval(gan, n, &a, fake, 0.f, 0.5f, &L.d_fake, &dlog));
+    CZ_TRY(cz_patchgan_backward(gan->d, &dlog, CZ_GRAD_OVERWRITE, NULL));
+    CZ_TRY(d_eval(gan, n, &a, &b, 1.f, 0.5f, &L.d_real, &dlog));
+    CZ_TRY(cz_patchgan_backward(gan->d, &dlog, CZ_GRAD_ACCUMULATE, NULL));
+    CZ_TRY(finite_or_fail("D_fake", L.d_fake, t));
+    CZ_TRY(finite_or_fail("D_real", L.d_real, t));
+    CZ_TRY(cz_adam_step(gan->opt_d));
+
+    /* ---- G step: BCE(D(A, fake), 1) + lambda * mean|fake - B|, D's parameters untouched */
+    const cz_tensor *dx;
+    CZ_TRY(d_eval(gan, n, &a, fake, 1.f, 1.f, &L.g_gan, &dlog));
+    CZ_TRY(cz_patchgan_backward(gan->d, &dlog, CZ_GRAD_NONE, &dx));
+    double l1;
+    CZ_TRY(ops->l1_fwd(be, fake, &b, &l1));
+    L.g_l1 = l1 * (double)gan->cfg.lambda_l1;
+    CZ_TRY(finite_or_fail("G_GAN", L.g_gan, t));
+    CZ_TRY(finite_or_fail("G_L1", L.g_l1, t));
+    cz_tensor gf = cz_tensor_batch_view(gan->gfake, n), ga = cz_tensor_batch_view(gan->ga, n);
+    CZ_TRY(ops->l1_bwd(be, fake, &b, gan->cfg.lambda_l1, &gf));
+    /* gf += the color half of d(D input); the condition half goes to (zeroed) scratch */
+    CZ_TRY(ops->tensor_zero(be, &ga));
+    CZ_TRY(ops->concat_bwd(be, dx, &ga, &gf, 1));
+    CZ_TRY(cz_unet_train_backward(gan->g, &gf, CZ_GRAD_OVERWRITE));
+    CZ_TRY(cz_adam_step(gan->opt_g));
+    gan->steps = t;
+    if (losses) *losses = L;
+    return ops->sync(be);
+}
+
+cz_status cz_gan_save(cz_gan *gan, cz_st_writer *w) {
+    char buf[32];
+    CZ_TRY(cz_unet_train_export(gan->g, w));
+    CZ_TRY(cz_patchgan_export(gan->d, w));
+    CZ_TRY(cz_adam_save(gan->opt_g, "opt_g.", w));
+    CZ_TRY(cz_adam_save(gan->opt_d, "opt_d.", w));
+    snprintf(buf, sizeof buf, "%ld", gan->steps);
+    return cz_st_writer_meta(w, "train_step", buf);
+}

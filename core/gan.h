@@ -1,0 +1,81 @@
+/* gan.h: one pix2pix training step (Isola et al. 2017; the reference implementation's
+ * Pix2PixModel.optimize_parameters, in its order) over the U-Net training graph
+ * (unet_train.h), the PatchGAN (patchgan.h) and two Adam optimizers (optim.h):
+ *
+ *   fake = G(A)                                  (training mode, dropout seeded per step)
+ *   D step:  D_fake = BCE(D(cat(A, fake)), 0)    (fake detached: no gradient into G)
+ *            D_real = BCE(D(cat(A, B)), 1)
+ *            loss_D = 0.5 (D_fake + D_real) -> D gradients -> Adam step on D
+ *   G step:  G_GAN = BCE(D(cat(A, fake)), 1)     (D already updated; D's parameters get no
+ *                                                 gradient here, only d/d(fake) flows)
+ *            G_L1  = lambda * mean|fake - B|     (lambda 100; reported WITH lambda, as the
+ *                                                 reference's loss_G_L1)
+ *            loss_G = G_GAN + G_L1 -> G gradients -> Adam step on G
+ * BCE is BCE-with-logits averaged over every patch logit. Each D call updates D's BatchNorm
+ * running statistics (three per step, as in torch). After a step the gradient tensors hold
+ * d(loss_D)/d(D params) and d(loss_G)/d(G params) of that step (tests read them).
+ *
+ * A: the condition (lab: L/50 - 1, one channel; rgb: RGB in [-1, 1]); B: the target (lab:
+ * ab/110; rgb: RGB), host fp32 NCHW. Determinism: the same weights, batch, config and step
+ * number give the same result on a backend; the generator's dropout seed for step t (1-based)
+ * is cz_gan_step_seed(seed, t) = seed + t * 0xD1B54A32D192ED03 (mod 2^64), levels derived by
+ * cz_unet_train_level_seed.
+ * Errors: a non-finite loss returns CZ_ERR_NONFINITE before the optimizer step it would
+ * feed (a D loss: nothing updated; a G loss: D already updated, G not). The model should then
+ * be reloaded from a checkpoint.
+ *
+ * Threading: one thread at a time (the backend's owner). Tested by tests/unit/test_train.c
+ * (overfitting, non-finite detection, determinism) and tests/unit/test_train_golden.c
+ * (losses, every gradient and five steps against PyTorch). */
+#ifndef CZ_GAN_H
+#define CZ_GAN_H
+
+#include <stdint.h>
+
+#include "backend.h"
+#include "optim.h"
+#include "patchgan.h"
+#include "safetensors.h"
+#include "status.h"
+#include "unet.h"
+#include "unet_train.h"
+
+typedef struct cz_gan_config {
+    cz_adam_config adam; /* both optimizers (2e-4, 0.5, 0.999, 1e-8) */
+    float lambda_l1;     /* 100 */
+    int ndf;             /* 64 (used when the initial weights have no discriminator) */
+    int n_layers;        /* 3 */
+    float dropout;       /* 0.5 */
+    uint64_t seed;       /* fresh weights and the dropout streams */
+} cz_gan_config;
+
+cz_gan_config cz_gan_config_default(void);
+
+typedef struct cz_gan_losses {
+    double g_gan, g_l1, d_real, d_fake;
+} cz_gan_losses;
+
+typedef struct cz_gan cz_gan;
+
+/* Generator from `init` (its metadata architecture; `arch` may then be NULL) or fresh from
+ * `arch`; discriminator from init's disc.* tensors when it has them, else fresh (ndf,
+ * n_layers, in_ch = G's in_ch + out_ch). Optimizer moments and the step count are restored
+ * when init holds them (written by cz_gan_save), else start at zero. */
+cz_status cz_gan_create(cz_backend *be, const cz_gan_config *cfg, const cz_unet_arch *arch,
+                        const cz_safetensors *init, cz_gan **out);
+void cz_gan_destroy(cz_gan *gan);
+/* Plans G and D for up to max_batch images of h x w. */
+cz_status cz_gan_plan(cz_gan *gan, int max_batch, int h, int w);
+/* One step on n images (n <= max_batch): A is n*in_ch*h*w floats, B n*out_ch*h*w. */
+cz_status cz_gan_step(cz_gan *gan, int n, const float *A, const float *B, cz_gan_losses *losses);
+/* Sets both optimizers' learning rate (e.g. from cz_lr_linear). */
+void cz_gan_set_lr(cz_gan *gan, float lr);
+long cz_gan_steps(const cz_gan *gan);
+uint64_t cz_gan_step_seed(uint64_t seed, long step);
+cz_unet_train *cz_gan_generator(cz_gan *gan);
+cz_patchgan *cz_gan_discriminator(cz_gan *gan);
+/* A resumable checkpoint: the generator (loads with cz_unet_create), disc.*, the optimizers'
+ * moments (opt_g./opt_d. prefixes) and metadata train_step. */
+cz_status cz_gan_save(cz_gan *gan, cz_st_writer *w);
+
+#endif

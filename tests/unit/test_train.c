@@ -1,0 +1,383 @@
+/* test_train.c: unit tests of the training core on the `ref` backend (the oracle; other
+ * backends are compared with PyTorch in test_train_golden.c):
+ *   - PatchGAN: logit map sizes (256 -> 30x30, 64 -> 6x6), exact parameter counts, naming,
+ *     init statistics, refusal of too-small inputs;
+ *   - Adam against its closed form at t = 1 and 2, zero_grad, the linear lr policy;
+ *   - the generator's training graph: export -> cz_unet_create gives the same eval output as
+ *     the training graph's eval mode; import -> export is the identity;
+ *   - pix2pix steps: G_L1 falls when overfitting one tiny batch for 30 steps, two runs with
+ *     one seed agree bit for bit, a checkpoint resumes to the same next step, and a NaN or
+ *     Inf in the batch gives CZ_ERR_NONFINITE without touching D's weights. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "gan.h"
+#include "optim.h"
+#include "patchgan.h"
+#include "safetensors.h"
+#include "testutil.h"
+#include "unet.h"
+#include "unet_train.h"
+
+static cz_backend *ref(void) {
+    cz_backend *be;
+    assert_int_equal(cz_backend_create("ref", NULL, &be), CZ_OK);
+    return be;
+}
+
+/* Serializes a writer and parses it back. */
+static cz_safetensors *writer_to_st(cz_st_writer *w) {
+    uint8_t *bytes;
+    size_t len;
+    assert_int_equal(cz_st_writer_bytes(w, &bytes, &len), CZ_OK);
+    cz_safetensors *st;
+    assert_int_equal(cz_st_parse(bytes, len, 1, &st), CZ_OK);
+    free(bytes);
+    return st;
+}
+
+/* ---------------------------------------------------------------- PatchGAN */
+
+static void test_patchgan_sizes(void **state) {
+    (void)state;
+    cz_patchgan_arch a = cz_patchgan_arch_default(CZ_COLOR_LAB, 64);
+    assert_int_equal(a.in_ch, 3);
+    assert_int_equal(cz_patchgan_out_size(&a, 256), 30);
+    assert_int_equal(cz_patchgan_out_size(&a, 64), 6);
+    assert_int_equal(cz_patchgan_out_size(&a, 16), 0); /* 16 -> 8 -> 4 -> 2 -> 1 -> 0 */
+    /* a real forward at 256 (small ndf to keep ref fast): 30x30 logits */
+    cz_backend *be = ref();
+    a.ndf = 2;
+    cz_patchgan *d;
+    assert_int_equal(cz_patchgan_create(be, &a, NULL, 3, &d), CZ_OK);
+    assert_int_equal(cz_patchgan_plan(d, 1, 256, 256), CZ_OK);
+    size_t n = 3 * 256 * 256;
+    float *x = malloc(n * sizeof *x);
+    tu_fill_uniform(x, n, 5, -1.f, 1.f);
+    assert_int_equal(be->ops->tensor_write(be, cz_patchgan_input(d), x), CZ_OK);
+    const cz_tensor *logits;
+    assert_int_equal(cz_patchgan_forward(d, 1, &logits), CZ_OK);
+    assert_int_equal(logits->n, 1);
+    assert_int_equal(logits->c, 1);
+    assert_int_equal(logits->h, 30);
+    assert_int_equal(logits->w, 30);
+    /* too small for three stride-2 convs and two stride-1 convs */
+    assert_int_equal(cz_patchgan_plan(d, 1, 16, 16), CZ_ERR_INVALID_ARG);
+    free(x);
+    cz_patchgan_destroy(d);
+    cz_backend_destroy(be);
+}
+
+static void test_patchgan_param_count(void **state) {
+    (void)state;
+    /* 70x70 PatchGAN, ndf 64, n_layers 3, BatchNorm (convs before BN have no bias):
+     *   disc.0  3 -> 64:     64*3*16 + 64 bias          =     3,136
+     *   disc.1  64 -> 128:   128*64*16 + 2*128 (BN)     =   131,328
+     *   disc.2  128 -> 256:  256*128*16 + 2*256         =   524,800
+     *   disc.3  256 -> 512:  512*256*16 + 2*512         = 2,098,176
+     *   disc.4  512 -> 1:    1*512*16 + 1 bias          =     8,193
+     *   total (lab, in_ch 1 + 2 = 3)                     = 2,765,633
+     * rgb (in_ch 3 + 3 = 6) adds 64*3*16 = 3,072: 2,768,705, the "2.769 M" the reference
+     * implementation prints for pix2pix's netD. torch_train.py selftest counts the torch
+     * module's parameters and gets the same 2,765,633. */
+    cz_patchgan_arch lab = cz_patchgan_arch_default(CZ_COLOR_LAB, 64);
+    cz_patchgan_arch rgb = cz_patchgan_arch_default(CZ_COLOR_RGB, 64);
+    assert_int_equal(cz_patchgan_param_count(&lab), 2765633);
+    assert_int_equal(cz_patchgan_param_count(&rgb), 2768705);
+    cz_unet_param_spec specs[CZ_PATCHGAN_MAX_PARAMS];
+    int n = cz_patchgan_param_specs(&lab, specs, CZ_PATCHGAN_MAX_PARAMS);
+    /* 5 weights + 2 biases + 3 BN x 4 */
+    assert_int_equal(n, 19);
+    assert_string_equal(specs[0].name, "disc.0.weight");
+    assert_string_equal(specs[1].name, "disc.0.bias");
+    assert_string_equal(specs[2].name, "disc.1.weight");
+    assert_string_equal(specs[3].name, "disc.1.bn.weight");
+    assert_string_equal(specs[6].name, "disc.1.bn.running_var");
+    assert_string_equal(specs[n - 1].name, "disc.4.bias");
+    assert_int_equal(specs[n - 2].shape[0], 1);
+    assert_int_equal(specs[n - 2].shape[1], 512);
+    /* init: weights N(0, 0.02), BN gamma N(1, 0.02), running var 1 */
+    cz_backend *be = ref();
+    cz_patchgan_arch small = cz_patchgan_arch_default(CZ_COLOR_LAB, 16);
+    cz_patchgan *d;
+    assert_int_equal(cz_patchgan_create(be, &small, NULL, 9, &d), CZ_OK);
+    int np;
+    cz_param *p = cz_patchgan_params(d, &np);
+    for (int i = 0; i < np; i++) {
+        size_t k = cz_param_numel(&p[i]);
+        float *v = malloc(k * sizeof *v);
+        assert_int_equal(cz_param_read(be, &p[i], 0, v), CZ_OK);
+        double m = 0, sq = 0;
+        for (size_t j = 0; j < k; j++) m += v[j];
+        m /= (double)k;
+        for (size_t j = 0; j < k; j++) sq += (v[j] - m) * (v[j] - m);
+        double sd = sqrt(sq / (double)k);
+        if (strstr(p[i].name, ".running_var")) assert_true(m == 1.0 && sd == 0.0);
+        else if (strstr(p[i].name, "bn.weight")) assert_true(fabs(m - 1.0) < 0.02 && sd < 0.04);
+        else if (p[i].ndim == 4 && k > 1000) assert_true(fabs(m) < 0.005 && fabs(sd - 0.02) < 0.003);
+        free(v);
+    }
+    cz_patchgan_destroy(d);
+    cz_backend_destroy(be);
+}
+
+/* ---------------------------------------------------------------- Adam */
+
+static void test_adam_closed_form(void **state) {
+    (void)state;
+    cz_backend *be = ref();
+    cz_param p;
+    int64_t shape[1] = {3};
+    assert_int_equal(cz_param_alloc(be, &p, "x", 1, shape, CZ_ROLE_VEC, 1), CZ_OK);
+    float v0[3] = {1.f, -2.f, 0.5f}, g1[3] = {0.1f, -3.f, 0.f}, g2[3] = {0.2f, 1.f, -1e-3f};
+    assert_int_equal(cz_param_write(be, &p, 0, v0), CZ_OK);
+    cz_adam *opt;
+    assert_int_equal(cz_adam_create(be, &p, 1, NULL, &opt), CZ_OK);
+    assert_true(cz_adam_get_lr(opt) == 2e-4f);
+    assert_int_equal(cz_param_write(be, &p, 1, g1), CZ_OK);
+    assert_int_equal(cz_adam_step(opt), CZ_OK);
+    assert_int_equal(cz_param_write(be, &p, 1, g2), CZ_OK);
+    assert_int_equal(cz_adam_step(opt), CZ_OK);
+    assert_int_equal(cz_adam_steps(opt), 2);
+    float got[3];
+    assert_int_equal(cz_param_read(be, &p, 0, got), CZ_OK);
+    for (int i = 0; i < 3; i++) { /* torch.optim.Adam, written out */
+        double m = 0, v = 0, x = v0[i], g[2] = {g1[i], g2[i]};
+        for (int t = 1; t <= 2; t++) {
+            m = 0.5 * m + 0.5 * g[t - 1];
+            v = 0.999 * v + 0.001 * g[t - 1] * g[t - 1];
+            x -= 2e-4 * (m / (1 - pow(0.5, t))) / (sqrt(v / (1 - pow(0.999, t))) + 1e-8);
+        }
+        assert_true(fabs(got[i] - x) < 1e-6);
+    }
+    assert_int_equal(cz_params_zero_grad(be, &p, 1), CZ_OK);
+    assert_int_equal(cz_param_read(be, &p, 1, got), CZ_OK);
+    assert_true(got[0] == 0.f && got[1] == 0.f && got[2] == 0.f);
+    assert_int_equal(cz_params_count(&p, 1), 3);
+    /* linear policy: constant for n_const steps, then down to base / (n_decay + 1) */
+    assert_true(cz_lr_linear(1.f, 0, 10, 10) == 1.f);
+    assert_true(cz_lr_linear(1.f, 9, 10, 10) == 1.f);
+    assert_true(fabsf(cz_lr_linear(1.f, 10, 10, 10) - 10.f / 11.f) < 1e-7f);
+    assert_true(fabsf(cz_lr_linear(1.f, 19, 10, 10) - 1.f / 11.f) < 1e-7f);
+    assert_true(cz_lr_linear(1.f, 100, 10, 10) == 0.f);
+    assert_true(cz_lr_linear(1.f, 100, 10, 0) == 1.f);
+    cz_adam_destroy(opt);
+    cz_param_free(be, &p);
+    cz_backend_destroy(be);
+}
+
+/* ---------------------------------------------------------------- generator export */
+
+static void test_unet_export_roundtrip(void **state) {
+    (void)state;
+    cz_backend *be = ref();
+    cz_unet_arch a = cz_unet_arch_default(4, CZ_COLOR_LAB);
+    a.depth = 6;
+    cz_unet_train *g;
+    assert_int_equal(cz_unet_train_create(be, &a, NULL, 21, &g), CZ_OK);
+    const int N = 2, S = 64;
+    assert_int_equal(cz_unet_train_plan(g, N, S, S), CZ_OK);
+    size_t nin = (size_t)N * S * S, nout = 2 * nin;
+    float *x = malloc(nin * sizeof *x), *y_train = malloc(nout * sizeof *y_train), *y_inf = malloc(nout * sizeof *y_inf);
+    /* a few training forwards move the running statistics away from 0 / 1 */
+    const cz_tensor *out;
+    for (int k = 0; k < 3; k++) {
+        tu_fill_uniform(x, nin, 100 + (uint64_t)k, -1.f, 1.f);
+        assert_int_equal(be->ops->tensor_write(be, cz_unet_train_input(g), x), CZ_OK);
+        assert_int_equal(cz_unet_train_forward(g, N, 1, (uint64_t)k, &out), CZ_OK);
+    }
+    tu_fill_uniform(x, nin, 7, -1.f, 1.f);
+    assert_int_equal(be->ops->tensor_write(be, cz_unet_train_input(g), x), CZ_OK);
+    assert_int_equal(cz_unet_train_forward(g, N, 0, 0, &out), CZ_OK);
+    assert_int_equal(be->ops->tensor_read(be, out, y_train), CZ_OK);
+    /* backward needs a training forward */
+    assert_int_equal(cz_unet_train_backward(g, out, CZ_GRAD_OVERWRITE), CZ_ERR_INVALID_ARG);
+
+    cz_st_writer *w;
+    assert_int_equal(cz_st_writer_create(&w), CZ_OK);
+    assert_int_equal(cz_unet_train_export(g, w), CZ_OK);
+    cz_safetensors *st = writer_to_st(w);
+    cz_st_writer_destroy(w);
+    const cz_st_tensor *rv = cz_st_find(st, "down.2.bn.running_var");
+    assert_non_null(rv);
+    float rv0;
+    memcpy(&rv0, rv->data, 4);
+    assert_true(rv0 != 1.0f); /* running statistics were exported */
+
+    cz_unet *u;
+    assert_int_equal(cz_unet_create(be, st, CZ_F32, &u), CZ_OK);
+    assert_int_equal(cz_unet_plan(u, N, S, S), CZ_OK);
+    assert_int_equal(cz_unet_forward(u, N, S, S, x, y_inf), CZ_OK);
+    double e = tu_rel_err(y_inf, y_train, nout);
+    printf("eval mode of the training graph vs cz_unet (BN folded): rel err %.2e\n", e);
+    assert_true(e < 1e-5);
+
+    /* import -> export is the identity on every tensor */
+    cz_unet_train *g2;
+    assert_int_equal(cz_unet_train_create(be, NULL, st, 0, &g2), CZ_OK);
+    assert_int_equal(cz_st_writer_create(&w), CZ_OK);
+    assert_int_equal(cz_unet_train_export(g2, w), CZ_OK);
+    cz_safetensors *st2 = writer_to_st(w);
+    cz_st_writer_destroy(w);
+    assert_int_equal(cz_st_count(st2), cz_st_count(st));
+    for (size_t i = 0; i < cz_st_count(st); i++) {
+        const cz_st_tensor *t1 = cz_st_at(st, i), *t2 = cz_st_find(st2, t1->name);
+        assert_non_null(t2);
+        assert_int_equal(t1->nbytes, t2->nbytes);
+        assert_memory_equal(t1->data, t2->data, t1->nbytes);
+    }
+    /* a file of another architecture is refused by load */
+    cz_unet_arch b = a;
+    b.ngf = 8;
+    cz_unet_train *g3;
+    assert_int_equal(cz_unet_train_create(be, &b, NULL, 1, &g3), CZ_OK);
+    assert_int_equal(cz_unet_train_load(g3, st), CZ_ERR_BAD_WEIGHTS);
+    cz_unet_train_destroy(g3);
+    cz_st_close(st2);
+    cz_unet_train_destroy(g2);
+    cz_unet_destroy(u);
+    cz_st_close(st);
+    cz_unet_train_destroy(g);
+    free(x);
+    free(y_train);
+    free(y_inf);
+    cz_backend_destroy(be);
+}
+
+/* ---------------------------------------------------------------- pix2pix steps */
+
+/* A tiny lab batch: A a smooth luminance ramp, B colors correlated with it. */
+static void tiny_batch(int n, int s, float *A, float *B) {
+    for (int k = 0; k < n; k++)
+        for (int y = 0; y < s; y++)
+            for (int x = 0; x < s; x++) {
+                float l = (float)(x + y) / (float)(2 * s) * 1.6f - 0.8f + 0.1f * (float)k;
+                size_t i = ((size_t)k * s + y) * s + x;
+                A[i] = l;
+                B[((size_t)k * 2 + 0) * s * s + (size_t)y * s + x] = 0.4f * sinf(3.f * l);
+                B[((size_t)k * 2 + 1) * s * s + (size_t)y * s + x] = -0.3f * l;
+            }
+}
+
+/* ngf 4, ndf 4; depth 5 at 32x32 (no dropout level) or depth 6 at 64x64 (dropout on level 4). */
+static cz_gan *tiny_gan(cz_backend *be, uint64_t seed, const cz_safetensors *init, int depth) {
+    cz_gan_config c = cz_gan_config_default();
+    c.seed = seed;
+    c.ndf = 4;
+    cz_unet_arch a = cz_unet_arch_default(4, CZ_COLOR_LAB);
+    a.depth = depth;
+    cz_gan *gan;
+    if (cz_gan_create(be, &c, init ? NULL : &a, init, &gan) != CZ_OK) fail_msg("%s", cz_error_detail());
+    int size = depth == 5 ? 32 : 64;
+    assert_int_equal(cz_gan_plan(gan, 2, size, size), CZ_OK);
+    return gan;
+}
+
+static void test_overfit_one_batch(void **state) {
+    (void)state;
+    cz_backend *be = ref();
+    cz_gan *gan = tiny_gan(be, 5, NULL, 5);
+    float A[2 * 32 * 32], B[2 * 2 * 32 * 32];
+    tiny_batch(2, 32, A, B);
+    cz_gan_losses L, first = {0};
+    for (int t = 0; t < 30; t++) {
+        assert_int_equal(cz_gan_step(gan, 2, A, B, &L), CZ_OK);
+        if (t == 0) first = L;
+        if (t % 5 == 0 || t == 29)
+            printf("step %2d: G_GAN %.4f G_L1 %.4f D_real %.4f D_fake %.4f\n", t + 1, L.g_gan, L.g_l1, L.d_real,
+                   L.d_fake);
+    }
+    assert_int_equal(cz_gan_steps(gan), 30);
+    printf("G_L1 %.4f -> %.4f\n", first.g_l1, L.g_l1);
+    assert_true(L.g_l1 < 0.8 * first.g_l1);
+    cz_gan_destroy(gan);
+    cz_backend_destroy(be);
+}
+
+static void test_determinism_and_resume(void **state) {
+    (void)state;
+    cz_backend *be = ref();
+    static float A[2 * 64 * 64], B[2 * 2 * 64 * 64];
+    tiny_batch(2, 64, A, B);
+    cz_gan *g1 = tiny_gan(be, 77, NULL, 6), *g2 = tiny_gan(be, 77, NULL, 6);
+    cz_gan_losses l1, l2;
+    for (int t = 0; t < 2; t++) {
+        assert_int_equal(cz_gan_step(g1, 2, A, B, &l1), CZ_OK);
+        assert_int_equal(cz_gan_step(g2, 2, A, B, &l2), CZ_OK);
+        assert_memory_equal(&l1, &l2, sizeof l1);
+    }
+    /* checkpoint g1 after 2 steps; a gan created from it takes the same 3rd step */
+    cz_st_writer *w;
+    assert_int_equal(cz_st_writer_create(&w), CZ_OK);
+    assert_int_equal(cz_gan_save(g1, w), CZ_OK);
+    cz_safetensors *ck = writer_to_st(w);
+    cz_st_writer_destroy(w);
+    assert_string_equal(cz_st_meta(ck, "train_step"), "2");
+    cz_gan *g3 = tiny_gan(be, 77, ck, 6);
+    assert_int_equal(cz_gan_steps(g3), 2);
+    assert_int_equal(cz_gan_step(g1, 2, A, B, &l1), CZ_OK);
+    assert_int_equal(cz_gan_step(g3, 2, A, B, &l2), CZ_OK);
+    assert_memory_equal(&l1, &l2, sizeof l1);
+    /* the checkpoint also serves inference */
+    cz_unet *u;
+    assert_int_equal(cz_unet_create(be, ck, CZ_F32, &u), CZ_OK);
+    cz_unet_destroy(u);
+    /* another seed draws other dropout masks: different losses */
+    cz_gan *g4 = tiny_gan(be, 78, ck, 6);
+    assert_int_equal(cz_gan_step(g4, 2, A, B, &l2), CZ_OK);
+    assert_true(l1.g_l1 != l2.g_l1);
+    cz_gan_destroy(g4);
+    cz_st_close(ck);
+    cz_gan_destroy(g3);
+    cz_gan_destroy(g2);
+    cz_gan_destroy(g1);
+    cz_backend_destroy(be);
+}
+
+static void test_nonfinite(void **state) {
+    (void)state;
+    cz_backend *be = ref();
+    cz_gan *gan = tiny_gan(be, 3, NULL, 5);
+    float A[2 * 32 * 32], B[2 * 2 * 32 * 32];
+    tiny_batch(2, 32, A, B);
+    int np;
+    cz_param *pd = cz_patchgan_params(cz_gan_discriminator(gan), &np);
+    size_t k = cz_param_numel(&pd[0]);
+    float *before = malloc(k * sizeof *before), *after = malloc(k * sizeof *after);
+    assert_int_equal(cz_param_read(be, &pd[0], 0, before), CZ_OK);
+    cz_gan_losses L;
+    A[100] = NAN;
+    assert_int_equal(cz_gan_step(gan, 2, A, B, &L), CZ_ERR_NONFINITE);
+    printf("NaN in A: %s\n", cz_error_detail());
+    assert_int_equal(cz_param_read(be, &pd[0], 0, after), CZ_OK);
+    assert_memory_equal(before, after, k * sizeof *before); /* D not updated */
+    assert_int_equal(cz_gan_steps(gan), 0);
+    A[100] = 0.f;
+    B[7] = INFINITY;
+    assert_int_equal(cz_gan_step(gan, 2, A, B, &L), CZ_ERR_NONFINITE);
+    printf("Inf in B: %s\n", cz_error_detail());
+    free(before);
+    free(after);
+    cz_gan_destroy(gan);
+    cz_backend_destroy(be);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_patchgan_sizes),
+        cmocka_unit_test(test_patchgan_param_count),
+        cmocka_unit_test(test_adam_closed_form),
+        cmocka_unit_test(test_unet_export_roundtrip),
+        cmocka_unit_test(test_overfit_one_batch),
+        cmocka_unit_test(test_determinism_and_resume),
+        cmocka_unit_test(test_nonfinite),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
