@@ -1,6 +1,8 @@
 /* backend_dnnl.c: the `dnnl` backend on oneDNN 2.6 (C API): instance, tensor memory and the
- * caches every op relies on. The ops live in backend_dnnl_conv.c (conv2d, deconv2d) and
- * backend_dnnl_ops.c (the rest); backend_dnnl_impl.h is their private interface.
+ * caches every op relies on. The ops live in backend_dnnl_conv.c (conv2d, deconv2d),
+ * backend_dnnl_ops.c (the other forward ops), backend_dnnl_bwd.c (conv and BatchNorm
+ * backward) and backend_dnnl_train.c (element-wise backward, split, Adam);
+ * backend_dnnl_impl.h is their private interface.
  *
  * Choices (see also backend.h, the contract):
  * - Storage: activations (role ACT) with C a multiple of 16 are kept in oneDNN's nChw16c,
@@ -20,6 +22,9 @@
  * - Threads: this libdnnl is built with OpenMP. When options.threads > 0 the backend sets the
  *   OpenMP thread count (looked up at run time, so nothing extra is linked) on the calling
  *   thread before every call; 0 keeps the OpenMP default (all cores, or OMP_NUM_THREADS).
+ *   The backend's own C loops (backward element-wise ops, Adam) run on the same OpenMP pool
+ *   through dn_parallel, which calls libgomp's GOMP_parallel found the same way (this file is
+ *   compiled without -fopenmp); without it they run on the calling thread.
  * - Channel views (view_ok): channels [c0, c0+nc) of a plain-layout tensor always; of an
  *   nChw16c tensor when c0 (within the storage) and nc are multiples of 16, which is where
  *   oneDNN 2.6's dnnl_memory_desc_init_submemory describes the part exactly (no partial
@@ -62,8 +67,35 @@ cz_status dn_fail(dnnl_status_t st, const char *file, int line, const char *expr
 
 typedef void (*omp_set_fn)(int);
 typedef int (*omp_get_fn)(void);
+typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
 static omp_set_fn g_omp_set;
 static omp_get_fn g_omp_get;
+static omp_get_fn g_omp_tid, g_omp_nthr;
+static gomp_parallel_fn g_gomp_parallel;
+
+typedef struct par_job {
+    size_t n;
+    dn_range_fn fn;
+    void *ctx;
+} par_job;
+
+/* Body of the parallel region: thread t of T takes the t-th contiguous share of [0, n). */
+static void par_body(void *arg) {
+    const par_job *j = arg;
+    size_t t = (size_t)g_omp_tid(), nt = (size_t)g_omp_nthr();
+    size_t lo = j->n * t / nt, hi = j->n * (t + 1) / nt;
+    if (lo < hi) j->fn(j->ctx, lo, hi);
+}
+
+void dn_parallel(size_t n, size_t grain, dn_range_fn fn, void *ctx) {
+    if (n == 0) return;
+    if (n < grain || !g_gomp_parallel || !g_omp_tid || !g_omp_nthr) {
+        fn(ctx, 0, n);
+        return;
+    }
+    par_job j = {n, fn, ctx};
+    g_gomp_parallel(par_body, &j, 0, 0); /* 0 threads: the current OpenMP default (dn_enter) */
+}
 
 void dn_enter(dn_backend *b) {
     if (b->nthreads > 0 && g_omp_set) g_omp_set(b->nthreads);
@@ -673,6 +705,9 @@ static void init_once(void) {
     dn_fill_ops(&g_dn_ops);
     g_omp_set = (omp_set_fn)dlsym(RTLD_DEFAULT, "omp_set_num_threads");
     g_omp_get = (omp_get_fn)dlsym(RTLD_DEFAULT, "omp_get_max_threads");
+    g_omp_tid = (omp_get_fn)dlsym(RTLD_DEFAULT, "omp_get_thread_num");
+    g_omp_nthr = (omp_get_fn)dlsym(RTLD_DEFAULT, "omp_get_num_threads");
+    g_gomp_parallel = (gomp_parallel_fn)dlsym(RTLD_DEFAULT, "GOMP_parallel");
 }
 
 cz_status cz_backend_dnnl_create(const cz_backend_options *opt, cz_backend **out) {
@@ -687,6 +722,8 @@ cz_status cz_backend_dnnl_create(const cz_backend_options *opt, cz_backend **out
     if (dm && !strcmp(dm, "fwd")) b->deconv_mode = 1;
     if (dm && !strcmp(dm, "bwd")) b->deconv_mode = 2;
     if (dm && !strcmp(dm, "phase")) b->deconv_mode = 3;
+    const char *bm = getenv("CZ_DNNL_BWD_DATA");
+    if (bm && !strcmp(bm, "direct")) b->bwd_data_mode = 1;
     if (b->nthreads > 0 && !g_omp_set)
         CZ_LOGW("dnnl", "cannot set %d threads: OpenMP runtime not found", b->nthreads);
     dn_enter(b);
@@ -735,7 +772,8 @@ cz_status cz_backend_dnnl_cache_stats(cz_backend *be, uint64_t *hits, uint64_t *
 const char *cz_backend_dnnl_last_impl(cz_backend *be, const char *op) {
     static const char *names[DN_OP_COUNT_] = {"", "tensor_write", "tensor_read", "copy", "conv2d",
                                               "deconv2d", "deconv2d_bwd_form", "bn_infer", "bn_train_fwd",
-                                              "act_fwd", "concat"};
+                                              "act_fwd", "concat", "conv_bwd_data", "conv_bwd_weights",
+                                              "bn_train_bwd", "act_bwd", "concat_bwd"};
     dn_backend *b = as_dnnl(be);
     if (!b || !op) return "";
     for (int i = 1; i < DN_OP_COUNT_; i++)
@@ -747,5 +785,12 @@ cz_status cz_backend_dnnl_set_deconv_mode(cz_backend *be, int mode) {
     dn_backend *b = as_dnnl(be);
     if (!b || mode < 0 || mode > 3) return cz_error_set(CZ_ERR_INVALID_ARG, "dnnl: bad deconv mode %d", mode);
     b->deconv_mode = mode;
+    return CZ_OK;
+}
+
+cz_status cz_backend_dnnl_set_bwd_data_mode(cz_backend *be, int mode) {
+    dn_backend *b = as_dnnl(be);
+    if (!b || mode < 0 || mode > 1) return cz_error_set(CZ_ERR_INVALID_ARG, "dnnl: bad bwd-data mode %d", mode);
+    b->bwd_data_mode = mode;
     return CZ_OK;
 }

@@ -39,4 +39,9 @@ const char *cz_backend_dnnl_last_impl(cz_backend *be, const char *op);
  * CZ_DNNL_DECONV=fwd|bwd in the environment sets the same at create. */
 cz_status cz_backend_dnnl_set_deconv_mode(cz_backend *be, int mode);
 
+/* How conv2d_bwd_data is computed: 0 = automatically (the transposed-conv forms of deconv2d
+ * where the shapes allow, default), 1 = oneDNN convolution backward-data. For benchmarks;
+ * CZ_DNNL_BWD_DATA=direct in the environment sets 1 at create. */
+cz_status cz_backend_dnnl_set_bwd_data_mode(cz_backend *be, int mode);
+
 #endif

@@ -428,10 +428,9 @@ static cz_status conv_build(dn_backend *b, int kind, const cz_tensor *x, const c
     return CZ_OK;
 }
 
-static cz_status conv_like(cz_backend *be, int transposed, const cz_tensor *x, const cz_tensor *w,
-                           const cz_tensor *bias, const cz_conv_params *p, cz_tensor *y) {
+cz_status dn_conv_like(cz_backend *be, const char *op, int transposed, const cz_tensor *x, const cz_tensor *w,
+                       const cz_tensor *bias, const cz_conv_params *p, cz_tensor *y) {
     dn_backend *b = (dn_backend *)be;
-    const char *op = transposed ? "deconv2d" : "conv2d";
     CZ_TRY(req(op, "x", x));
     CZ_TRY(req(op, "w", w));
     CZ_TRY(opt(op, "b", bias));
@@ -537,12 +536,12 @@ static cz_status conv_like(cz_backend *be, int transposed, const cz_tensor *x, c
 
 static cz_status dn_conv2d(cz_backend *be, const cz_tensor *x, const cz_tensor *w, const cz_tensor *b,
                            const cz_conv_params *p, cz_tensor *y) {
-    return conv_like(be, 0, x, w, b, p, y);
+    return dn_conv_like(be, "conv2d", 0, x, w, b, p, y);
 }
 
 static cz_status dn_deconv2d(cz_backend *be, const cz_tensor *x, const cz_tensor *w, const cz_tensor *b,
                              const cz_conv_params *p, cz_tensor *y) {
-    return conv_like(be, 1, x, w, b, p, y);
+    return dn_conv_like(be, "deconv2d", 1, x, w, b, p, y);
 }
 
 void dn_fill_conv_ops(cz_backend_ops *ops) {

@@ -1,6 +1,7 @@
 /* backend_dnnl_impl.h: private to the oneDNN backend (backend_dnnl.c: instance, memory,
- * caches; backend_dnnl_conv.c: conv2d/deconv2d; backend_dnnl_ops.c: the other ops). Not for
- * use elsewhere.
+ * caches; backend_dnnl_conv.c: conv2d/deconv2d; backend_dnnl_ops.c: the other forward ops;
+ * backend_dnnl_bwd.c: convolution and batch-norm backward; backend_dnnl_train.c: the
+ * element-wise backward ops, split and the Adam step). Not for use elsewhere.
  *
  * Storage: every buffer the backend hands out starts with a 64-byte hidden header (magic,
  * a never-reused buffer id, a generation counter bumped whenever the contents change through
@@ -29,8 +30,8 @@
 #include "backend_dnnl.h"
 
 #define DN_MAGIC 0x6c6e6e64637a7a31ull /* "1zzcdnnl" */
-#define DN_MAX_ARGS 8
-#define DN_AUX_SLOTS 8
+#define DN_MAX_ARGS 10
+#define DN_AUX_SLOTS 16 /* 0..7 forward ops, 8..15 backward ops */
 
 /* Turns a failing dnnl call into CZ_ERR_BACKEND with file:line, the call and oneDNN's
  * status name, logged at error level, returned from the enclosing function. */
@@ -67,6 +68,11 @@ typedef enum dn_op {
     DN_OP_BN_TRAIN,
     DN_OP_ACT,
     DN_OP_CONCAT,
+    DN_OP_CONV_BWD_DATA,
+    DN_OP_CONV_BWD_W,
+    DN_OP_BN_BWD,
+    DN_OP_ACT_BWD,
+    DN_OP_SPLIT,
     DN_OP_COUNT_
 } dn_op;
 
@@ -149,6 +155,7 @@ typedef struct dn_backend {
     dnnl_stream_t stream;
     int nthreads; /* value given to OpenMP before each call; 0 = leave the default */
     int deconv_mode;
+    int bwd_data_mode; /* conv2d_bwd_data: 0 = auto (transposed-conv forms), 1 = oneDNN backward-data */
     uint64_t next_buf_id;
     dn_prim *buckets[DN_BUCKETS];
     dn_wcopy *wbuckets[DN_BUCKETS];
@@ -215,9 +222,20 @@ void dn_note_impl(dn_backend *b, dn_op op, const dn_step *s);
 /* Plain fp32 NCHW copy of a tensor (what tensor_read returns) into dst. */
 cz_status dn_read_f32(dn_backend *b, const cz_tensor *t, float *dst);
 
-/* ---- backend_dnnl_ops.c, backend_dnnl_conv.c ---- */
+/* Runs fn(ctx, lo, hi) over disjoint pieces covering [0, n) on the OpenMP threads oneDNN
+ * itself uses (libgomp's GOMP_parallel, looked up at run time like omp_set_num_threads), or
+ * in one call on this thread when that is unavailable or n < grain. */
+typedef void (*dn_range_fn)(void *ctx, size_t lo, size_t hi);
+void dn_parallel(size_t n, size_t grain, dn_range_fn fn, void *ctx);
+
+/* ---- backend_dnnl_ops.c, backend_dnnl_conv.c, backend_dnnl_bwd.c, backend_dnnl_train.c ---- */
 void dn_fill_ops(cz_backend_ops *ops);
 void dn_fill_conv_ops(cz_backend_ops *ops);
+void dn_fill_bwd_ops(cz_backend_ops *ops);
+void dn_fill_train_ops(cz_backend_ops *ops);
+/* conv2d (transposed = 0) or deconv2d (1) as the forward ops run them, errors naming `op`. */
+cz_status dn_conv_like(cz_backend *be, const char *op, int transposed, const cz_tensor *x, const cz_tensor *w,
+                       const cz_tensor *bias, const cz_conv_params *p, cz_tensor *y);
 
 /* ---- helpers shared by the op files (validation as in the ref backend, element access) ---- */
 

@@ -20,7 +20,7 @@
  *   agree bit for bit. bce_logits_fwd, l1_fwd: double-accumulated loops over the stored
  *   elements (every layout here is dense, so the element set is the same as NCHW's).
  *
- * Backward slots are NULL for now (the training issue adds them).
+ * The backward slots live in backend_dnnl_bwd.c and backend_dnnl_train.c.
  * Tested by tests/unit/test_ops.c and tests/unit/test_dnnl.c. */
 #include <math.h>
 #include <stdio.h>
@@ -431,6 +431,8 @@ static cz_status dn_l1_fwd(cz_backend *be, const cz_tensor *a, const cz_tensor *
 
 void dn_fill_ops(cz_backend_ops *ops) {
     dn_fill_conv_ops(ops);
+    dn_fill_bwd_ops(ops);
+    dn_fill_train_ops(ops);
     ops->bn_infer = dn_bn_infer;
     ops->bn_train_fwd = dn_bn_train_fwd;
     ops->act_fwd = dn_act_fwd;

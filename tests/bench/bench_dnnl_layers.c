@@ -14,7 +14,13 @@
  * or through tests/bench/CMakeLists.txt (target bench_dnnl_layers).
  * Usage: bench_dnnl_layers [--backend dnnl] [--threads N] [--ngf 64] [--size 256]
  *                          [--batch 1,8] [--dtype fp32,bf16] [--min-ms 300] [--compare 0|1]
- * (--compare 0 skips timing the deconv forms one by one). Every figure is the fastest of at
+ *                          [--pass fwd|bwd|fwd,bwd]
+ * (--compare 0 skips timing the deconv forms one by one). --pass bwd times the training
+ * backward of each conv instead: backward-data (dx in the model dtype) and backward-weights
+ * (fp32 dw, as the trainer keeps it; bias gradient on the outermost up conv only, as in the
+ * model), each as GFLOP/s of the same 2*cin*cout*16*spatial*batch FLOP count as forward; for
+ * the down convs on dnnl also conv2d_bwd_data's direct oneDNN form ("direct") beside the
+ * default transposed-conv form. Every figure is the fastest of at
  * least 5 calls: on a machine shared with other work, OpenMP's spinning threads turn any
  * competition for the cores into multi-millisecond stalls, so rerun when the machine is idle.
  * A benchmark prints numbers; it asserts nothing. Single-threaded driver. */
@@ -53,14 +59,27 @@ typedef struct {
 typedef struct {
     cz_backend *be;
     int cat, up, has_bias;
+    int bwd; /* 0 forward, 1 backward-data, 2 backward-weights */
     cz_tensor x, w, b, y, skip;
+    cz_tensor dw, db; /* fp32 gradients for bwd = 2 */
     cz_conv_params p;
 } job;
 
 static void run_once(job *j) {
     const cz_backend_ops *o = j->be->ops;
     const cz_tensor *bias = j->has_bias ? &j->b : NULL;
-    if (j->cat) {
+    if (j->bwd == 1) {
+        if (j->up)
+            CK("deconv2d_bwd_data", o->deconv2d_bwd_data(j->be, &j->y, &j->w, &j->p, &j->x));
+        else
+            CK("conv2d_bwd_data", o->conv2d_bwd_data(j->be, &j->y, &j->w, &j->p, &j->x));
+    } else if (j->bwd == 2) {
+        cz_tensor *db = j->has_bias ? &j->db : NULL;
+        if (j->up)
+            CK("deconv2d_bwd_weights", o->deconv2d_bwd_weights(j->be, &j->x, &j->y, &j->p, &j->dw, db, 0));
+        else
+            CK("conv2d_bwd_weights", o->conv2d_bwd_weights(j->be, &j->x, &j->y, &j->p, &j->dw, db, 0));
+    } else if (j->cat) {
         CK("concat", o->concat(j->be, &j->skip, &j->x, &j->y));
         CK("act_fwd", o->act_fwd(j->be, CZ_ACT_RELU, 0.f, &j->y, &j->y));
     } else if (j->up) {
@@ -111,11 +130,73 @@ static int parse_list(const char *s, int *out, int max) {
     return n;
 }
 
+/* One table of backward timings for (dt, batch n): per layer backward-data and
+ * backward-weights, and the totals (the generator's conv backward per training step). */
+static void bench_bwd(cz_backend *be, int is_dnnl, cz_dtype dt, int n, const layer *L, int nl, double min_s,
+                      int compare) {
+    printf("\n== backward, %s activations, fp32 weight gradients, batch %d ==\n", cz_dtype_name(dt), n);
+    printf("%-7s %5s %5s %4s %8s %9s %8s %9s %8s  %s\n", "layer", "cin", "cout", "hin", "GFLOP", "dx ms", "GFLOP/s",
+           "dw ms", "GFLOP/s", "dx form / dw implementation");
+    double tot_gf = 0, tot_d = 0, tot_w = 0;
+    for (int li = 0; li < nl; li++) {
+        const layer *l = &L[li];
+        int hout = l->up ? l->hin * 2 : l->hin / 2;
+        double spatial = (double)(l->up ? l->hin : hout) * (l->up ? l->hin : hout);
+        double gf = 2.0 * l->ci * l->co * 16.0 * spatial * n / 1e9;
+        job j;
+        memset(&j, 0, sizeof j);
+        j.be = be;
+        j.up = l->up;
+        j.has_bias = l->up && li == nl - 1; /* only the outermost up conv has a bias */
+        j.p = (cz_conv_params){2, 1, CZ_ACT_NONE, 0.2f};
+        CK("alloc x", cz_tensor_alloc(be, &j.x, dt, CZ_ROLE_ACT, n, l->ci, l->hin, l->hin));
+        if (l->up) {
+            CK("alloc w", cz_tensor_alloc(be, &j.w, dt, CZ_ROLE_DECONV_W, l->ci, l->co, 4, 4));
+            CK("alloc dw", cz_tensor_alloc(be, &j.dw, CZ_F32, CZ_ROLE_DECONV_W, l->ci, l->co, 4, 4));
+        } else {
+            CK("alloc w", cz_tensor_alloc(be, &j.w, dt, CZ_ROLE_CONV_W, l->co, l->ci, 4, 4));
+            CK("alloc dw", cz_tensor_alloc(be, &j.dw, CZ_F32, CZ_ROLE_CONV_W, l->co, l->ci, 4, 4));
+        }
+        CK("alloc db", cz_tensor_alloc(be, &j.db, CZ_F32, CZ_ROLE_VEC, 1, l->co, 1, 1));
+        CK("alloc dy", cz_tensor_alloc(be, &j.y, dt, CZ_ROLE_ACT, n, l->co, hout, hout));
+        fill(be, &j.x, 2.f, 1 + li);
+        fill(be, &j.w, 0.1f, 100 + li);
+        fill(be, &j.y, 0.5f, 200 + li);
+        j.bwd = 1;
+        double td = time_job(&j, min_s) * 1e3;
+        char form[64] = "";
+        if (is_dnnl) snprintf(form, sizeof form, "%s", cz_backend_dnnl_last_impl(be, l->up ? "conv2d" : "deconv2d"));
+        char alt[64] = "";
+        if (is_dnnl && compare && !l->up) {
+            CK("bwd-data mode", cz_backend_dnnl_set_bwd_data_mode(be, 1));
+            double tdd = time_job(&j, min_s) * 1e3;
+            CK("bwd-data mode", cz_backend_dnnl_set_bwd_data_mode(be, 0));
+            snprintf(alt, sizeof alt, " (direct %.1f GFLOP/s)", gf / tdd * 1e3);
+        }
+        j.bwd = 2;
+        double tw = time_job(&j, min_s) * 1e3;
+        printf("%-7s %5d %5d %4d %8.3f %9.3f %8.1f %9.3f %8.1f  %s%s / %s\n", l->name, l->ci, l->co, l->hin, gf, td,
+               gf / td * 1e3, tw, gf / tw * 1e3, form, alt, is_dnnl ? cz_backend_dnnl_last_impl(be, "conv_bwd_weights") : "");
+        tot_gf += gf;
+        tot_d += td;
+        tot_w += tw;
+        cz_tensor_free(be, &j.x);
+        cz_tensor_free(be, &j.w);
+        cz_tensor_free(be, &j.dw);
+        cz_tensor_free(be, &j.db);
+        cz_tensor_free(be, &j.y);
+    }
+    printf("backward-data: %.2f GFLOP in %.2f ms = %.1f GFLOP/s; backward-weights: %.2f ms = %.1f GFLOP/s\n", tot_gf,
+           tot_d, tot_gf / tot_d * 1e3, tot_w, tot_gf / tot_w * 1e3);
+    printf("generator conv backward (%s, batch %d): %.2f ms/step\n", cz_dtype_name(dt), n, tot_d + tot_w);
+}
+
 int main(int argc, char **argv) {
     const char *backend = "dnnl", *dtypes = "fp32,bf16";
     int threads = 0, ngf = 64, size = 256, batches[8] = {1, 8}, nb = 2;
     double min_s = 0.3;
     int compare = 1; /* time every deconv form too */
+    const char *passes = "fwd";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--backend")) backend = argv[i + 1];
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
@@ -125,6 +206,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--dtype")) dtypes = argv[i + 1];
         else if (!strcmp(argv[i], "--min-ms")) min_s = atof(argv[i + 1]) / 1000.0;
         else if (!strcmp(argv[i], "--compare")) compare = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--pass")) passes = argv[i + 1];
         else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
@@ -168,6 +250,9 @@ int main(int argc, char **argv) {
             continue;
         }
         cz_dtype dt = (cz_dtype)dti;
+        if (strstr(passes, "bwd"))
+            for (int bi = 0; bi < nb; bi++) bench_bwd(be, is_dnnl, dt, batches[bi], L, nl, min_s, compare);
+        if (!strstr(passes, "fwd")) continue;
         for (int bi = 0; bi < nb; bi++) {
             int n = batches[bi];
             printf("\n== %s, batch %d ==\n", cz_dtype_name(dt), n);

@@ -4,7 +4,10 @@
  * forward ops against the ref backend, batch invariance of conv/deconv (an image's output
  * never depends on its batch), channel views (view_ok's answers for blocked and plain
  * layouts, every deconv form and conv writing into a view bit-identically to a dense run,
- * writes through a view invalidating weight copies, refusals), and error paths. Operator parity over many shapes is
+ * writes through a view invalidating weight copies, refusals), and error paths. Backward (training):
+ * accumulate adds exactly (twice == 2x) for weight/bias, BatchNorm and split gradients; adam_step on a
+ * weight tensor bumps its generation so the next conv re-reorders it; bf16 activations with fp32 weight
+ * gradients keep fp32 accuracy; backward error paths. Operator parity over many shapes is
  * tests/unit/test_ops.c's job; this file checks what is specific to this backend. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -678,6 +681,222 @@ static void test_error_paths(void **state) {
     cz_tensor_free(f->dn, &cat);
 }
 
+/* ------------------------------------------------------------------ backward */
+
+/* Runs a grad op once overwriting and once accumulating into fp32 gradients: the second
+ * result must be exactly twice the first (x + x is exact in fp32). */
+static void assert_doubled(const float *once, const float *twice, size_t n, const char *what) {
+    for (size_t i = 0; i < n; i++)
+        if (twice[i] != 2.0f * once[i]) fail_msg("%s: element %zu: %g after accumulate, want 2 x %g", what, i,
+                                                 (double)twice[i], (double)once[i]);
+}
+
+static void test_bwd_accumulate(void **state) {
+    fixture *f = *state;
+    cz_backend *dn = f->dn;
+    const cz_backend_ops *o = dn->ops;
+    cz_conv_params p = {2, 1, CZ_ACT_NONE, 0.f};
+    for (int t = 0; t < 2; t++) { /* conv, deconv: weights and bias gradients */
+        int n = 2, ci = 16, co = 32, hi = t ? 4 : 8, ho = t ? 8 : 4;
+        cz_tensor x, dy, dw, db;
+        float *xd = rnd((size_t)n * ci * hi * hi, 11 + t, -1, 1), *dyd = rnd((size_t)n * co * ho * ho, 21 + t, -1, 1);
+        mk(dn, &x, CZ_F32, CZ_ROLE_ACT, n, ci, hi, hi, xd);
+        mk(dn, &dy, CZ_F32, CZ_ROLE_ACT, n, co, ho, ho, dyd);
+        if (t)
+            mk(dn, &dw, CZ_F32, CZ_ROLE_DECONV_W, ci, co, 4, 4, NULL);
+        else
+            mk(dn, &dw, CZ_F32, CZ_ROLE_CONV_W, co, ci, 4, 4, NULL);
+        mk(dn, &db, CZ_F32, CZ_ROLE_VEC, 1, co, 1, 1, NULL);
+        cz_status (*fn)(cz_backend *, const cz_tensor *, const cz_tensor *, const cz_conv_params *, cz_tensor *,
+                        cz_tensor *, int) = t ? o->deconv2d_bwd_weights : o->conv2d_bwd_weights;
+        assert_int_equal(fn(dn, &x, &dy, &p, &dw, &db, 0), CZ_OK);
+        float *w1 = rd(dn, &dw), *b1 = rd(dn, &db);
+        assert_int_equal(fn(dn, &x, &dy, &p, &dw, &db, 1), CZ_OK);
+        float *w2 = rd(dn, &dw), *b2 = rd(dn, &db);
+        assert_doubled(w1, w2, cz_tensor_numel(&dw), t ? "deconv dw" : "conv dw");
+        assert_doubled(b1, b2, (size_t)co, t ? "deconv db" : "conv db");
+        /* overwrite again: back to the single gradient */
+        assert_int_equal(fn(dn, &x, &dy, &p, &dw, &db, 0), CZ_OK);
+        float *w3 = rd(dn, &dw);
+        assert_memory_equal(w1, w3, cz_tensor_numel(&dw) * sizeof(float));
+        free(xd), free(dyd), free(w1), free(b1), free(w2), free(b2), free(w3);
+        cz_tensor_free(dn, &x), cz_tensor_free(dn, &dy), cz_tensor_free(dn, &dw), cz_tensor_free(dn, &db);
+    }
+    { /* BatchNorm: dgamma, dbeta accumulate; dx is overwritten either way */
+        int n = 2, c = 16, h = 4, w = 4;
+        cz_tensor x, dy, g, sm, si, dx, dg, dbt;
+        float *xd = rnd((size_t)n * c * h * w, 31, -1, 1), *dyd = rnd((size_t)n * c * h * w, 32, -1, 1);
+        float *gd = rnd((size_t)c, 33, 0.5f, 1.5f), *md = rnd((size_t)c, 34, -0.1f, 0.1f), *sd = rnd((size_t)c, 35, 0.5f, 2);
+        mk(dn, &x, CZ_F32, CZ_ROLE_ACT, n, c, h, w, xd);
+        mk(dn, &dy, CZ_F32, CZ_ROLE_ACT, n, c, h, w, dyd);
+        mk(dn, &g, CZ_F32, CZ_ROLE_VEC, 1, c, 1, 1, gd);
+        mk(dn, &sm, CZ_F32, CZ_ROLE_VEC, 1, c, 1, 1, md);
+        mk(dn, &si, CZ_F32, CZ_ROLE_VEC, 1, c, 1, 1, sd);
+        mk(dn, &dx, CZ_F32, CZ_ROLE_ACT, n, c, h, w, NULL);
+        mk(dn, &dg, CZ_F32, CZ_ROLE_VEC, 1, c, 1, 1, NULL);
+        mk(dn, &dbt, CZ_F32, CZ_ROLE_VEC, 1, c, 1, 1, NULL);
+        assert_int_equal(o->bn_train_bwd(dn, &x, &dy, &g, &sm, &si, &dx, &dg, &dbt, 0), CZ_OK);
+        float *x1 = rd(dn, &dx), *g1 = rd(dn, &dg), *b1 = rd(dn, &dbt);
+        assert_int_equal(o->bn_train_bwd(dn, &x, &dy, &g, &sm, &si, &dx, &dg, &dbt, 1), CZ_OK);
+        float *x2 = rd(dn, &dx), *g2 = rd(dn, &dg), *b2 = rd(dn, &dbt);
+        assert_doubled(g1, g2, (size_t)c, "dgamma");
+        assert_doubled(b1, b2, (size_t)c, "dbeta");
+        assert_memory_equal(x1, x2, cz_tensor_numel(&dx) * sizeof(float));
+        free(xd), free(dyd), free(gd), free(md), free(sd), free(x1), free(g1), free(b1), free(x2), free(g2), free(b2);
+        cz_tensor *all[8] = {&x, &dy, &g, &sm, &si, &dx, &dg, &dbt};
+        for (int i = 0; i < 8; i++) cz_tensor_free(dn, all[i]);
+    }
+    { /* split: blocked halves (reorders) and a split inside a 16-channel block (C loop) */
+        static const int splits[2][2] = {{16, 16}, {8, 24}};
+        for (int k = 0; k < 2; k++) {
+            int n = 2, ca = splits[k][0], cb = splits[k][1], h = 3, w = 5;
+            cz_tensor dy, da, db;
+            float *dyd = rnd((size_t)n * (ca + cb) * h * w, 41 + k, -1, 1);
+            mk(dn, &dy, CZ_F32, CZ_ROLE_ACT, n, ca + cb, h, w, dyd);
+            mk(dn, &da, CZ_F32, CZ_ROLE_ACT, n, ca, h, w, NULL);
+            mk(dn, &db, CZ_F32, CZ_ROLE_ACT, n, cb, h, w, NULL);
+            assert_int_equal(o->concat_bwd(dn, &dy, &da, &db, 0), CZ_OK);
+            float *a1 = rd(dn, &da), *c1 = rd(dn, &db);
+            assert_int_equal(o->concat_bwd(dn, &dy, &da, &db, 1), CZ_OK);
+            float *a2 = rd(dn, &da), *c2 = rd(dn, &db);
+            assert_doubled(a1, a2, cz_tensor_numel(&da), "split da");
+            assert_doubled(c1, c2, cz_tensor_numel(&db), "split db");
+            for (int i = 0; i < n; i++) /* the parts are dy's channel ranges */
+                assert_memory_equal(a1 + (size_t)i * ca * h * w, dyd + (size_t)i * (ca + cb) * h * w,
+                                    (size_t)ca * h * w * sizeof(float));
+            free(dyd), free(a1), free(c1), free(a2), free(c2);
+            cz_tensor_free(dn, &dy), cz_tensor_free(dn, &da), cz_tensor_free(dn, &db);
+        }
+    }
+}
+
+/* adam_step writing a weight tensor in place bumps its generation: the next conv re-reorders
+ * it and computes with the new values (as a fresh backend given those values does). */
+static void test_adam_invalidates_weights(void **state) {
+    fixture *f = *state;
+    cz_backend *dn = f->dn;
+    for (int t = 0; t < 2; t++) { /* conv, deconv (phase form: gathered sub-kernels) */
+        int ci = 16, co = 32, hi = 8, ho = t ? 16 : 4;
+        size_t nw = (size_t)ci * co * 16;
+        cz_tensor x, w, g, m, v, y;
+        float *xd = rnd((size_t)2 * ci * hi * hi, 51, -1, 1), *wd = rnd(nw, 52, -0.2f, 0.2f);
+        float *gd = rnd(nw, 53, -1, 1);
+        mk(dn, &x, CZ_F32, CZ_ROLE_ACT, 2, ci, hi, hi, xd);
+        cz_role wr = t ? CZ_ROLE_DECONV_W : CZ_ROLE_CONV_W;
+        int wn = t ? ci : co, wc = t ? co : ci;
+        mk(dn, &w, CZ_F32, wr, wn, wc, 4, 4, wd);
+        mk(dn, &g, CZ_F32, wr, wn, wc, 4, 4, gd);
+        mk(dn, &m, CZ_F32, wr, wn, wc, 4, 4, NULL);
+        mk(dn, &v, CZ_F32, wr, wn, wc, 4, 4, NULL);
+        mk(dn, &y, CZ_F32, CZ_ROLE_ACT, 2, co, ho, ho, NULL);
+        cz_conv_params p = {2, 1, CZ_ACT_NONE, 0.f};
+        cz_status (*fn)(cz_backend *, const cz_tensor *, const cz_tensor *, const cz_tensor *,
+                        const cz_conv_params *, cz_tensor *) = t ? dn->ops->deconv2d : dn->ops->conv2d;
+        assert_int_equal(fn(dn, &x, &w, NULL, &p, &y), CZ_OK);
+        float *y1 = rd(dn, &y);
+        cz_dnnl_stats s0, s1;
+        assert_int_equal(cz_backend_dnnl_stats(dn, &s0), CZ_OK);
+        assert_int_equal(dn->ops->adam_step(dn, &w, &g, &m, &v, 1e-2f, 0.5f, 0.999f, 1e-8f, 1), CZ_OK);
+        assert_int_equal(fn(dn, &x, &w, NULL, &p, &y), CZ_OK);
+        float *y2 = rd(dn, &y), *w2 = rd(dn, &w);
+        assert_int_equal(cz_backend_dnnl_stats(dn, &s1), CZ_OK);
+        assert_true(s1.weight_reorders > s0.weight_reorders);
+        assert_memory_not_equal(y1, y2, 16 * sizeof(float));
+        /* Adam's first step moves every weight by lr * sign(g) (up to eps) */
+        for (size_t i = 0; i < nw; i++) assert_true(fabsf(w2[i] - (wd[i] - 1e-2f * (gd[i] > 0 ? 1.f : -1.f))) < 1e-5f);
+        cz_backend *fresh;
+        cz_backend_options o = {.threads = 2};
+        assert_int_equal(cz_backend_create("dnnl", &o, &fresh), CZ_OK);
+        cz_tensor fx, fw, fy;
+        mk(fresh, &fx, CZ_F32, CZ_ROLE_ACT, 2, ci, hi, hi, xd);
+        mk(fresh, &fw, CZ_F32, wr, wn, wc, 4, 4, w2);
+        mk(fresh, &fy, CZ_F32, CZ_ROLE_ACT, 2, co, ho, ho, NULL);
+        assert_int_equal((t ? fresh->ops->deconv2d : fresh->ops->conv2d)(fresh, &fx, &fw, NULL, &p, &fy), CZ_OK);
+        float *y3 = rd(fresh, &fy);
+        assert_memory_equal(y2, y3, (size_t)2 * co * ho * ho * sizeof(float));
+        free(xd), free(wd), free(gd), free(y1), free(y2), free(w2), free(y3);
+        cz_tensor *all[6] = {&x, &w, &g, &m, &v, &y};
+        for (int i = 0; i < 6; i++) cz_tensor_free(dn, all[i]);
+        cz_tensor_free(fresh, &fx), cz_tensor_free(fresh, &fw), cz_tensor_free(fresh, &fy);
+        cz_backend_destroy(fresh);
+    }
+}
+
+/* bf16 activations and output gradients with fp32 weight/bias gradients: the result is the
+ * fp32 gradient of the bf16-rounded inputs (ref on the rounded values, fp32 tolerance) and is
+ * not itself rounded to bf16. */
+static void test_bf16_acts_fp32_wgrad(void **state) {
+    fixture *f = *state;
+    if (!f->ref) skip();
+    cz_backend *dn = f->dn, *ref = f->ref;
+    cz_conv_params p = {2, 1, CZ_ACT_NONE, 0.f};
+    for (int t = 0; t < 2; t++) {
+        int n = 2, ci = 16, co = 32, hi = t ? 8 : 16, ho = t ? 16 : 8;
+        size_t nx = (size_t)n * ci * hi * hi, ny = (size_t)n * co * ho * ho, nw = (size_t)ci * co * 16;
+        float *xd = rnd(nx, 61 + t, -1, 1), *dyd = rnd(ny, 71 + t, -1, 1);
+        for (size_t i = 0; i < nx; i++) xd[i] = bf16_round(xd[i]);
+        for (size_t i = 0; i < ny; i++) dyd[i] = bf16_round(dyd[i]);
+        cz_role wr = t ? CZ_ROLE_DECONV_W : CZ_ROLE_CONV_W;
+        int wn = t ? ci : co, wc = t ? co : ci;
+        float *gw[2], *gb[2];
+        for (int k = 0; k < 2; k++) { /* 0: dnnl, bf16 x/dy; 1: ref, fp32 */
+            cz_backend *be = k ? ref : dn;
+            cz_dtype adt = k ? CZ_F32 : CZ_BF16;
+            cz_tensor x, dy, dw, db;
+            mk(be, &x, adt, CZ_ROLE_ACT, n, ci, hi, hi, xd);
+            mk(be, &dy, adt, CZ_ROLE_ACT, n, co, ho, ho, dyd);
+            mk(be, &dw, CZ_F32, wr, wn, wc, 4, 4, NULL);
+            mk(be, &db, CZ_F32, CZ_ROLE_VEC, 1, co, 1, 1, NULL);
+            cz_status st = t ? be->ops->deconv2d_bwd_weights(be, &x, &dy, &p, &dw, &db, 0)
+                             : be->ops->conv2d_bwd_weights(be, &x, &dy, &p, &dw, &db, 0);
+            assert_int_equal(st, CZ_OK);
+            gw[k] = rd(be, &dw);
+            gb[k] = rd(be, &db);
+            cz_tensor_free(be, &x), cz_tensor_free(be, &dy), cz_tensor_free(be, &dw), cz_tensor_free(be, &db);
+        }
+        double ew = tu_rel_err(gw[0], gw[1], nw), eb = tu_rel_err(gb[0], gb[1], (size_t)co);
+        printf("bf16 x/dy, fp32 %s: dw rel err %.2e, db %.2e\n", t ? "deconv grads" : "conv grads", ew, eb);
+        assert_true(ew < 1e-5);
+        assert_true(eb < 1e-5);
+        size_t off_grid = 0; /* values a bf16 store would have rounded */
+        for (size_t i = 0; i < nw; i++) off_grid += gw[0][i] != bf16_round(gw[0][i]);
+        assert_true(off_grid > nw / 2);
+        free(gw[0]), free(gw[1]), free(gb[0]), free(gb[1]), free(xd), free(dyd);
+    }
+}
+
+static void test_bwd_error_paths(void **state) {
+    fixture *f = *state;
+    cz_backend *dn = f->dn;
+    const cz_backend_ops *o = dn->ops;
+    cz_tensor x, dy, w, dw, bad, pb, cat;
+    mk(dn, &x, CZ_F32, CZ_ROLE_ACT, 2, 16, 8, 8, NULL);
+    mk(dn, &dy, CZ_F32, CZ_ROLE_ACT, 2, 32, 4, 4, NULL);
+    mk(dn, &w, CZ_F32, CZ_ROLE_CONV_W, 32, 16, 4, 4, NULL);
+    mk(dn, &dw, CZ_F32, CZ_ROLE_CONV_W, 32, 16, 4, 4, NULL);
+    mk(dn, &bad, CZ_F32, CZ_ROLE_ACT, 2, 32, 5, 4, NULL);
+    mk(dn, &pb, CZ_BF16, CZ_ROLE_CONV_W, 32, 16, 4, 4, NULL);
+    mk(dn, &cat, CZ_F32, CZ_ROLE_ACT, 2, 32, 8, 8, NULL);
+    cz_conv_params p = {2, 1, CZ_ACT_NONE, 0.f};
+    assert_int_equal(o->conv2d_bwd_data(dn, &bad, &w, &p, &x), CZ_ERR_SHAPE);
+    assert_non_null(strstr(cz_error_detail(), "conv2d_bwd_data"));
+    assert_int_equal(o->conv2d_bwd_weights(dn, &x, &bad, &p, &dw, NULL, 0), CZ_ERR_SHAPE);
+    assert_int_equal(o->deconv2d_bwd_data(dn, &x, &w, &p, &dy), CZ_OK); /* the adjoint shapes */
+    assert_int_equal(o->deconv2d_bwd_data(dn, &bad, &w, &p, &dy), CZ_ERR_SHAPE);
+    assert_int_equal(o->adam_step(dn, &pb, &dw, &dw, &dw, 1e-3f, 0.9f, 0.999f, 1e-8f, 1), CZ_ERR_UNSUPPORTED);
+    cz_tensor m2;
+    mk(dn, &m2, CZ_F32, CZ_ROLE_CONV_W, 32, 16, 4, 4, NULL);
+    assert_int_equal(o->adam_step(dn, &w, &dw, &m2, &pb, 1e-3f, 0.9f, 0.999f, 1e-8f, 0), CZ_ERR_UNSUPPORTED);
+    assert_int_equal(o->concat_bwd(dn, &cat, &x, &bad, 0), CZ_ERR_SHAPE);
+    /* a channel view is refused by every backward op */
+    assert_true(dn->ops->view_ok(dn, &cat, 0, 16));
+    cz_tensor half = cz_tensor_channel_view(cat, 0, 16);
+    assert_int_equal(o->act_bwd(dn, CZ_ACT_RELU, 0.f, &half, &x, &x), CZ_ERR_UNSUPPORTED);
+    assert_int_equal(o->dropout_bwd(dn, &x, &x, &half), CZ_ERR_UNSUPPORTED);
+    cz_tensor *all[8] = {&x, &dy, &w, &dw, &bad, &pb, &cat, &m2};
+    for (int i = 0; i < 8; i++) cz_tensor_free(dn, all[i]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_layouts), cmocka_unit_test(test_roundtrip_roles),
@@ -686,6 +905,8 @@ int main(void) {
         cmocka_unit_test(test_weight_invalidation), cmocka_unit_test(test_error_paths),
         cmocka_unit_test(test_view_ok),             cmocka_unit_test(test_view_outputs_all_forms),
         cmocka_unit_test(test_view_write_invalidates_weights), cmocka_unit_test(test_view_refusals),
+        cmocka_unit_test(test_bwd_accumulate),      cmocka_unit_test(test_adam_invalidates_weights),
+        cmocka_unit_test(test_bf16_acts_fp32_wgrad), cmocka_unit_test(test_bwd_error_paths),
     };
     return cmocka_run_group_tests_name("dnnl", tests, setup, teardown);
 }

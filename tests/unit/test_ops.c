@@ -594,6 +594,19 @@ static const conv_case k_deconv_cases[] = {
     {2, 8, 8, 8, 3, 4, 2, 1, 0, CZ_ACT_RELU},      /* 8 -> 3 */
     {2, 4, 6, 6, 2, 3, 1, 1, 1, CZ_ACT_NONE},      /* stride 1 */
 };
+/* 70x70 PatchGAN at its real widths (3 -> 64 -> 128 -> 256 -> 512 -> 1), spatial sizes cut so
+ * that the ref oracle stays quick, plus the exact 32 -> 31 -> 30 stride-1 tail of a 256 input
+ * at reduced width; forward, backward-data and backward-weights each. */
+static const conv_case k_patchgan_cases[] = {
+    {2, 3, 32, 32, 64, 4, 2, 1, 1, CZ_ACT_LRELU},    /* first conv: L+ab in, bias */
+    {1, 64, 16, 16, 128, 4, 2, 1, 0, CZ_ACT_NONE},   /* s2, BN follows */
+    {1, 128, 8, 8, 256, 4, 2, 1, 0, CZ_ACT_NONE},    /* s2 */
+    {1, 256, 5, 5, 512, 4, 1, 1, 0, CZ_ACT_NONE},    /* s1, 5 -> 4 */
+    {2, 512, 4, 4, 1, 4, 1, 1, 1, CZ_ACT_NONE},      /* last conv, 1 output channel, 4 -> 3 */
+    {1, 32, 32, 32, 32, 4, 1, 1, 0, CZ_ACT_LRELU},   /* 32 -> 31 */
+    {1, 32, 31, 31, 1, 4, 1, 1, 1, CZ_ACT_NONE},     /* 31 -> 30 patch map */
+};
+#define NPATCH (sizeof k_patchgan_cases / sizeof k_patchgan_cases[0])
 #define NCONV (sizeof k_conv_cases / sizeof k_conv_cases[0])
 #define NDECONV (sizeof k_deconv_cases / sizeof k_deconv_cases[0])
 
@@ -634,8 +647,15 @@ static int build_cases(opcase **out) {
         case_conv_bwd_data(NEXT(), &k_deconv_cases[i], 1, k_deconv_cases[i].n);
         case_conv_bwd_w(NEXT(), &k_deconv_cases[i], 1, (int)i % 2, k_deconv_cases[i].n);
     }
+    for (size_t i = 0; i < NPATCH; i++) {
+        const conv_case *pc = &k_patchgan_cases[i];
+        case_conv(NEXT(), pc, 0, pc->n);
+        case_conv_bwd_data(NEXT(), pc, 0, pc->n);
+        case_conv_bwd_w(NEXT(), pc, 0, (int)i % 2, pc->n);
+    }
     case_bn_bwd(NEXT(), 3, 16, 2, 2, 0, 3);
     case_bn_bwd(NEXT(), 1, 8, 32, 32, 1, 1);
+    case_bn_bwd(NEXT(), 2, 64, 8, 8, 1, 2);   /* PatchGAN-width BatchNorm, blocked layout */
     for (int a = 1; a < 4; a++) case_act_bwd(NEXT(), (cz_act)a, 3, 8, 16, 16, 3);
     case_concat_bwd(NEXT(), 3, 3, 2, 4, 4, 0, 3);
     case_concat_bwd(NEXT(), 1, 8, 8, 32, 32, 1, 1);
