@@ -19,12 +19,11 @@
  *   each cache entry owns its memory objects, and running an op only swaps data handles.
  *   Scratchpads are user-managed: one growing buffer shared by all primitives, sized when a
  *   primitive is created. After warm-up an op allocates nothing.
- * - Threads: this libdnnl is built with OpenMP. When options.threads > 0 the backend sets the
- *   OpenMP thread count (looked up at run time, so nothing extra is linked) on the calling
- *   thread before every call; 0 keeps the OpenMP default (all cores, or OMP_NUM_THREADS).
- *   The backend's own C loops (backward element-wise ops, Adam) run on the same OpenMP pool
- *   through dn_parallel, which calls libgomp's GOMP_parallel found the same way (this file is
- *   compiled without -fopenmp); without it they run on the calling thread.
+ * - Threads: this libdnnl is built with OpenMP (libgomp), and so is cz_core. When
+ *   options.threads > 0 the backend sets the OpenMP thread count on the calling thread before
+ *   every call; 0 keeps the OpenMP default (all cores, or OMP_NUM_THREADS). The backend's own
+ *   C loops (backward element-wise ops, Adam, the last layer's scatter) run on the same pool
+ *   through dn_parallel.
  * - Channel views (view_ok): channels [c0, c0+nc) of a plain-layout tensor always; of an
  *   nChw16c tensor when c0 (within the storage) and nc are multiples of 16, which is where
  *   oneDNN 2.6's dnnl_memory_desc_init_submemory describes the part exactly (no partial
@@ -44,7 +43,7 @@
  * (every op against the ref backend). tests/bench/bench_dnnl_layers.c measures it. */
 #include "backend_dnnl.h"
 
-#include <dlfcn.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,40 +64,24 @@ cz_status dn_fail(dnnl_status_t st, const char *file, int line, const char *expr
 
 /* ---------------------------------------------------------------- threads */
 
-typedef void (*omp_set_fn)(int);
-typedef int (*omp_get_fn)(void);
-typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
-static omp_set_fn g_omp_set;
-static omp_get_fn g_omp_get;
-static omp_get_fn g_omp_tid, g_omp_nthr;
-static gomp_parallel_fn g_gomp_parallel;
-
-typedef struct par_job {
-    size_t n;
-    dn_range_fn fn;
-    void *ctx;
-} par_job;
-
-/* Body of the parallel region: thread t of T takes the t-th contiguous share of [0, n). */
-static void par_body(void *arg) {
-    const par_job *j = arg;
-    size_t t = (size_t)g_omp_tid(), nt = (size_t)g_omp_nthr();
-    size_t lo = j->n * t / nt, hi = j->n * (t + 1) / nt;
-    if (lo < hi) j->fn(j->ctx, lo, hi);
-}
-
+/* dn_parallel: thread t of T takes the t-th contiguous share of [0, n) on the OpenMP pool
+ * oneDNN itself uses (libdnnl and this file link the same libgomp). */
 void dn_parallel(size_t n, size_t grain, dn_range_fn fn, void *ctx) {
     if (n == 0) return;
-    if (n < grain || !g_gomp_parallel || !g_omp_tid || !g_omp_nthr) {
+    if (n < grain) {
         fn(ctx, 0, n);
         return;
     }
-    par_job j = {n, fn, ctx};
-    g_gomp_parallel(par_body, &j, 0, 0); /* 0 threads: the current OpenMP default (dn_enter) */
+#pragma omp parallel
+    {
+        size_t t = (size_t)omp_get_thread_num(), nt = (size_t)omp_get_num_threads();
+        size_t lo = n * t / nt, hi = n * (t + 1) / nt;
+        if (lo < hi) fn(ctx, lo, hi);
+    }
 }
 
 void dn_enter(dn_backend *b) {
-    if (b->nthreads > 0 && g_omp_set) g_omp_set(b->nthreads);
+    if (b->nthreads > 0) omp_set_num_threads(b->nthreads);
 }
 
 /* ---------------------------------------------------------------- tensors */
@@ -703,11 +686,6 @@ static void init_once(void) {
     g_dn_ops.sync = dn_sync;
     g_dn_ops.view_ok = dn_view_ok;
     dn_fill_ops(&g_dn_ops);
-    g_omp_set = (omp_set_fn)dlsym(RTLD_DEFAULT, "omp_set_num_threads");
-    g_omp_get = (omp_get_fn)dlsym(RTLD_DEFAULT, "omp_get_max_threads");
-    g_omp_tid = (omp_get_fn)dlsym(RTLD_DEFAULT, "omp_get_thread_num");
-    g_omp_nthr = (omp_get_fn)dlsym(RTLD_DEFAULT, "omp_get_num_threads");
-    g_gomp_parallel = (gomp_parallel_fn)dlsym(RTLD_DEFAULT, "GOMP_parallel");
 }
 
 cz_status cz_backend_dnnl_create(const cz_backend_options *opt, cz_backend **out) {
@@ -724,8 +702,6 @@ cz_status cz_backend_dnnl_create(const cz_backend_options *opt, cz_backend **out
     if (dm && !strcmp(dm, "phase")) b->deconv_mode = 3;
     const char *bm = getenv("CZ_DNNL_BWD_DATA");
     if (bm && !strcmp(bm, "direct")) b->bwd_data_mode = 1;
-    if (b->nthreads > 0 && !g_omp_set)
-        CZ_LOGW("dnnl", "cannot set %d threads: OpenMP runtime not found", b->nthreads);
     dn_enter(b);
     dnnl_status_t ds = dnnl_engine_create(&b->engine, dnnl_cpu, 0);
     if (ds == dnnl_success) ds = dnnl_stream_create(&b->stream, b->engine, dnnl_stream_default_flags);
@@ -736,7 +712,7 @@ cz_status cz_backend_dnnl_create(const cz_backend_options *opt, cz_backend **out
     }
     const dnnl_version_t *v = dnnl_version();
     dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
-    int nthr = g_omp_get ? g_omp_get() : 0;
+    int nthr = omp_get_max_threads();
     CZ_LOGI("dnnl", "oneDNN %d.%d.%d, isa %s (bf16 %s), %d threads%s", v->major, v->minor, v->patch,
             isa_name(isa), (isa & dnnl_cpu_isa_avx512_core_bf16) == dnnl_cpu_isa_avx512_core_bf16 ? "native" : "emulated",
             nthr, b->nthreads ? "" : " (OpenMP default)");

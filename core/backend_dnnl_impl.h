@@ -223,8 +223,7 @@ void dn_note_impl(dn_backend *b, dn_op op, const dn_step *s);
 cz_status dn_read_f32(dn_backend *b, const cz_tensor *t, float *dst);
 
 /* Runs fn(ctx, lo, hi) over disjoint pieces covering [0, n) on the OpenMP threads oneDNN
- * itself uses (libgomp's GOMP_parallel, looked up at run time like omp_set_num_threads), or
- * in one call on this thread when that is unavailable or n < grain. */
+ * itself uses, or in one call on this thread when n < grain. */
 typedef void (*dn_range_fn)(void *ctx, size_t lo, size_t hi);
 void dn_parallel(size_t n, size_t grain, dn_range_fn fn, void *ctx);
 
