@@ -35,6 +35,8 @@ typedef struct cz_config {
     int max_connections;       /* open connections, at most */
     int max_connections_per_ip;
     int connection_timeout_s;  /* idle / slow client timeout */
+    int min_body_rate;         /* bytes/s a request body must average after that grace */
+    int connection_memory;     /* bytes of header/read buffer per connection (libmicrohttpd) */
     int64_t max_body_bytes;    /* request body limit (413 above) */
     int request_deadline_ms;   /* whole request budget, including time in the queue */
     int max_queue;             /* inference jobs waiting, at most (503 + Retry-After above) */

@@ -34,7 +34,7 @@
  * T. A client trickling bytes is never idle, so two more rules: the request headers must be
  * complete within T of the connection opening (or of the previous response on a keep-alive
  * connection), enforced by a watchdog thread that shuts down late sockets (MHD then closes
- * them itself); and a body must arrive at SRV_MIN_BODY_RATE bytes/s on average after a grace
+ * them itself); and a body must arrive at server.min_body_rate bytes/s on average after a grace
  * of T, checked as bytes arrive. Suspended connections (waiting on inference) are exempt:
  * the request deadline covers them. The watchdog and MHD agree on socket lifetime through
  * MHD's connection notifications: a socket leaves the watch list (under its mutex) before MHD
@@ -62,8 +62,6 @@
 #include "server.h"
 
 #define SRV_DRAIN_EXTRA ((uint64_t)16 << 20)
-#define SRV_CONN_MEMORY (256 * 1024) /* per-connection header + read buffer pool */
-#define SRV_MIN_BODY_RATE 65536         /* bytes/s a body must average after the grace */
 
 /* ---- slow-client watchdog ---- */
 
@@ -512,9 +510,9 @@ static enum MHD_Result on_upload(srv_ctx *s, struct MHD_Connection *c, srv_req *
         CZ_LOGW("http", "closing the connection: client kept sending %" PRIu64 " body bytes", req->bytes_in);
         return MHD_NO;
     }
-    /* Slow bodies: after a grace of connection_timeout_s, at least SRV_MIN_BODY_RATE on average. */
+    /* Slow bodies: after a grace of connection_timeout_s, at least server.min_body_rate on average. */
     double elapsed = (double)(cz_now_ns() - req->t_start_ns) * 1e-9;
-    if (!req->raw_answered && elapsed > s->cfg.connection_timeout_s + (double)req->bytes_in / SRV_MIN_BODY_RATE) {
+    if (!req->raw_answered && elapsed > s->cfg.connection_timeout_s + (double)req->bytes_in / s->cfg.min_body_rate) {
         CZ_LOGI("http", "closing a slow upload: %" PRIu64 " bytes in %.1f s", req->bytes_in, elapsed);
         return MHD_NO;
     }
@@ -639,7 +637,7 @@ cz_status srv_http_start(srv_ctx *s) {
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)s->cfg.http_threads, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned int)s->cfg.max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
         (unsigned int)s->cfg.max_connections_per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned int)s->cfg.connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)SRV_CONN_MEMORY,
+        (unsigned int)s->cfg.connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)s->cfg.connection_memory,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)128, MHD_OPTION_END);
     if (!s->daemon) return cz_error_set(CZ_ERR_IO, "cannot listen on %s (libmicrohttpd failed to start)", s->cfg.listen);
