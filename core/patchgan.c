@@ -144,46 +144,12 @@ cz_status cz_patchgan_arch_from_meta(const cz_safetensors *st, cz_patchgan_arch 
     return s == CZ_OK ? s : cz_error_set(CZ_ERR_BAD_WEIGHTS, "%s", cz_error_detail());
 }
 
-/* SplitMix64 and Box-Muller as in unet.c's initializer (static there; copied, a different
- * stream constant keeps D's draws independent of G's for the same seed). */
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static double normal01(uint64_t *s) {
-    double u1 = ((double)(splitmix64(s) >> 11) + 1.0) / 9007199254740993.0;
-    double u2 = (double)(splitmix64(s) >> 11) / 9007199254740992.0;
-    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
-}
-
 cz_status cz_patchgan_init_weights(const cz_patchgan_arch *a, uint64_t seed, cz_st_writer *w) {
     CZ_TRY(cz_patchgan_arch_validate(a));
     CZ_TRY(cz_patchgan_arch_to_meta(a, w));
     cz_unet_param_spec specs[CZ_PATCHGAN_MAX_PARAMS];
     int n = cz_patchgan_param_specs(a, specs, CZ_PATCHGAN_MAX_PARAMS);
-    uint64_t rng = seed ^ 0x706174636867616eull;
-    for (int i = 0; i < n; i++) {
-        const cz_unet_param_spec *p = &specs[i];
-        size_t k = 1;
-        for (int d = 0; d < p->ndim; d++) k *= (size_t)p->shape[d];
-        float *v = malloc(k * sizeof *v);
-        if (!v) return cz_error_set(CZ_ERR_NOMEM, "init: out of memory for %s", p->name);
-        int is_bn = strstr(p->name, ".bn.") != NULL;
-        const char *leaf = strrchr(p->name, '.') + 1;
-        for (size_t j = 0; j < k; j++) {
-            if (!strcmp(leaf, "weight"))
-                v[j] = (float)((is_bn ? 1.0 : 0.0) + 0.02 * normal01(&rng));
-            else
-                v[j] = !strcmp(leaf, "running_var") ? 1.0f : 0.0f;
-        }
-        cz_status s = cz_st_writer_add(w, p->name, CZ_ST_F32, p->ndim, p->shape, v, k * sizeof *v);
-        free(v);
-        CZ_TRY(s);
-    }
-    return CZ_OK;
+    return cz_init_params_pix2pix(specs, n, seed ^ 0x706174636867616eull, w);
 }
 
 /* ---------------------------------------------------------------- model */

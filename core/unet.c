@@ -192,6 +192,9 @@ double cz_unet_flops(const cz_unet_arch *a, int h, int w) {
 
 /* ---------------------------------------------------------------- initialization */
 
+/* pix2pix "normal" init, gain 0.02, for any parameter list in our naming: conv weights
+ * N(0, 0.02), BatchNorm gamma N(1, 0.02), beta / biases / running mean 0, running var 1.
+ * SplitMix64 + Box-Muller from `rng`; callers pick distinct streams per network. */
 static uint64_t splitmix64(uint64_t *s) {
     uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -205,12 +208,7 @@ static double normal01(uint64_t *s) {
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
-cz_status cz_unet_init_weights(const cz_unet_arch *a, uint64_t seed, cz_st_writer *w) {
-    CZ_TRY(cz_unet_arch_validate(a));
-    CZ_TRY(cz_unet_arch_to_meta(a, w));
-    cz_unet_param_spec specs[CZ_UNET_MAX_PARAMS];
-    int n = cz_unet_param_specs(a, specs, CZ_UNET_MAX_PARAMS);
-    uint64_t rng = seed ^ 0x636f6c6f72697a65ull;
+cz_status cz_init_params_pix2pix(const cz_unet_param_spec *specs, int n, uint64_t rng, cz_st_writer *w) {
     for (int i = 0; i < n; i++) {
         const cz_unet_param_spec *p = &specs[i];
         size_t k = (size_t)spec_numel(p);
@@ -219,20 +217,24 @@ cz_status cz_unet_init_weights(const cz_unet_arch *a, uint64_t seed, cz_st_write
         const char *leaf = strrchr(p->name, '.') + 1;
         int is_bn = strstr(p->name, ".bn.") != NULL;
         for (size_t j = 0; j < k; j++) {
-            if (!is_bn && !strcmp(leaf, "weight"))
-                v[j] = (float)(0.02 * normal01(&rng));
-            else if (is_bn && !strcmp(leaf, "weight"))
-                v[j] = (float)(1.0 + 0.02 * normal01(&rng));
-            else if (!strcmp(leaf, "running_var"))
-                v[j] = 1.0f;
+            if (!strcmp(leaf, "weight"))
+                v[j] = (float)((is_bn ? 1.0 : 0.0) + 0.02 * normal01(&rng));
             else
-                v[j] = 0.0f; /* biases, BN beta, running mean */
+                v[j] = !strcmp(leaf, "running_var") ? 1.0f : 0.0f; /* biases, beta, running mean */
         }
         cz_status s = cz_st_writer_add(w, p->name, CZ_ST_F32, p->ndim, p->shape, v, k * sizeof *v);
         free(v);
         CZ_TRY(s);
     }
     return CZ_OK;
+}
+
+cz_status cz_unet_init_weights(const cz_unet_arch *a, uint64_t seed, cz_st_writer *w) {
+    CZ_TRY(cz_unet_arch_validate(a));
+    CZ_TRY(cz_unet_arch_to_meta(a, w));
+    cz_unet_param_spec specs[CZ_UNET_MAX_PARAMS];
+    int n = cz_unet_param_specs(a, specs, CZ_UNET_MAX_PARAMS);
+    return cz_init_params_pix2pix(specs, n, seed ^ 0x636f6c6f72697a65ull, w);
 }
 
 /* ---------------------------------------------------------------- model */

@@ -82,6 +82,9 @@ double cz_unet_flops(const cz_unet_arch *a, int h, int w);
  * N(0, 0.02), BatchNorm gamma N(1, 0.02), beta 0, running mean 0 / var 1, bias 0.
  * Adds metadata and tensors to `w`. */
 cz_status cz_unet_init_weights(const cz_unet_arch *a, uint64_t seed, cz_st_writer *w);
+/* The same initialization for any parameter list in our naming (the PatchGAN uses it), drawn
+ * from the SplitMix64 stream `rng`. */
+cz_status cz_init_params_pix2pix(const cz_unet_param_spec *specs, int n, uint64_t rng, cz_st_writer *w);
 
 typedef struct cz_unet cz_unet;
 

@@ -292,7 +292,8 @@ static void *submit_thread(void *arg) {
 static void check_batching(int max_batch) {
     enum { N = 8 };
     cz_backend *be;
-    cz_batcher_opts o = {.max_batch = max_batch, .max_wait_us = 200000, .max_queue = 64, .warmup_render = 0};
+    /* the window is far longer than 8 threads need to submit, even on a loaded CI machine */
+    cz_batcher_opts o = {.max_batch = max_batch, .max_wait_us = 10000000, .max_queue = 64, .warmup_render = 0};
     cz_batcher *b = make_batcher(&be, g_w1, 8, &o);
     tracker tr;
     tracker_init(&tr);
@@ -325,11 +326,11 @@ static void check_batching(int max_batch) {
     assert_int_equal(st.batches, N / max_batch);
     assert_int_equal(st.images, N);
     assert_int_equal(st.batch_size_hist[max_batch], N / max_batch);
-    if (max_batch == N) { /* a full batch starts at once, without waiting out max_wait (200 ms) */
+    if (max_batch == N) { /* a full batch starts at once, without waiting out max_wait (10 s) */
         int64_t first = jobs[0].bj.t_submit_ns;
         for (int i = 1; i < N; i++)
             if (jobs[i].bj.t_submit_ns < first) first = jobs[i].bj.t_submit_ns;
-        assert_true(jobs[0].bj.t_start_ns - first < 180 * 1000000LL);
+        assert_true(jobs[0].bj.t_start_ns - first < 5000 * 1000000LL);
     }
     cz_batcher_destroy(b);
     cz_backend_destroy(be);
@@ -352,7 +353,7 @@ static void test_batching_4(void **state) {
 static void test_sizes_batch_separately(void **state) {
     (void)state;
     cz_backend *be;
-    cz_batcher_opts o = {.max_batch = 4, .max_wait_us = 100000, .max_queue = 64, .warmup_render = 0};
+    cz_batcher_opts o = {.max_batch = 4, .max_wait_us = 1000000, .max_queue = 64, .warmup_render = 0};
     cz_batcher *b = make_batcher(&be, g_w1, 4, &o);
     tracker tr;
     tracker_init(&tr);
@@ -370,7 +371,7 @@ static void test_sizes_batch_separately(void **state) {
         assert_int_equal(jobs[i].bj.status, CZ_OK);
         assert_int_equal(jobs[i].bj.batch_size, 2);
         /* waited for company up to max_wait */
-        assert_true(jobs[i].bj.t_start_ns - jobs[i].bj.t_submit_ns >= 90 * 1000000LL);
+        assert_true(jobs[i].bj.t_start_ns - jobs[i].bj.t_submit_ns >= 900 * 1000000LL);
     }
     assert_true(jobs[0].bj.t_start_ns == jobs[2].bj.t_start_ns);
     assert_true(jobs[1].bj.t_start_ns == jobs[3].bj.t_start_ns);
@@ -406,7 +407,7 @@ static void test_queue_full_and_drain(void **state) {
     assert_string_equal(r, "queue_high");
     int64_t t0 = cz_now_ns();
     assert_int_equal(cz_batcher_submit(b, &jobs[2].bj), CZ_ERR_QUEUE_FULL);
-    assert_true(ms_since(t0) < 100);
+    assert_true(ms_since(t0) < 2000); /* at once, not after max_wait (10 s) */
     assert_int_equal(cz_batcher_depth(b), 2);
     usleep(20000);
     assert_int_equal(tracker_wait(&tr, 1, 0), 0); /* still waiting for company (max_wait 10 s) */
@@ -439,7 +440,7 @@ static void test_queue_full_and_drain(void **state) {
 static void test_deadline(void **state) {
     (void)state;
     cz_backend *be;
-    cz_batcher_opts o = {.max_batch = 4, .max_wait_us = 300000, .max_queue = 8, .warmup_render = 0};
+    cz_batcher_opts o = {.max_batch = 4, .max_wait_us = 3000000, .max_queue = 8, .warmup_render = 0};
     cz_batcher *b = make_batcher(&be, g_w1, 4, &o);
     tracker tr;
     tracker_init(&tr);
@@ -454,7 +455,7 @@ static void test_deadline(void **state) {
     assert_int_equal(tracker_wait(&tr, 1, WAIT_MS), 1);
     double ms = ms_since(t0);
     printf("expired job completed after %.2f ms: %s\n", ms, t.bj.error);
-    assert_true(ms < 150);
+    assert_true(ms < 1500); /* promptly: well before max_wait (3 s) */
     assert_int_equal(atomic_load(&t.calls), 1);
     assert_int_equal(t.bj.status, CZ_ERR_DEADLINE);
     assert_true(t.bj.t_start_ns == 0);
