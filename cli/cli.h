@@ -10,6 +10,7 @@ int cz_cmd_colorize(int argc, char **argv);
 int cz_cmd_inspect(int argc, char **argv);
 int cz_cmd_init(int argc, char **argv);
 int cz_cmd_bench(int argc, char **argv);
+int cz_cmd_train(int argc, char **argv);
 
 /* Loads defaults, COLORIZE_CONFIG (or `path` when not NULL), then the environment. Prints the
  * error and returns non-zero on failure. */

@@ -1,7 +1,10 @@
 /* cmd_bench.c: `colorize bench`: forward-pass throughput of the generator at a fixed size on
  * freshly initialized weights (or --model FILE), for each (precision, batch), as a table (and
  * JSON lines with --json). Each cell warms up once (plans memory, creates primitives), then runs until both
- * --min-time seconds and 3 iterations have passed, and reports the median batch time. */
+ * --min-time seconds and 3 iterations have passed, and reports the median batch time.
+ * `bench --train`: the same for one pix2pix training step (G forward/backward, three D passes,
+ * both Adam updates; core/gan.h) on synthetic data, for each (ngf, batch); fp32 only (training
+ * keeps fp32 master weights). tests/bench/torch_train_bench.py times the same step in PyTorch. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +12,7 @@
 
 #include "backend.h"
 #include "cli.h"
+#include "gan.h"
 #include "safetensors.h"
 #include "unet.h"
 
@@ -17,23 +21,105 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* Training throughput: one G+D step per iteration, median over the timed iterations. */
+static int bench_train(const char *backend, const char *ngf_s, const int *batches, int nb, const char *precs_s,
+                       int size, int threads, double min_time, int json) {
+    int ngfs[8];
+    int nn = cli_parse_int_list(ngf_s, ngfs, 8);
+    if (nb < 0 || nn < 0 || size < 32 || size > 4096 || min_time < 0) {
+        fprintf(stderr, "colorize bench: bad --batch, --ngf, --size or --min-time\n");
+        return 2;
+    }
+    if (strcmp(precs_s, "fp32") && strcmp(precs_s, "fp32,bf16") && strcmp(precs_s, "f32"))
+        fprintf(stderr, "colorize bench --train: training runs in fp32 only; other precisions skipped\n");
+    cz_backend_options bo = {.threads = threads};
+    cz_backend *be = NULL;
+    if (cz_backend_create(backend, &bo, &be) != CZ_OK) {
+        fprintf(stderr, "colorize bench: %s\n", cz_error_detail());
+        return 1;
+    }
+    int depth = 0;
+    while (depth < CZ_UNET_MAX_DEPTH && (2 << depth) <= size) depth++;
+    if (depth < CZ_UNET_MIN_DEPTH) depth = CZ_UNET_MIN_DEPTH;
+    if (!json) {
+        printf("colorize bench --train: pix2pix step (U-Net depth %d + 70x70 PatchGAN ndf 64), %dx%d, fp32, "
+               "backend %s, threads %d\n", depth, size, size, be->ops->name, threads);
+        printf("%-5s %6s %12s %12s %14s %8s\n", "ngf", "batch", "ms/step", "images/s", "G fwd GFLOP/img", "iters");
+    }
+    int rc = 0;
+    for (int gi = 0; gi < nn; gi++) {
+        cz_unet_arch a = cz_unet_arch_default(ngfs[gi], CZ_COLOR_LAB);
+        a.depth = depth;
+        for (int bi = 0; bi < nb; bi++) {
+            int n = batches[bi];
+            cz_gan_config gc = cz_gan_config_default();
+            gc.seed = 1;
+            cz_gan *gan = NULL;
+            size_t an = (size_t)n * a.in_ch * size * size, bn = (size_t)n * a.out_ch * size * size;
+            float *A = malloc(an * sizeof *A), *B = malloc(bn * sizeof *B);
+            static double times[4096];
+            int iters = 0;
+            cz_status s = A && B ? cz_gan_create(be, &gc, &a, NULL, &gan) : cz_error_set(CZ_ERR_NOMEM, "out of memory");
+            if (s == CZ_OK) s = cz_gan_plan(gan, n, size, size);
+            if (s == CZ_OK) {
+                uint64_t r = 12345;
+                for (size_t i = 0; i < an + bn; i++) {
+                    r = r * 6364136223846793005ull + 1442695040888963407ull;
+                    float x = (float)((r >> 40) & 0xffff) / 32768.0f - 1.0f;
+                    if (i < an) A[i] = x; else B[i - an] = 0.5f * x;
+                }
+                s = cz_gan_step(gan, n, A, B, NULL); /* warm-up */
+            }
+            double t_start = cli_now();
+            while (s == CZ_OK && iters < 4096 && (iters < 3 || cli_now() - t_start < min_time)) {
+                double t0 = cli_now();
+                s = cz_gan_step(gan, n, A, B, NULL);
+                times[iters++] = cli_now() - t0;
+            }
+            if (s != CZ_OK) {
+                fprintf(stderr, "colorize bench --train: ngf %d batch %d: %s\n", a.ngf, n, cz_error_detail());
+                rc = 1;
+            } else {
+                qsort(times, (size_t)iters, sizeof times[0], cmp_double);
+                double med = times[iters / 2], gflop = cz_unet_flops(&a, size, size) / 1e9;
+                if (json)
+                    printf("{\"engine\":\"colorize\",\"mode\":\"train\",\"backend\":\"%s\",\"precision\":\"fp32\","
+                           "\"ngf\":%d,\"size\":%d,\"batch\":%d,\"threads\":%d,\"ms_per_step\":%.3f,"
+                           "\"images_per_s\":%.4f,\"iters\":%d}\n",
+                           be->ops->name, a.ngf, size, n, threads, med * 1e3, n / med, iters);
+                else
+                    printf("%-5d %6d %12.1f %12.3f %14.2f %8d\n", a.ngf, n, med * 1e3, n / med, gflop, iters);
+                fflush(stdout);
+            }
+            cz_gan_destroy(gan);
+            free(A);
+            free(B);
+        }
+    }
+    cz_backend_destroy(be);
+    return rc;
+}
+
 int cz_cmd_bench(int argc, char **argv) {
     static const struct option opts[] = {
         {"backend", required_argument, 0, 'b'}, {"batch", required_argument, 0, 'B'},
         {"ngf", required_argument, 0, 'n'},     {"precision", required_argument, 0, 'p'},
         {"size", required_argument, 0, 's'},    {"threads", required_argument, 0, 't'},
         {"min-time", required_argument, 0, 'T'}, {"json", no_argument, 0, 'j'},
-        {"model", required_argument, 0, 'm'},   {0, 0, 0, 0}};
+        {"model", required_argument, 0, 'm'},   {"train", no_argument, 0, 'R'},
+        {0, 0, 0, 0}};
     const char *backend = "auto", *batches_s = "1,8", *precs_s = "fp32,bf16", *model = NULL;
-    int ngf = 64, size = 256, threads = 0, json = 0, c;
+    const char *ngf_s = "64";
+    int ngf = 64, size = 256, threads = 0, json = 0, train = 0, batch_given = 0, c;
     double min_time = 3.0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "b:B:n:p:s:t:T:jm:", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model = optarg; break;
         case 'b': backend = optarg; break;
-        case 'B': batches_s = optarg; break;
-        case 'n': ngf = atoi(optarg); break;
+        case 'B': batches_s = optarg; batch_given = 1; break;
+        case 'n': ngf_s = optarg; ngf = atoi(optarg); break;
+        case 'R': train = 1; break;
         case 'p': precs_s = optarg; break;
         case 's': size = atoi(optarg); break;
         case 't': threads = atoi(optarg); break;
@@ -43,7 +129,9 @@ int cz_cmd_bench(int argc, char **argv) {
         }
     }
     int batches[16];
+    if (train && !batch_given) batches_s = "1";
     int nb = cli_parse_int_list(batches_s, batches, 16);
+    if (train) return bench_train(backend, ngf_s, batches, nb, precs_s, size, threads, min_time, json);
     if (nb < 0 || ngf < 1 || size < 32 || size > 4096 || min_time < 0) {
         fprintf(stderr, "colorize bench: bad --batch, --ngf, --size or --min-time\n");
         return 2;
