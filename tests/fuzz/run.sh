@@ -75,10 +75,10 @@ done
 # finding aborts so that libFuzzer records it as a crash. No -Werror here: warnings are the
 # regular build's business, a fuzz run should not fail on them.
 # shellcheck disable=SC2054 # the commas are inside -fsanitize=, not between elements
-cflags=(-std=c11 -D_GNU_SOURCE -DCZ_VERSION="\"fuzz\"" -I"$root/core" -I"$root/server" -g -O1
+cflags=(-std=c11 -D_GNU_SOURCE -DCZ_VERSION="\"fuzz\"" -I"$root/core" -I"$root/server" -Wno-source-uses-openmp -g -O1
         -fno-omit-frame-pointer -Wall -Wextra -Wno-unused-parameter
         -fsanitize=address,undefined -fno-sanitize-recover=undefined)
-libs=(-ljansson -lspng -lturbojpeg -ljpeg -ldnnl -lm -lpthread)
+libs=(-ljansson -lspng -lturbojpeg -ljpeg -ldnnl -lgomp -lm -lpthread)
 
 build_all() {
     mkdir -p "$build/obj" "$build/bin" || return 1
