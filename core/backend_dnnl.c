@@ -222,6 +222,7 @@ void dn_prim_discard(dn_prim *p) {
     step_release(&p->main);
     step_release(&p->post);
     step_release(&p->extra);
+    step_release(&p->pre);
     if (p->ph) {
         for (int i = 0; i < DN_MAX_PHASES; i++) {
             step_release(&p->ph->conv[i]);
@@ -390,6 +391,36 @@ cz_status dn_copy(dn_backend *b, const cz_tensor *src, cz_tensor *dst) {
     }
     dn_touch(dst);
     return CZ_OK;
+}
+
+int dn_few_channels(const cz_tensor *t) {
+    return t->layout != CZ_DNNL_LAYOUT_NCHW16C && !dn_is_view(t) && t->c < 16;
+}
+
+cz_status dn_few_any(const cz_tensor *t, const dnnl_memory_desc_t *md, dnnl_memory_desc_t *out) {
+    *out = *md;
+    if (!dn_few_channels(t)) return CZ_OK;
+    dnnl_dims_t d = {t->n, t->c, t->h, t->w};
+    DN_CHECK(dnnl_memory_desc_init_by_tag(out, 4, d, md->data_type, dnnl_format_tag_any));
+    return CZ_OK;
+}
+
+cz_status dn_pre_build(dn_backend *b, const dnnl_memory_desc_t *from, const dnnl_memory_desc_t *chosen,
+                       dn_prim *e) {
+    if (dnnl_memory_desc_equal(from, chosen)) return CZ_OK;
+    dnnl_primitive_desc_t rpd = NULL;
+    DN_CHECK(dnnl_reorder_primitive_desc_create(&rpd, from, b->engine, chosen, b->engine, NULL));
+    static const int rids[2] = {DNNL_ARG_FROM, DNNL_ARG_TO};
+    e->pre_bytes = dnnl_memory_desc_get_size(chosen);
+    return dn_step_init(b, &e->pre, rpd, 2, rids);
+}
+
+cz_status dn_pre_run(dn_backend *b, dn_prim *e, const cz_tensor *t, int slot, void **out) {
+    *out = t->data;
+    if (!e->pre.prim) return CZ_OK;
+    CZ_TRY(dn_aux(b, slot, e->pre_bytes, out));
+    void *ra[2] = {t->data, *out};
+    return dn_run(b, &e->pre, ra);
 }
 
 cz_status dn_aux(dn_backend *b, int slot, size_t bytes, void **out) {

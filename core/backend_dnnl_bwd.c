@@ -192,6 +192,8 @@ static cz_status wgrad_build(dn_backend *b, const cz_tensor *src, const cz_tenso
     dnnl_dims_t pr = {(dnnl_dim_t)(dd->h - 1) * s + k - src->h - pad, (dnnl_dim_t)(dd->w - 1) * s + k - src->w - pad};
     CZ_TRY(dn_tensor_md(src, &sm));
     CZ_TRY(dn_tensor_md(dd, &dm));
+    dnnl_memory_desc_t dany; /* a few-channel dd: let the primitive pick (see dn_few_any) */
+    CZ_TRY(dn_few_any(dd, &dm, &dany));
     CZ_TRY(dn_plain_md(dd->c, src->c, k, k, dnnl_f32, dnnl_format_tag_any, &wany));
     CZ_TRY(dn_plain_md(dd->c, src->c, k, k, (dnnl_data_type_t)dn_stored_dt(dw), dnnl_oihw, &wout));
     if (with_bias) {
@@ -206,16 +208,24 @@ static cz_status wgrad_build(dn_backend *b, const cz_tensor *src, const cz_tenso
     dnnl_convolution_desc_t fd, bd;
     dnnl_primitive_desc_t hint = NULL, pd = NULL;
     dnnl_status_t ds = dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &sm,
-                                                          &whint, with_bias ? &bm : NULL, &dm, strides, pl, pr);
+                                                          &whint, with_bias ? &bm : NULL, &dany, strides, pl, pr);
     if (ds == dnnl_success) ds = dnnl_primitive_desc_create(&hint, &fd, NULL, b->engine, NULL);
     if (ds == dnnl_success)
         ds = dnnl_convolution_backward_weights_desc_init(&bd, dnnl_convolution_direct, &sm, &wany,
-                                                         with_bias ? &bm : NULL, &dm, strides, pl, pr);
+                                                         with_bias ? &bm : NULL, &dany, strides, pl, pr);
     if (ds == dnnl_success) ds = dnnl_primitive_desc_create(&pd, &bd, attr, b->engine, hint);
     if (hint) dnnl_primitive_desc_destroy(hint);
     if (ds != dnnl_success) {
         dnnl_primitive_attr_destroy(attr);
         return dn_fail(ds, __FILE__, __LINE__, "convolution backward-weights primitive descriptor");
+    }
+    if (dn_few_channels(dd)) {
+        cz_status pst = dn_pre_build(b, &dm, dnnl_primitive_desc_query_md(pd, dnnl_query_diff_dst_md, 0), e);
+        if (pst != CZ_OK) {
+            dnnl_primitive_desc_destroy(pd);
+            dnnl_primitive_attr_destroy(attr);
+            return pst;
+        }
     }
     e->ws.md = *dnnl_primitive_desc_query_md(pd, dnnl_query_diff_weights_md, 0);
     static const int ids_b[4] = {DNNL_ARG_SRC, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS, DNNL_ARG_DIFF_BIAS};
@@ -325,7 +335,9 @@ static cz_status bwd_weights(cz_backend *be, const char *op, int transposed, con
     void *gw, *gb = NULL;
     CZ_TRY(dn_aux(b, 8, dnnl_memory_desc_get_size(&e->ws.md), &gw));
     if (conv_bias) CZ_TRY(dn_aux(b, 9, (size_t)dd->c * 4, &gb));
-    void *ptrs[4] = {src->data, dd->data, gw, gb};
+    void *ddp;
+    CZ_TRY(dn_pre_run(b, e, dd, 15, &ddp));
+    void *ptrs[4] = {src->data, ddp, gw, gb};
     CZ_TRY(dn_run(b, &e->main, ptrs));
     void *rp[2] = {gw, dw->data};
     CZ_TRY(dn_run(b, accumulate ? &e->extra : &e->post, rp));

@@ -306,7 +306,12 @@ static cz_status conv_build(dn_backend *b, int kind, const cz_tensor *x, const c
     dnnl_memory_desc_t xm, ym, wany, bm;
     CZ_TRY(dn_tensor_md(x, &xm));
     CZ_TRY(dn_dense_md(y, &ym)); /* a view gets the dense result copied in (e->extra) */
-    if (dn_is_view(y)) {
+    /* oneDNN has only its reference kernel for a convolution into a plain output with few
+     * channels (the PatchGAN's 1-channel last layer: ~170 ms at 256 px instead of <1 ms). For
+     * those the primitive picks its own (blocked, channel-padded) output layout and `extra`
+     * converts into y, view or not, so both give the same numbers. */
+    int few_out = kind == KIND_CONV && y->layout != CZ_DNNL_LAYOUT_NCHW16C && y->c < 16;
+    if (dn_is_view(y) && !few_out) {
         dnnl_memory_desc_t vm;
         dnnl_primitive_attr_t rattr = NULL;
         dnnl_primitive_desc_t rpd = NULL;
@@ -355,14 +360,29 @@ static cz_status conv_build(dn_backend *b, int kind, const cz_tensor *x, const c
     CZ_TRY(dn_attr_make(kind == KIND_DECONV_BWD ? CZ_ACT_NONE : p->act, p->alpha, &attr));
     if (kind == KIND_CONV) {
         dnnl_convolution_desc_t cd;
+        dnnl_memory_desc_t yany = ym;
+        if (few_out) {
+            dnnl_dims_t yd = {y->n, y->c, y->h, y->w};
+            DN_CHECK(dnnl_memory_desc_init_by_tag(&yany, 4, yd, ym.data_type, dnnl_format_tag_any));
+        }
         ds = dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct, &xm, &wany,
-                                                bias ? &bm : NULL, &ym, strides, pl, pr);
+                                                bias ? &bm : NULL, &yany, strides, pl, pr);
         if (ds == dnnl_success) ds = dnnl_primitive_desc_create(&pd, &cd, attr, b->engine, NULL);
     } else if (kind == KIND_DECONV_FWD) {
         dnnl_deconvolution_desc_t dd;
-        ds = dnnl_deconvolution_forward_desc_init(&dd, dnnl_forward_inference, dnnl_deconvolution_direct, &xm,
+        dnnl_memory_desc_t xany;
+        CZ_TRY(dn_few_any(x, &xm, &xany));
+        ds = dnnl_deconvolution_forward_desc_init(&dd, dnnl_forward_inference, dnnl_deconvolution_direct, &xany,
                                                   &wany, bias ? &bm : NULL, &ym, strides, pl, pr);
         if (ds == dnnl_success) ds = dnnl_primitive_desc_create(&pd, &dd, attr, b->engine, NULL);
+        if (ds == dnnl_success && dn_few_channels(x)) {
+            cz_status st = dn_pre_build(b, &xm, dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0), e);
+            if (st != CZ_OK) {
+                dnnl_primitive_desc_destroy(pd);
+                dnnl_primitive_attr_destroy(attr);
+                return st;
+            }
+        }
     } else {
         /* the mirror convolution maps y-shaped tensors to x-shaped ones; its backward-data
          * is our transposed convolution. oneDNN wants the forward pd as a hint. */
@@ -377,6 +397,26 @@ static cz_status conv_build(dn_backend *b, int kind, const cz_tensor *x, const c
         if (hint) dnnl_primitive_desc_destroy(hint);
     }
     dnnl_primitive_attr_destroy(attr);
+    if (ds == dnnl_success && few_out) {
+        const dnnl_memory_desc_t *chosen = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+        dnnl_memory_desc_t to;
+        cz_status st = dn_tensor_md(y, &to);
+        dnnl_primitive_attr_t rattr = NULL;
+        dnnl_primitive_desc_t rpd = NULL;
+        if (st == CZ_OK) st = dn_attr_make(CZ_ACT_NONE, 0.f, &rattr);
+        if (st == CZ_OK) {
+            dnnl_status_t rs = dnnl_reorder_primitive_desc_create(&rpd, chosen, b->engine, &to, b->engine, rattr);
+            dnnl_primitive_attr_destroy(rattr);
+            st = rs == dnnl_success ? CZ_OK : dn_fail(rs, __FILE__, __LINE__, "reorder into a few-channel output");
+        }
+        static const int rids[2] = {DNNL_ARG_FROM, DNNL_ARG_TO};
+        e->extra_src_bytes = dnnl_memory_desc_get_size(chosen);
+        if (st == CZ_OK) st = dn_step_init(b, &e->extra, rpd, 2, rids);
+        if (st != CZ_OK) {
+            dnnl_primitive_desc_destroy(pd);
+            return st;
+        }
+    }
     if (ds != dnnl_success) {
         if (pd) dnnl_primitive_desc_destroy(pd);
         return dn_fail(ds, __FILE__, __LINE__,
@@ -502,15 +542,18 @@ cz_status dn_conv_like(cz_backend *be, const char *op, int transposed, const cz_
     } else if (kind == KIND_DECONV_GEMM) {
         CZ_TRY(gemm_run(b, e, x, w, wp, bp, p, y));
     } else {
-        /* direct forms: into y, or into a dense temporary that e->extra copies into the view */
-        void *yp = y->data;
+        /* direct forms: into y, or into a dense temporary that e->extra copies into the view;
+         * a few-channel x converted first when e->pre is set */
+        void *yp = y->data, *xp;
+        CZ_TRY(dn_pre_run(b, e, x, 3, &xp));
         if (e->extra.prim) {
             dnnl_memory_desc_t dm;
             CZ_TRY(dn_dense_md(y, &dm));
-            CZ_TRY(dn_aux(b, 6, dnnl_memory_desc_get_size(&dm), &yp));
+            size_t bytes = e->extra_src_bytes ? e->extra_src_bytes : dnnl_memory_desc_get_size(&dm);
+            CZ_TRY(dn_aux(b, 6, bytes, &yp));
         }
         if (kind == KIND_DECONV_BWD) {
-            void *ptrs[3] = {x->data, wp, yp};
+            void *ptrs[3] = {xp, wp, yp};
             CZ_TRY(dn_run(b, &e->main, ptrs));
             if (e->post.prim) {
                 void *pp[3] = {yp, bp, yp};
@@ -518,10 +561,10 @@ cz_status dn_conv_like(cz_backend *be, const char *op, int transposed, const cz_
                 CZ_TRY(dn_run(b, &e->post, pp));
             }
         } else if (bias) {
-            void *ptrs[4] = {x->data, wp, bp, yp};
+            void *ptrs[4] = {xp, wp, bp, yp};
             CZ_TRY(dn_run(b, &e->main, ptrs));
         } else {
-            void *ptrs[3] = {x->data, wp, yp};
+            void *ptrs[3] = {xp, wp, yp};
             CZ_TRY(dn_run(b, &e->main, ptrs));
         }
         if (e->extra.prim) {

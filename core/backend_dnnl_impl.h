@@ -131,6 +131,10 @@ typedef struct dn_prim {
     dn_step main;
     dn_step post;  /* optional second step (bias/activation pass) */
     dn_step extra; /* optional third step (conversion into y) */
+    size_t extra_src_bytes; /* size of the temporary `extra` converts from (0: y's dense size) */
+    dn_step pre;           /* optional step before `main`: a few-channel input converted into the
+                            * blocked layout `main` chose (see dn_pre_build) */
+    size_t pre_bytes;      /* size of that converted input */
     dn_wspec ws;   /* weights of `main` */
     dn_phase *ph;  /* phase-decomposed transposed conv, else NULL */
 } dn_prim;
@@ -216,6 +220,16 @@ int dn_act_alg(cz_act act, float alpha, dnnl_alg_kind_t *alg, float *a);
 cz_status dn_weights(dn_backend *b, const dn_wspec *spec, const cz_tensor *w, void **out);
 /* Growing backend-owned temporary buffer number `slot`. */
 cz_status dn_aux(dn_backend *b, int slot, size_t bytes, void **out);
+/* oneDNN has only reference kernels when a plain tensor with few channels (< 16, e.g. the
+ * PatchGAN's 1-channel logits) is a convolution's input or output gradient. For those, the
+ * primitive is created with that tensor's md set to `any` (use dn_few_any); dn_pre_build then
+ * sets up e->pre to convert the tensor into the layout the primitive chose, if it differs. */
+int dn_few_channels(const cz_tensor *t);
+cz_status dn_few_any(const cz_tensor *t, const dnnl_memory_desc_t *md, dnnl_memory_desc_t *out);
+cz_status dn_pre_build(dn_backend *b, const dnnl_memory_desc_t *from, const dnnl_memory_desc_t *chosen,
+                       dn_prim *e);
+/* Runs e->pre (when set) on t's data into aux `slot`; *out is what `main` should read. */
+cz_status dn_pre_run(dn_backend *b, dn_prim *e, const cz_tensor *t, int slot, void **out);
 /* Copies src into dst (same logical shape, any dtypes/layouts) with a cached reorder. */
 cz_status dn_copy(dn_backend *b, const cz_tensor *src, cz_tensor *dst);
 void dn_note_impl(dn_backend *b, dn_op op, const dn_step *s);
