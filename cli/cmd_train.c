@@ -67,7 +67,8 @@ static void usage(void) {
             "usage: colorize train --data DIR [--val DIR] [--steps N | --epochs N] [--batch B] [--size S]\n"
             "         [--ngf N] [--ndf N] [--depth D] [--init WEIGHTS|CHECKPOINT] [-o OUT.safetensors]\n"
             "         [--out-dir DIR] [--backend B] [--threads N] [--seed S] [--validate-every N]\n"
-            "         [--checkpoint-every N] [--lr LR] [--lambda-l1 L] [--workers N] [--log-every N]\n");
+            "         [--checkpoint-every N] [--keep-checkpoints N] [--lr LR] [--lambda-l1 L] [--workers N]\n"
+            "         [--log-every N]\n");
 }
 
 static int parse_long(const char *s, long lo, long hi, long *out) {
@@ -90,7 +91,8 @@ int cz_cmd_train(int argc, char **argv) {
         {"validate-every", required_argument, 0, 'v'}, {"checkpoint-every", required_argument, 0, 'c'},
         {"lr", required_argument, 0, 'l'},             {"lambda-l1", required_argument, 0, 'L'},
         {"workers", required_argument, 0, 'w'},        {"log-every", required_argument, 0, 'g'},
-        {"help", no_argument, 0, 'h'},                 {0, 0, 0, 0}};
+        {"keep-checkpoints", required_argument, 0, 'K'}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
     cz_trainer_config cfg;
     cz_trainer_config_default(&cfg);
     cfg.out_dir = "train-out";
@@ -122,6 +124,7 @@ int cz_cmd_train(int argc, char **argv) {
         case 'l': cfg.lr = strtof(optarg, NULL); bad |= !(cfg.lr > 0); break;
         case 'L': cfg.lambda_l1 = strtof(optarg, NULL); bad |= !(cfg.lambda_l1 >= 0); break;
         case 'w': bad |= parse_long(optarg, 1, 64, &v); cfg.workers = (int)v; break;
+        case 'K': bad |= parse_long(optarg, 0, 1000000L, &v); cfg.keep_checkpoints = (int)v; break;
         case 'g': bad |= parse_long(optarg, 1, 100000000L, &log_every); break;
         case 'h': usage(); return 0;
         default: usage(); return 2;

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "dataset.h"
 #include "fileio.h"
@@ -402,6 +403,8 @@ static cz_status check_config(const cz_trainer_config *c) {
         return cz_error_set(CZ_ERR_CONFIG, "depth: %d out of range 5..8", c->depth);
     if (!(c->lr > 0 && c->lr < 1e38f)) return cz_error_set(CZ_ERR_CONFIG, "lr: out of range");
     if (!(c->lambda_l1 >= 0 && c->lambda_l1 < 1e6f)) return cz_error_set(CZ_ERR_CONFIG, "lambda_l1: out of range");
+    if (c->keep_checkpoints < 0)
+        return cz_error_set(CZ_ERR_CONFIG, "keep_checkpoints %d: negative", c->keep_checkpoints);
     if (c->validate_every < 0 || c->checkpoint_every < 0 || c->sample_every < 0 || c->lr_decay_steps < 0)
         return cz_error_set(CZ_ERR_CONFIG, "validate_every/checkpoint_every/sample_every/lr_decay_steps: negative");
     if (c->sample_images < 0 || c->sample_images > 64) return cz_error_set(CZ_ERR_CONFIG, "sample_images: 0..64");
@@ -607,6 +610,27 @@ static cz_status validate(cz_trainer *t, int sheet, cz_val_metrics *m) {
     return append_line(t->val_f, line, "val.jsonl");
 }
 
+/* Retention (keep_checkpoints > 0): deletes the oldest checkpoints beyond the newest N, never
+ * the best. A file that cannot be removed is logged and forgotten all the same. */
+static void prune_checkpoints(cz_trainer *t) {
+    int keep = t->cfg.keep_checkpoints;
+    if (keep <= 0) return;
+    pthread_mutex_lock(&t->mu);
+    size_t i = 0;
+    while (i < t->nckpt) {
+        if (t->ckpts[i].step == t->best_step || t->nckpt - i <= (size_t)keep) {
+            i++;
+            continue;
+        }
+        char path[1100];
+        path_in(t, path, sizeof path, "checkpoints/step_%ld.safetensors", t->ckpts[i].step);
+        if (unlink(path) != 0) CZ_LOGW(MOD, "cannot remove old checkpoint %s: %s", path, strerror(errno));
+        memmove(&t->ckpts[i], &t->ckpts[i + 1], (t->nckpt - i - 1) * sizeof *t->ckpts);
+        t->nckpt--;
+    }
+    pthread_mutex_unlock(&t->mu);
+}
+
 static cz_status checkpoint(cz_trainer *t, double val_l1) {
     char path[1100];
     path_in(t, path, sizeof path, "checkpoints/step_%ld.safetensors", t->step);
@@ -631,6 +655,7 @@ static cz_status checkpoint(cz_trainer *t, double val_l1) {
         return s;
     }
     CZ_LOGI(MOD, "checkpoint %s", path);
+    prune_checkpoints(t);
     return CZ_OK;
 }
 

@@ -107,6 +107,7 @@ typedef struct cz_trainer_config {
     uint64_t seed;          /* weights, data order, augmentation, dropout */
     long validate_every;    /* 0 = only at checkpoints */
     long checkpoint_every;  /* 0 = only at the end */
+    int keep_checkpoints;   /* 0 = keep all; else the newest N plus the best are kept on disk */
     long sample_every;      /* 0 = validate_every (sheets are made during validation) */
     int sample_images;      /* rows in a sample sheet (4) */
     int val_max_images;     /* validation images per validation (64; 0 = all) */

@@ -14,6 +14,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -254,6 +255,42 @@ static void test_cancel(void **state) {
     cz_trainer_destroy(t);
 }
 
+/* keep_checkpoints: only the newest N and the best stay on disk (and in state.json). */
+static void test_checkpoint_retention(void **state) {
+    (void)state;
+    cz_trainer_config c;
+    config(&c, "keep");
+    c.steps = 6;
+    c.checkpoint_every = 1;
+    c.validate_every = 1;
+    c.keep_checkpoints = 2;
+    cz_trainer *t = NULL;
+    assert_int_equal(cz_trainer_create(g_be, &c, &t), CZ_OK);
+    assert_int_equal(cz_trainer_run(t), CZ_OK);
+    cz_trainer_info info;
+    cz_trainer_get_info(t, &info);
+    assert_int_equal(info.status, CZ_TRAIN_SUCCEEDED);
+    assert_true(info.best_step >= 1 && info.best_step <= 6);
+    int on_disk = 0;
+    for (int k = 1; k <= 6; k++) {
+        char rel[64];
+        snprintf(rel, sizeof rel, "checkpoints/step_%d.safetensors", k);
+        int want = k >= 5 || k == info.best_step;
+        if (exists(g_out, rel) != want) fail_msg("step %d on disk: %d, expected %d (best %ld)", k, !want, want, info.best_step);
+        on_disk += want;
+    }
+    assert_true(on_disk == 2 || on_disk == 3);
+    char *js = slurp(g_out, "state.json");
+    json_t *root = json_loads(js, 0, NULL);
+    assert_non_null(root);
+    assert_int_equal(json_array_size(json_object_get(root, "checkpoints")), on_disk);
+    json_decref(root);
+    free(js);
+    cz_trainer_destroy(t);
+    c.keep_checkpoints = -1;
+    assert_int_equal(cz_trainer_create(g_be, &c, &t), CZ_ERR_CONFIG);
+}
+
 static void test_nonfinite(void **state) {
     (void)state;
     cz_trainer_config c;
@@ -349,7 +386,7 @@ int main(void) {
         cmocka_unit_test(test_run_records_everything), cmocka_unit_test(test_resume_is_exact),
         cmocka_unit_test(test_cancel),                 cmocka_unit_test(test_nonfinite),
         cmocka_unit_test(test_unwritable),             cmocka_unit_test(test_missing_op),
-        cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_bad_config),             cmocka_unit_test(test_checkpoint_retention),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
