@@ -515,8 +515,10 @@ cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, floa
     const cz_backend_ops *ops = be->ops;
     const cz_unet_arch *a = &u->arch;
     const int D = a->depth;
+    /* every conv is 4x4 stride 2 pad 1; `relu` also serves the innermost down conv, whose
+     * output only feeds the up path */
     cz_conv_params down = {.stride = 2, .pad = 1, .act = CZ_ACT_LRELU, .alpha = LRELU_SLOPE};
-    cz_conv_params up = {.stride = 2, .pad = 1, .act = CZ_ACT_RELU, .alpha = 0.f};
+    cz_conv_params relu = {.stride = 2, .pad = 1, .act = CZ_ACT_RELU, .alpha = 0.f};
 #define V(t) cz_tensor_batch_view((t), n)
     cz_tensor x = V(p->x), y = V(p->out), r = V(p->r);
     cz_tensor s[CZ_UNET_MAX_DEPTH], c[CZ_UNET_MAX_DEPTH], uu[CZ_UNET_MAX_DEPTH];
@@ -526,15 +528,13 @@ cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, floa
         uu[i] = V(p->u[i]);
     }
 #undef V
-    const cz_tensor *nob = NULL;
     CZ_TRY(ops->tensor_write(be, &x, in));
     /* encoder: s[i] = lrelu(bn(conv(prev))) */
     for (int i = 0; i <= D - 2; i++) {
-        const cz_tensor *b = u->down_b[i].data ? &u->down_b[i] : nob;
+        const cz_tensor *b = u->down_b[i].data ? &u->down_b[i] : NULL;
         CZ_TRY(ops->conv2d(be, i == 0 ? &x : &s[i - 1], &u->down_w[i], b, &down, &s[i]));
     }
-    cz_conv_params inner = {.stride = 2, .pad = 1, .act = CZ_ACT_RELU, .alpha = 0.f};
-    CZ_TRY(ops->conv2d(be, &s[D - 2], &u->down_w[D - 1], nob, &inner, &r));
+    CZ_TRY(ops->conv2d(be, &s[D - 2], &u->down_w[D - 1], NULL, &relu, &r));
     /* decoder: u[i] = relu(bn(deconv(...))), c[i] = relu(concat(s[i], u[i+1])) */
     for (int i = D - 1; i >= 1; i--) {
         const cz_tensor *src = i == D - 1 ? &r : &c[i];
@@ -542,10 +542,10 @@ cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, floa
             int half = up_out(a, i);
             cz_tensor skip_half = cz_tensor_channel_view(c[i - 1], 0, half);
             cz_tensor up_half = cz_tensor_channel_view(c[i - 1], half, half);
-            CZ_TRY(ops->deconv2d(be, src, &u->up_w[i], &u->up_b[i], &up, &up_half));
+            CZ_TRY(ops->deconv2d(be, src, &u->up_w[i], &u->up_b[i], &relu, &up_half));
             CZ_TRY(ops->act_fwd(be, CZ_ACT_RELU, 0.f, &s[i - 1], &skip_half));
         } else {
-            CZ_TRY(ops->deconv2d(be, src, &u->up_w[i], &u->up_b[i], &up, &uu[i]));
+            CZ_TRY(ops->deconv2d(be, src, &u->up_w[i], &u->up_b[i], &relu, &uu[i]));
             CZ_TRY(ops->concat(be, &s[i - 1], &uu[i], &c[i - 1]));
             CZ_TRY(ops->act_fwd(be, CZ_ACT_RELU, 0.f, &c[i - 1], &c[i - 1]));
         }
