@@ -45,6 +45,10 @@
  *   the new one is warmed up on the spot (readiness is not affected). fn's error detail is
  *   copied to the calling thread. Calling from the device thread returns CZ_ERR_INVALID_ARG.
  *
+ * Background work (cz_batcher_set_idle): the idle function runs in the loop's last place, after
+ *   control requests, expired jobs and ready batches, and only with an empty queue; a job
+ *   submitted while it runs waits for it to return (one unit, e.g. one training step).
+ *
  * Stats: batches/images/batch_size_hist/infer_seconds_* count every forward pass (failed ones
  *   too), `expired` counts deadline drops, `failed` counts jobs completed with any other
  *   error (failed forward pass, shut down by drain).
@@ -101,6 +105,9 @@ struct cz_batcher {
     int device_error;
     char device_error_msg[256];
     cz_batcher_stats st;
+    int (*idle_fn)(void *arg); /* background work (cz_batcher_set_idle) */
+    void *idle_arg;
+    int idle_more; /* the idle function said it has more, or was kicked */
 };
 
 int64_t cz_now_ns(void) {
@@ -395,6 +402,16 @@ static void *device_main(void *arg) {
             continue;
         }
         if (b->stop) break;
+        if (b->idle_fn && b->idle_more && b->depth == 0 && !b->draining) {
+            int (*fn)(void *) = b->idle_fn;
+            void *iarg = b->idle_arg;
+            b->idle_more = 0;
+            pthread_mutex_unlock(&b->mu);
+            int more = fn(iarg);
+            pthread_mutex_lock(&b->mu);
+            if (more) b->idle_more = 1; /* a kick during fn set it already */
+            continue;
+        }
         int64_t until = next_deadline < next_ready ? next_deadline : next_ready;
         if (until == INT64_MAX) {
             pthread_cond_wait(&b->wake, &b->mu);
@@ -598,6 +615,22 @@ cz_status cz_batcher_call(cz_batcher *b, cz_status (*fn)(cz_colorizer **cz, void
     if (c.result != CZ_OK)
         return cz_error_set(c.result, "%s", c.detail[0] ? c.detail : cz_strerror(c.result));
     return CZ_OK;
+}
+
+void cz_batcher_set_idle(cz_batcher *b, int (*fn)(void *arg), void *arg) {
+    pthread_mutex_lock(&b->mu);
+    b->idle_fn = fn;
+    b->idle_arg = arg;
+    b->idle_more = fn != NULL;
+    pthread_cond_signal(&b->wake);
+    pthread_mutex_unlock(&b->mu);
+}
+
+void cz_batcher_kick(cz_batcher *b) {
+    pthread_mutex_lock(&b->mu);
+    b->idle_more = 1;
+    pthread_cond_signal(&b->wake);
+    pthread_mutex_unlock(&b->mu);
 }
 
 int cz_batcher_drain(cz_batcher *b, int timeout_ms) {

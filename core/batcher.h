@@ -77,6 +77,15 @@ const char *cz_batcher_ready(cz_batcher *b, char *buf, int cap);
 /* Runs `fn(cz, arg)` on the device thread between batches (e.g. to read model info or swap
  * weights) and waits for it. Returns fn's status. */
 cz_status cz_batcher_call(cz_batcher *b, cz_status (*fn)(cz_colorizer **cz, void *arg), void *arg);
+/* Background work at lower priority (training steps, DESIGN.md "Threads"). `fn(arg)` runs on
+ * the device thread only when no inference job is queued, no call is pending and the batcher
+ * is not draining; it does one bounded unit of work and returns non-zero when it has more
+ * (it is called again as long as the queue stays empty) or 0 when it has nothing to do (then
+ * it is not called again until cz_batcher_kick). So an inference job waits at most one unit.
+ * fn may call submit/depth/stats/ready/kick, not call/drain/destroy. Any thread; NULL clears. */
+void cz_batcher_set_idle(cz_batcher *b, int (*fn)(void *arg), void *arg);
+/* Tells the device thread that the idle function has work (any thread). */
+void cz_batcher_kick(cz_batcher *b);
 /* Stops accepting, lets queued and running jobs finish for up to timeout_ms, then completes
  * whatever is left with CZ_ERR_SHUTTING_DOWN. Returns the number of jobs failed that way. */
 int cz_batcher_drain(cz_batcher *b, int timeout_ms);

@@ -66,6 +66,24 @@ static const key_row k_keys[] = {
     {"server.max_render", T_INT, F(max_render), 0, 256, 4096, "1024", "largest render a request may ask for"},
     {"server.drain_timeout_s", T_INT, F(drain_timeout_s), 0, 0, 3600, "20",
      "on SIGTERM, how long in-flight requests get to finish"},
+    {"server.max_json_bytes", T_INT, F(max_json_bytes), 0, 64, 1 << 24, "65536",
+     "largest JSON request body of the admin API (413 above it)"},
+    {"admin.token", T_STR, F(admin_token), SZ(admin_token), 0, 0, "",
+     "Bearer token of the admin API (/train, POST /model); empty with no token_file: admin API off (403)"},
+    {"admin.token_file", T_STR, F(admin_token_file), SZ(admin_token_file), 0, 0, "",
+     "file whose first line is the admin token (read at start)"},
+    {"train.data_root", T_STR, F(train_data_root), SZ(train_data_root), 0, 0, "",
+     "directory holding the datasets jobs may train on (empty: training off)"},
+    {"train.state_dir", T_STR, F(train_state_dir), SZ(train_state_dir), 0, 0, "state",
+     "job records, logs, samples, checkpoints and the active-model record"},
+    {"train.max_jobs", T_INT, F(train_max_jobs), 0, 1, 10000, "8", "queued + running training jobs, at most (429 above)"},
+    {"train.max_steps", T_INT, F(train_max_steps), 0, 1, 100000000, "1000000", "largest `steps` a job may ask for"},
+    {"train.max_batch", T_INT, F(train_max_batch), 0, 1, 1024, "16", "largest `batch_size` a job may ask for"},
+    {"train.max_image_size", T_INT, F(train_max_image_size), 0, 64, 4096, "512",
+     "largest `image_size` a job may ask for"},
+    {"train.keep_checkpoints", T_INT, F(train_keep_checkpoints), 0, 0, 1000, "5",
+     "checkpoints a job keeps by default (newest N plus the best; 0 = all)"},
+    {"train.workers", T_INT, F(train_workers), 0, 1, 64, "2", "image decode threads of a running job"},
     {"log.level", T_STR, F(log_level), SZ(log_level), 0, 0, "info", "debug | info | warn | error | off"},
 };
 #define NKEYS (sizeof k_keys / sizeof k_keys[0])
@@ -238,7 +256,9 @@ char *cz_config_to_json(const cz_config *c) {
             json_object_set_new(root, sect, o);
         }
         const char *base = (const char *)c + r->off;
-        json_t *v = r->type == T_STR ? json_string(base)
+        int secret = strcmp(r->key, "admin.token") == 0 && *base;
+        json_t *v = secret ? json_string("(set)")
+                    : r->type == T_STR ? json_string(base)
                     : r->type == T_INT ? json_integer(*(const int *)base)
                                        : json_integer((json_int_t) * (const int64_t *)base);
         json_object_set_new(o, dot + 1, v);

@@ -44,6 +44,19 @@ typedef struct cz_config {
     int max_wait_us;           /* batching window: how long a job waits for company */
     int max_render;            /* largest `render` a request may ask for */
     int drain_timeout_s;       /* SIGTERM: time in-flight requests get to finish */
+    int max_json_bytes;        /* JSON request bodies (admin API), at most */
+    /* admin */
+    char admin_token[CZ_CFG_STR];      /* Bearer token of the admin API ("" = none) */
+    char admin_token_file[CZ_CFG_STR]; /* file whose first line is the token ("" = none) */
+    /* train (jobs started over the admin API) */
+    char train_data_root[CZ_CFG_STR];  /* datasets are directories under it ("" = training off) */
+    char train_state_dir[CZ_CFG_STR];  /* job state, checkpoints, active model record */
+    int train_max_jobs;                /* queued + running jobs, at most */
+    int train_max_steps;
+    int train_max_batch;
+    int train_max_image_size;
+    int train_keep_checkpoints;        /* default for a job's keep_checkpoints */
+    int train_workers;                 /* decode threads per running job */
     /* log */
     char log_level[16];
 } cz_config;

@@ -151,20 +151,32 @@ static void *watchdog_main(void *arg) {
 
 typedef enum MHD_Result (*route_fn)(srv_ctx *s, struct MHD_Connection *c, srv_req *req);
 
+/* Exact paths; /train and everything under it is routed by srv_train_match (route_train.c). */
 static const struct route_row {
     const char *path;
     srv_route route;
-    const char *method; /* GET routes also answer HEAD */
+    const char *methods;       /* Allow header value; GET routes also answer HEAD */
+    const char *admin_methods; /* methods that need the admin token ("" = none) */
     route_fn fn;
 } k_table[] = {
-    {"/colorize", SRV_ROUTE_COLORIZE, "POST", srv_route_colorize},
-    {"/healthz", SRV_ROUTE_HEALTHZ, "GET", srv_route_healthz},
-    {"/readyz", SRV_ROUTE_READYZ, "GET", srv_route_readyz},
-    {"/metrics", SRV_ROUTE_METRICS, "GET", srv_route_metrics},
-    {"/model", SRV_ROUTE_MODEL, "GET", srv_route_model},
-    {"/openapi.yaml", SRV_ROUTE_OPENAPI, "GET", srv_route_openapi},
+    {"/colorize", SRV_ROUTE_COLORIZE, "POST", "", srv_route_colorize},
+    {"/healthz", SRV_ROUTE_HEALTHZ, "GET", "", srv_route_healthz},
+    {"/readyz", SRV_ROUTE_READYZ, "GET", "", srv_route_readyz},
+    {"/metrics", SRV_ROUTE_METRICS, "GET", "", srv_route_metrics},
+    {"/model", SRV_ROUTE_MODEL, "GET, POST", "POST", srv_route_model},
+    {"/openapi.yaml", SRV_ROUTE_OPENAPI, "GET", "", srv_route_openapi},
 };
 #define N_ROUTES (sizeof k_table / sizeof k_table[0])
+
+/* Whether `method` is in the comma-separated list (HEAD counts as GET). */
+static bool method_in(const char *method, const char *list) {
+    const char *m = strcmp(method, "HEAD") == 0 ? "GET" : method;
+    size_t n = strlen(m);
+    for (const char *p = list; (p = strstr(p, m)) != NULL; p += n)
+        if ((p == list || p[-1] == ' ' || p[-1] == ',') && (p[n] == '\0' || p[n] == ','))
+            return true;
+    return false;
+}
 
 /* ---- helpers ---- */
 
@@ -252,7 +264,7 @@ enum MHD_Result srv_send_error(struct MHD_Connection *c, srv_req *req, int http,
                                const char *message, int retry_after, const char *allow) {
     char *text = srv_json_error(code, message, req->id);
     if (!text) return MHD_NO;
-    const char *hdr[6] = {NULL};
+    const char *hdr[8] = {NULL};
     int k = 0;
     char ra[16];
     if (retry_after > 0) {
@@ -263,6 +275,10 @@ enum MHD_Result srv_send_error(struct MHD_Connection *c, srv_req *req, int http,
     if (allow) {
         hdr[k++] = MHD_HTTP_HEADER_ALLOW;
         hdr[k++] = allow;
+    }
+    if (http == 401) {
+        hdr[k++] = MHD_HTTP_HEADER_WWW_AUTHENTICATE;
+        hdr[k++] = "Bearer realm=\"colorize-admin\"";
     }
     enum MHD_Result q = srv_send(c, req, http, "application/json", text, strlen(text), true, hdr);
     if (q == MHD_YES) {
@@ -382,35 +398,81 @@ static srv_req *req_new(struct MHD_Connection *c, const char *url, const char *m
     return req;
 }
 
-/* Picks the route and decides 404/405 right away. */
+/* Picks the route and decides 404/405 right away; sets req->admin for admin operations. */
 static void route_request(srv_req *req, const char *url, const char *method) {
     req->route = SRV_ROUTE_OTHER;
-    for (size_t i = 0; i < N_ROUTES; i++) {
+    const char *allow = NULL, *admin = "";
+    for (size_t i = 0; i < N_ROUTES && !allow; i++) {
         if (strcmp(url, k_table[i].path) != 0) continue;
         req->route = k_table[i].route;
-        bool ok = strcmp(method, k_table[i].method) == 0 ||
-                  (strcmp(k_table[i].method, "GET") == 0 && strcmp(method, "HEAD") == 0);
-        if (!ok) {
-            req->early_http = 405;
-            req->early_code = "method_not_allowed";
-            req->early_allow = k_table[i].method;
-        }
+        allow = k_table[i].methods;
+        admin = k_table[i].admin_methods;
+    }
+    if (!allow && srv_train_match(url, &allow)) {
+        req->route = SRV_ROUTE_TRAIN;
+        admin = allow; /* every /train operation is an admin operation */
+    }
+    if (!allow) {
+        req->early_http = 404;
+        req->early_code = "not_found";
         return;
     }
-    req->early_http = 404;
-    req->early_code = "not_found";
+    if (!method_in(method, allow)) {
+        req->early_http = 405;
+        req->early_code = "method_not_allowed";
+        req->early_allow = allow;
+        return;
+    }
+    req->admin = method_in(method, admin);
+    req->json_body = strcmp(method, "POST") == 0 && req->route != SRV_ROUTE_COLORIZE;
 }
 
 static route_fn handler_of(srv_route r) {
+    if (r == SRV_ROUTE_TRAIN) return srv_route_train;
     for (size_t i = 0; i < N_ROUTES; i++)
         if (k_table[i].route == r) return k_table[i].fn;
     return NULL;
 }
 
+/* Admin operations: 403 when no token is configured, 401 without the right bearer token.
+ * Decided from the headers, before any body is read. */
+static void check_admin(const srv_ctx *s, struct MHD_Connection *c, srv_req *req) {
+    if (!s->admin_token_len) {
+        req->early_http = 403;
+        req->early_code = "admin_disabled";
+        return;
+    }
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0) {
+        req->early_http = 401;
+        req->early_code = "unauthorized";
+        req->early_detail = "this operation needs Authorization: Bearer <admin token>";
+        return;
+    }
+    const char *tok = h + 7;
+    while (*tok == ' ') tok++;
+    if (!srv_token_equal(s->admin_token, s->admin_token_len, tok, strlen(tok))) {
+        req->early_http = 401;
+        req->early_code = "unauthorized";
+        req->early_detail = "the bearer token is not the admin token";
+    }
+}
+
+/* The body limit of this request and the config key that sets it. */
+static uint64_t body_limit(const srv_ctx *s, const srv_req *req, const char **key) {
+    if (req->json_body) {
+        *key = "server.max_json_bytes";
+        return (uint64_t)s->cfg.max_json_bytes;
+    }
+    *key = "server.max_body_bytes";
+    return (uint64_t)s->cfg.max_body_bytes;
+}
+
 static enum MHD_Result send_413(struct MHD_Connection *c, srv_req *req, const srv_ctx *s) {
     char msg[128];
-    snprintf(msg, sizeof msg, "request body exceeds server.max_body_bytes (%" PRId64 " bytes)",
-             s->cfg.max_body_bytes);
+    const char *key;
+    uint64_t lim = body_limit(s, req, &key);
+    snprintf(msg, sizeof msg, "request body exceeds %s (%" PRIu64 " bytes)", key, lim);
     return srv_send_error(c, req, 413, "payload_too_large", msg, 0, NULL);
 }
 
@@ -423,14 +485,17 @@ static enum MHD_Result on_first_call(srv_ctx *s, struct MHD_Connection *c, const
     atomic_fetch_add(&s->inflight, 1);
     conn_mark(c, true);
     route_request(req, url, method);
-    if (req->route != SRV_ROUTE_COLORIZE || req->early_http) return MHD_YES;
+    if (!req->early_http && req->admin) check_admin(s, c, req);
+    if (req->early_http || !(req->route == SRV_ROUTE_COLORIZE || req->json_body)) return MHD_YES;
     req->keep_body = true;
+    const char *limit_key;
+    const uint64_t limit = body_limit(s, req, &limit_key);
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl) {
         char *end = NULL;
         errno = 0;
         unsigned long long n = strtoull(cl, &end, 10);
-        bool over = (errno == ERANGE) || (end && *end == '\0' && n > (unsigned long long)s->cfg.max_body_bytes);
+        bool over = (errno == ERANGE) || (end && *end == '\0' && n > limit);
         if (over) {
             cz_log_set_request_id(req->id);
             enum MHD_Result q = send_413(c, req, s);
@@ -468,7 +533,9 @@ static bool send_raw_413(struct MHD_Connection *c, srv_req *req, const srv_ctx *
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (!ci) return false;
     char msg[128];
-    snprintf(msg, sizeof msg, "request body exceeds server.max_body_bytes (%" PRId64 " bytes)", s->cfg.max_body_bytes);
+    const char *key;
+    uint64_t lim = body_limit(s, req, &key);
+    snprintf(msg, sizeof msg, "request body exceeds %s (%" PRIu64 " bytes)", key, lim);
     char *body = srv_json_error("payload_too_large", msg, req->id);
     if (!body) return false;
     size_t blen = strlen(body);
@@ -505,7 +572,8 @@ static bool send_raw_413(struct MHD_Connection *c, srv_req *req, const srv_ctx *
 /* A chunk of body: stored, or counted and dropped. */
 static enum MHD_Result on_upload(srv_ctx *s, struct MHD_Connection *c, srv_req *req, const char *data, size_t n) {
     req->bytes_in += n;
-    const uint64_t max = (uint64_t)s->cfg.max_body_bytes;
+    const char *key;
+    const uint64_t max = body_limit(s, req, &key);
     if (req->bytes_in > max + SRV_DRAIN_EXTRA) {
         CZ_LOGW("http", "closing the connection: client kept sending %" PRIu64 " body bytes", req->bytes_in);
         return MHD_NO;
@@ -556,6 +624,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         char msg[256];
         if (req->early_http == 404)
             snprintf(msg, sizeof msg, "no such path: %s", req->path);
+        else if (req->early_http == 403)
+            snprintf(msg, sizeof msg, "the admin API is disabled: set admin.token or admin.token_file");
+        else if (req->early_http == 401)
+            snprintf(msg, sizeof msg, "%s", req->early_detail);
         else
             snprintf(msg, sizeof msg, "%s is not allowed on %s (allowed: %s)", req->method, req->path,
                      req->early_allow);

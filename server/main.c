@@ -12,11 +12,11 @@
  *   SIGTERM/SIGINT: readiness goes false ("draining") and new /colorize requests get 503
  *     shutting_down; the batcher finishes what it holds (at most server.drain_timeout_s),
  *     every suspended connection is resumed and answered, then HTTP stops and we exit 0.
- *   SIGHUP: the model file is loaded again ON THE DEVICE THREAD (cz_batcher_call, because the
- *     backend belongs to that thread), checked to have the same depth and channel layout as
- *     the one serving (jobs already prepared must stay valid), and swapped in between
- *     batches under the model write lock; on any failure the old model keeps serving and the
- *     reason is logged.
+ *   SIGHUP: the configured model file is loaded again and swapped in between batches
+ *     (srv_model_swap, route_model.c); on any failure the old model keeps serving and the
+ *     reason is logged. It also forgets a checkpoint activated with POST /model.
+ * Training jobs (core/jobs.h) exist when an admin token is configured; their steps run on the
+ * device thread as the batcher's idle work, so inference keeps priority.
  * Only main() exits. Tested by the integration tests (tests/integration/) and by hand. */
 #include <errno.h>
 #include <getopt.h>
@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "fileio.h"
+#include "jobs.h"
 #include "log.h"
 #include "server.h"
 
@@ -141,58 +142,48 @@ static int load_config(cz_config *cfg, const opts *o) {
     return 0;
 }
 
-/* ---- SIGHUP reload (runs on the device thread) ---- */
-
-typedef struct reload_ctx {
-    srv_ctx *s;
-    char err[600];
-} reload_ctx;
-
-static cz_status reload_on_device(cz_colorizer **czp, void *arg) {
-    reload_ctx *rc = arg;
-    srv_ctx *s = rc->s;
-    cz_colorizer_opts co = {.max_batch = s->cfg.max_batch, .precision = (cz_dtype)cz_dtype_parse(s->cfg.precision)};
-    cz_colorizer *fresh = NULL;
-    cz_status st = cz_colorizer_create(s->be, s->cfg.model_path, &co, &fresh);
-    if (st != CZ_OK) {
-        snprintf(rc->err, sizeof rc->err, "%s", cz_error_detail());
-        return st;
-    }
-    const cz_unet_arch *a = cz_colorizer_arch(*czp), *b = cz_colorizer_arch(fresh);
-    if (a->depth != b->depth || a->in_ch != b->in_ch || a->out_ch != b->out_ch || a->mode != b->mode) {
-        snprintf(rc->err, sizeof rc->err,
-                 "%s: depth %d, %d->%d channels, %s; the model in service has depth %d, %d->%d channels, %s "
-                 "(restart the daemon to change the architecture)",
-                 s->cfg.model_path, b->depth, b->in_ch, b->out_ch, cz_color_mode_name(b->mode), a->depth, a->in_ch,
-                 a->out_ch, cz_color_mode_name(a->mode));
-        cz_colorizer_destroy(fresh);
-        return CZ_ERR_BAD_WEIGHTS;
-    }
-    pthread_rwlock_wrlock(&s->cz_lock);
-    cz_colorizer *old = *czp;
-    *czp = fresh;
-    s->cz = fresh;
-    pthread_rwlock_unlock(&s->cz_lock);
-    cz_colorizer_destroy(old);
-    srv_model_snapshot(s, fresh);
-    return CZ_OK;
-}
+/* ---- SIGHUP reload ---- */
 
 static void reload(srv_ctx *s) {
     CZ_LOGI("main", "SIGHUP: reloading %s", s->cfg.model_path);
-    reload_ctx rc = {.s = s};
-    cz_status st = cz_batcher_call(s->batcher, reload_on_device, &rc);
-    if (st != CZ_OK) {
-        CZ_LOGE("main", "reload failed, the previous model keeps serving: %s",
-                rc.err[0] ? rc.err : cz_strerror(st));
-        return;
-    }
-    pthread_mutex_lock(&s->model_mu);
-    char sum[40];
-    memcpy(sum, s->model_checksum, sizeof sum);
-    pthread_mutex_unlock(&s->model_mu);
-    CZ_LOGI("main", "model reloaded from %s (checksum %s)", s->cfg.model_path, sum);
+    cz_api_error e;
+    srv_model_swap(s, s->cfg.model_path, NULL, 0, &e); /* logs either way; a failure keeps the old model */
 }
+
+/* ---- admin token and training jobs ---- */
+
+static int load_admin_token(srv_ctx *s) {
+    const char *tok = s->cfg.admin_token;
+    char buf[sizeof s->admin_token];
+    if (!tok[0] && s->cfg.admin_token_file[0]) {
+        uint8_t *data = NULL;
+        size_t len = 0;
+        if (cz_file_read(s->cfg.admin_token_file, 4096, &data, &len) != CZ_OK) {
+            CZ_LOGE("main", "admin.token_file: %s", cz_error_detail());
+            return -1;
+        }
+        size_t n = strcspn((const char *)data, "\r\n");
+        snprintf(buf, sizeof buf, "%.*s", (int)(n < sizeof buf ? n : sizeof buf - 1), (const char *)data);
+        free(data);
+        tok = buf;
+    }
+    size_t n = strlen(tok);
+    if (n >= sizeof s->admin_token) {
+        CZ_LOGE("main", "the admin token is longer than %zu bytes", sizeof s->admin_token - 1);
+        return -1;
+    }
+    if (n && n < 16) CZ_LOGW("main", "the admin token is short (%zu characters); use 32 random characters or more", n);
+    memcpy(s->admin_token, tok, n + 1);
+    s->admin_token_len = n;
+    return 0;
+}
+
+static int train_idle(void *arg) {
+    srv_ctx *s = arg;
+    return cz_jobs_tick(s->jobs, s->be);
+}
+
+static void train_wake(void *arg) { cz_batcher_kick(arg); }
 
 /* ---- drain ---- */
 
@@ -257,6 +248,7 @@ int main(int argc, char **argv) {
     sigaddset(&mask, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &mask, NULL);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* a file-size limit makes writes fail with EFBIG; a job fails, not us */
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
     if (sfd < 0) {
         CZ_LOGE("main", "signalfd: %s", strerror(errno));
@@ -270,6 +262,25 @@ int main(int argc, char **argv) {
     pthread_rwlock_init(&s.cz_lock, NULL);
     pthread_mutex_init(&s.model_mu, NULL);
 
+    if (load_admin_token(&s) != 0) return 2;
+    if (s.admin_token_len) { /* the admin API is on: training jobs need their state dir */
+        cz_jobs_opts jo = {.data_root = s.cfg.train_data_root,
+                           .state_dir = s.cfg.train_state_dir,
+                           .max_jobs = s.cfg.train_max_jobs,
+                           .max_steps = s.cfg.train_max_steps,
+                           .max_batch = s.cfg.train_max_batch,
+                           .max_image_size = s.cfg.train_max_image_size,
+                           .keep_checkpoints = s.cfg.train_keep_checkpoints,
+                           .workers = s.cfg.train_workers};
+        if (cz_jobs_open(&jo, &s.jobs) != CZ_OK) {
+            CZ_LOGE("main", "training jobs: %s", cz_error_detail());
+            return 2;
+        }
+        if (!s.cfg.train_data_root[0]) CZ_LOGI("main", "train.data_root is not set: POST /train answers 409");
+    } else {
+        CZ_LOGI("main", "no admin token configured: the admin API (/train, POST /model) answers 403");
+    }
+
     cz_backend_options bo = {.threads = s.cfg.threads};
     if (cz_backend_create(s.cfg.backend, &bo, &s.be) != CZ_OK) {
         CZ_LOGE("main", "backend %s: %s", s.cfg.backend, cz_error_detail());
@@ -278,7 +289,14 @@ int main(int argc, char **argv) {
     s.backend_name = s.be->ops->name;
     int prec = cz_dtype_parse(s.cfg.precision);
     cz_colorizer_opts co = {.max_batch = s.cfg.max_batch, .precision = (cz_dtype)(prec < 0 ? 0 : prec)};
-    if (cz_colorizer_create(s.be, s.cfg.model_path, &co, &s.cz) != CZ_OK) {
+    const char *initial = srv_model_initial_path(&s);
+    if (cz_colorizer_create(s.be, initial, &co, &s.cz) != CZ_OK && initial != s.cfg.model_path) {
+        CZ_LOGW("main", "the activated checkpoint %s does not load (%s); serving model.path", initial, cz_error_detail());
+        s.origin_checkpoint = 0;
+        initial = s.cfg.model_path;
+        cz_colorizer_create(s.be, initial, &co, &s.cz);
+    }
+    if (!s.cz) {
         CZ_LOGE("main", "cannot load the model: %s", cz_error_detail());
         cz_backend_destroy(s.be);
         return 1;
@@ -306,6 +324,10 @@ int main(int argc, char **argv) {
         cz_colorizer_destroy(s.cz); /* still ours when create fails */
         cz_backend_destroy(s.be);
         return 1;
+    }
+    if (s.jobs) {
+        cz_jobs_set_wake(s.jobs, train_wake, s.batcher);
+        cz_batcher_set_idle(s.batcher, train_idle, &s);
     }
     if (srv_http_start(&s) != CZ_OK) {
         CZ_LOGE("main", "%s", cz_error_detail());
@@ -340,6 +362,7 @@ int main(int argc, char **argv) {
     }
     drain(&s);
     cz_batcher_destroy(s.batcher); /* joins the device thread, destroys the model */
+    cz_jobs_close(s.jobs);         /* a running job shows as interrupted; its trainer goes */
     cz_backend_destroy(s.be);
     free(s.model_json);
     pthread_rwlock_destroy(&s.cz_lock);

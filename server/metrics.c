@@ -20,7 +20,7 @@
 #define CODE_MAX 599
 
 static const char *const k_routes[SRV_ROUTE_COUNT] = {"colorize", "healthz", "readyz", "metrics",
-                                                      "model",    "openapi", "other"};
+                                                      "model",    "openapi", "train",   "other"};
 static const char *const k_reasons[SRV_REJ_COUNT] = {"queue_full", "too_large", "too_many_pixels", "unsupported",
                                                      "corrupt",    "bad_request", "deadline", "shutting_down"};
 
@@ -225,6 +225,17 @@ char *srv_metrics_render(const srv_metrics_gauges *g, size_t *len) {
                   "# TYPE colorize_ready gauge\n"
                   "colorize_ready %d\n",
               g->ready ? 1 : 0);
+    static const char *const jst[6] = {"queued", "running", "succeeded", "failed", "cancelled", "interrupted"};
+    sb_printf(&b, "# HELP colorize_train_jobs Training jobs known to the daemon, by status.\n"
+                  "# TYPE colorize_train_jobs gauge\n");
+    for (int i = 0; i < 6; i++) sb_printf(&b, "colorize_train_jobs{status=\"%s\"} %d\n", jst[i], g->train_jobs[i]);
+    sb_printf(&b, "# HELP colorize_train_steps_total Training steps run by this process.\n"
+                  "# TYPE colorize_train_steps_total counter\n"
+                  "colorize_train_steps_total %llu\n"
+                  "# HELP colorize_train_images_per_second Training throughput of the running job's last step (0 when none).\n"
+                  "# TYPE colorize_train_images_per_second gauge\n"
+                  "colorize_train_images_per_second %.3f\n",
+              g->train_steps_total, g->train_images_per_s);
 
     if (b.oom) {
         free(b.p);

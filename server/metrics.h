@@ -8,6 +8,8 @@
  *   colorize_inference_seconds                      histogram (one observation per batch)
  *   colorize_queue_depth, colorize_ready            gauges, sampled at scrape
  *   colorize_model_info{ngf,depth,...}              gauge = 1
+ *   colorize_train_jobs{status}, colorize_train_images_per_second  gauges;
+ *   colorize_train_steps_total                      counter
  * Counters and histogram buckets are lock-free atomics, so any thread may record; the
  * exposition text is built on demand by the /metrics handler. Tested end to end by the
  * integration tests (tests/integration/) and by hand with curl. */
@@ -24,6 +26,7 @@ typedef enum srv_route {
     SRV_ROUTE_METRICS,
     SRV_ROUTE_MODEL,
     SRV_ROUTE_OPENAPI,
+    SRV_ROUTE_TRAIN, /* /train and everything under it */
     SRV_ROUTE_OTHER, /* unknown paths (404) */
     SRV_ROUTE_COUNT
 } srv_route;
@@ -56,6 +59,10 @@ typedef struct srv_metrics_gauges {
     /* colorize_model_info labels (unescaped; escaped while rendering) */
     int ngf, depth;
     const char *color_mode, *backend, *precision, *checksum;
+    /* training: jobs by status (queued, running, succeeded, failed, cancelled, interrupted) */
+    int train_jobs[6];
+    unsigned long long train_steps_total;
+    double train_images_per_s;
 } srv_metrics_gauges;
 
 /* Renders the exposition text (malloc'd, *len bytes); NULL when out of memory. */

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 #include "server.h"
@@ -38,11 +39,30 @@ cz_status srv_model_snapshot(srv_ctx *s, const cz_colorizer *cz) {
     json_object_set_new(o, "precision", json_string(s->cfg.precision));
     json_object_set_new(o, "max_batch", json_integer(cz_colorizer_max_batch(cz)));
     json_object_set_new(o, "render_default", json_integer(s->cfg.render));
-    char *text = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (!text) return cz_error_set(CZ_ERR_NOMEM, "out of memory");
 
     pthread_mutex_lock(&s->model_mu);
+    json_t *src = json_object();
+    json_t *sp = json_string(s->origin_checkpoint ? s->origin_path : s->cfg.model_path);
+    json_object_set_new(src, "kind", json_string(s->origin_checkpoint ? "checkpoint" : "file"));
+    json_object_set_new(src, "path", sp ? sp : json_string("(not UTF-8)"));
+    if (s->origin_checkpoint) {
+        json_object_set_new(src, "job", json_string(s->origin_job));
+        json_object_set_new(src, "step", json_integer(s->origin_step));
+        time_t at = (time_t)s->origin_at;
+        struct tm tm;
+        char when[32];
+        gmtime_r(&at, &tm);
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        json_object_set_new(src, "activated_at", json_string(when));
+        json_object_set(o, "path", sp ? sp : json_string("(not UTF-8)"));
+    }
+    json_object_set_new(o, "source", src);
+    char *text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!text) {
+        pthread_mutex_unlock(&s->model_mu);
+        return cz_error_set(CZ_ERR_NOMEM, "out of memory");
+    }
     free(s->model_json);
     s->model_json = text;
     s->model_ngf = a->ngf;
@@ -83,6 +103,7 @@ enum MHD_Result srv_route_readyz(srv_ctx *s, struct MHD_Connection *c, srv_req *
 }
 
 enum MHD_Result srv_route_model(srv_ctx *s, struct MHD_Connection *c, srv_req *req) {
+    if (strcmp(req->method, "POST") == 0) return srv_route_model_post(s, c, req);
     pthread_mutex_lock(&s->model_mu);
     char *text = s->model_json ? strdup(s->model_json) : NULL;
     pthread_mutex_unlock(&s->model_mu);
@@ -107,6 +128,14 @@ enum MHD_Result srv_route_metrics(srv_ctx *s, struct MHD_Connection *c, srv_req 
     g.checksum = sum;
     g.backend = s->backend_name;
     g.precision = s->cfg.precision;
+    if (s->jobs) {
+        cz_jobs_stats js;
+        cz_jobs_stats_get(s->jobs, &js);
+        int v[6] = {js.queued, js.running, js.succeeded, js.failed, js.cancelled, js.interrupted};
+        memcpy(g.train_jobs, v, sizeof v);
+        g.train_steps_total = js.steps_total;
+        g.train_images_per_s = js.images_per_s;
+    }
     size_t len = 0;
     char *text = srv_metrics_render(&g, &len);
     if (!text) return srv_send_error(c, req, 500, "internal_error", "out of memory rendering metrics", 0, NULL);

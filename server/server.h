@@ -20,6 +20,7 @@
 #include "colorize.h"
 #include "config.h"
 #include "image.h"
+#include "jobs.h"
 #include "metrics.h"
 
 typedef struct srv_ctx {
@@ -34,11 +35,22 @@ typedef struct srv_ctx {
     pthread_rwlock_t cz_lock;
     cz_colorizer *cz;
 
-    /* /model and colorize_model_info snapshot, replaced on load/swap under model_mu. */
+    /* /model and colorize_model_info snapshot, replaced on load/swap under model_mu, with
+     * where the model in service came from (a file, or a training job's checkpoint). */
     pthread_mutex_t model_mu;
     char *model_json;
     int model_ngf, model_depth;
     char model_mode[16], model_checksum[40];
+    int origin_checkpoint;       /* 0: the configured file; 1: a job's checkpoint */
+    char origin_path[4096];
+    char origin_job[65];
+    long origin_step;
+    double origin_at;            /* unix seconds of the activation */
+
+    /* Admin API: the bearer token (read-only after start; length 0 = admin API off). */
+    char admin_token[512];
+    size_t admin_token_len;
+    cz_jobs *jobs;               /* training jobs (core/jobs.h) */
 
     atomic_bool draining;     /* SIGTERM seen: /readyz fails, /colorize answers 503 */
     atomic_int inflight;      /* requests between their first callback and completion */
@@ -68,10 +80,13 @@ typedef struct srv_req {
     bool too_large;      /* exceeded max_body_bytes while streaming */
     bool raw_answered;   /* 413 written to the socket directly (mid-upload): close at the end */
 
-    /* an answer decided before the body ended (404/405/...): sent once it has */
+    /* an answer decided before the body ended (404/405/401/403...): sent once it has */
     int early_http;
     const char *early_code;
     const char *early_allow;
+    const char *early_detail; /* message of a 401 */
+    bool admin;               /* an admin operation (checked against the token) */
+    bool json_body;           /* a JSON body is kept (limit server.max_json_bytes) */
 
     srv_work *work;      /* colorize job in flight (route_colorize.c), refcounted */
 } srv_req;
@@ -104,6 +119,27 @@ enum MHD_Result srv_route_readyz(srv_ctx *s, struct MHD_Connection *c, srv_req *
 enum MHD_Result srv_route_metrics(srv_ctx *s, struct MHD_Connection *c, srv_req *req);
 enum MHD_Result srv_route_model(srv_ctx *s, struct MHD_Connection *c, srv_req *req);
 enum MHD_Result srv_route_openapi(srv_ctx *s, struct MHD_Connection *c, srv_req *req);
+
+/* route_train.c: every /train path. srv_train_match tells whether `url` is one and which
+ * methods it allows (the Allow header value). */
+bool srv_train_match(const char *url, const char **allow);
+enum MHD_Result srv_route_train(srv_ctx *s, struct MHD_Connection *c, srv_req *req);
+/* Constant-time comparison (time depends only on the supplied length b_len). */
+bool srv_token_equal(const char *a, size_t a_len, const char *b, size_t b_len);
+/* Answers for a cz_api_error from core/jobs.c. */
+enum MHD_Result srv_send_api_error(struct MHD_Connection *c, srv_req *req, const cz_api_error *e);
+
+/* route_model.c: loading and swapping models.
+ * srv_model_swap loads `path` on the device thread (between batches), checks it has the
+ * serving model's depth, channels and colour mode, swaps it in, re-warms, and updates the
+ * /model snapshot with the origin given (job NULL: the configured file). On failure the old
+ * model keeps serving; err gets the HTTP status/code/message. Not on the device thread. */
+cz_status srv_model_swap(srv_ctx *s, const char *path, const char *job, long step, cz_api_error *err);
+/* The model to load at start: the activated checkpoint recorded in the state dir when there
+ * is one that still exists (origin fields set), else the configured model.path. */
+const char *srv_model_initial_path(srv_ctx *s);
+/* POST /model */
+enum MHD_Result srv_route_model_post(srv_ctx *s, struct MHD_Connection *c, srv_req *req);
 
 /* Rebuilds the /model snapshot from `cz` (any thread; takes model_mu). */
 cz_status srv_model_snapshot(srv_ctx *s, const cz_colorizer *cz);

@@ -1,0 +1,1204 @@
+/* jobs.c: the training-job registry (contract in jobs.h and server/CONTRACT.md).
+ *
+ * A job moves queued -> running -> succeeded | failed | cancelled; a job found queued or
+ * running when the registry is opened (the daemon stopped or crashed) is interrupted.
+ * cancelled, failed and interrupted jobs can be resumed: they are queued again and continue
+ * from the last checkpoint in their run dir (from the start when there is none).
+ *
+ * What is read where: this module's own record (job.json) holds the parameters, status,
+ * timestamps and error; the trainer's state.json (in run/) holds progress, last losses and
+ * metrics, checkpoints and the best one; while a job runs, its live trainer is asked instead
+ * (cz_trainer_get_info) for progress, rate and ETA. Loss history comes from run/losses.jsonl
+ * and run/val.jsonl, the append-only logs the trainer flushes every step.
+ *
+ * Locking: J->mu guards the list and every job field. The device thread never holds it during
+ * a trainer call except cz_trainer_cancel/get_info (cheap, take the trainer's own lock: order
+ * J->mu -> trainer mu). A trainer is only destroyed after it was unpublished under J->mu.
+ * Tested by tests/unit/test_jobs.c and tests/integration/test_train_http.c. */
+#include "jobs.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fileio.h"
+#include "log.h"
+#include "trainer.h"
+
+#define MOD "jobs"
+#define MAX_LOSS_RECORDS 100000 /* per /losses response; a larger stride is asked for above */
+#define JOB_FILE_MAX (1 << 20)
+#define STATE_FILE_MAX (64 << 20)
+
+typedef enum jstatus { J_QUEUED, J_RUNNING, J_SUCCEEDED, J_FAILED, J_CANCELLED, J_INTERRUPTED, J_NSTATUS } jstatus;
+static const char *const k_status_names[J_NSTATUS] = {"queued",    "running",   "succeeded",
+                                                      "failed",    "cancelled", "interrupted"};
+
+typedef enum jinit { INIT_SCRATCH, INIT_CURRENT, INIT_CHECKPOINT } jinit;
+static const char *const k_init_names[] = {"scratch", "current", "checkpoint"};
+
+/* Effective parameters of a job (defaults filled). */
+typedef struct jparams {
+    char dataset[256];
+    long steps;    /* 0 when epochs is used */
+    double epochs; /* 0 when steps is used */
+    int batch, size, ngf, keep;
+    double lr, lambda_l1;
+    jinit init;
+    char init_job[65];
+    long init_step; /* -1 best, -2 latest */
+    uint64_t seed;
+    long validate_every, checkpoint_every, lr_decay_steps;
+} jparams;
+
+typedef struct job {
+    char id[65];
+    char dir[PATH_MAX], run[PATH_MAX];
+    jparams p;
+    char data_dir[PATH_MAX];    /* dataset resolved at submit / resume */
+    char init_path[PATH_MAX];   /* weights for init current/checkpoint ("" = none) */
+    char resume_from[PATH_MAX]; /* checkpoint the next start resumes from ("" = none) */
+    jstatus status;
+    char error[512];
+    double created, started, finished; /* unix seconds, 0 = not yet */
+    int cancel_req;
+    cz_trainer *trainer; /* while running, published under J->mu */
+    struct job *next;    /* list, oldest first */
+} job;
+
+struct cz_jobs {
+    cz_jobs_opts o;
+    char data_root[PATH_MAX]; /* realpath, "" when training is off */
+    char state_dir[PATH_MAX];
+    pthread_mutex_t mu;
+    job *head;
+    job *active; /* the job the device thread works on */
+    void (*wake)(void *);
+    void *wake_arg;
+    unsigned long long steps_total;
+    long active_step; /* step of the active job when last seen */
+    double last_ips;
+};
+
+/* ---------------------------------------------------------------- small helpers */
+
+static int api_err(cz_api_error *e, int http, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int api_err(cz_api_error *e, int http, const char *code, const char *fmt, ...) {
+    e->http = http;
+    e->code = code;
+    e->retry_after = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static json_t *time_json(double t) {
+    if (t <= 0) return json_null();
+    time_t s = (time_t)t;
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    char buf[32];
+    strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return json_string(buf);
+}
+
+/* snprintf for paths and ids, where truncation is prevented by the callers' bounds (ids are
+ * at most 64 chars, directories are checked at open); through a function so the compiler's
+ * truncation analysis of each call site does not apply. */
+static void fmt(char *out, size_t cap, const char *f, ...) __attribute__((format(printf, 3, 4)));
+static void fmt(char *out, size_t cap, const char *f, ...) {
+    va_list ap;
+    va_start(ap, f);
+    vsnprintf(out, cap, f, ap);
+    va_end(ap);
+}
+
+static json_t *num_or_null(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+/* Client-supplied text made safe to quote in a message. */
+static void printable(char *out, size_t cap, const char *s) {
+    size_t n = 0;
+    for (; s && *s && n + 1 < cap; s++) out[n++] = (*s >= 0x20 && *s < 0x7f) ? *s : '?';
+    out[n] = '\0';
+}
+
+int cz_job_id_valid(const char *id) {
+    size_t n = 0;
+    if (!id) return 0;
+    for (; id[n]; n++) {
+        char c = id[n];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-')) return 0;
+        if (n >= 64) return 0;
+    }
+    return n > 0;
+}
+
+static cz_status mkdir_p(const char *path) {
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "path too long: %s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return cz_error_set(CZ_ERR_IO, "mkdir %s: %s", tmp, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return cz_error_set(CZ_ERR_IO, "mkdir %s: %s", tmp, strerror(errno));
+    return CZ_OK;
+}
+
+static json_t *load_json_file(const char *path, size_t max) {
+    uint8_t *data = NULL;
+    size_t len = 0;
+    if (cz_file_read(path, max, &data, &len) != CZ_OK) return NULL;
+    json_t *v = json_loadb((const char *)data, len, 0, NULL);
+    free(data);
+    return v;
+}
+
+/* ---------------------------------------------------------------- parameters */
+
+static void params_default(const cz_jobs *J, jparams *p) {
+    memset(p, 0, sizeof *p);
+    p->batch = 1;
+    p->size = 256;
+    p->ngf = 64;
+    p->keep = J->o.keep_checkpoints;
+    p->lr = 2e-4;
+    p->lambda_l1 = 100;
+    p->init = INIT_SCRATCH;
+    p->init_step = -2;
+    p->validate_every = 500;
+    p->checkpoint_every = 1000;
+}
+
+static int int_field(json_t *v, const char *key, long long lo, long long hi, long long *out, cz_api_error *e) {
+    if (!json_is_integer(v)) return api_err(e, 400, "invalid_field", "%s: expected an integer", key);
+    long long x = json_integer_value(v);
+    if (x < lo || x > hi) return api_err(e, 400, "invalid_field", "%s: %lld is out of range %lld..%lld", key, x, lo, hi);
+    *out = x;
+    return 0;
+}
+
+static int num_field(json_t *v, const char *key, double lo, double hi, int lo_open, double *out, cz_api_error *e) {
+    if (!json_is_number(v)) return api_err(e, 400, "invalid_field", "%s: expected a number", key);
+    double x = json_number_value(v);
+    if (!isfinite(x) || x > hi || x < lo || (lo_open && x <= lo))
+        return api_err(e, 400, "invalid_field", "%s: %g is out of range %s%g, %g]", key, x, lo_open ? "(" : "[", lo, hi);
+    *out = x;
+    return 0;
+}
+
+static int str_field(json_t *v, const char *key, char *out, size_t cap, cz_api_error *e) {
+    if (!json_is_string(v)) return api_err(e, 400, "invalid_field", "%s: expected a string", key);
+    const char *s = json_string_value(v);
+    if (strlen(s) >= cap) return api_err(e, 400, "invalid_field", "%s: longer than %zu bytes", key, cap - 1);
+    snprintf(out, cap, "%s", s);
+    return 0;
+}
+
+/* depth the trainer derives from an image size: the largest 5..8 with 2^depth <= size */
+static int depth_for(int size) {
+    int d = CZ_UNET_MIN_DEPTH;
+    while (d < CZ_UNET_MAX_DEPTH && (1 << (d + 1)) <= size) d++;
+    return d;
+}
+
+/* Parses a request object into p (defaults first). `stored`: a record read back from disk,
+ * where the configured limits are not re-applied. */
+static int parse_params(const cz_jobs *J, json_t *o, jparams *p, int stored, cz_api_error *e) {
+    params_default(J, p);
+    int have_steps = 0, have_epochs = 0, have_ngf = 0, have_init_job = 0, have_init_step = 0, have_decay = 0;
+    const char *key;
+    json_t *v;
+    long long x;
+    long long max_steps = stored ? 100000000 : J->o.max_steps;
+    long long max_batch = stored ? 4096 : J->o.max_batch, max_size = stored ? 4096 : J->o.max_image_size;
+    json_object_foreach(o, key, v) {
+        char k[72];
+        printable(k, sizeof k, key);
+        if (!strcmp(key, "dataset")) {
+            if (str_field(v, k, p->dataset, sizeof p->dataset, e)) return -1;
+        } else if (!strcmp(key, "steps")) {
+            if (json_is_null(v)) continue;
+            if (int_field(v, k, 1, max_steps, &x, e)) return -1;
+            p->steps = (long)x;
+            have_steps = 1;
+        } else if (!strcmp(key, "epochs")) {
+            if (json_is_null(v)) continue;
+            if (num_field(v, k, 0, 10000, 1, &p->epochs, e)) return -1;
+            have_epochs = 1;
+        } else if (!strcmp(key, "batch_size")) {
+            if (int_field(v, k, 1, max_batch, &x, e)) return -1;
+            p->batch = (int)x;
+        } else if (!strcmp(key, "image_size")) {
+            if (int_field(v, k, 64, max_size, &x, e)) return -1;
+            int d = depth_for((int)x);
+            if (x % 32 || x % (1 << d))
+                return api_err(e, 400, "invalid_field", "image_size: %lld must be a multiple of 32 and of %d (2^depth)", x,
+                               1 << d);
+            p->size = (int)x;
+        } else if (!strcmp(key, "lr")) {
+            if (num_field(v, k, 0, 1, 1, &p->lr, e)) return -1;
+        } else if (!strcmp(key, "lambda_l1")) {
+            if (num_field(v, k, 0, 10000, 0, &p->lambda_l1, e)) return -1;
+        } else if (!strcmp(key, "ngf")) {
+            if (json_is_null(v)) continue;
+            if (int_field(v, k, 4, 128, &x, e)) return -1;
+            p->ngf = (int)x;
+            have_ngf = 1;
+        } else if (!strcmp(key, "init")) {
+            char s[32];
+            if (str_field(v, k, s, sizeof s, e)) return -1;
+            size_t i = 0;
+            while (i < 3 && strcmp(s, k_init_names[i]) != 0) i++;
+            if (i == 3) return api_err(e, 400, "invalid_field", "init: expected \"scratch\", \"current\" or \"checkpoint\"");
+            p->init = (jinit)i;
+        } else if (!strcmp(key, "init_job")) {
+            if (json_is_null(v)) continue;
+            if (str_field(v, k, p->init_job, sizeof p->init_job, e)) return -1;
+            if (!cz_job_id_valid(p->init_job)) return api_err(e, 400, "invalid_field", "init_job: not a job id");
+            have_init_job = 1;
+        } else if (!strcmp(key, "init_step")) {
+            if (json_is_null(v)) continue;
+            if (json_is_string(v) && !strcmp(json_string_value(v), "best"))
+                p->init_step = -1;
+            else if (json_is_string(v) && !strcmp(json_string_value(v), "latest"))
+                p->init_step = -2;
+            else if (json_is_integer(v) && json_integer_value(v) >= 0 && json_integer_value(v) <= 1000000000)
+                p->init_step = (long)json_integer_value(v);
+            else
+                return api_err(e, 400, "invalid_field", "init_step: expected a step number, \"best\" or \"latest\"");
+            have_init_step = 1;
+        } else if (!strcmp(key, "seed")) {
+            if (int_field(v, k, 0, 9007199254740992LL, &x, e)) return -1;
+            p->seed = (uint64_t)x;
+        } else if (!strcmp(key, "validate_every")) {
+            if (int_field(v, k, 0, 1000000000, &x, e)) return -1;
+            p->validate_every = (long)x;
+        } else if (!strcmp(key, "checkpoint_every")) {
+            if (int_field(v, k, 0, 1000000000, &x, e)) return -1;
+            p->checkpoint_every = (long)x;
+        } else if (!strcmp(key, "keep_checkpoints")) {
+            if (int_field(v, k, 0, 1000, &x, e)) return -1;
+            p->keep = (int)x;
+        } else if (!strcmp(key, "lr_decay_steps")) {
+            if (int_field(v, k, 0, 100000000, &x, e)) return -1;
+            p->lr_decay_steps = (long)x;
+            have_decay = x > 0;
+        } else {
+            return api_err(e, 400, "invalid_field", "%s: unknown field", k);
+        }
+    }
+    if (!p->dataset[0]) return api_err(e, 400, "invalid_field", "dataset: required (a directory under train.data_root)");
+    if (have_steps == have_epochs)
+        return api_err(e, 400, "invalid_field", "steps: give exactly one of steps and epochs");
+    if (have_ngf && p->init != INIT_SCRATCH)
+        return api_err(e, 400, "invalid_field", "ngf: only with init \"scratch\" (otherwise the weights decide)");
+    if (p->init == INIT_CHECKPOINT && !have_init_job)
+        return api_err(e, 400, "invalid_field", "init_job: required with init \"checkpoint\"");
+    if (p->init != INIT_CHECKPOINT && (have_init_job || have_init_step))
+        return api_err(e, 400, "invalid_field", "%s: only with init \"checkpoint\"", have_init_job ? "init_job" : "init_step");
+    if (have_decay && have_steps && p->lr_decay_steps > p->steps)
+        return api_err(e, 400, "invalid_field", "lr_decay_steps: %ld is more than steps (%ld)", p->lr_decay_steps, p->steps);
+    return 0;
+}
+
+static json_t *params_json(const jparams *p) {
+    json_t *o = json_object();
+    json_object_set_new(o, "dataset", json_string(p->dataset));
+    json_object_set_new(o, "steps", p->steps ? json_integer(p->steps) : json_null());
+    json_object_set_new(o, "epochs", p->steps ? json_null() : json_real(p->epochs));
+    json_object_set_new(o, "batch_size", json_integer(p->batch));
+    json_object_set_new(o, "image_size", json_integer(p->size));
+    json_object_set_new(o, "lr", json_real(p->lr));
+    json_object_set_new(o, "lambda_l1", json_real(p->lambda_l1));
+    json_object_set_new(o, "ngf", p->init == INIT_SCRATCH ? json_integer(p->ngf) : json_null());
+    json_object_set_new(o, "init", json_string(k_init_names[p->init]));
+    if (p->init == INIT_CHECKPOINT) {
+        json_object_set_new(o, "init_job", json_string(p->init_job));
+        json_object_set_new(o, "init_step", p->init_step == -1   ? json_string("best")
+                                            : p->init_step == -2 ? json_string("latest")
+                                                                 : json_integer(p->init_step));
+    }
+    json_object_set_new(o, "seed", json_integer((json_int_t)p->seed));
+    json_object_set_new(o, "validate_every", json_integer(p->validate_every));
+    json_object_set_new(o, "checkpoint_every", json_integer(p->checkpoint_every));
+    json_object_set_new(o, "keep_checkpoints", json_integer(p->keep));
+    json_object_set_new(o, "lr_decay_steps", json_integer(p->lr_decay_steps));
+    return o;
+}
+
+/* ---------------------------------------------------------------- dataset confinement */
+
+/* Whether dir holds at least one .jpg/.jpeg/.png (recursively, bounded). */
+static int has_image(const char *dir, int depth, long *budget) {
+    if (depth > 32) return 0;
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *de;
+    int found = 0;
+    while (!found && (de = readdir(d)) && --*budget > 0) {
+        if (de->d_name[0] == '.') continue;
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= (int)sizeof path) continue;
+        struct stat st;
+        if (stat(path, &st) != 0) continue;
+        if (S_ISDIR(st.st_mode)) {
+            found = has_image(path, depth + 1, budget);
+        } else if (S_ISREG(st.st_mode) && st.st_size > 0) {
+            const char *dot = strrchr(de->d_name, '.');
+            found = dot && (!strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".png"));
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+static int resolve_dataset(const cz_jobs *J, const char *name, char *out, size_t cap, cz_api_error *e) {
+    char shown[300];
+    printable(shown, sizeof shown, name);
+    if (name[0] == '/')
+        return api_err(e, 400, "invalid_field", "dataset: '%s' is absolute; name a directory under train.data_root", shown);
+    for (const char *s = name; *s;) { /* no ".." component */
+        const char *slash = strchr(s, '/');
+        size_t n = slash ? (size_t)(slash - s) : strlen(s);
+        if (n == 2 && s[0] == '.' && s[1] == '.')
+            return api_err(e, 400, "invalid_field", "dataset: '%s' leaves train.data_root ('..')", shown);
+        s += n;
+        while (*s == '/') s++;
+    }
+    char joined[PATH_MAX], real[PATH_MAX];
+    if (snprintf(joined, sizeof joined, "%s/%s", J->data_root, name) >= (int)sizeof joined)
+        return api_err(e, 400, "invalid_field", "dataset: path too long");
+    if (!realpath(joined, real)) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return api_err(e, 404, "dataset_not_found", "dataset '%s' does not exist under train.data_root", shown);
+        return api_err(e, 404, "dataset_not_found", "dataset '%s': %s", shown, strerror(errno));
+    }
+    size_t rn = strlen(J->data_root);
+    if (strncmp(real, J->data_root, rn) != 0 || real[rn] != '/')
+        return api_err(e, 400, "invalid_field", "dataset: '%s' resolves outside train.data_root", shown);
+    struct stat st;
+    if (stat(real, &st) != 0 || !S_ISDIR(st.st_mode))
+        return api_err(e, 404, "dataset_not_found", "dataset '%s' is not a directory", shown);
+    long budget = 200000;
+    if (!has_image(real, 0, &budget))
+        return api_err(e, 422, "empty_dataset", "dataset '%s' holds no .jpg/.jpeg/.png file", shown);
+    snprintf(out, cap, "%s", real);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- records */
+
+static job *find(cz_jobs *J, const char *id) {
+    for (job *a = J->head; a; a = a->next)
+        if (!strcmp(a->id, id)) return a;
+    return NULL;
+}
+
+static cz_status write_record(const job *a) {
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(a->id));
+    json_object_set_new(o, "status", json_string(k_status_names[a->status]));
+    json_object_set_new(o, "error", a->error[0] ? json_string(a->error) : json_null());
+    json_object_set_new(o, "params", params_json(&a->p));
+    json_object_set_new(o, "created", json_real(a->created));
+    json_object_set_new(o, "started", a->started > 0 ? json_real(a->started) : json_null());
+    json_object_set_new(o, "finished", a->finished > 0 ? json_real(a->finished) : json_null());
+    json_object_set_new(o, "data_dir", json_string(a->data_dir));
+    json_object_set_new(o, "init_path", a->init_path[0] ? json_string(a->init_path) : json_null());
+    json_object_set_new(o, "resume_from", a->resume_from[0] ? json_string(a->resume_from) : json_null());
+    char *txt = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
+    json_decref(o);
+    if (!txt) return cz_error_set(CZ_ERR_NOMEM, "job record: out of memory");
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/job.json", a->dir);
+    cz_status s = cz_file_write_atomic(path, txt, strlen(txt));
+    free(txt);
+    if (s != CZ_OK) CZ_LOGW(MOD, "job %s: cannot write its record: %s", a->id, cz_error_detail());
+    return s;
+}
+
+static const char *jstr(json_t *o, const char *k) {
+    json_t *v = json_object_get(o, k);
+    return json_is_string(v) ? json_string_value(v) : "";
+}
+
+static double jnum(json_t *o, const char *k) {
+    json_t *v = json_object_get(o, k);
+    return json_is_number(v) ? json_number_value(v) : 0;
+}
+
+static job *load_record(cz_jobs *J, const char *dir, const char *id) {
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/job.json", dir);
+    json_t *o = load_json_file(path, JOB_FILE_MAX);
+    if (!o || !json_is_object(o)) {
+        CZ_LOGW(MOD, "skipping %s: not a readable job record", path);
+        json_decref(o);
+        return NULL;
+    }
+    job *a = calloc(1, sizeof *a);
+    cz_api_error e = {0};
+    const char *st = jstr(o, "status");
+    int si = 0;
+    while (si < J_NSTATUS && strcmp(st, k_status_names[si]) != 0) si++;
+    json_t *params = json_object_get(o, "params");
+    if (!a || strcmp(jstr(o, "id"), id) != 0 || si == J_NSTATUS || !json_is_object(params) ||
+        parse_params(J, params, &a->p, 1, &e) != 0) {
+        CZ_LOGW(MOD, "skipping %s: invalid record%s%s", path, e.http ? ": " : "", e.http ? e.message : "");
+        free(a);
+        json_decref(o);
+        return NULL;
+    }
+    fmt(a->id, sizeof a->id, "%s", id);
+    fmt(a->dir, sizeof a->dir, "%s", dir);
+    fmt(a->run, sizeof a->run, "%s/run", dir);
+    snprintf(a->error, sizeof a->error, "%s", jstr(o, "error"));
+    snprintf(a->data_dir, sizeof a->data_dir, "%s", jstr(o, "data_dir"));
+    snprintf(a->init_path, sizeof a->init_path, "%s", jstr(o, "init_path"));
+    snprintf(a->resume_from, sizeof a->resume_from, "%s", jstr(o, "resume_from"));
+    a->created = jnum(o, "created");
+    a->started = jnum(o, "started");
+    a->finished = jnum(o, "finished");
+    a->status = (jstatus)si;
+    json_decref(o);
+    if (a->status == J_QUEUED || a->status == J_RUNNING) {
+        a->status = J_INTERRUPTED;
+        snprintf(a->error, sizeof a->error, "the daemon stopped while the job was %s", k_status_names[si]);
+        write_record(a);
+    }
+    return a;
+}
+
+static int cmp_created(const void *x, const void *y) {
+    const job *a = *(job *const *)x, *b = *(job *const *)y;
+    if (a->created != b->created) return a->created < b->created ? -1 : 1;
+    return strcmp(a->id, b->id);
+}
+
+cz_status cz_jobs_open(const cz_jobs_opts *o, cz_jobs **out) {
+    *out = NULL;
+    if (!o || !o->state_dir || !*o->state_dir)
+        return cz_error_set(CZ_ERR_CONFIG, "train.state_dir: required");
+    cz_jobs *J = calloc(1, sizeof *J);
+    if (!J) return cz_error_set(CZ_ERR_NOMEM, "jobs: out of memory");
+    J->o = *o;
+    pthread_mutex_init(&J->mu, NULL);
+    if (o->data_root && *o->data_root) {
+        if (!realpath(o->data_root, J->data_root)) {
+            cz_status s = cz_error_set(CZ_ERR_CONFIG, "train.data_root = '%s': %s", o->data_root, strerror(errno));
+            free(J);
+            return s;
+        }
+    }
+    char jobs_dir[PATH_MAX];
+    snprintf(J->state_dir, sizeof J->state_dir, "%s", o->state_dir);
+    snprintf(jobs_dir, sizeof jobs_dir, "%s/jobs", o->state_dir);
+    cz_status s = mkdir_p(jobs_dir);
+    if (s != CZ_OK) {
+        free(J);
+        return cz_error_set(s, "train.state_dir: %s", cz_error_detail());
+    }
+    DIR *d = opendir(jobs_dir);
+    if (!d) {
+        free(J);
+        return cz_error_set(CZ_ERR_IO, "train.state_dir: cannot list %s: %s", jobs_dir, strerror(errno));
+    }
+    job **all = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (!cz_job_id_valid(de->d_name)) continue;
+        char dir[PATH_MAX];
+        if (snprintf(dir, sizeof dir, "%s/%s", jobs_dir, de->d_name) >= (int)sizeof dir) continue;
+        job *a = load_record(J, dir, de->d_name);
+        if (!a) continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            job **na = realloc(all, cap * sizeof *na);
+            if (!na) {
+                free(a);
+                break;
+            }
+            all = na;
+        }
+        all[n++] = a;
+    }
+    closedir(d);
+    if (n) qsort(all, n, sizeof *all, cmp_created);
+    job **tail = &J->head;
+    for (size_t i = 0; i < n; i++) {
+        *tail = all[i];
+        tail = &all[i]->next;
+    }
+    free(all);
+    if (n) CZ_LOGI(MOD, "%zu job records loaded from %s", n, jobs_dir);
+    *out = J;
+    return CZ_OK;
+}
+
+void cz_jobs_close(cz_jobs *J) {
+    if (!J) return;
+    for (job *a = J->head, *nx; a; a = nx) {
+        nx = a->next;
+        if (a->status == J_QUEUED || a->status == J_RUNNING) {
+            snprintf(a->error, sizeof a->error, "the daemon stopped while the job was %s", k_status_names[a->status]);
+            a->status = J_INTERRUPTED;
+            write_record(a);
+        }
+        cz_trainer_destroy(a->trainer);
+        free(a);
+    }
+    pthread_mutex_destroy(&J->mu);
+    free(J);
+}
+
+void cz_jobs_set_wake(cz_jobs *J, void (*fn)(void *arg), void *arg) {
+    pthread_mutex_lock(&J->mu);
+    J->wake = fn;
+    J->wake_arg = arg;
+    pthread_mutex_unlock(&J->mu);
+}
+
+static void wake(cz_jobs *J) {
+    void (*fn)(void *) = J->wake;
+    if (fn) fn(J->wake_arg);
+}
+
+/* ---------------------------------------------------------------- run dir readers */
+
+/* The latest (highest-step) checkpoint listed in run/state.json whose file exists. */
+static int latest_checkpoint(const job *a, char *path, size_t cap, long *step) {
+    char sp[PATH_MAX + 16];
+    snprintf(sp, sizeof sp, "%s/state.json", a->run);
+    json_t *st = load_json_file(sp, STATE_FILE_MAX);
+    json_t *arr = st ? json_object_get(st, "checkpoints") : NULL;
+    long best = -1;
+    size_t i;
+    json_t *c;
+    json_array_foreach(arr, i, c) {
+        long s = (long)jnum(c, "step");
+        char p[PATH_MAX + 64];
+        fmt(p, sizeof p, "%s/%s", a->run, jstr(c, "path"));
+        if (s > best && access(p, R_OK) == 0) {
+            best = s;
+            fmt(path, cap, "%s", p);
+        }
+    }
+    json_decref(st);
+    if (best < 0) return -1;
+    *step = best;
+    return 0;
+}
+
+/* Steps of the sample sheets in run/samples, ascending. */
+static json_t *samples_json(const job *a) {
+    char dir[PATH_MAX + 16];
+    snprintf(dir, sizeof dir, "%s/samples", a->run);
+    json_t *arr = json_array();
+    DIR *d = opendir(dir);
+    if (!d) return arr;
+    long *steps = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        long s;
+        char tail[8];
+        if (sscanf(de->d_name, "step_%ld.%4s", &s, tail) != 2 || strcmp(tail, "png") != 0 || s < 0) continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            long *ns = realloc(steps, cap * sizeof *ns);
+            if (!ns) break;
+            steps = ns;
+        }
+        steps[n++] = s;
+    }
+    closedir(d);
+    for (size_t i = 1; i < n; i++) /* insertion sort: a handful of sheets */
+        for (size_t k = i; k > 0 && steps[k - 1] > steps[k]; k--) {
+            long t = steps[k];
+            steps[k] = steps[k - 1];
+            steps[k - 1] = t;
+        }
+    for (size_t i = 0; i < n; i++) json_array_append_new(arr, json_integer(steps[i]));
+    free(steps);
+    return arr;
+}
+
+static json_t *val_json(const cz_val_record *v) {
+    return json_pack("{s:I,s:I,s:o,s:o,s:o,s:o,s:o,s:o}", "step", (json_int_t)v->step, "images",
+                     (json_int_t)v->m.images, "l1", num_or_null(v->m.l1), "l1_ab", num_or_null(v->m.l1_ab), "psnr",
+                     num_or_null(v->m.psnr), "colorfulness_pred", num_or_null(v->m.colorfulness_pred),
+                     "colorfulness_true", num_or_null(v->m.colorfulness_true), "colorfulness_ratio",
+                     num_or_null(v->m.colorfulness_ratio));
+}
+
+/* {step, val_l1} from a state.json checkpoint entry (its path stays private). */
+static json_t *ckpt_public(json_t *c) {
+    json_t *l1 = json_object_get(c, "val_l1");
+    return json_pack("{s:I,s:O}", "step", (json_int_t)jnum(c, "step"), "val_l1", json_is_number(l1) ? l1 : json_null());
+}
+
+/* The job object of the contract. Lock held. */
+static json_t *job_object(job *a) {
+    json_t *o = json_object();
+    char url[96];
+    snprintf(url, sizeof url, "/train/%s", a->id);
+    json_object_set_new(o, "id", json_string(a->id));
+    json_object_set_new(o, "url", json_string(url));
+    json_object_set_new(o, "status", json_string(k_status_names[a->status]));
+    json_object_set_new(o, "params", params_json(&a->p));
+    json_object_set_new(o, "created", time_json(a->created));
+    json_object_set_new(o, "started", time_json(a->started));
+    json_object_set_new(o, "finished", time_json(a->finished));
+
+    char sp[PATH_MAX + 16];
+    snprintf(sp, sizeof sp, "%s/state.json", a->run);
+    json_t *st = load_json_file(sp, STATE_FILE_MAX);
+    if (st && !json_is_object(st)) {
+        json_decref(st);
+        st = NULL;
+    }
+    if (a->trainer) {
+        cz_trainer_info inf;
+        cz_trainer_get_info(a->trainer, &inf);
+        json_object_set_new(o, "step", json_integer(inf.step));
+        json_object_set_new(o, "total", json_integer(inf.total));
+        json_object_set_new(o, "epoch", json_integer(inf.epoch));
+        json_object_set_new(o, "images_per_s", inf.step > 0 ? num_or_null(inf.images_per_s) : json_null());
+        json_object_set_new(o, "eta_s", inf.step > 0 ? num_or_null(inf.eta_s) : json_null());
+        json_object_set_new(o, "elapsed_s", num_or_null(inf.elapsed_s));
+        const cz_gan_losses *l = &inf.last_losses;
+        json_object_set_new(o, "losses",
+                            inf.step > 0 ? json_pack("{s:o,s:o,s:o,s:o}", "g_gan", num_or_null(l->g_gan), "g_l1",
+                                                     num_or_null(l->g_l1), "d_real", num_or_null(l->d_real), "d_fake",
+                                                     num_or_null(l->d_fake))
+                                         : json_null());
+        json_object_set_new(o, "validation", inf.have_val ? val_json(&inf.last_val) : json_null());
+        json_object_set_new(o, "model", json_pack("{s:i,s:i,s:s}", "ngf", inf.arch.ngf, "depth", inf.arch.depth,
+                                                  "color_mode", cz_color_mode_name(inf.arch.mode)));
+    } else if (st) {
+        json_object_set_new(o, "step", json_integer((json_int_t)jnum(st, "step")));
+        json_object_set_new(o, "total", json_integer((json_int_t)jnum(st, "total")));
+        json_object_set_new(o, "epoch", json_integer((json_int_t)jnum(st, "epoch")));
+        json_t *ips = json_object_get(st, "images_per_s");
+        json_object_set_new(o, "images_per_s", json_is_number(ips) ? json_real(json_number_value(ips)) : json_null());
+        json_object_set_new(o, "eta_s", json_null());
+        json_object_set_new(o, "elapsed_s",
+                            a->started > 0 && a->finished >= a->started ? json_real(a->finished - a->started)
+                                                                        : json_null());
+        json_t *l = json_object_get(st, "last_losses"), *m = json_object_get(st, "last_metrics"),
+               *md = json_object_get(st, "model");
+        json_object_set(o, "losses", json_is_object(l) ? l : json_null());
+        json_object_set(o, "validation", json_is_object(m) ? m : json_null());
+        json_object_set(o, "model", json_is_object(md) ? md : json_null());
+    } else {
+        json_object_set_new(o, "step", json_integer(0));
+        json_object_set_new(o, "total", json_integer(a->p.steps));
+        json_object_set_new(o, "epoch", json_integer(0));
+        json_object_set_new(o, "images_per_s", json_null());
+        json_object_set_new(o, "eta_s", json_null());
+        json_object_set_new(o, "elapsed_s", json_null());
+        json_object_set_new(o, "losses", json_null());
+        json_object_set_new(o, "validation", json_null());
+        json_object_set_new(o, "model", json_null());
+    }
+    json_t *ck = json_array(), *arr = st ? json_object_get(st, "checkpoints") : NULL, *c, *best = NULL;
+    size_t i;
+    json_array_foreach(arr, i, c) json_array_append_new(ck, ckpt_public(c));
+    if (st && json_is_object(json_object_get(st, "best"))) best = ckpt_public(json_object_get(st, "best"));
+    json_object_set_new(o, "checkpoints", ck);
+    json_object_set_new(o, "best", best ? best : json_null());
+    json_object_set_new(o, "samples", samples_json(a));
+    json_object_set_new(o, "resumable", json_boolean(a->status == J_INTERRUPTED || a->status == J_CANCELLED ||
+                                                     a->status == J_FAILED));
+    json_object_set_new(o, "error", a->error[0] ? json_string(a->error) : json_null());
+    json_decref(st);
+    return o;
+}
+
+static char *dump(json_t *o, cz_api_error *e) {
+    char *txt = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
+    json_decref(o);
+    if (!txt) api_err(e, 500, "internal_error", "out of memory building the response");
+    return txt;
+}
+
+/* ---------------------------------------------------------------- API */
+
+static int active_count(const cz_jobs *J) {
+    int n = 0;
+    for (const job *a = J->head; a; a = a->next) n += a->status == J_QUEUED || a->status == J_RUNNING;
+    return n;
+}
+
+static void new_id(cz_jobs *J, char id[65]) {
+    for (;;) {
+        time_t t = time(NULL);
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        unsigned char r[3] = {0};
+        if (getrandom(r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
+            uint64_t x = (uint64_t)clock() ^ ((uint64_t)t << 20) ^ (uint64_t)(uintptr_t)id;
+            memcpy(r, &x, 3);
+        }
+        char stamp[20];
+        strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &tm);
+        snprintf(id, 65, "%s-%02x%02x%02x", stamp, r[0], r[1], r[2]);
+        if (!find(J, id)) return;
+    }
+}
+
+/* The checkpoint file of job `src` for step selector sel (>= 0, -1 best, -2 latest). Lock held. */
+static int checkpoint_of(job *src, long sel, char *path, size_t cap, long *step_out, cz_api_error *e) {
+    char sp[PATH_MAX + 16];
+    snprintf(sp, sizeof sp, "%s/state.json", src->run);
+    json_t *st = load_json_file(sp, STATE_FILE_MAX);
+    json_t *pick = NULL, *arr = st ? json_object_get(st, "checkpoints") : NULL, *c;
+    size_t i;
+    if (sel == -1) {
+        pick = st ? json_object_get(st, "best") : NULL;
+        if (!json_is_object(pick)) pick = NULL;
+    } else {
+        json_array_foreach(arr, i, c) {
+            long s = (long)jnum(c, "step");
+            if ((sel >= 0 && s == sel) || (sel == -2 && (!pick || s > (long)jnum(pick, "step")))) pick = c;
+        }
+    }
+    int rc = -1;
+    if (!pick) {
+        if (sel == -1)
+            api_err(e, 404, "checkpoint_not_found", "job %s has no best checkpoint yet (no validated checkpoint)", src->id);
+        else if (sel == -2)
+            api_err(e, 404, "checkpoint_not_found", "job %s has no checkpoint yet", src->id);
+        else
+            api_err(e, 404, "checkpoint_not_found", "job %s has no checkpoint at step %ld", src->id, sel);
+    } else {
+        char p[PATH_MAX + 64];
+        snprintf(p, sizeof p, "%s/%s", src->run, jstr(pick, "path"));
+        if (access(p, R_OK) != 0) {
+            api_err(e, 404, "checkpoint_not_found", "job %s: checkpoint of step %ld is gone (%s)", src->id,
+                    (long)jnum(pick, "step"), strerror(errno));
+        } else {
+            snprintf(path, cap, "%s", p);
+            *step_out = (long)jnum(pick, "step");
+            rc = 0;
+        }
+    }
+    json_decref(st);
+    return rc;
+}
+
+char *cz_jobs_submit(cz_jobs *J, const char *body, size_t len, const char *current_model, char id[65],
+                     cz_api_error *e) {
+    memset(e, 0, sizeof *e);
+    if (!J->data_root[0]) {
+        api_err(e, 409, "training_disabled", "training is off: set train.data_root to the directory holding datasets");
+        return NULL;
+    }
+    json_error_t je;
+    json_t *req = json_loadb(body ? body : "", len, JSON_REJECT_DUPLICATES, &je);
+    if (!req) {
+        api_err(e, 400, "invalid_json", "request body is not valid JSON: %s (line %d, column %d)", je.text, je.line,
+                je.column);
+        return NULL;
+    }
+    if (!json_is_object(req)) {
+        json_decref(req);
+        api_err(e, 400, "invalid_json", "request body must be a JSON object");
+        return NULL;
+    }
+    job *a = calloc(1, sizeof *a);
+    if (!a) {
+        json_decref(req);
+        api_err(e, 503, "out_of_memory", "out of memory");
+        return NULL;
+    }
+    int rc = parse_params(J, req, &a->p, 0, e);
+    json_decref(req);
+    if (rc == 0) rc = resolve_dataset(J, a->p.dataset, a->data_dir, sizeof a->data_dir, e);
+    if (rc != 0) {
+        free(a);
+        return NULL;
+    }
+    pthread_mutex_lock(&J->mu);
+    char *out = NULL;
+    if (active_count(J) >= J->o.max_jobs) {
+        api_err(e, 429, "too_many_jobs", "%d jobs are queued or running (train.max_jobs); try again later", J->o.max_jobs);
+        e->retry_after = 60;
+        goto done;
+    }
+    if (a->p.init == INIT_CURRENT) {
+        if (!current_model || !*current_model) {
+            api_err(e, 409, "no_current_model", "init \"current\": the model in service has no file to start from");
+            goto done;
+        }
+        snprintf(a->init_path, sizeof a->init_path, "%s", current_model);
+    } else if (a->p.init == INIT_CHECKPOINT) {
+        job *src = find(J, a->p.init_job);
+        long step;
+        if (!src) {
+            api_err(e, 404, "job_not_found", "init_job: no job %s", a->p.init_job);
+            goto done;
+        }
+        if (checkpoint_of(src, a->p.init_step, a->init_path, sizeof a->init_path, &step, e) != 0) goto done;
+    }
+    new_id(J, a->id);
+    fmt(a->dir, sizeof a->dir, "%s/jobs/%s", J->state_dir, a->id);
+    fmt(a->run, sizeof a->run, "%s/run", a->dir);
+    a->created = now_s();
+    a->status = J_QUEUED;
+    if (mkdir_p(a->dir) != CZ_OK || write_record(a) != CZ_OK) {
+        api_err(e, 507, "insufficient_storage", "cannot create the job record: %s", cz_error_detail());
+        rmdir(a->dir);
+        goto done;
+    }
+    job **pp = &J->head;
+    while (*pp) pp = &(*pp)->next;
+    *pp = a;
+    snprintf(id, 65, "%s", a->id);
+    out = dump(job_object(a), e);
+    CZ_LOGI(MOD, "job %s queued: dataset %s, %s %g, batch %d, size %d, init %s", a->id, a->p.dataset,
+            a->p.steps ? "steps" : "epochs", a->p.steps ? (double)a->p.steps : a->p.epochs, a->p.batch, a->p.size,
+            k_init_names[a->p.init]);
+    a = NULL;
+done:
+    pthread_mutex_unlock(&J->mu);
+    free(a);
+    if (out) wake(J);
+    return out;
+}
+
+char *cz_jobs_list_json(cz_jobs *J, cz_api_error *e) {
+    memset(e, 0, sizeof *e);
+    json_t *arr = json_array();
+    pthread_mutex_lock(&J->mu);
+    for (job *a = J->head; a; a = a->next) json_array_insert_new(arr, 0, job_object(a)); /* newest first */
+    pthread_mutex_unlock(&J->mu);
+    json_t *o = json_object();
+    json_object_set_new(o, "jobs", arr);
+    return dump(o, e);
+}
+
+static job *find_or_err(cz_jobs *J, const char *id, cz_api_error *e) {
+    job *a = cz_job_id_valid(id) ? find(J, id) : NULL;
+    if (!a) {
+        char shown[80];
+        printable(shown, sizeof shown, id);
+        api_err(e, 404, "job_not_found", "no job %s", shown);
+    }
+    return a;
+}
+
+char *cz_jobs_get_json(cz_jobs *J, const char *id, cz_api_error *e) {
+    memset(e, 0, sizeof *e);
+    pthread_mutex_lock(&J->mu);
+    job *a = find_or_err(J, id, e);
+    json_t *o = a ? job_object(a) : NULL;
+    pthread_mutex_unlock(&J->mu);
+    return a ? dump(o, e) : NULL;
+}
+
+/* Appends every stride-th parsable line of a JSON-lines file to arr; returns the count of
+ * parsable lines. A half-written last line (the trainer appends while we read) is skipped. */
+static long read_jsonl(const char *path, long stride, json_t *arr) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char *line = NULL;
+    size_t cap = 0;
+    long n = 0;
+    while (getline(&line, &cap, f) > 0) {
+        json_t *v = json_loads(line, 0, NULL);
+        if (!json_is_object(v)) {
+            json_decref(v);
+            continue;
+        }
+        if (n % stride == 0)
+            json_array_append_new(arr, v);
+        else
+            json_decref(v);
+        n++;
+    }
+    free(line);
+    fclose(f);
+    return n;
+}
+
+char *cz_jobs_losses_json(cz_jobs *J, const char *id, long stride, cz_api_error *e) {
+    memset(e, 0, sizeof *e);
+    pthread_mutex_lock(&J->mu);
+    job *a = find_or_err(J, id, e);
+    char run[PATH_MAX];
+    long total_hint = 0;
+    if (a) {
+        snprintf(run, sizeof run, "%s", a->run);
+        if (a->trainer) {
+            cz_trainer_info inf;
+            cz_trainer_get_info(a->trainer, &inf);
+            total_hint = inf.step;
+        }
+    }
+    pthread_mutex_unlock(&J->mu);
+    if (!a) return NULL;
+    if (total_hint / stride > MAX_LOSS_RECORDS) {
+        api_err(e, 400, "invalid_parameter", "stride: %ld would return about %ld records; at most %d per response",
+                stride, total_hint / stride, MAX_LOSS_RECORDS);
+        return NULL;
+    }
+    char path[PATH_MAX + 32];
+    json_t *losses = json_array(), *vals = json_array();
+    snprintf(path, sizeof path, "%s/losses.jsonl", run);
+    long total = read_jsonl(path, stride, losses);
+    snprintf(path, sizeof path, "%s/val.jsonl", run);
+    read_jsonl(path, 1, vals);
+    if ((long)json_array_size(losses) > MAX_LOSS_RECORDS) {
+        json_decref(losses);
+        json_decref(vals);
+        api_err(e, 400, "invalid_parameter", "stride: %ld returns %ld records; at most %d per response (use stride >= %ld)",
+                stride, (total + stride - 1) / stride, MAX_LOSS_RECORDS, total / MAX_LOSS_RECORDS + 1);
+        return NULL;
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(id));
+    json_object_set_new(o, "stride", json_integer(stride));
+    json_object_set_new(o, "total", json_integer(total));
+    json_object_set_new(o, "losses", losses);
+    json_object_set_new(o, "validation", vals);
+    return dump(o, e);
+}
+
+char *cz_jobs_sample_path(cz_jobs *J, const char *id, long step, cz_api_error *e) {
+    memset(e, 0, sizeof *e);
+    pthread_mutex_lock(&J->mu);
+    job *a = find_or_err(J, id, e);
+    char *path = NULL;
+    if (a) {
+        path = malloc(PATH_MAX + 64);
+        if (path) snprintf(path, PATH_MAX + 64, "%s/samples/step_%ld.png", a->run, step);
+    }
+    pthread_mutex_unlock(&J->mu);
+    if (path && access(path, R_OK) != 0) {
+        api_err(e, 404, "not_found", "job %s has no sample sheet for step %ld", id, step);
+        free(path);
+        return NULL;
+    }
+    if (a && !path) api_err(e, 503, "out_of_memory", "out of memory");
+    return path;
+}
+
+char *cz_jobs_cancel(cz_jobs *J, const char *id, cz_api_error *e) {
+    memset(e, 0, sizeof *e);
+    pthread_mutex_lock(&J->mu);
+    job *a = find_or_err(J, id, e);
+    json_t *o = NULL;
+    if (a) {
+        if (a->status == J_QUEUED) {
+            a->status = J_CANCELLED;
+            a->finished = now_s();
+            snprintf(a->error, sizeof a->error, "cancelled before it started");
+            write_record(a);
+            CZ_LOGI(MOD, "job %s cancelled while queued", a->id);
+        } else if (a->status == J_RUNNING) {
+            a->cancel_req = 1;
+            if (a->trainer) cz_trainer_cancel(a->trainer);
+            CZ_LOGI(MOD, "job %s: cancel requested", a->id);
+        } else {
+            api_err(e, 409, "job_finished", "job %s is %s; only queued or running jobs can be cancelled", a->id,
+                    k_status_names[a->status]);
+            a = NULL;
+        }
+        if (a) o = job_object(a);
+    }
+    pthread_mutex_unlock(&J->mu);
+    if (o) wake(J);
+    return o ? dump(o, e) : NULL;
+}
+
+char *cz_jobs_resume(cz_jobs *J, const char *id, cz_api_error *e) {
+    memset(e, 0, sizeof *e);
+    pthread_mutex_lock(&J->mu);
+    job *a = find_or_err(J, id, e);
+    json_t *o = NULL;
+    if (a && !(a->status == J_INTERRUPTED || a->status == J_CANCELLED || a->status == J_FAILED)) {
+        api_err(e, 409, "job_not_resumable", "job %s is %s; only interrupted, cancelled or failed jobs resume", a->id,
+                k_status_names[a->status]);
+        a = NULL;
+    } else if (a && active_count(J) >= J->o.max_jobs) {
+        api_err(e, 429, "too_many_jobs", "%d jobs are queued or running (train.max_jobs); try again later", J->o.max_jobs);
+        e->retry_after = 60;
+        a = NULL;
+    }
+    if (a) {
+        long step = 0;
+        if (latest_checkpoint(a, a->resume_from, sizeof a->resume_from, &step) != 0) {
+            a->resume_from[0] = '\0';
+            CZ_LOGI(MOD, "job %s has no checkpoint: it starts again from step 0", a->id);
+        } else {
+            CZ_LOGI(MOD, "job %s resumes from its checkpoint of step %ld", a->id, step);
+        }
+        a->status = J_QUEUED;
+        a->error[0] = '\0';
+        a->finished = 0;
+        a->cancel_req = 0;
+        write_record(a);
+        o = job_object(a);
+    }
+    pthread_mutex_unlock(&J->mu);
+    if (o) wake(J);
+    return o ? dump(o, e) : NULL;
+}
+
+int cz_jobs_checkpoint(cz_jobs *J, const char *id, long step, char *path, size_t cap, long *step_out,
+                       cz_api_error *e) {
+    memset(e, 0, sizeof *e);
+    pthread_mutex_lock(&J->mu);
+    job *a = find_or_err(J, id, e);
+    int rc = a ? checkpoint_of(a, step, path, cap, step_out, e) : -1;
+    pthread_mutex_unlock(&J->mu);
+    return rc;
+}
+
+void cz_jobs_stats_get(cz_jobs *J, cz_jobs_stats *st) {
+    memset(st, 0, sizeof *st);
+    pthread_mutex_lock(&J->mu);
+    for (job *a = J->head; a; a = a->next) {
+        switch (a->status) {
+        case J_QUEUED: st->queued++; break;
+        case J_RUNNING: st->running++; break;
+        case J_SUCCEEDED: st->succeeded++; break;
+        case J_FAILED: st->failed++; break;
+        case J_CANCELLED: st->cancelled++; break;
+        case J_INTERRUPTED: st->interrupted++; break;
+        default: break;
+        }
+    }
+    st->steps_total = J->steps_total;
+    st->images_per_s = J->active ? J->last_ips : 0;
+    pthread_mutex_unlock(&J->mu);
+}
+
+/* ---------------------------------------------------------------- device thread */
+
+/* Builds the trainer of job a (device thread, lock not held; a's fields are stable while it
+ * is the active job: only cancel_req and trainer change, under the lock). */
+static cz_status start_trainer(cz_jobs *J, job *a, cz_backend *be, cz_trainer **out) {
+    cz_trainer_config c;
+    cz_trainer_config_default(&c);
+    c.data_dir = a->data_dir;
+    c.out_dir = a->run;
+    c.steps = a->p.steps;
+    c.epochs = a->p.epochs;
+    c.batch = a->p.batch;
+    c.image_size = a->p.size;
+    c.ngf = a->p.ngf;
+    c.lr = (float)a->p.lr;
+    c.lambda_l1 = (float)a->p.lambda_l1;
+    c.seed = a->p.seed;
+    c.validate_every = a->p.validate_every;
+    c.checkpoint_every = a->p.checkpoint_every;
+    c.keep_checkpoints = a->p.keep;
+    c.lr_decay_steps = a->p.lr_decay_steps;
+    c.workers = J->o.workers;
+    if (a->resume_from[0]) {
+        c.init = CZ_TRAIN_INIT_CHECKPOINT;
+        c.init_path = a->resume_from;
+    } else if (a->init_path[0]) {
+        c.init = CZ_TRAIN_INIT_WEIGHTS;
+        c.init_path = a->init_path;
+    } else {
+        c.init = CZ_TRAIN_INIT_SCRATCH;
+    }
+    return cz_trainer_create(be, &c, out);
+}
+
+int cz_jobs_tick(cz_jobs *J, cz_backend *be) {
+    pthread_mutex_lock(&J->mu);
+    job *a = J->active;
+    if (!a) {
+        for (a = J->head; a && a->status != J_QUEUED; a = a->next) {
+        }
+        if (!a) {
+            pthread_mutex_unlock(&J->mu);
+            return 0;
+        }
+        a->status = J_RUNNING;
+        a->started = now_s();
+        a->cancel_req = 0;
+        J->active = a;
+        J->last_ips = 0;
+        write_record(a);
+        pthread_mutex_unlock(&J->mu);
+
+        cz_trainer *t = NULL;
+        cz_error_clear();
+        cz_status s = start_trainer(J, a, be, &t);
+        pthread_mutex_lock(&J->mu);
+        if (s != CZ_OK) {
+            a->status = J_FAILED;
+            a->finished = now_s();
+            snprintf(a->error, sizeof a->error, "could not start: %s", cz_error_detail()[0] ? cz_error_detail() : cz_strerror(s));
+            J->active = NULL;
+            CZ_LOGW(MOD, "job %s failed to start: %s", a->id, a->error);
+        } else {
+            cz_trainer_info inf;
+            cz_trainer_get_info(t, &inf);
+            J->active_step = inf.step;
+            a->trainer = t;
+            a->resume_from[0] = '\0';
+            if (a->cancel_req) cz_trainer_cancel(t);
+            CZ_LOGI(MOD, "job %s running", a->id);
+        }
+        write_record(a);
+        pthread_mutex_unlock(&J->mu);
+        return 1;
+    }
+    cz_trainer *t = a->trainer;
+    pthread_mutex_unlock(&J->mu);
+
+    cz_trainer_step(t);
+    cz_trainer_info inf;
+    cz_trainer_get_info(t, &inf);
+    int done = cz_trainer_done(t);
+    pthread_mutex_lock(&J->mu);
+    if (inf.step > J->active_step) J->steps_total += (unsigned long long)(inf.step - J->active_step);
+    J->active_step = inf.step;
+    J->last_ips = inf.images_per_s;
+    if (done) {
+        a->status = inf.status == CZ_TRAIN_SUCCEEDED ? J_SUCCEEDED : inf.status == CZ_TRAIN_CANCELLED ? J_CANCELLED : J_FAILED;
+        a->finished = now_s();
+        if (a->status == J_FAILED)
+            snprintf(a->error, sizeof a->error, "%s", inf.error[0] ? inf.error : "training failed");
+        else if (a->status == J_CANCELLED)
+            snprintf(a->error, sizeof a->error, "cancelled at step %ld", inf.step);
+        a->trainer = NULL;
+        J->active = NULL;
+        write_record(a);
+        CZ_LOGI(MOD, "job %s %s at step %ld/%ld%s%s", a->id, k_status_names[a->status], inf.step, inf.total,
+                a->status == J_FAILED ? ": " : "", a->status == J_FAILED ? a->error : "");
+    }
+    pthread_mutex_unlock(&J->mu);
+    if (done) cz_trainer_destroy(t);
+    return 1;
+}

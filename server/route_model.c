@@ -1,0 +1,215 @@
+/* route_model.c: swapping the model in service: SIGHUP reloads (main.c) and POST /model
+ * activations of a training checkpoint share srv_model_swap; the activated checkpoint is
+ * remembered in <train.state_dir>/active_model.json so a restarted daemon serves it again.
+ *
+ * A swap loads the new file ON THE DEVICE THREAD (cz_batcher_call: the backend belongs to that
+ * thread; the call runs between inference batches and between training steps), checks that it
+ * has the serving model's depth, channels and colour mode (jobs already prepared by HTTP
+ * threads must stay valid), swaps it in under the model write lock and lets the batcher warm
+ * it up; any failure leaves the old model serving. SIGHUP goes back to the configured file
+ * and forgets the activation record.
+ * Threading: srv_model_swap and the handler run on MHD threads or the main thread, never on the
+ * device thread. Tested by tests/integration/test_train_http.c (activation) and
+ * tests/integration/test_http_ops.c (SIGHUP). */
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fileio.h"
+#include "log.h"
+#include "server.h"
+
+typedef struct swap_ctx {
+    srv_ctx *s;
+    const char *path;
+    const char *job;
+    long step;
+    cz_status st;
+    int incompatible;
+    char err[700];
+} swap_ctx;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static cz_status swap_on_device(cz_colorizer **czp, void *arg) {
+    swap_ctx *sc = arg;
+    srv_ctx *s = sc->s;
+    cz_colorizer_opts co = {.max_batch = s->cfg.max_batch, .precision = (cz_dtype)cz_dtype_parse(s->cfg.precision)};
+    cz_colorizer *fresh = NULL;
+    cz_status st = cz_colorizer_create(s->be, sc->path, &co, &fresh);
+    if (st != CZ_OK) {
+        snprintf(sc->err, sizeof sc->err, "%s", cz_error_detail());
+        return st;
+    }
+    const cz_unet_arch *a = cz_colorizer_arch(*czp), *b = cz_colorizer_arch(fresh);
+    if (a->depth != b->depth || a->in_ch != b->in_ch || a->out_ch != b->out_ch || a->mode != b->mode) {
+        snprintf(sc->err, sizeof sc->err,
+                 "%s: depth %d, %d->%d channels, %s; the model in service has depth %d, %d->%d channels, %s "
+                 "(restart the daemon to change the architecture)",
+                 sc->path, b->depth, b->in_ch, b->out_ch, cz_color_mode_name(b->mode), a->depth, a->in_ch, a->out_ch,
+                 cz_color_mode_name(a->mode));
+        cz_colorizer_destroy(fresh);
+        sc->incompatible = 1;
+        return CZ_ERR_BAD_WEIGHTS;
+    }
+    pthread_rwlock_wrlock(&s->cz_lock);
+    cz_colorizer *old = *czp;
+    *czp = fresh;
+    s->cz = fresh;
+    pthread_rwlock_unlock(&s->cz_lock);
+    cz_colorizer_destroy(old);
+    pthread_mutex_lock(&s->model_mu);
+    s->origin_checkpoint = sc->job != NULL;
+    snprintf(s->origin_path, sizeof s->origin_path, "%s", sc->path);
+    snprintf(s->origin_job, sizeof s->origin_job, "%s", sc->job ? sc->job : "");
+    s->origin_step = sc->step;
+    s->origin_at = now_s();
+    pthread_mutex_unlock(&s->model_mu);
+    srv_model_snapshot(s, fresh);
+    return CZ_OK;
+}
+
+static void record_path(const srv_ctx *s, char *out, size_t cap) {
+    snprintf(out, cap, "%s/active_model.json", s->cfg.train_state_dir);
+}
+
+/* Writes (job != NULL) or removes the activation record. Best effort: logged on failure. */
+static void remember(srv_ctx *s, const char *path, const char *job, long step) {
+    char rec[4200];
+    record_path(s, rec, sizeof rec);
+    if (!s->cfg.train_state_dir[0]) return;
+    if (!job) {
+        if (unlink(rec) != 0 && errno != ENOENT) CZ_LOGW("model", "cannot remove %s: %s", rec, strerror(errno));
+        return;
+    }
+    json_t *o = json_pack("{s:s,s:s,s:I,s:f}", "path", path, "job", job, "step", (json_int_t)step, "activated_at", now_s());
+    char *txt = o ? json_dumps(o, JSON_INDENT(2)) : NULL;
+    json_decref(o);
+    if (!txt || cz_file_write_atomic(rec, txt, strlen(txt)) != CZ_OK)
+        CZ_LOGW("model", "cannot record the activation in %s: %s (a restart serves model.path)", rec,
+                txt ? cz_error_detail() : "out of memory");
+    free(txt);
+}
+
+cz_status srv_model_swap(srv_ctx *s, const char *path, const char *job, long step, cz_api_error *err) {
+    memset(err, 0, sizeof *err);
+    swap_ctx sc = {.s = s, .path = path, .job = job, .step = step};
+    int64_t t0 = cz_now_ns();
+    cz_status st = cz_batcher_call(s->batcher, swap_on_device, &sc);
+    if (st != CZ_OK) {
+        const char *why = sc.err[0] ? sc.err : cz_error_detail();
+        snprintf(err->message, sizeof err->message, "%.500s", why);
+        err->http = sc.incompatible ? 409 : st == CZ_ERR_BAD_WEIGHTS ? 422 : st == CZ_ERR_NOT_FOUND ? 404
+                    : st == CZ_ERR_SHUTTING_DOWN                    ? 503
+                                                                    : 500;
+        err->code = sc.incompatible ? "incompatible_model" : st == CZ_ERR_BAD_WEIGHTS ? "bad_weights"
+                    : st == CZ_ERR_NOT_FOUND                                          ? "checkpoint_not_found"
+                    : st == CZ_ERR_SHUTTING_DOWN                                      ? "shutting_down"
+                                                                                      : "internal_error";
+        CZ_LOGE("model", "loading %s failed, the previous model keeps serving: %s", path, why);
+        return st;
+    }
+    remember(s, path, job, step);
+    pthread_mutex_lock(&s->model_mu);
+    char sum[40];
+    memcpy(sum, s->model_checksum, sizeof sum);
+    pthread_mutex_unlock(&s->model_mu);
+    CZ_LOGI("model", "now serving %s%s%s (checksum %s), swapped in %.0f ms", path, job ? " from job " : "",
+            job ? job : "", sum, (double)(cz_now_ns() - t0) * 1e-6);
+    return CZ_OK;
+}
+
+const char *srv_model_initial_path(srv_ctx *s) {
+    char rec[4200];
+    record_path(s, rec, sizeof rec);
+    if (!s->cfg.train_state_dir[0] || access(rec, F_OK) != 0) return s->cfg.model_path;
+    json_t *o = json_load_file(rec, 0, NULL);
+    const char *p = json_string_value(json_object_get(o, "path")), *job = json_string_value(json_object_get(o, "job"));
+    json_t *step = json_object_get(o, "step"), *at = json_object_get(o, "activated_at");
+    if (!p || !job || !json_is_integer(step) || access(p, R_OK) != 0) {
+        CZ_LOGW("model", "%s names no readable checkpoint; serving model.path %s", rec, s->cfg.model_path);
+        json_decref(o);
+        return s->cfg.model_path;
+    }
+    s->origin_checkpoint = 1;
+    snprintf(s->origin_path, sizeof s->origin_path, "%s", p);
+    snprintf(s->origin_job, sizeof s->origin_job, "%s", job);
+    s->origin_step = (long)json_integer_value(step);
+    s->origin_at = json_is_number(at) ? json_number_value(at) : now_s();
+    json_decref(o);
+    CZ_LOGI("model", "serving the activated checkpoint of job %s step %ld (%s) instead of model.path", s->origin_job,
+            s->origin_step, s->origin_path);
+    return s->origin_path;
+}
+
+enum MHD_Result srv_route_model_post(srv_ctx *s, struct MHD_Connection *c, srv_req *req) {
+    json_error_t je;
+    json_t *o = json_loadb(req->body ? (const char *)req->body : "", req->body_len, JSON_REJECT_DUPLICATES, &je);
+    char msg[300];
+    if (!o || !json_is_object(o)) {
+        if (o)
+            snprintf(msg, sizeof msg, "request body must be a JSON object");
+        else
+            snprintf(msg, sizeof msg, "request body is not valid JSON: %s (line %d, column %d)", je.text, je.line,
+                     je.column);
+        json_decref(o);
+        return srv_send_error(c, req, 400, "invalid_json", msg, 0, NULL);
+    }
+    const char *key, *id = NULL;
+    json_t *v;
+    long step = -1; /* best */
+    json_object_foreach(o, key, v) {
+        if (!strcmp(key, "job")) {
+            id = json_string_value(v);
+            if (!id || !cz_job_id_valid(id)) {
+                json_decref(o);
+                return srv_send_error(c, req, 400, "invalid_field", "job: expected a job id", 0, NULL);
+            }
+        } else if (!strcmp(key, "step")) {
+            if (json_is_string(v) && !strcmp(json_string_value(v), "best"))
+                step = -1;
+            else if (json_is_string(v) && !strcmp(json_string_value(v), "latest"))
+                step = -2;
+            else if (json_is_integer(v) && json_integer_value(v) >= 0 && json_integer_value(v) <= 1000000000)
+                step = (long)json_integer_value(v);
+            else {
+                json_decref(o);
+                return srv_send_error(c, req, 400, "invalid_field", "step: expected a step number, \"best\" or \"latest\"",
+                                      0, NULL);
+            }
+        } else {
+            char k[72];
+            size_t n = 0;
+            for (const char *p = key; *p && n + 1 < sizeof k; p++) k[n++] = (*p >= 0x20 && *p < 0x7f) ? *p : '?';
+            k[n] = '\0';
+            snprintf(msg, sizeof msg, "%s: unknown field", k);
+            json_decref(o);
+            return srv_send_error(c, req, 400, "invalid_field", msg, 0, NULL);
+        }
+    }
+    if (!id) {
+        json_decref(o);
+        return srv_send_error(c, req, 400, "invalid_field", "job: required", 0, NULL);
+    }
+    char job[65], path[4200];
+    snprintf(job, sizeof job, "%s", id);
+    json_decref(o);
+    cz_api_error e;
+    long got = 0;
+    if (!s->jobs) return srv_send_error(c, req, 503, "unavailable", "training jobs are unavailable", 0, NULL);
+    if (cz_jobs_checkpoint(s->jobs, job, step, path, sizeof path, &got, &e) != 0) return srv_send_api_error(c, req, &e);
+    if (srv_model_swap(s, path, job, got, &e) != CZ_OK) return srv_send_api_error(c, req, &e);
+    pthread_mutex_lock(&s->model_mu);
+    char *text = s->model_json ? strdup(s->model_json) : NULL;
+    pthread_mutex_unlock(&s->model_mu);
+    if (!text) return srv_send_error(c, req, 500, "internal_error", "no model information", 0, NULL);
+    return srv_send_json(c, req, 200, text);
+}
