@@ -876,6 +876,85 @@ static void test_create_args(void **state) {
     assert_true(a > 0 && c >= a);
 }
 
+/* ---- background (idle) work ---- */
+
+typedef struct idle_state {
+    cz_batcher *b;
+    atomic_int calls;
+    atomic_int saw_queued; /* calls made while an inference job was waiting */
+    atomic_int limit;      /* returns "more" while calls < limit */
+} idle_state;
+
+static int idle_fn(void *arg) {
+    idle_state *st = arg;
+    if (cz_batcher_depth(st->b) > 0) atomic_fetch_add(&st->saw_queued, 1);
+    struct timespec ts = {0, 20 * 1000 * 1000}; /* one 20 ms unit of work */
+    nanosleep(&ts, NULL);
+    int n = atomic_fetch_add(&st->calls, 1) + 1;
+    return n < atomic_load(&st->limit);
+}
+
+static void test_idle_work(void **state) {
+    (void)state;
+    cz_backend *be;
+    cz_batcher_opts o = {.max_batch = 2, .max_wait_us = 0, .max_queue = 16, .high_water = 0, .warmup_render = 0};
+    cz_batcher *b = make_batcher(&be, g_w1, 2, &o);
+    idle_state st = {.b = b};
+    atomic_init(&st.calls, 0);
+    atomic_init(&st.saw_queued, 0);
+    atomic_init(&st.limit, 1000000);
+    cz_batcher_set_idle(b, idle_fn, &st);
+    int64_t t0 = cz_now_ns();
+    while (atomic_load(&st.calls) < 5 && ms_since(t0) < WAIT_MS) {
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    assert_true(atomic_load(&st.calls) >= 5); /* runs again and again while it has more */
+
+    /* inference jobs go first: each waits for at most the unit in progress */
+    tracker tr;
+    tracker_init(&tr);
+    tjob t[4];
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(tjob_prepare(&t[i], 64, 48, 256, 40 + (uint64_t)i, &tr), CZ_OK);
+        assert_int_equal(cz_batcher_submit(b, &t[i].bj), CZ_OK);
+        assert_int_equal(tracker_wait(&tr, i + 1, WAIT_MS), i + 1);
+        assert_int_equal(t[i].bj.status, CZ_OK);
+        double waited = (double)(t[i].bj.t_start_ns - t[i].bj.t_submit_ns) / 1e6;
+        print_message("  job %d waited %.1f ms for the device (one idle unit is 20 ms)\n", i, waited);
+        assert_true(waited < 1000); /* generous: one unit, on a loaded CI machine */
+    }
+    assert_int_equal(atomic_load(&st.saw_queued), 0);
+
+    /* nothing more to do: not called again until kicked */
+    atomic_store(&st.limit, 0);
+    struct timespec pause = {0, 100 * 1000 * 1000};
+    nanosleep(&pause, NULL); /* the unit in progress returns 0 */
+    int before = atomic_load(&st.calls);
+    nanosleep(&pause, NULL);
+    assert_int_equal(atomic_load(&st.calls), before);
+    cz_batcher_kick(b);
+    t0 = cz_now_ns();
+    while (atomic_load(&st.calls) == before && ms_since(t0) < WAIT_MS) nanosleep(&(struct timespec){0, 2000000}, NULL);
+    assert_int_equal(atomic_load(&st.calls), before + 1);
+    nanosleep(&pause, NULL);
+    assert_int_equal(atomic_load(&st.calls), before + 1);
+
+    /* draining stops background work */
+    atomic_store(&st.limit, 1000000);
+    cz_batcher_drain(b, 1000);
+    nanosleep(&pause, NULL);
+    int after_drain = atomic_load(&st.calls);
+    cz_batcher_kick(b);
+    nanosleep(&pause, NULL);
+    assert_int_equal(atomic_load(&st.calls), after_drain);
+    cz_batcher_set_idle(b, NULL, NULL);
+    for (int i = 0; i < 4; i++) tjob_release(&t[i]);
+    tracker_fini(&tr);
+    cz_batcher_destroy(b);
+    cz_backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_args),
@@ -890,6 +969,7 @@ int main(void) {
         cmocka_unit_test(test_ready_warm_up),
         cmocka_unit_test(test_call_swaps_model_under_load),
         cmocka_unit_test(test_stress),
+        cmocka_unit_test(test_idle_work),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
