@@ -3,8 +3,9 @@
  * JSON lines with --json). Each cell warms up once (plans memory, creates primitives), then runs until both
  * --min-time seconds and 3 iterations have passed, and reports the median batch time.
  * `bench --train`: the same for one pix2pix training step (G forward/backward, three D passes,
- * both Adam updates; core/gan.h) on synthetic data, for each (ngf, batch); fp32 only (training
- * keeps fp32 master weights). tests/bench/torch_train_bench.py times the same step in PyTorch. */
+ * both Adam updates; core/gan.h) on synthetic data, for each (precision, ngf, batch): fp32, or
+ * bf16 activations with fp32 master weights (mixed precision). tests/bench/torch_train_bench.py
+ * times the same step in PyTorch. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,8 +31,18 @@ static int bench_train(const char *backend, const char *ngf_s, const int *batche
         fprintf(stderr, "colorize bench: bad --batch, --ngf, --size or --min-time\n");
         return 2;
     }
-    if (strcmp(precs_s, "fp32") && strcmp(precs_s, "fp32,bf16") && strcmp(precs_s, "f32"))
-        fprintf(stderr, "colorize bench --train: training runs in fp32 only; other precisions skipped\n");
+    cz_dtype precs[4];
+    int np = 0;
+    char pbuf[64];
+    snprintf(pbuf, sizeof pbuf, "%s", precs_s);
+    for (char *save = NULL, *tok = strtok_r(pbuf, ",", &save); tok && np < 4; tok = strtok_r(NULL, ",", &save)) {
+        int dt = cz_dtype_parse(tok);
+        if (dt != CZ_F32 && dt != CZ_BF16) {
+            fprintf(stderr, "colorize bench --train: precision '%s': training runs in fp32 or bf16\n", tok);
+            return 2;
+        }
+        precs[np++] = (cz_dtype)dt;
+    }
     cz_backend_options bo = {.threads = threads};
     cz_backend *be = NULL;
     if (cz_backend_create(backend, &bo, &be) != CZ_OK) {
@@ -42,11 +53,13 @@ static int bench_train(const char *backend, const char *ngf_s, const int *batche
     while (depth < CZ_UNET_MAX_DEPTH && (2 << depth) <= size) depth++;
     if (depth < CZ_UNET_MIN_DEPTH) depth = CZ_UNET_MIN_DEPTH;
     if (!json) {
-        printf("colorize bench --train: pix2pix step (U-Net depth %d + 70x70 PatchGAN ndf 64), %dx%d, fp32, "
+        printf("colorize bench --train: pix2pix step (U-Net depth %d + 70x70 PatchGAN ndf 64), %dx%d, "
                "backend %s, threads %d\n", depth, size, size, be->ops->name, threads);
-        printf("%-5s %6s %12s %12s %14s %8s\n", "ngf", "batch", "ms/step", "images/s", "G fwd GFLOP/img", "iters");
+        printf("%-5s %-5s %6s %12s %12s %14s %8s\n", "prec", "ngf", "batch", "ms/step", "images/s", "G fwd GFLOP/img",
+               "iters");
     }
     int rc = 0;
+    for (int pi = 0; pi < np; pi++)
     for (int gi = 0; gi < nn; gi++) {
         cz_unet_arch a = cz_unet_arch_default(ngfs[gi], CZ_COLOR_LAB);
         a.depth = depth;
@@ -54,6 +67,7 @@ static int bench_train(const char *backend, const char *ngf_s, const int *batche
             int n = batches[bi];
             cz_gan_config gc = cz_gan_config_default();
             gc.seed = 1;
+            gc.act_dtype = precs[pi];
             cz_gan *gan = NULL;
             size_t an = (size_t)n * a.in_ch * size * size, bn = (size_t)n * a.out_ch * size * size;
             float *A = malloc(an * sizeof *A), *B = malloc(bn * sizeof *B);
@@ -77,18 +91,20 @@ static int bench_train(const char *backend, const char *ngf_s, const int *batche
                 times[iters++] = cli_now() - t0;
             }
             if (s != CZ_OK) {
-                fprintf(stderr, "colorize bench --train: ngf %d batch %d: %s\n", a.ngf, n, cz_error_detail());
+                fprintf(stderr, "colorize bench --train: %s ngf %d batch %d: %s\n", cz_dtype_name(precs[pi]), a.ngf, n,
+                        cz_error_detail());
                 rc = 1;
             } else {
                 qsort(times, (size_t)iters, sizeof times[0], cmp_double);
                 double med = times[iters / 2], gflop = cz_unet_flops(&a, size, size) / 1e9;
                 if (json)
-                    printf("{\"engine\":\"colorize\",\"mode\":\"train\",\"backend\":\"%s\",\"precision\":\"fp32\","
+                    printf("{\"engine\":\"colorize\",\"mode\":\"train\",\"backend\":\"%s\",\"precision\":\"%s\","
                            "\"ngf\":%d,\"size\":%d,\"batch\":%d,\"threads\":%d,\"ms_per_step\":%.3f,"
                            "\"images_per_s\":%.4f,\"iters\":%d}\n",
-                           be->ops->name, a.ngf, size, n, threads, med * 1e3, n / med, iters);
+                           be->ops->name, cz_dtype_name(precs[pi]), a.ngf, size, n, threads, med * 1e3, n / med, iters);
                 else
-                    printf("%-5d %6d %12.1f %12.3f %14.2f %8d\n", a.ngf, n, med * 1e3, n / med, gflop, iters);
+                    printf("%-5s %-5d %6d %12.1f %12.3f %14.2f %8d\n", cz_dtype_name(precs[pi]), a.ngf, n, med * 1e3,
+                           n / med, gflop, iters);
                 fflush(stdout);
             }
             cz_gan_destroy(gan);

@@ -24,7 +24,7 @@ struct cz_gan {
 
 cz_gan_config cz_gan_config_default(void) {
     cz_gan_config c = {.adam = cz_adam_config_default(), .lambda_l1 = 100.f, .ndf = 64, .n_layers = 3,
-                       .dropout = 0.5f, .seed = 1};
+                       .dropout = 0.5f, .seed = 1, .act_dtype = CZ_F32};
     return c;
 }
 
@@ -61,6 +61,7 @@ static cz_status create_parts(cz_gan *gan, const cz_unet_arch *arch, const cz_sa
     const cz_gan_config *c = &gan->cfg;
     CZ_TRY(cz_unet_train_create(be, arch, init, c->seed, &gan->g));
     CZ_TRY(cz_unet_train_set_dropout(gan->g, c->dropout));
+    CZ_TRY(cz_unet_train_set_act_dtype(gan->g, c->act_dtype));
     const cz_unet_arch *ga = cz_unet_train_get_arch(gan->g);
     cz_patchgan_arch da = {.in_ch = ga->in_ch + ga->out_ch, .ndf = c->ndf, .n_layers = c->n_layers, .bn_eps = 1e-5f};
     const cz_safetensors *dst = NULL;
@@ -75,6 +76,7 @@ static cz_status create_parts(cz_gan *gan, const cz_unet_arch *arch, const cz_sa
         return cz_error_set(CZ_ERR_BAD_WEIGHTS, "discriminator takes %d channels, the generator gives %d + %d",
                             da.in_ch, ga->in_ch, ga->out_ch);
     CZ_TRY(cz_patchgan_create(be, &da, dst, c->seed, &gan->d));
+    CZ_TRY(cz_patchgan_set_act_dtype(gan->d, c->act_dtype));
     int ng, nd;
     cz_param *pg = cz_unet_train_params(gan->g, &ng), *pd = cz_patchgan_params(gan->d, &nd);
     CZ_TRY(cz_adam_create(be, pg, ng, &c->adam, &gan->opt_g));
@@ -133,10 +135,10 @@ cz_status cz_gan_plan(cz_gan *gan, int max_batch, int h, int w) {
     const cz_patchgan_arch *da = cz_patchgan_get_arch(gan->d);
     int oh = cz_patchgan_out_size(da, h), ow = cz_patchgan_out_size(da, w);
     cz_backend *be = gan->be;
-    cz_status s = cz_tensor_alloc(be, &gan->b, CZ_F32, CZ_ROLE_ACT, max_batch, a->out_ch, h, w);
-    if (s == CZ_OK) s = cz_tensor_alloc(be, &gan->gfake, CZ_F32, CZ_ROLE_ACT, max_batch, a->out_ch, h, w);
-    if (s == CZ_OK) s = cz_tensor_alloc(be, &gan->ga, CZ_F32, CZ_ROLE_ACT, max_batch, a->in_ch, h, w);
-    if (s == CZ_OK) s = cz_tensor_alloc(be, &gan->dlog, CZ_F32, CZ_ROLE_ACT, max_batch, 1, oh, ow);
+    cz_status s = cz_tensor_alloc(be, &gan->b, gan->cfg.act_dtype, CZ_ROLE_ACT, max_batch, a->out_ch, h, w);
+    if (s == CZ_OK) s = cz_tensor_alloc(be, &gan->gfake, gan->cfg.act_dtype, CZ_ROLE_ACT, max_batch, a->out_ch, h, w);
+    if (s == CZ_OK) s = cz_tensor_alloc(be, &gan->ga, gan->cfg.act_dtype, CZ_ROLE_ACT, max_batch, a->in_ch, h, w);
+    if (s == CZ_OK) s = cz_tensor_alloc(be, &gan->dlog, gan->cfg.act_dtype, CZ_ROLE_ACT, max_batch, 1, oh, ow);
     if (s != CZ_OK) {
         free_plan(gan);
         return s;

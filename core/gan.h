@@ -47,6 +47,7 @@ typedef struct cz_gan_config {
     int n_layers;        /* 3 */
     float dropout;       /* 0.5 */
     uint64_t seed;       /* fresh weights and the dropout streams */
+    cz_dtype act_dtype;  /* CZ_F32, or CZ_BF16 for mixed precision (fp32 master weights) */
 } cz_gan_config;
 
 cz_gan_config cz_gan_config_default(void);

@@ -60,6 +60,7 @@ typedef struct jparams {
     long init_step; /* -1 best, -2 latest */
     uint64_t seed;
     long validate_every, checkpoint_every, lr_decay_steps;
+    int bf16; /* precision "bf16" (mixed) instead of "fp32" */
 } jparams;
 
 typedef struct job {
@@ -290,6 +291,12 @@ static int parse_params(const cz_jobs *J, json_t *o, jparams *p, int stored, cz_
             else
                 return api_err(e, 400, "invalid_field", "init_step: expected a step number, \"best\" or \"latest\"");
             have_init_step = 1;
+        } else if (!strcmp(key, "precision")) {
+            char pr[16];
+            if (str_field(v, k, pr, sizeof pr, e)) return -1;
+            if (strcmp(pr, "fp32") && strcmp(pr, "bf16"))
+                return api_err(e, 400, "invalid_field", "precision: expected \"fp32\" or \"bf16\"");
+            p->bf16 = !strcmp(pr, "bf16");
         } else if (!strcmp(key, "seed")) {
             if (int_field(v, k, 0, 9007199254740992LL, &x, e)) return -1;
             p->seed = (uint64_t)x;
@@ -341,6 +348,7 @@ static json_t *params_json(const jparams *p) {
                                             : p->init_step == -2 ? json_string("latest")
                                                                  : json_integer(p->init_step));
     }
+    json_object_set_new(o, "precision", json_string(p->bf16 ? "bf16" : "fp32"));
     json_object_set_new(o, "seed", json_integer((json_int_t)p->seed));
     json_object_set_new(o, "validate_every", json_integer(p->validate_every));
     json_object_set_new(o, "checkpoint_every", json_integer(p->checkpoint_every));
@@ -1121,6 +1129,7 @@ static cz_status start_trainer(cz_jobs *J, job *a, cz_backend *be, cz_trainer **
     c.keep_checkpoints = a->p.keep;
     c.lr_decay_steps = a->p.lr_decay_steps;
     c.workers = J->o.workers;
+    c.precision = a->p.bf16 ? CZ_BF16 : CZ_F32;
     if (a->resume_from[0]) {
         c.init = CZ_TRAIN_INIT_CHECKPOINT;
         c.init_path = a->resume_from;

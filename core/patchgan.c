@@ -173,6 +173,7 @@ struct cz_patchgan {
     cz_tensor x, dx;
     cz_tensor logits, dx_view; /* batch views handed out by forward / backward */
     int max_batch, h, w, n_last; /* n_last: batch of the last forward (0: none) */
+    cz_dtype act_dt;             /* activations and their gradients */
 };
 
 const cz_patchgan_arch *cz_patchgan_get_arch(const cz_patchgan *d) { return &d->arch; }
@@ -288,8 +289,17 @@ cz_status cz_patchgan_export(cz_patchgan *d, cz_st_writer *w) {
     return CZ_OK;
 }
 
-static cz_status act_alloc(cz_backend *be, cz_tensor *t, int n, int c, int h, int w) {
-    return cz_tensor_alloc(be, t, CZ_F32, CZ_ROLE_ACT, n, c, h, w);
+static cz_status act_alloc(const cz_patchgan *d, cz_tensor *t, int n, int c, int h, int w) {
+    return cz_tensor_alloc(d->be, t, d->act_dt, CZ_ROLE_ACT, n, c, h, w);
+}
+
+cz_status cz_patchgan_set_act_dtype(cz_patchgan *d, cz_dtype dt) {
+    if (dt != d->act_dt && d->max_batch)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "activation dtype must be set before the graph is planned");
+    if (!d->be->ops->supports(d->be, dt))
+        return cz_error_set(CZ_ERR_UNSUPPORTED, "backend %s has no %s tensors", d->be->ops->name, cz_dtype_name(dt));
+    d->act_dt = dt;
+    return CZ_OK;
 }
 
 cz_status cz_patchgan_plan(cz_patchgan *d, int max_batch, int h, int w) {
@@ -301,9 +311,8 @@ cz_status cz_patchgan_plan(cz_patchgan *d, int max_batch, int h, int w) {
                             w, h, a->n_layers);
     if (d->max_batch == max_batch && d->h == h && d->w == w) return CZ_OK;
     plan_free(d);
-    cz_backend *be = d->be;
-    cz_status s = act_alloc(be, &d->x, max_batch, a->in_ch, h, w);
-    if (s == CZ_OK) s = act_alloc(be, &d->dx, max_batch, a->in_ch, h, w);
+    cz_status s = act_alloc(d, &d->x, max_batch, a->in_ch, h, w);
+    if (s == CZ_OK) s = act_alloc(d, &d->dx, max_batch, a->in_ch, h, w);
     int hh = h, ww = w;
     for (int k = 0; k < nconv(a) && s == CZ_OK; k++) {
         layer *l = &d->L[k];
@@ -314,11 +323,11 @@ cz_status cz_patchgan_plan(cz_patchgan *d, int max_batch, int h, int w) {
             s = cz_error_set(CZ_ERR_INVALID_ARG, "patchgan plan: BatchNorm of disc.%d would see one value", k);
             break;
         }
-        s = act_alloc(be, &l->y, max_batch, oc, hh, ww);
-        if (s == CZ_OK && k <= a->n_layers) s = act_alloc(be, &l->ga, max_batch, oc, hh, ww);
-        if (s == CZ_OK && k <= a->n_layers) s = act_alloc(be, &l->gh, max_batch, oc, hh, ww);
-        if (s == CZ_OK && has_bn(a, k)) s = act_alloc(be, &l->a, max_batch, oc, hh, ww);
-        if (s == CZ_OK && has_bn(a, k)) s = act_alloc(be, &l->gd, max_batch, oc, hh, ww);
+        s = act_alloc(d, &l->y, max_batch, oc, hh, ww);
+        if (s == CZ_OK && k <= a->n_layers) s = act_alloc(d, &l->ga, max_batch, oc, hh, ww);
+        if (s == CZ_OK && k <= a->n_layers) s = act_alloc(d, &l->gh, max_batch, oc, hh, ww);
+        if (s == CZ_OK && has_bn(a, k)) s = act_alloc(d, &l->a, max_batch, oc, hh, ww);
+        if (s == CZ_OK && has_bn(a, k)) s = act_alloc(d, &l->gd, max_batch, oc, hh, ww);
     }
     if (s != CZ_OK) {
         plan_free(d);

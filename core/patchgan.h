@@ -79,6 +79,8 @@ void cz_patchgan_destroy(cz_patchgan *d);
 const cz_patchgan_arch *cz_patchgan_get_arch(const cz_patchgan *d);
 /* Plans activations and gradients for up to max_batch inputs of h x w (replaces the plan). */
 cz_status cz_patchgan_plan(cz_patchgan *d, int max_batch, int h, int w);
+/* Storage type of activations and their gradients (default fp32). Before the first plan. */
+cz_status cz_patchgan_set_act_dtype(cz_patchgan *d, cz_dtype dt);
 /* The planned input tensor (max_batch, in_ch, h, w): fill a batch view of it (e.g. with
  * concat) before cz_patchgan_forward. */
 cz_tensor *cz_patchgan_input(cz_patchgan *d);

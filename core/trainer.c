@@ -204,6 +204,7 @@ static cz_status write_state(cz_trainer *t) {
     json_object_set_new(root, "epoch", json_integer(t->epoch));
     json_object_set_new(root, "batch", json_integer(t->nb));
     json_object_set_new(root, "image_size", json_integer(t->size));
+    json_object_set_new(root, "precision", json_string(cz_dtype_name(t->cfg.precision)));
     json_object_set_new(root, "seed", json_integer((json_int_t)t->seed));
     json_object_set_new(root, "model", json_pack("{s:i,s:i,s:s}", "ngf", t->arch.ngf, "depth", t->arch.depth,
                                                  "color_mode", cz_color_mode_name(t->arch.mode)));
@@ -410,6 +411,8 @@ static cz_status check_config(const cz_trainer_config *c) {
     if (c->sample_images < 0 || c->sample_images > 64) return cz_error_set(CZ_ERR_CONFIG, "sample_images: 0..64");
     if (c->val_max_images < 0) return cz_error_set(CZ_ERR_CONFIG, "val_max_images: negative");
     if (c->workers < 0 || c->workers > 64) return cz_error_set(CZ_ERR_CONFIG, "workers: 0..64");
+    if (c->precision != CZ_F32 && c->precision != CZ_BF16)
+        return cz_error_set(CZ_ERR_CONFIG, "precision: fp32 or bf16 (fp16 training would need loss scaling)");
     if (c->init != CZ_TRAIN_INIT_SCRATCH && !c->init_path && c->init != CZ_TRAIN_INIT_AUTO)
         return cz_error_set(CZ_ERR_CONFIG, "init: a weights or checkpoint file is required");
     return CZ_OK;
@@ -460,6 +463,7 @@ static cz_status build(cz_trainer *t, const cz_trainer_config *c) {
         gc.lambda_l1 = c->lambda_l1;
         gc.ndf = c->ndf;
         gc.seed = t->seed;
+        gc.act_dtype = c->precision;
         s = cz_gan_create(t->be, &gc, &t->arch, init, &t->gan);
     }
     if (s == CZ_OK) s = cz_gan_plan(t->gan, t->nb, t->size, t->size);

@@ -35,6 +35,7 @@ struct cz_unet_train {
     cz_tensor x, out_view;
     int max_batch, h, w;
     int n_last; /* batch of the last training forward (0: none) */
+    cz_dtype act_dt; /* activations and their gradients (weights stay fp32) */
 };
 
 const cz_unet_arch *cz_unet_train_get_arch(const cz_unet_train *g) { return &g->arch; }
@@ -205,8 +206,17 @@ cz_status cz_unet_train_export(cz_unet_train *g, cz_st_writer *w) {
 
 /* ---------------------------------------------------------------- plan */
 
-static cz_status act(cz_backend *be, cz_tensor *t, int n, int c, int h, int w) {
-    return cz_tensor_alloc(be, t, CZ_F32, CZ_ROLE_ACT, n, c, h, w);
+static cz_status act(const cz_unet_train *g, cz_tensor *t, int n, int c, int h, int w) {
+    return cz_tensor_alloc(g->be, t, g->act_dt, CZ_ROLE_ACT, n, c, h, w);
+}
+
+cz_status cz_unet_train_set_act_dtype(cz_unet_train *g, cz_dtype dt) {
+    if (dt != g->act_dt && g->max_batch)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "activation dtype must be set before the graph is planned");
+    if (!g->be->ops->supports(g->be, dt))
+        return cz_error_set(CZ_ERR_UNSUPPORTED, "backend %s has no %s tensors", g->be->ops->name, cz_dtype_name(dt));
+    g->act_dt = dt;
+    return CZ_OK;
 }
 
 cz_status cz_unet_train_plan(cz_unet_train *g, int max_batch, int h, int w) {
@@ -222,31 +232,30 @@ cz_status cz_unet_train_plan(cz_unet_train *g, int max_batch, int h, int w) {
                             max_batch, w, h);
     if (g->max_batch == max_batch && g->h == h && g->w == w) return CZ_OK;
     plan_free(g);
-    cz_backend *be = g->be;
     const int N = max_batch;
-    cz_status s = act(be, &g->x, N, a->in_ch, h, w);
+    cz_status s = act(g, &g->x, N, a->in_ch, h, w);
     for (int i = 0; i < D && s == CZ_OK; i++) {
         tlevel *l = &g->L[i];
         int wi = cz_unet_width(a, i), hi = h >> (i + 1), wd = w >> (i + 1); /* down side of level i */
         int uo = i == 0 ? a->out_ch : cz_unet_width(a, i - 1), hu = h >> i, wu = w >> i; /* up output */
-        s = act(be, &l->d, N, wi, hi, wd);
-        if (s == CZ_OK) s = act(be, &l->ga, N, wi, hi, wd);
-        if (s == CZ_OK) s = act(be, &l->gh, N, wi, hi, wd);
-        if (s == CZ_OK && i >= 1 && i <= D - 2) s = act(be, &l->a, N, wi, hi, wd);
-        if (s == CZ_OK && i >= 1 && i <= D - 2) s = act(be, &l->gd, N, wi, hi, wd);
-        if (s == CZ_OK) s = act(be, &l->u, N, uo, hu, wu);
-        if (s == CZ_OK) s = act(be, &l->gu, N, uo, hu, wu);
-        if (s == CZ_OK && i >= 1) s = act(be, &l->e, N, uo, hu, wu);
-        if (s == CZ_OK && i >= 1) s = act(be, &l->ge, N, uo, hu, wu);
+        s = act(g, &l->d, N, wi, hi, wd);
+        if (s == CZ_OK) s = act(g, &l->ga, N, wi, hi, wd);
+        if (s == CZ_OK) s = act(g, &l->gh, N, wi, hi, wd);
+        if (s == CZ_OK && i >= 1 && i <= D - 2) s = act(g, &l->a, N, wi, hi, wd);
+        if (s == CZ_OK && i >= 1 && i <= D - 2) s = act(g, &l->gd, N, wi, hi, wd);
+        if (s == CZ_OK) s = act(g, &l->u, N, uo, hu, wu);
+        if (s == CZ_OK) s = act(g, &l->gu, N, uo, hu, wu);
+        if (s == CZ_OK && i >= 1) s = act(g, &l->e, N, uo, hu, wu);
+        if (s == CZ_OK && i >= 1) s = act(g, &l->ge, N, uo, hu, wu);
         /* dropout buffers exist for every potential dropout level (p may change later) */
         if (s == CZ_OK && i >= DROPOUT_FIRST_LEVEL && i <= D - 2) {
-            s = act(be, &l->mask, N, uo, hu, wu);
-            if (s == CZ_OK) s = act(be, &l->ed, N, uo, hu, wu);
-            if (s == CZ_OK) s = act(be, &l->ged, N, uo, hu, wu);
+            s = act(g, &l->mask, N, uo, hu, wu);
+            if (s == CZ_OK) s = act(g, &l->ed, N, uo, hu, wu);
+            if (s == CZ_OK) s = act(g, &l->ged, N, uo, hu, wu);
         }
-        if (s == CZ_OK && i <= D - 2) s = act(be, &l->c, N, 2 * wi, hi, wd);
-        if (s == CZ_OK && i <= D - 2) s = act(be, &l->gc, N, 2 * wi, hi, wd);
-        if (s == CZ_OK && i <= D - 2) s = act(be, &l->gcr, N, 2 * wi, hi, wd);
+        if (s == CZ_OK && i <= D - 2) s = act(g, &l->c, N, 2 * wi, hi, wd);
+        if (s == CZ_OK && i <= D - 2) s = act(g, &l->gc, N, 2 * wi, hi, wd);
+        if (s == CZ_OK && i <= D - 2) s = act(g, &l->gcr, N, 2 * wi, hi, wd);
     }
     if (s != CZ_OK) {
         plan_free(g);

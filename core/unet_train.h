@@ -59,6 +59,9 @@ void cz_unet_train_destroy(cz_unet_train *g);
 const cz_unet_arch *cz_unet_train_get_arch(const cz_unet_train *g);
 /* Dropout probability on the dropout levels (default 0.5; 0 turns dropout off). */
 cz_status cz_unet_train_set_dropout(cz_unet_train *g, float p);
+/* Storage type of activations and their gradients (default fp32; bf16 = mixed precision: the
+ * parameters, their gradients and BatchNorm statistics stay fp32). Before the first plan. */
+cz_status cz_unet_train_set_act_dtype(cz_unet_train *g, cz_dtype dt);
 uint64_t cz_unet_train_level_seed(uint64_t seed, int level);
 /* Plans for up to max_batch images of h x w (multiples of 2^depth); replaces the plan. */
 cz_status cz_unet_train_plan(cz_unet_train *g, int max_batch, int h, int w);

@@ -5,6 +5,8 @@
  *   - Adam against its closed form at t = 1 and 2, zero_grad, the linear lr policy;
  *   - the generator's training graph: export -> cz_unet_create gives the same eval output as
  *     the training graph's eval mode; import -> export is the identity;
+ *   - mixed precision (bf16 activations, fp32 weights) on ref and dnnl: first-step losses
+ *     within 3e-2 of fp32, and a bf16 run overfits a batch too;
  *   - pix2pix steps: G_L1 falls when overfitting one tiny batch for 30 steps, two runs with
  *     one seed agree bit for bit, a checkpoint resumes to the same next step, and a NaN or
  *     Inf in the batch gives CZ_ERR_NONFINITE without touching D's weights. */
@@ -301,6 +303,51 @@ static void test_overfit_one_batch(void **state) {
     cz_backend_destroy(be);
 }
 
+/* Mixed precision: bf16 activations, fp32 weights. The first step's losses agree with fp32
+ * within bf16's rounding, and the bf16 run still overfits a batch. On ref (bf16 storage, the
+ * oracle's arithmetic) and on dnnl (its bf16 kernels). */
+static void test_mixed_precision(void **state) {
+    (void)state;
+    const char *names[2] = {"ref", "dnnl"};
+    for (int bi = 0; bi < 2; bi++) {
+        cz_backend *be;
+        if (cz_backend_create(names[bi], NULL, &be) != CZ_OK) {
+            printf("skipped: %s not available\n", names[bi]);
+            continue;
+        }
+        cz_gan *g32 = NULL, *g16 = NULL;
+        for (int k = 0; k < 2; k++) {
+            cz_gan_config c = cz_gan_config_default();
+            c.seed = 9;
+            c.ndf = 4;
+            c.act_dtype = k ? CZ_BF16 : CZ_F32;
+            cz_unet_arch a = cz_unet_arch_default(4, CZ_COLOR_LAB);
+            a.depth = 5;
+            cz_gan **gp = k ? &g16 : &g32;
+            if (cz_gan_create(be, &c, &a, NULL, gp) != CZ_OK) fail_msg("%s", cz_error_detail());
+            assert_int_equal(cz_gan_plan(*gp, 2, 32, 32), CZ_OK);
+        }
+        float A[2 * 32 * 32], B[2 * 2 * 32 * 32];
+        tiny_batch(2, 32, A, B);
+        cz_gan_losses l32, l16, first;
+        assert_int_equal(cz_gan_step(g32, 2, A, B, &l32), CZ_OK);
+        assert_int_equal(cz_gan_step(g16, 2, A, B, &l16), CZ_OK);
+        double v32[4] = {l32.g_gan, l32.g_l1, l32.d_real, l32.d_fake}, v16[4] = {l16.g_gan, l16.g_l1, l16.d_real, l16.d_fake};
+        for (int i = 0; i < 4; i++) {
+            double rel = fabs(v16[i] - v32[i]) / fabs(v32[i]);
+            printf("%s: loss %d fp32 %.6f bf16 %.6f rel %.2e\n", names[bi], i, v32[i], v16[i], rel);
+            assert_true(rel < 3e-2);
+        }
+        first = l16;
+        for (int t = 1; t < 30; t++) assert_int_equal(cz_gan_step(g16, 2, A, B, &l16), CZ_OK);
+        printf("%s bf16: G_L1 %.4f -> %.4f over 30 steps\n", names[bi], first.g_l1, l16.g_l1);
+        assert_true(l16.g_l1 < 0.8 * first.g_l1);
+        cz_gan_destroy(g32);
+        cz_gan_destroy(g16);
+        cz_backend_destroy(be);
+    }
+}
+
 static void test_determinism_and_resume(void **state) {
     (void)state;
     cz_backend *be = ref();
@@ -376,6 +423,7 @@ int main(void) {
         cmocka_unit_test(test_adam_closed_form),
         cmocka_unit_test(test_unet_export_roundtrip),
         cmocka_unit_test(test_overfit_one_batch),
+        cmocka_unit_test(test_mixed_precision),
         cmocka_unit_test(test_determinism_and_resume),
         cmocka_unit_test(test_nonfinite),
     };
