@@ -192,6 +192,13 @@ typedef struct cz_backend_ops {
     /* One Adam step on fp32 params: m,v moments; t is the 1-based step count. */
     cz_status (*adam_step)(cz_backend *be, cz_tensor *param, const cz_tensor *grad, cz_tensor *m,
                            cz_tensor *v, float lr, float beta1, float beta2, float eps, int t);
+
+    /* ---- optional extensions (appended; NULL where a backend has none) ---- */
+    /* Whether the instance can still run work. CZ_OK, or CZ_ERR_BACKEND once a device error left
+     * it unusable ("sticky": every later op fails too). The owner should then stop using the
+     * instance: a server fails its readiness probe and exits non-zero so that a supervisor
+     * restarts it. CPU backends leave this NULL (always healthy). */
+    cz_status (*health)(cz_backend *be);
 } cz_backend_ops;
 
 /* Every backend instance starts with this header; implementations embed it first. */

@@ -34,9 +34,16 @@
  *
  * Readiness (cz_batcher_ready), first match wins: "draining", "warming_up",
  *   "device_error: <detail>", "queue_high" (depth >= high_water; high_water <= 0 disables).
- *   device_error is sticky: set when a forward pass fails with CZ_ERR_BACKEND (a library or
- *   device failure; other failures such as CZ_ERR_NOMEM or a bad shape are charged to the
- *   batch alone) or when warm-up fails with any status; cleared by the next successful batch.
+ *   device_error is set when a forward pass fails with CZ_ERR_BACKEND (a library or device
+ *   failure; other failures such as a bad shape are charged to the batch alone) or when
+ *   warm-up fails with any status; cleared by the next successful batch. After any failed
+ *   pass the backend's health() (when it has one) is asked: a sticky device error makes the
+ *   batcher "lost" for good: readiness reports "device_error: device lost: ...", later jobs
+ *   fail at once with CZ_ERR_UNAVAILABLE, background work stops, and on_device_lost is called
+ *   once (the daemon then drains and exits non-zero so that a supervisor restarts it).
+ *
+ * Out of memory: a forward pass failing with CZ_ERR_NOMEM is split in halves and each half
+ *   retried, down to single images; a single image that still does not fit fails alone.
  *
  * Model swap via cz_batcher_call: fn may replace *cz; the batcher destroys nothing itself,
  *   fn owns the old colorizer (typically destroys it). Jobs already queued run on the new
@@ -50,7 +57,7 @@
  *   submitted while it runs waits for it to return (one unit, e.g. one training step).
  *
  * Stats: batches/images/batch_size_hist/infer_seconds_* count every forward pass (failed ones
- *   too), `expired` counts deadline drops, `failed` counts jobs completed with any other
+ *   too, except a pass that ran out of memory and was retried as halves), `expired` counts deadline drops, `failed` counts jobs completed with any other
  *   error (failed forward pass, shut down by drain).
  *
  * Creation: on failure the caller still owns `cz`; on success the batcher owns it.
@@ -108,6 +115,7 @@ struct cz_batcher {
     int (*idle_fn)(void *arg); /* background work (cz_batcher_set_idle) */
     void *idle_arg;
     int idle_more; /* the idle function said it has more, or was kicked */
+    int lost;      /* the backend reported a sticky device error (check_health) */
 };
 
 int64_t cz_now_ns(void) {
@@ -299,19 +307,35 @@ static void run_ctl(cz_batcher *b, bctl *c) {
     pthread_cond_broadcast(&b->idle);
 }
 
-/* Runs a batch taken from the queue (lock not held), fills the jobs' results, updates stats
- * under the lock, then calls the callbacks. */
-static void run_batch(cz_batcher *b, cz_bjob *chain, int n) {
-    int i = 0;
-    for (cz_bjob *j = chain; j; j = j->next_) {
-        b->batch[i] = j;
-        b->cbatch[i] = &j->cjob;
-        i++;
-    }
+/* Whether the backend reports itself unusable (a sticky device error); then marks the batcher
+ * lost (once) and tells the owner. Lock not held. */
+static void check_health(cz_batcher *b) {
+    cz_backend *be = b->opt.be;
+    if (!be || !be->ops->health || b->lost) return;
+    cz_error_clear();
+    if (be->ops->health(be) == CZ_OK) return;
+    char why[256];
+    copy_text(why, sizeof why, cz_error_detail()[0] ? cz_error_detail() : "device unusable");
+    CZ_LOGE(MOD, "the device is lost: %s", why);
+    pthread_mutex_lock(&b->mu);
+    b->lost = 1;
+    b->device_error = 1;
+    snprintf(b->device_error_msg, sizeof b->device_error_msg, "device lost: %.200s", why);
+    pthread_mutex_unlock(&b->mu);
+    if (b->opt.on_device_lost) b->opt.on_device_lost(b->opt.on_device_lost_arg, why);
+}
+
+/* One forward pass over jobs[0..n) (lock not held); fills their results and the stats. A pass
+ * that runs out of memory is split in halves, each retried (a smaller batch needs less
+ * scratch), down to single images. */
+static void run_pass(cz_batcher *b, cz_bjob **jobs, int n) {
+    for (int i = 0; i < n; i++) b->cbatch[i] = &jobs[i]->cjob;
     cz_error_clear();
     int64_t t0 = cz_now_ns();
     cz_status s;
-    if (!b->cz)
+    if (b->lost)
+        s = cz_error_set(CZ_ERR_UNAVAILABLE, "%s", b->device_error_msg);
+    else if (!b->cz)
         s = cz_error_set(CZ_ERR_UNAVAILABLE, "no model loaded");
     else
         s = cz_colorizer_run(b->cz, b->cbatch, n);
@@ -319,8 +343,15 @@ static void run_batch(cz_batcher *b, cz_bjob *chain, int n) {
     char detail[256] = "";
     if (s != CZ_OK)
         copy_text(detail, sizeof detail, cz_error_detail()[0] ? cz_error_detail() : cz_strerror(s));
-    for (i = 0; i < n; i++) {
-        cz_bjob *j = b->batch[i];
+    if (s == CZ_ERR_NOMEM && n > 1) {
+        CZ_LOGW(MOD, "forward pass of %d images ran out of memory (%s): retrying as %d + %d", n, detail, n / 2,
+                n - n / 2);
+        run_pass(b, jobs, n / 2);
+        run_pass(b, jobs + n / 2, n - n / 2);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        cz_bjob *j = jobs[i];
         j->status = s;
         j->t_start_ns = t0;
         j->t_end_ns = t1;
@@ -331,8 +362,8 @@ static void run_batch(cz_batcher *b, cz_bjob *chain, int n) {
             copy_text(j->error, sizeof j->error, detail);
     }
     if (s != CZ_OK)
-        CZ_LOGE(MOD, "forward pass of %d images at %dx%d failed: %s: %s", n, chain->cjob.geom.net_w,
-                chain->cjob.geom.net_h, cz_strerror(s), detail);
+        CZ_LOGE(MOD, "forward pass of %d images at %dx%d failed: %s: %s", n, jobs[0]->cjob.geom.net_w,
+                jobs[0]->cjob.geom.net_h, cz_strerror(s), detail);
     double secs = (double)(t1 - t0) / 1e9;
     pthread_mutex_lock(&b->mu);
     b->st.batches++;
@@ -341,13 +372,21 @@ static void run_batch(cz_batcher *b, cz_bjob *chain, int n) {
     b->st.infer_seconds_sum += secs;
     if (secs > b->st.infer_seconds_max) b->st.infer_seconds_max = secs;
     if (s != CZ_OK) b->st.failed += (uint64_t)n;
-    if (s == CZ_OK) {
+    if (s == CZ_OK && !b->lost) {
         b->device_error = 0;
     } else if (s == CZ_ERR_BACKEND) {
         b->device_error = 1;
         copy_text(b->device_error_msg, sizeof b->device_error_msg, detail);
     }
     pthread_mutex_unlock(&b->mu);
+    if (s != CZ_OK) check_health(b);
+}
+
+/* Runs a batch taken from the queue (lock not held), then calls the callbacks. */
+static void run_batch(cz_batcher *b, cz_bjob *chain, int n) {
+    int i = 0;
+    for (cz_bjob *j = chain; j; j = j->next_) b->batch[i++] = j;
+    run_pass(b, b->batch, n);
     complete_chain(chain);
 }
 
@@ -402,7 +441,7 @@ static void *device_main(void *arg) {
             continue;
         }
         if (b->stop) break;
-        if (b->idle_fn && b->idle_more && b->depth == 0 && !b->draining) {
+        if (b->idle_fn && b->idle_more && b->depth == 0 && !b->draining && !b->lost) {
             int (*fn)(void *) = b->idle_fn;
             void *iarg = b->idle_arg;
             b->idle_more = 0;

@@ -305,6 +305,8 @@ enum MHD_Result srv_send_status(struct MHD_Connection *c, srv_req *req, cz_statu
     case CZ_ERR_DEADLINE:
         break;
     case CZ_ERR_QUEUE_FULL:
+    case CZ_ERR_NOMEM:       /* 503 out_of_memory: a single image did not fit the device */
+    case CZ_ERR_UNAVAILABLE: /* 503 unavailable: the device is lost; the daemon is restarting */
         retry = 1;
         break;
     case CZ_ERR_SHUTTING_DOWN:

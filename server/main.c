@@ -178,6 +178,15 @@ static int load_admin_token(srv_ctx *s) {
     return 0;
 }
 
+/* The backend lost its device (a sticky CUDA error): readiness already fails; drain and exit
+ * non-zero so that a supervisor restarts the daemon. Runs on the device thread. */
+static void device_lost(void *arg, const char *why) {
+    srv_ctx *s = arg;
+    CZ_LOGE("main", "device lost (%s): draining, then exiting with status 3", why);
+    atomic_store(&s->device_lost, true);
+    kill(getpid(), SIGTERM);
+}
+
 static int train_idle(void *arg) {
     srv_ctx *s = arg;
     return cz_jobs_tick(s->jobs, s->be);
@@ -318,6 +327,9 @@ int main(int argc, char **argv) {
         .max_queue = s.cfg.max_queue,
         .high_water = s.cfg.queue_high_water,
         .warmup_render = s.cfg.render,
+        .be = s.be,
+        .on_device_lost = device_lost,
+        .on_device_lost_arg = &s,
     };
     if (cz_batcher_create(s.cz, &bopt, &s.batcher) != CZ_OK) {
         CZ_LOGE("main", "cannot start the batcher: %s", cz_error_detail());
@@ -368,6 +380,7 @@ int main(int argc, char **argv) {
     pthread_rwlock_destroy(&s.cz_lock);
     pthread_mutex_destroy(&s.model_mu);
     close(sfd);
-    CZ_LOGI("main", "exiting");
-    return 0;
+    int lost = atomic_load(&s.device_lost);
+    CZ_LOGI("main", "exiting%s", lost ? " (device lost: status 3)" : "");
+    return lost ? 3 : 0;
 }

@@ -53,6 +53,7 @@ typedef struct srv_ctx {
     cz_jobs *jobs;               /* training jobs (core/jobs.h) */
 
     atomic_bool draining;     /* SIGTERM seen: /readyz fails, /colorize answers 503 */
+    atomic_bool device_lost;  /* the backend reported a sticky device error: exit non-zero */
     atomic_int inflight;      /* requests between their first callback and completion */
     struct MHD_Daemon *daemon;
     int port;                 /* bound port */

@@ -955,6 +955,98 @@ static void test_idle_work(void **state) {
     cz_backend_destroy(be);
 }
 
+/* ---- faults: out of memory and a lost device ---- */
+
+/* A ref backend whose convolutions fail with CZ_ERR_NOMEM above a batch size, and whose health
+ * turns bad on demand (with every op then failing like a sticky device error). */
+static cz_backend_ops g_fault_ops;
+static const cz_backend_ops *g_real_ops;
+static atomic_int g_fault_max_n;   /* conv2d on more images than this: CZ_ERR_NOMEM */
+static atomic_int g_fault_dead;    /* non-zero: device lost */
+static atomic_int g_fault_lost_calls;
+
+static cz_status fault_conv2d(cz_backend *be, const cz_tensor *x, const cz_tensor *w, const cz_tensor *bias,
+                              const cz_conv_params *p, cz_tensor *y) {
+    if (atomic_load(&g_fault_dead)) return cz_error_set(CZ_ERR_BACKEND, "injected: illegal address");
+    if (x->n > atomic_load(&g_fault_max_n)) return cz_error_set(CZ_ERR_NOMEM, "injected: %d images do not fit", x->n);
+    return g_real_ops->conv2d(be, x, w, bias, p, y);
+}
+
+static cz_status fault_health(cz_backend *be) {
+    (void)be;
+    return atomic_load(&g_fault_dead) ? cz_error_set(CZ_ERR_BACKEND, "injected: sticky error") : CZ_OK;
+}
+
+static void fault_lost(void *arg, const char *why) {
+    (void)arg;
+    (void)why;
+    atomic_fetch_add(&g_fault_lost_calls, 1);
+}
+
+static void test_oom_split_and_device_lost(void **state) {
+    (void)state;
+    cz_backend *be;
+    assert_int_equal(cz_backend_create("ref", NULL, &be), CZ_OK);
+    g_real_ops = be->ops;
+    g_fault_ops = *be->ops;
+    g_fault_ops.conv2d = fault_conv2d;
+    g_fault_ops.health = fault_health;
+    be->ops = &g_fault_ops;
+    atomic_store(&g_fault_max_n, 1000);
+    atomic_store(&g_fault_dead, 0);
+    atomic_store(&g_fault_lost_calls, 0);
+    cz_colorizer_opts co = {.max_batch = 4, .precision = CZ_F32};
+    cz_colorizer *cz;
+    assert_int_equal(cz_colorizer_create(be, g_w1, &co, &cz), CZ_OK);
+    cz_batcher_opts o = {.max_batch = 4, .max_wait_us = 200000, .max_queue = 16, .warmup_render = 0,
+                         .be = be, .on_device_lost = fault_lost};
+    cz_batcher *b;
+    assert_int_equal(cz_batcher_create(cz, &o, &b), CZ_OK);
+
+    /* 4 jobs in one batch, but only 1 image fits: 4 -> 2 + 2 -> 1 + 1 + 1 + 1, all succeed */
+    atomic_store(&g_fault_max_n, 1);
+    tracker tr;
+    tracker_init(&tr);
+    tjob t[4];
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(tjob_prepare(&t[i], 64, 48, 256, 70 + (uint64_t)i, &tr), CZ_OK);
+        assert_int_equal(cz_batcher_submit(b, &t[i].bj), CZ_OK);
+    }
+    assert_int_equal(tracker_wait(&tr, 4, WAIT_MS), 4);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(t[i].bj.status, CZ_OK);
+        assert_int_equal(t[i].bj.batch_size, 1);
+    }
+    assert_null(cz_batcher_ready(b, NULL, 0));
+    cz_batcher_stats st;
+    cz_batcher_stats_get(b, &st);
+    assert_int_equal(st.failed, 0);  /* jobs of the passes that did not fit were retried, not failed */
+    assert_int_equal(st.batches, 4); /* completed passes: four of one image */
+
+    /* the device is lost: the failing pass marks the batcher lost for good */
+    atomic_store(&g_fault_dead, 1);
+    tjob u[2];
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(tjob_prepare(&u[i], 64, 48, 256, 90 + (uint64_t)i, &tr), CZ_OK);
+        assert_int_equal(cz_batcher_submit(b, &u[i].bj), CZ_OK);
+        assert_int_equal(tracker_wait(&tr, 5 + i, WAIT_MS), 5 + i);
+    }
+    assert_int_equal(u[0].bj.status, CZ_ERR_BACKEND);
+    assert_int_equal(u[1].bj.status, CZ_ERR_UNAVAILABLE); /* not run at all */
+    assert_non_null(strstr(u[1].bj.error, "device lost"));
+    assert_int_equal(atomic_load(&g_fault_lost_calls), 1);
+    char buf[300];
+    const char *why = cz_batcher_ready(b, buf, sizeof buf);
+    assert_non_null(why);
+    assert_non_null(strstr(why, "device lost"));
+    for (int i = 0; i < 4; i++) tjob_release(&t[i]);
+    for (int i = 0; i < 2; i++) tjob_release(&u[i]);
+    tracker_fini(&tr);
+    cz_batcher_destroy(b);
+    be->ops = g_real_ops;
+    cz_backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_args),
@@ -970,6 +1062,7 @@ int main(void) {
         cmocka_unit_test(test_call_swaps_model_under_load),
         cmocka_unit_test(test_stress),
         cmocka_unit_test(test_idle_work),
+        cmocka_unit_test(test_oom_split_and_device_lost),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -1,0 +1,50 @@
+/* act.cu: activations (relu, leaky relu, tanh) forward and backward, and the conv epilogue
+ * y = act(conv + bias) that runs right after a cuDNN convolution, in place on its output.
+ * Forward math follows the ref backend (tanh from the fp32 value, rounded once on store);
+ * backward uses the forward output y as the contract says. Stateless launchers.
+ * Tested by tests/unit/test_ops.c (act_fwd/act_bwd and every conv case with bias/act). */
+#include "cu_common.cuh"
+
+static __device__ __forceinline__ float act_f(int act, float alpha, float v) {
+    switch (act) {
+    case 1: return v > 0.f ? v : 0.f;
+    case 2: return v > 0.f ? v : alpha * v;
+    case 3: return tanhf(v);
+    default: return v;
+    }
+}
+
+static __global__ void k_bias_act(const void *x, int xdt, const void *bias, int bdt, int act, float alpha, void *y,
+                                  int ydt, size_t count, int c) {
+    CUK_FOR(i, count) {
+        float v = cuk_ld(x, xdt, i);
+        if (bias) v += cuk_ld(bias, bdt, i % (size_t)c);
+        cuk_st(y, ydt, i, act_f(act, alpha, v));
+    }
+}
+
+static __global__ void k_act_bwd(int act, float alpha, const void *y, int ydt, const void *dy, int dydt, void *dx,
+                                 int dxdt, size_t count) {
+    CUK_FOR(i, count) {
+        float yv = cuk_ld(y, ydt, i), g = cuk_ld(dy, dydt, i), d = g;
+        if (act == 1)
+            d = yv > 0.f ? g : 0.f;
+        else if (act == 2)
+            d = yv > 0.f ? g : alpha * g;
+        else if (act == 3)
+            d = g * (1.f - yv * yv);
+        cuk_st(dx, dxdt, i, d);
+    }
+}
+
+extern "C" int cuk_bias_act(const void *x, int xdt, const void *bias, int bdt, int act, float alpha, void *y,
+                            int ydt, size_t count, int c, cuk_stream s) {
+    k_bias_act<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(x, xdt, bias, bdt, act, alpha, y, ydt, count, c);
+    return cuk_last();
+}
+
+extern "C" int cuk_act_bwd(int act, float alpha, const void *y, int ydt, const void *dy, int dydt, void *dx,
+                           int dxdt, size_t count, cuk_stream s) {
+    k_act_bwd<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(act, alpha, y, ydt, dy, dydt, dx, dxdt, count);
+    return cuk_last();
+}

@@ -1,0 +1,397 @@
+/* backend_cuda.c: the `cuda` backend's instance and memory: device selection, the stream, the
+ * scratch buffers, tensor alloc/free/write/read/zero, weight copies in another dtype, error
+ * conversion (incl. sticky errors and the health() slot) and cz_backend_cuda_create. The ops
+ * are in backend_cuda_ops.c, every cuDNN call in cudnn_ops.c, the kernels in *.cu.
+ *
+ * Choices (see cuda_impl.h and backend.h, the contract):
+ * - Storage: every tensor is NHWC in device memory in its own dtype (fp32, bf16, fp16), batch
+ *   outermost, so batch views are prefixes. Conv weights (out, in, kh, kw) are therefore kept
+ *   (out, kh, kw, in) and transposed-conv weights (in, out, kh, kw) as (in, kh, kw, out): both
+ *   are cuDNN's NHWC filter format for the convolution cuDNN runs. New tensors are zeroed.
+ * - Host transfers: tensor_write copies the plain NCHW fp32 host data into a device staging
+ *   buffer and converts it there (layout + dtype); tensor_read does the reverse and waits for
+ *   the copy. Both are synchronous for the host buffer.
+ * - Weight copies: a conv weight whose dtype differs from the activations' is converted once
+ *   into a copy kept beside the buffer and rebuilt when the buffer's generation changed (every
+ *   write through the backend bumps it: tensor_write/zero, and any op output).
+ * - Channel views: not supported (view_ok NULL); every op refuses a view with
+ *   CZ_ERR_UNSUPPORTED, as does tensor_read/write/zero. The model then uses concat.
+ * - No GPU (or a GPU older than sm_90, or no cuDNN): create returns CZ_ERR_UNAVAILABLE with
+ *   the reason, so `auto` falls through to dnnl and tests print a skip line.
+ * - Sticky errors (illegal address, launch failure, ...): the first one is remembered; every
+ *   later op and health() fail with CZ_ERR_BACKEND naming it. The owner must then destroy the
+ *   instance (and, in the daemon, exit so that a supervisor restarts it).
+ * Environment: COLORIZE_CUDA_DEVICE (index, default 0), COLORIZE_CUDA_TF32=1,
+ * COLORIZE_CUDA_NAIVE=1, COLORIZE_CUDA_ALGO=heuristic, COLORIZE_CUDA_WS_MB (workspace cap,
+ * default 1024).
+ * Threading: one thread at a time per instance; the device is re-selected on entry to every
+ * op, so the instance may move between threads. Tested by tests/unit/test_ops.c (parity with
+ * ref, run by tests/gpu/check.sh on a GPU; skipped with a message where there is none). */
+#include <cuda_runtime_api.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_impl.h"
+#include "log.h"
+
+/* ------------------------------------------------------------------------------ errors */
+
+static int is_sticky(cudaError_t e) {
+    switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorAssert:
+    case cudaErrorContextIsDestroyed:
+    case cudaErrorDevicesUnavailable:
+    case cudaErrorUnknown: return 1;
+    default: return 0;
+    }
+}
+
+cz_status cu_fail(cu_backend *b, cudaError_t e, const char *file, int line, const char *expr) {
+    const char *base = strrchr(file, '/');
+    base = base ? base + 1 : file;
+    const char *msg = cudaGetErrorString(e);
+    if (b && is_sticky(e) && !b->sticky) {
+        b->sticky = 1;
+        snprintf(b->sticky_msg, sizeof b->sticky_msg, "%s:%d: %s: %s (%d)", base, line, expr, msg, (int)e);
+    }
+    cz_status code = e == cudaErrorMemoryAllocation ? CZ_ERR_NOMEM : CZ_ERR_BACKEND;
+    CZ_LOGE("cuda", "%s:%d: %s failed: %s (%d)%s", base, line, expr, msg, (int)e,
+            b && b->sticky ? " [sticky: the CUDA context is unusable]" : "");
+    if (e != cudaErrorMemoryAllocation && !is_sticky(e)) (void)cudaGetLastError(); /* clear it */
+    return cz_error_set(code, "%s:%d: %s failed: %s (%d)", base, line, expr, msg, (int)e);
+}
+
+cz_status cu_enter(cu_backend *b) {
+    if (b->sticky)
+        return cz_error_set(CZ_ERR_BACKEND, "cuda: the device had a sticky error earlier (%s)", b->sticky_msg);
+    CU_CHECK(b, cudaSetDevice(b->device));
+    return CZ_OK;
+}
+
+/* ----------------------------------------------------------------------------- scratch */
+
+cz_status cu_scratch_get(cu_backend *b, cu_scratch *s, size_t bytes, void **out) {
+    if (bytes == 0) bytes = 1;
+    if (s->bytes < bytes) {
+        size_t want = bytes + bytes / 4; /* some headroom against growth in small steps */
+        if (s->p) CU_CHECK(b, cudaFree(s->p));
+        s->p = NULL;
+        s->bytes = 0;
+        CU_CHECK(b, cudaMalloc(&s->p, want));
+        s->bytes = want;
+    }
+    *out = s->p;
+    return CZ_OK;
+}
+
+static void scratch_free(cu_scratch *s) {
+    if (s->p) cudaFree(s->p);
+    s->p = NULL;
+    s->bytes = 0;
+}
+
+/* -------------------------------------------------------------------------- validation */
+
+typedef struct {
+    char s[64];
+} shape_str;
+
+static shape_str tshape(const cz_tensor *t) {
+    shape_str r;
+    snprintf(r.s, sizeof r.s, "[%d,%d,%d,%d]", t->n, t->c, t->h, t->w);
+    return r;
+}
+
+cz_status cu_check(const char *op, const char *name, const cz_tensor *t) {
+    if (!t) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: %s is NULL", op, name);
+    if (!t->data) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: %s is not allocated", op, name);
+    if (t->layout != CU_LAYOUT_NHWC)
+        return cz_error_set(CZ_ERR_UNSUPPORTED, "cuda %s: %s has layout %d, not allocated by the cuda backend", op,
+                            name, t->layout);
+    if (cu_buf_of(t)->magic != CU_MAGIC)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: %s was not allocated by this backend", op, name);
+    if (t->dtype != CZ_F32 && t->dtype != CZ_BF16 && t->dtype != CZ_F16)
+        return cz_error_set(CZ_ERR_UNSUPPORTED, "cuda %s: %s has unknown dtype %d", op, name, (int)t->dtype);
+    if (t->n < 1 || t->c < 1 || t->h < 1 || t->w < 1)
+        return cz_error_set(CZ_ERR_SHAPE, "cuda %s: %s is %s, every dim must be positive", op, name, tshape(t).s);
+    if (t->n > t->cap_n)
+        return cz_error_set(CZ_ERR_SHAPE, "cuda %s: %s is a batch view of %d but was allocated for %d", op, name,
+                            t->n, t->cap_n);
+    if (cz_tensor_is_view(t))
+        return cz_error_set(CZ_ERR_UNSUPPORTED, "cuda %s: %s is a channel view (channels %d..%d of %d); the cuda "
+                                                "backend does not support views",
+                            op, name, t->c_off, t->c_off + t->c - 1, t->c_store);
+    size_t need = cz_tensor_numel(t) * cz_dtype_size(t->dtype);
+    if (need > cu_buf_of(t)->bytes)
+        return cz_error_set(CZ_ERR_SHAPE, "cuda %s: %s is %s, larger than its storage", op, name, tshape(t).s);
+    return CZ_OK;
+}
+
+cz_status cu_check_opt(const char *op, const char *name, const cz_tensor *t) {
+    return t ? cu_check(op, name, t) : CZ_OK;
+}
+
+cz_status cu_expect_shape(const char *op, const char *name, const cz_tensor *t, int n, int c, int h, int w) {
+    if (t->n != n || t->c != c || t->h != h || t->w != w)
+        return cz_error_set(CZ_ERR_SHAPE, "cuda %s: %s is %s, expected [%d,%d,%d,%d]", op, name, tshape(t).s, n, c, h,
+                            w);
+    return CZ_OK;
+}
+
+cz_status cu_expect_same(const char *op, const char *name, const cz_tensor *t, const cz_tensor *like) {
+    return cu_expect_shape(op, name, t, like->n, like->c, like->h, like->w);
+}
+
+cz_status cu_expect_vec(const char *op, const char *name, const cz_tensor *t, int c) {
+    return t ? cu_expect_shape(op, name, t, 1, c, 1, 1) : CZ_OK;
+}
+
+/* ----------------------------------------------------------------------------- memory */
+
+static int cu_supports(cz_backend *be, cz_dtype dt) {
+    (void)be;
+    return dt == CZ_F32 || dt == CZ_BF16 || dt == CZ_F16;
+}
+
+static cz_status cu_tensor_alloc(cz_backend *be, cz_tensor *t) {
+    cu_backend *b = (cu_backend *)be;
+    if (!t) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda tensor_alloc: tensor is NULL");
+    CZ_TRY(cu_enter(b));
+    if (!cu_supports(be, t->dtype))
+        return cz_error_set(CZ_ERR_UNSUPPORTED, "cuda tensor_alloc: dtype %d is not supported", (int)t->dtype);
+    if (t->n < 1 || t->c < 1 || t->h < 1 || t->w < 1)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "cuda tensor_alloc: shape %s has a non-positive dim", tshape(t).s);
+    size_t numel = 1;
+    const int dims[4] = {t->n, t->c, t->h, t->w};
+    for (int i = 0; i < 4; i++) {
+        if (numel > ((size_t)1 << 40) / (size_t)dims[i])
+            return cz_error_set(CZ_ERR_TOO_LARGE, "cuda tensor_alloc: shape %s is too large", tshape(t).s);
+        numel *= (size_t)dims[i];
+    }
+    cu_buf *buf = calloc(1, sizeof *buf);
+    if (!buf) return cz_error_set(CZ_ERR_NOMEM, "cuda tensor_alloc: cannot allocate a header");
+    buf->bytes = numel * cz_dtype_size(t->dtype);
+    cudaError_t e = cudaMalloc(&buf->dev, buf->bytes);
+    if (e != cudaSuccess) {
+        free(buf);
+        if (e == cudaErrorMemoryAllocation) {
+            (void)cudaGetLastError();
+            return cz_error_set(CZ_ERR_NOMEM, "cuda tensor_alloc: out of device memory for %s %s (%zu bytes)",
+                                cz_dtype_name(t->dtype), tshape(t).s, numel * cz_dtype_size(t->dtype));
+        }
+        return cu_fail(b, e, __FILE__, __LINE__, "cudaMalloc");
+    }
+    e = cudaMemsetAsync(buf->dev, 0, buf->bytes, b->stream);
+    if (e != cudaSuccess) {
+        cudaFree(buf->dev);
+        free(buf);
+        return cu_fail(b, e, __FILE__, __LINE__, "cudaMemsetAsync");
+    }
+    buf->magic = CU_MAGIC;
+    buf->id = ++b->next_id;
+    t->data = buf;
+    t->layout = CU_LAYOUT_NHWC;
+    t->cap_n = t->n;
+    return CZ_OK;
+}
+
+static void cu_tensor_free(cz_backend *be, cz_tensor *t) {
+    cu_backend *b = (cu_backend *)be;
+    if (!t || !t->data) return;
+    if (cz_tensor_is_view(t) || t->layout != CU_LAYOUT_NHWC) return; /* a view owns nothing */
+    cu_buf *buf = cu_buf_of(t);
+    if (buf->magic != CU_MAGIC) return;
+    (void)cudaSetDevice(b->device);
+    if (buf->dev) cudaFree(buf->dev);
+    if (buf->conv_dev) cudaFree(buf->conv_dev);
+    buf->magic = 0;
+    free(buf);
+    t->data = NULL;
+}
+
+static cz_status cu_tensor_write(cz_backend *be, cz_tensor *t, const float *src) {
+    cu_backend *b = (cu_backend *)be;
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check("tensor_write", "t", t));
+    if (!src) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda tensor_write: src is NULL");
+    size_t n = cz_tensor_numel(t);
+    void *stage;
+    CZ_TRY(cu_scratch_get(b, &b->tmp, n * sizeof(float), &stage));
+    CU_CHECK(b, cudaMemcpyAsync(stage, src, n * sizeof(float), cudaMemcpyHostToDevice, b->stream));
+    CUK_CHECK(b, cuk_nchw_f32_to_nhwc(stage, cu_dev(t), t->dtype, t->n, t->c, t->h, t->w, b->stream));
+    cu_touch(t);
+    return CZ_OK;
+}
+
+static cz_status cu_tensor_read(cz_backend *be, const cz_tensor *t, float *dst) {
+    cu_backend *b = (cu_backend *)be;
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check("tensor_read", "t", t));
+    if (!dst) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda tensor_read: dst is NULL");
+    size_t n = cz_tensor_numel(t);
+    void *stage;
+    CZ_TRY(cu_scratch_get(b, &b->tmp, n * sizeof(float), &stage));
+    CUK_CHECK(b, cuk_nhwc_to_nchw_f32(cu_dev(t), t->dtype, stage, t->n, t->c, t->h, t->w, b->stream));
+    CU_CHECK(b, cudaMemcpyAsync(dst, stage, n * sizeof(float), cudaMemcpyDeviceToHost, b->stream));
+    CU_CHECK(b, cudaStreamSynchronize(b->stream));
+    return CZ_OK;
+}
+
+static cz_status cu_tensor_zero(cz_backend *be, cz_tensor *t) {
+    cu_backend *b = (cu_backend *)be;
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check("tensor_zero", "t", t));
+    CU_CHECK(b, cudaMemsetAsync(cu_dev(t), 0, cz_tensor_numel(t) * cz_dtype_size(t->dtype), b->stream));
+    cu_touch(t);
+    return CZ_OK;
+}
+
+static cz_status cu_sync(cz_backend *be) {
+    cu_backend *b = (cu_backend *)be;
+    CZ_TRY(cu_enter(b));
+    CU_CHECK(b, cudaStreamSynchronize(b->stream));
+    return CZ_OK;
+}
+
+static cz_status cu_health(cz_backend *be) {
+    cu_backend *b = (cu_backend *)be;
+    CZ_TRY(cu_enter(b));
+    cudaError_t e = cudaStreamQuery(b->stream);
+    if (e != cudaSuccess && e != cudaErrorNotReady) return cu_fail(b, e, __FILE__, __LINE__, "cudaStreamQuery");
+    return CZ_OK;
+}
+
+cz_status cu_weight_as(cu_backend *b, const cz_tensor *w, cz_dtype dt, const void **out) {
+    cu_buf *buf = cu_buf_of(w);
+    if (w->dtype == dt) {
+        *out = buf->dev;
+        return CZ_OK;
+    }
+    size_t count = cz_tensor_numel(w), need = count * cz_dtype_size(dt);
+    if (!buf->conv_dev || buf->conv_dtype != (int)dt || buf->conv_gen != buf->gen) {
+        if (buf->conv_bytes < need) {
+            if (buf->conv_dev) CU_CHECK(b, cudaFree(buf->conv_dev));
+            buf->conv_dev = NULL;
+            buf->conv_bytes = 0;
+            CU_CHECK(b, cudaMalloc(&buf->conv_dev, need));
+            buf->conv_bytes = need;
+        }
+        CUK_CHECK(b, cuk_cast(buf->dev, w->dtype, buf->conv_dev, dt, count, b->stream));
+        buf->conv_dtype = (int)dt;
+        buf->conv_gen = buf->gen;
+    }
+    *out = buf->conv_dev;
+    return CZ_OK;
+}
+
+/* ----------------------------------------------------------------------------- instance */
+
+static void cu_destroy(cz_backend *be) {
+    cu_backend *b = (cu_backend *)be;
+    if (!b) return;
+    (void)cudaSetDevice(b->device);
+    if (!b->sticky && b->stream) (void)cudaStreamSynchronize(b->stream);
+    cdn_destroy(b);
+    scratch_free(&b->ws);
+    scratch_free(&b->tmp);
+    scratch_free(&b->tmp2);
+    scratch_free(&b->red);
+    if (b->stream) cudaStreamDestroy(b->stream);
+    free(b);
+}
+
+static cz_backend_ops g_cu_ops;
+
+static int env_flag(const char *name) {
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0;
+}
+
+cz_status cz_backend_cuda_create(const cz_backend_options *opt, cz_backend **out) {
+    (void)opt;
+    if (!out) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda: out is NULL");
+    *out = NULL;
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return cz_error_set(CZ_ERR_UNAVAILABLE, "no CUDA device: %s", cudaGetErrorString(e));
+    }
+    if (count < 1) return cz_error_set(CZ_ERR_UNAVAILABLE, "no CUDA device: none found");
+    int dev = 0;
+    const char *ds = getenv("COLORIZE_CUDA_DEVICE");
+    if (ds && *ds) {
+        char *end;
+        long v = strtol(ds, &end, 10);
+        if (*end || v < 0 || v >= count)
+            return cz_error_set(CZ_ERR_CONFIG, "COLORIZE_CUDA_DEVICE=%s: expected 0..%d", ds, count - 1);
+        dev = (int)v;
+    }
+    struct cudaDeviceProp prop;
+    e = cudaGetDeviceProperties(&prop, dev);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return cz_error_set(CZ_ERR_UNAVAILABLE, "no CUDA device: %s", cudaGetErrorString(e));
+    }
+    if (prop.major < 9)
+        return cz_error_set(CZ_ERR_UNAVAILABLE, "CUDA device %d (%s, sm_%d%d) is older than this build's sm_90", dev,
+                            prop.name, prop.major, prop.minor);
+    cu_backend *b = calloc(1, sizeof *b);
+    if (!b) return cz_error_set(CZ_ERR_NOMEM, "cuda: cannot allocate the backend");
+    b->base.ops = &g_cu_ops;
+    b->base.threads = 1;
+    b->device = dev;
+    snprintf(b->device_name, sizeof b->device_name, "%s", prop.name);
+    b->allow_tf32 = env_flag("COLORIZE_CUDA_TF32");
+    b->force_naive = env_flag("COLORIZE_CUDA_NAIVE");
+    long ws_mb = 1024;
+    const char *wm = getenv("COLORIZE_CUDA_WS_MB");
+    if (wm && *wm) ws_mb = strtol(wm, NULL, 10);
+    if (ws_mb < 0) ws_mb = 0;
+    b->ws_limit = (size_t)ws_mb << 20;
+    if (!g_cu_ops.name) cu_fill_ops(&g_cu_ops);
+    cz_status s = CZ_OK;
+    e = cudaSetDevice(dev);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        s = cz_error_set(CZ_ERR_UNAVAILABLE, "CUDA device %d (%s) cannot start: %s", dev, prop.name,
+                         cudaGetErrorString(e));
+    }
+    if (s == CZ_OK && cdn_create(b) != CZ_OK)
+        s = cz_error_set(CZ_ERR_UNAVAILABLE, "cuDNN cannot start on device %d: %s", dev, cz_error_detail());
+    if (s != CZ_OK) {
+        cu_destroy(&b->base);
+        return s;
+    }
+    CZ_LOGI("cuda", "device %d: %s (sm_%d%d, %d SMs, %.1f GiB), cuDNN %s%s%s", dev, prop.name, prop.major,
+            prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0),
+            cdn_version_string(), b->allow_tf32 ? ", TF32 allowed" : "", b->force_naive ? ", naive convs" : "");
+    *out = &b->base;
+    return CZ_OK;
+}
+
+/* Memory slots; the op slots come from backend_cuda_ops.c. */
+void cu_fill_mem_ops(cz_backend_ops *ops) {
+    ops->name = "cuda";
+    ops->destroy = cu_destroy;
+    ops->supports = cu_supports;
+    ops->tensor_alloc = cu_tensor_alloc;
+    ops->tensor_free = cu_tensor_free;
+    ops->tensor_write = cu_tensor_write;
+    ops->tensor_read = cu_tensor_read;
+    ops->tensor_zero = cu_tensor_zero;
+    ops->sync = cu_sync;
+    ops->view_ok = NULL;
+    ops->health = cu_health;
+}

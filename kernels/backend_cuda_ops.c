@@ -1,0 +1,638 @@
+/* backend_cuda_ops.c: the op slots of the `cuda` backend: argument and shape validation (the
+ * same rules and error codes as the ref backend), then cuDNN (cudnn_ops.c) for the
+ * convolutions and our kernels (*.cu via cu_kernels.h) for everything else. Ops queue their
+ * work on the instance's stream and return without waiting, except the two losses, which
+ * copy their scalar back to the host.
+ *
+ * Conventions beyond backend.h (shared with ref): the conv params' act is ignored by backward
+ * ops; `accumulate` applies to parameter gradients and concat_bwd; bn_train_bwd overwrites dx;
+ * NULL db/dgamma/dbeta/dx are skipped; gamma/beta may be NULL; bn save tensors and Adam state
+ * are fp32. Convolutions need x and y (dy and dx) in one dtype; weights of another dtype are
+ * converted once and cached (cu_weight_as); a weight gradient of another dtype than x is
+ * computed in x's dtype and converted while being added.
+ *
+ * Transposed convolutions reuse cuDNN's convolution with the roles exchanged: for deconv
+ * weights (in, out, k, k) the convolution that cuDNN sees maps the deconv's OUTPUT (out
+ * channels) to its INPUT (in channels), so deconv2d = backward data, deconv2d_bwd_data =
+ * forward, deconv2d_bwd_weights = backward filter with x and dy exchanged.
+ *
+ * Every output's generation is bumped (cu_touch) so weight copies made from it are rebuilt.
+ * Threading: one thread at a time per instance. Tested by tests/unit/test_ops.c (parity of
+ * every op with ref in fp32, bf16 and fp16; batch views bit for bit), run on a GPU by
+ * tests/gpu/check.sh. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cuda_impl.h"
+
+#define BE(be) ((cu_backend *)(be))
+
+/* ------------------------------------------------------------------------------ helpers */
+
+static cz_status check_act(const char *op, cz_act act) {
+    if (act != CZ_ACT_NONE && act != CZ_ACT_RELU && act != CZ_ACT_LRELU && act != CZ_ACT_TANH)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: unknown activation %d", op, (int)act);
+    return CZ_OK;
+}
+
+static cz_status check_params(const char *op, const cz_conv_params *p) {
+    if (!p) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: conv params are NULL", op);
+    if (p->stride < 1 || p->pad < 0)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: stride %d / pad %d out of range", op, p->stride, p->pad);
+    return check_act(op, p->act);
+}
+
+static cz_status no_alias(const char *op, const char *an, const cz_tensor *a, const char *bn, const cz_tensor *b) {
+    if (a && b && a->data == b->data)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: %s and %s share storage (only act_fwd may run in place)",
+                            op, an, bn);
+    return CZ_OK;
+}
+
+static cz_status same_dtype(const char *op, const char *an, const cz_tensor *a, const char *bn, const cz_tensor *b) {
+    if (a->dtype != b->dtype)
+        return cz_error_set(CZ_ERR_UNSUPPORTED, "cuda %s: %s is %s but %s is %s; convolutions need one dtype", op,
+                            an, cz_dtype_name(a->dtype), bn, cz_dtype_name(b->dtype));
+    return CZ_OK;
+}
+
+static cz_status expect_f32(const char *op, const char *name, const cz_tensor *t) {
+    if (t && t->dtype != CZ_F32)
+        return cz_error_set(CZ_ERR_UNSUPPORTED, "cuda %s: %s must be fp32, got %s", op, name,
+                            cz_dtype_name(t->dtype));
+    return CZ_OK;
+}
+
+static cz_status square(const char *op, const char *name, const cz_tensor *w) {
+    if (w->h != w->w)
+        return cz_error_set(CZ_ERR_SHAPE, "cuda %s: %s is [%d,%d,%d,%d], the kernel must be square", op, name, w->n,
+                            w->c, w->h, w->w);
+    return CZ_OK;
+}
+
+static cz_status conv_geom(const char *op, int in_h, int in_w, int k, const cz_conv_params *p, int *oh, int *ow) {
+    if (in_h + 2 * p->pad < k || in_w + 2 * p->pad < k)
+        return cz_error_set(CZ_ERR_SHAPE, "cuda %s: %dx%d kernel does not fit the padded %dx%d input", op, k, k,
+                            in_h, in_w);
+    *oh = (in_h + 2 * p->pad - k) / p->stride + 1;
+    *ow = (in_w + 2 * p->pad - k) / p->stride + 1;
+    return CZ_OK;
+}
+
+static cz_status deconv_geom(const char *op, int in_h, int in_w, int k, const cz_conv_params *p, int *oh, int *ow) {
+    *oh = (in_h - 1) * p->stride - 2 * p->pad + k;
+    *ow = (in_w - 1) * p->stride - 2 * p->pad + k;
+    if (*oh < 1 || *ow < 1)
+        return cz_error_set(CZ_ERR_SHAPE, "cuda %s: output %dx%d is empty (input %dx%d, k %d, stride %d, pad %d)",
+                            op, *oh, *ow, in_h, in_w, k, p->stride, p->pad);
+    return CZ_OK;
+}
+
+static const void *dev_opt(const cz_tensor *t) { return t ? cu_dev(t) : NULL; }
+static int dt_opt(const cz_tensor *t) { return t ? (int)t->dtype : 0; }
+
+/* Reduction scratch: partials, then three double vectors of c, then a float pair table. */
+typedef struct red_bufs {
+    double *part, *a, *b, *c2;
+    float *ab;
+} red_bufs;
+
+static cz_status red_get(cu_backend *b, size_t rows, int c, red_bufs *r) {
+    size_t part = cuk_chan_reduce_scratch(rows, c), vec = (size_t)c * sizeof(double);
+    void *p;
+    CZ_TRY(cu_scratch_get(b, &b->red, part + 3 * vec + 2 * (size_t)c * sizeof(float), &p));
+    r->part = p;
+    r->a = (double *)((char *)p + part);
+    r->b = (double *)((char *)p + part + vec);
+    r->c2 = (double *)((char *)p + part + 2 * vec);
+    r->ab = (float *)((char *)p + part + 3 * vec);
+    return CZ_OK;
+}
+
+/* y = act(y + bias) in place after a convolution, when there is anything to do. */
+static cz_status epilogue(cu_backend *b, cz_tensor *y, const cz_tensor *bias, const cz_conv_params *p) {
+    if (!bias && p->act == CZ_ACT_NONE) return CZ_OK;
+    CUK_CHECK(b, cuk_bias_act(cu_dev(y), y->dtype, dev_opt(bias), dt_opt(bias), (int)p->act, p->alpha, cu_dev(y),
+                              y->dtype, cz_tensor_numel(y), y->c, b->stream));
+    return CZ_OK;
+}
+
+/* Bias gradient: db (+)= per-channel sum of dy over its pixels. */
+static cz_status bias_grad(cu_backend *b, const cz_tensor *dy, cz_tensor *db, int accumulate) {
+    if (!db) return CZ_OK;
+    size_t rows = (size_t)dy->n * dy->h * dy->w;
+    red_bufs r;
+    CZ_TRY(red_get(b, rows, dy->c, &r));
+    CUK_CHECK(b, cuk_chan_reduce(CUK_RED_SUM, cu_dev(dy), dy->dtype, NULL, 0, rows, dy->c, NULL, 0, NULL, NULL,
+                                 r.part, r.a, NULL, b->stream));
+    CUK_CHECK(b, cuk_store_vec(r.a, cu_dev(db), db->dtype, db->c, accumulate, b->stream));
+    cu_touch(db);
+    return CZ_OK;
+}
+
+/* ------------------------------------------------------------------------- convolutions */
+
+static cz_status conv_like_fwd(cz_backend *be, const char *op, int tr, const cz_tensor *x, const cz_tensor *w,
+                               const cz_tensor *bias, const cz_conv_params *p, cz_tensor *y) {
+    cu_backend *b = BE(be);
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check(op, "x", x));
+    CZ_TRY(cu_check(op, "w", w));
+    CZ_TRY(cu_check_opt(op, "b", bias));
+    CZ_TRY(cu_check(op, "y", y));
+    CZ_TRY(check_params(op, p));
+    CZ_TRY(square(op, "w", w));
+    CZ_TRY(no_alias(op, "x", x, "y", y));
+    int k = w->h, in_c = tr ? w->n : w->c, out_c = tr ? w->c : w->n, oh = 0, ow = 0;
+    if (x->c != in_c)
+        return cz_error_set(CZ_ERR_SHAPE, "cuda %s: x has %d channels but w [%d,%d,%d,%d] expects %d", op, x->c,
+                            w->n, w->c, w->h, w->w, in_c);
+    if (tr)
+        CZ_TRY(deconv_geom(op, x->h, x->w, k, p, &oh, &ow));
+    else
+        CZ_TRY(conv_geom(op, x->h, x->w, k, p, &oh, &ow));
+    CZ_TRY(cu_expect_shape(op, "y", y, x->n, out_c, oh, ow));
+    CZ_TRY(cu_expect_vec(op, "b", bias, out_c));
+    CZ_TRY(same_dtype(op, "x", x, "y", y));
+    const void *wp;
+    CZ_TRY(cu_weight_as(b, w, x->dtype, &wp));
+    if (tr) {
+        /* cuDNN's convolution maps y (out channels) to x (in channels) */
+        cuk_conv cp = {x->dtype, x->n, out_c, oh, ow, in_c, k, x->h, x->w, p->stride, p->pad};
+        CZ_TRY(cdn_conv_bwd_data(b, &cp, wp, cu_dev(x), cu_dev(y)));
+    } else {
+        cuk_conv cp = {x->dtype, x->n, in_c, x->h, x->w, out_c, k, oh, ow, p->stride, p->pad};
+        CZ_TRY(cdn_conv_fwd(b, &cp, cu_dev(x), wp, cu_dev(y)));
+    }
+    CZ_TRY(epilogue(b, y, bias, p));
+    cu_touch(y);
+    return CZ_OK;
+}
+
+static cz_status cu_conv2d(cz_backend *be, const cz_tensor *x, const cz_tensor *w, const cz_tensor *bias,
+                           const cz_conv_params *p, cz_tensor *y) {
+    return conv_like_fwd(be, "conv2d", 0, x, w, bias, p, y);
+}
+
+static cz_status cu_deconv2d(cz_backend *be, const cz_tensor *x, const cz_tensor *w, const cz_tensor *bias,
+                             const cz_conv_params *p, cz_tensor *y) {
+    return conv_like_fwd(be, "deconv2d", 1, x, w, bias, p, y);
+}
+
+static cz_status conv_like_bwd_data(cz_backend *be, const char *op, int tr, const cz_tensor *dy, const cz_tensor *w,
+                                    const cz_conv_params *p, cz_tensor *dx) {
+    cu_backend *b = BE(be);
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check(op, "dy", dy));
+    CZ_TRY(cu_check(op, "w", w));
+    CZ_TRY(cu_check(op, "dx", dx));
+    CZ_TRY(check_params(op, p));
+    CZ_TRY(square(op, "w", w));
+    CZ_TRY(no_alias(op, "dy", dy, "dx", dx));
+    int k = w->h, in_c = tr ? w->n : w->c, out_c = tr ? w->c : w->n, oh = 0, ow = 0;
+    if (dx->c != in_c)
+        return cz_error_set(CZ_ERR_SHAPE, "cuda %s: dx has %d channels but w [%d,%d,%d,%d] has %d inputs", op,
+                            dx->c, w->n, w->c, w->h, w->w, in_c);
+    if (tr)
+        CZ_TRY(deconv_geom(op, dx->h, dx->w, k, p, &oh, &ow));
+    else
+        CZ_TRY(conv_geom(op, dx->h, dx->w, k, p, &oh, &ow));
+    CZ_TRY(cu_expect_shape(op, "dy", dy, dx->n, out_c, oh, ow));
+    CZ_TRY(same_dtype(op, "dy", dy, "dx", dx));
+    const void *wp;
+    CZ_TRY(cu_weight_as(b, w, dy->dtype, &wp));
+    if (tr) {
+        cuk_conv cp = {dy->dtype, dx->n, out_c, oh, ow, in_c, k, dx->h, dx->w, p->stride, p->pad};
+        CZ_TRY(cdn_conv_fwd(b, &cp, cu_dev(dy), wp, cu_dev(dx)));
+    } else {
+        cuk_conv cp = {dy->dtype, dx->n, in_c, dx->h, dx->w, out_c, k, oh, ow, p->stride, p->pad};
+        CZ_TRY(cdn_conv_bwd_data(b, &cp, wp, cu_dev(dy), cu_dev(dx)));
+    }
+    cu_touch(dx);
+    return CZ_OK;
+}
+
+static cz_status cu_conv2d_bwd_data(cz_backend *be, const cz_tensor *dy, const cz_tensor *w, const cz_conv_params *p,
+                                    cz_tensor *dx) {
+    return conv_like_bwd_data(be, "conv2d_bwd_data", 0, dy, w, p, dx);
+}
+
+static cz_status cu_deconv2d_bwd_data(cz_backend *be, const cz_tensor *dy, const cz_tensor *w,
+                                      const cz_conv_params *p, cz_tensor *dx) {
+    return conv_like_bwd_data(be, "deconv2d_bwd_data", 1, dy, w, p, dx);
+}
+
+static cz_status conv_like_bwd_weights(cz_backend *be, const char *op, int tr, const cz_tensor *x,
+                                       const cz_tensor *dy, const cz_conv_params *p, cz_tensor *dw, cz_tensor *db,
+                                       int accumulate) {
+    cu_backend *b = BE(be);
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check(op, "x", x));
+    CZ_TRY(cu_check(op, "dy", dy));
+    CZ_TRY(cu_check(op, "dw", dw));
+    CZ_TRY(cu_check_opt(op, "db", db));
+    CZ_TRY(check_params(op, p));
+    CZ_TRY(square(op, "dw", dw));
+    int k = dw->h, in_c = tr ? dw->n : dw->c, out_c = tr ? dw->c : dw->n, oh = 0, ow = 0;
+    if (x->c != in_c)
+        return cz_error_set(CZ_ERR_SHAPE, "cuda %s: x has %d channels but dw [%d,%d,%d,%d] has %d inputs", op,
+                            x->c, dw->n, dw->c, dw->h, dw->w, in_c);
+    if (tr)
+        CZ_TRY(deconv_geom(op, x->h, x->w, k, p, &oh, &ow));
+    else
+        CZ_TRY(conv_geom(op, x->h, x->w, k, p, &oh, &ow));
+    CZ_TRY(cu_expect_shape(op, "dy", dy, x->n, out_c, oh, ow));
+    CZ_TRY(cu_expect_vec(op, "db", db, out_c));
+    CZ_TRY(same_dtype(op, "x", x, "dy", dy));
+    CZ_TRY(no_alias(op, "x", x, "dw", dw));
+    CZ_TRY(no_alias(op, "dy", dy, "dw", dw));
+    cuk_conv cp;
+    const void *cx, *cdy; /* the convolution's x and dy as cuDNN sees them */
+    if (tr) {
+        cuk_conv t = {x->dtype, x->n, out_c, oh, ow, in_c, k, x->h, x->w, p->stride, p->pad};
+        cp = t;
+        cx = cu_dev(dy);
+        cdy = cu_dev(x);
+    } else {
+        cuk_conv t = {x->dtype, x->n, in_c, x->h, x->w, out_c, k, oh, ow, p->stride, p->pad};
+        cp = t;
+        cx = cu_dev(x);
+        cdy = cu_dev(dy);
+    }
+    if (dw->dtype == x->dtype) {
+        CZ_TRY(cdn_conv_bwd_filter(b, &cp, cx, cdy, cu_dev(dw), accumulate));
+    } else {
+        size_t count = cz_tensor_numel(dw);
+        void *tmp;
+        CZ_TRY(cu_scratch_get(b, &b->tmp2, count * cz_dtype_size(x->dtype), &tmp));
+        CZ_TRY(cdn_conv_bwd_filter(b, &cp, cx, cdy, tmp, 0));
+        CUK_CHECK(b, cuk_add_into(tmp, x->dtype, cu_dev(dw), dw->dtype, count, accumulate, b->stream));
+    }
+    cu_touch(dw);
+    return bias_grad(b, dy, db, accumulate);
+}
+
+static cz_status cu_conv2d_bwd_weights(cz_backend *be, const cz_tensor *x, const cz_tensor *dy,
+                                       const cz_conv_params *p, cz_tensor *dw, cz_tensor *db, int accumulate) {
+    return conv_like_bwd_weights(be, "conv2d_bwd_weights", 0, x, dy, p, dw, db, accumulate);
+}
+
+static cz_status cu_deconv2d_bwd_weights(cz_backend *be, const cz_tensor *x, const cz_tensor *dy,
+                                         const cz_conv_params *p, cz_tensor *dw, cz_tensor *db, int accumulate) {
+    return conv_like_bwd_weights(be, "deconv2d_bwd_weights", 1, x, dy, p, dw, db, accumulate);
+}
+
+/* --------------------------------------------------------------------------- batch norm */
+
+static cz_status cu_bn_infer(cz_backend *be, const cz_tensor *x, const cz_tensor *gamma, const cz_tensor *beta,
+                             const cz_tensor *mean, const cz_tensor *var, float eps, cz_tensor *y) {
+    cu_backend *b = BE(be);
+    const char *op = "bn_infer";
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check(op, "x", x));
+    CZ_TRY(cu_check_opt(op, "gamma", gamma));
+    CZ_TRY(cu_check_opt(op, "beta", beta));
+    CZ_TRY(cu_check(op, "mean", mean));
+    CZ_TRY(cu_check(op, "var", var));
+    CZ_TRY(cu_check(op, "y", y));
+    CZ_TRY(cu_expect_same(op, "y", y, x));
+    CZ_TRY(cu_expect_vec(op, "gamma", gamma, x->c));
+    CZ_TRY(cu_expect_vec(op, "beta", beta, x->c));
+    CZ_TRY(cu_expect_vec(op, "mean", mean, x->c));
+    CZ_TRY(cu_expect_vec(op, "var", var, x->c));
+    if (!(eps >= 0)) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: eps %g must be >= 0", op, (double)eps);
+    CUK_CHECK(b, cuk_bn_infer(cu_dev(x), x->dtype, dev_opt(gamma), dt_opt(gamma), dev_opt(beta), dt_opt(beta),
+                              cu_dev(mean), mean->dtype, cu_dev(var), var->dtype, eps, cu_dev(y), y->dtype,
+                              cz_tensor_numel(x), x->c, b->stream));
+    cu_touch(y);
+    return CZ_OK;
+}
+
+static cz_status cu_bn_train_fwd(cz_backend *be, const cz_tensor *x, const cz_tensor *gamma, const cz_tensor *beta,
+                                 float eps, float momentum, cz_tensor *running_mean, cz_tensor *running_var,
+                                 cz_tensor *save_mean, cz_tensor *save_invstd, cz_tensor *y) {
+    cu_backend *b = BE(be);
+    const char *op = "bn_train_fwd";
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check(op, "x", x));
+    CZ_TRY(cu_check_opt(op, "gamma", gamma));
+    CZ_TRY(cu_check_opt(op, "beta", beta));
+    CZ_TRY(cu_check_opt(op, "running_mean", running_mean));
+    CZ_TRY(cu_check_opt(op, "running_var", running_var));
+    CZ_TRY(cu_check_opt(op, "save_mean", save_mean));
+    CZ_TRY(cu_check_opt(op, "save_invstd", save_invstd));
+    CZ_TRY(cu_check(op, "y", y));
+    CZ_TRY(cu_expect_same(op, "y", y, x));
+    CZ_TRY(cu_expect_vec(op, "gamma", gamma, x->c));
+    CZ_TRY(cu_expect_vec(op, "beta", beta, x->c));
+    CZ_TRY(cu_expect_vec(op, "running_mean", running_mean, x->c));
+    CZ_TRY(cu_expect_vec(op, "running_var", running_var, x->c));
+    CZ_TRY(cu_expect_vec(op, "save_mean", save_mean, x->c));
+    CZ_TRY(cu_expect_vec(op, "save_invstd", save_invstd, x->c));
+    CZ_TRY(expect_f32(op, "save_mean", save_mean));
+    CZ_TRY(expect_f32(op, "save_invstd", save_invstd));
+    if (!(eps >= 0)) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: eps %g must be >= 0", op, (double)eps);
+    if (!(momentum >= 0 && momentum <= 1))
+        return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: momentum %g must be in [0, 1]", op, (double)momentum);
+    size_t rows = (size_t)x->n * x->h * x->w;
+    if (rows < 2)
+        return cz_error_set(CZ_ERR_SHAPE, "cuda %s: x is [%d,%d,%d,%d], batch statistics need more than 1 value per "
+                                          "channel",
+                            op, x->n, x->c, x->h, x->w);
+    red_bufs r;
+    CZ_TRY(red_get(b, rows, x->c, &r));
+    /* two passes like the oracle: the mean, then the squared deviations from it */
+    CUK_CHECK(b, cuk_chan_reduce(CUK_RED_SUM, cu_dev(x), x->dtype, NULL, 0, rows, x->c, NULL, 0, NULL, NULL, r.part,
+                                 r.a, NULL, b->stream));
+    CUK_CHECK(b, cuk_chan_reduce(CUK_RED_SQDEV, cu_dev(x), x->dtype, NULL, 0, rows, x->c, r.a, 1.0 / (double)rows,
+                                 NULL, NULL, r.part, r.b, NULL, b->stream));
+    CUK_CHECK(b, cuk_bn_finalize(r.a, r.b, (double)rows, eps, momentum, save_mean ? cu_dev(save_mean) : NULL,
+                                 save_invstd ? cu_dev(save_invstd) : NULL,
+                                 running_mean ? cu_dev(running_mean) : NULL, dt_opt(running_mean),
+                                 running_var ? cu_dev(running_var) : NULL, dt_opt(running_var), r.ab, x->c,
+                                 b->stream));
+    CUK_CHECK(b, cuk_bn_apply(cu_dev(x), x->dtype, r.ab, dev_opt(gamma), dt_opt(gamma), dev_opt(beta), dt_opt(beta),
+                              cu_dev(y), y->dtype, cz_tensor_numel(x), x->c, b->stream));
+    cu_touch(y);
+    cu_touch(running_mean);
+    cu_touch(running_var);
+    cu_touch(save_mean);
+    cu_touch(save_invstd);
+    return CZ_OK;
+}
+
+static cz_status cu_bn_train_bwd(cz_backend *be, const cz_tensor *x, const cz_tensor *dy, const cz_tensor *gamma,
+                                 const cz_tensor *save_mean, const cz_tensor *save_invstd, cz_tensor *dx,
+                                 cz_tensor *dgamma, cz_tensor *dbeta, int accumulate) {
+    cu_backend *b = BE(be);
+    const char *op = "bn_train_bwd";
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check(op, "x", x));
+    CZ_TRY(cu_check(op, "dy", dy));
+    CZ_TRY(cu_check_opt(op, "gamma", gamma));
+    CZ_TRY(cu_check(op, "save_mean", save_mean));
+    CZ_TRY(cu_check(op, "save_invstd", save_invstd));
+    CZ_TRY(cu_check_opt(op, "dx", dx));
+    CZ_TRY(cu_check_opt(op, "dgamma", dgamma));
+    CZ_TRY(cu_check_opt(op, "dbeta", dbeta));
+    CZ_TRY(cu_expect_same(op, "dy", dy, x));
+    if (dx) CZ_TRY(cu_expect_same(op, "dx", dx, x));
+    CZ_TRY(cu_expect_vec(op, "gamma", gamma, x->c));
+    CZ_TRY(cu_expect_vec(op, "save_mean", save_mean, x->c));
+    CZ_TRY(cu_expect_vec(op, "save_invstd", save_invstd, x->c));
+    CZ_TRY(cu_expect_vec(op, "dgamma", dgamma, x->c));
+    CZ_TRY(cu_expect_vec(op, "dbeta", dbeta, x->c));
+    CZ_TRY(expect_f32(op, "save_mean", save_mean));
+    CZ_TRY(expect_f32(op, "save_invstd", save_invstd));
+    size_t rows = (size_t)x->n * x->h * x->w;
+    red_bufs r;
+    CZ_TRY(red_get(b, rows, x->c, &r));
+    const float *m = cu_dev(save_mean), *is = cu_dev(save_invstd);
+    CUK_CHECK(b, cuk_chan_reduce(CUK_RED_BNBWD, cu_dev(dy), dy->dtype, cu_dev(x), x->dtype, rows, x->c, NULL, 0, m,
+                                 is, r.part, r.a, r.b, b->stream));
+    if (dx) {
+        CUK_CHECK(b, cuk_bn_bwd_dx(cu_dev(x), x->dtype, cu_dev(dy), dy->dtype, dev_opt(gamma), dt_opt(gamma), m, is,
+                                   r.a, r.b, (double)rows, cu_dev(dx), dx->dtype, cz_tensor_numel(x), x->c,
+                                   b->stream));
+        cu_touch(dx);
+    }
+    if (dgamma) {
+        CUK_CHECK(b, cuk_store_vec(r.b, cu_dev(dgamma), dgamma->dtype, x->c, accumulate, b->stream));
+        cu_touch(dgamma);
+    }
+    if (dbeta) {
+        CUK_CHECK(b, cuk_store_vec(r.a, cu_dev(dbeta), dbeta->dtype, x->c, accumulate, b->stream));
+        cu_touch(dbeta);
+    }
+    return CZ_OK;
+}
+
+/* --------------------------------------------------------------------------- element-wise */
+
+static cz_status cu_act_fwd(cz_backend *be, cz_act act, float alpha, const cz_tensor *x, cz_tensor *y) {
+    cu_backend *b = BE(be);
+    const char *op = "act_fwd";
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(check_act(op, act));
+    CZ_TRY(cu_check(op, "x", x));
+    CZ_TRY(cu_check(op, "y", y));
+    CZ_TRY(cu_expect_same(op, "y", y, x));
+    if (x->data == y->data && x->dtype != y->dtype)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: in place needs one dtype", op);
+    CUK_CHECK(b, cuk_bias_act(cu_dev(x), x->dtype, NULL, 0, (int)act, alpha, cu_dev(y), y->dtype,
+                              cz_tensor_numel(x), x->c, b->stream));
+    cu_touch(y);
+    return CZ_OK;
+}
+
+static cz_status cu_act_bwd(cz_backend *be, cz_act act, float alpha, const cz_tensor *y, const cz_tensor *dy,
+                            cz_tensor *dx) {
+    cu_backend *b = BE(be);
+    const char *op = "act_bwd";
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(check_act(op, act));
+    CZ_TRY(cu_check(op, "y", y));
+    CZ_TRY(cu_check(op, "dy", dy));
+    CZ_TRY(cu_check(op, "dx", dx));
+    CZ_TRY(cu_expect_same(op, "dy", dy, y));
+    CZ_TRY(cu_expect_same(op, "dx", dx, y));
+    CUK_CHECK(b, cuk_act_bwd((int)act, alpha, cu_dev(y), y->dtype, cu_dev(dy), dy->dtype, cu_dev(dx), dx->dtype,
+                             cz_tensor_numel(y), b->stream));
+    cu_touch(dx);
+    return CZ_OK;
+}
+
+static cz_status cu_concat(cz_backend *be, const cz_tensor *a, const cz_tensor *bt, cz_tensor *y) {
+    cu_backend *b = BE(be);
+    const char *op = "concat";
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check(op, "a", a));
+    CZ_TRY(cu_check(op, "b", bt));
+    CZ_TRY(cu_check(op, "y", y));
+    CZ_TRY(cu_expect_shape(op, "b", bt, a->n, bt->c, a->h, a->w));
+    CZ_TRY(cu_expect_shape(op, "y", y, a->n, a->c + bt->c, a->h, a->w));
+    CZ_TRY(no_alias(op, "a", a, "y", y));
+    CZ_TRY(no_alias(op, "b", bt, "y", y));
+    CUK_CHECK(b, cuk_concat(cu_dev(a), a->dtype, a->c, cu_dev(bt), bt->dtype, bt->c, cu_dev(y), y->dtype,
+                            (size_t)a->n * a->h * a->w, b->stream));
+    cu_touch(y);
+    return CZ_OK;
+}
+
+static cz_status cu_concat_bwd(cz_backend *be, const cz_tensor *dy, cz_tensor *da, cz_tensor *db, int accumulate) {
+    cu_backend *b = BE(be);
+    const char *op = "concat_bwd";
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check(op, "dy", dy));
+    CZ_TRY(cu_check(op, "da", da));
+    CZ_TRY(cu_check(op, "db", db));
+    CZ_TRY(cu_expect_shape(op, "da", da, dy->n, da->c, dy->h, dy->w));
+    CZ_TRY(cu_expect_shape(op, "db", db, dy->n, dy->c - da->c, dy->h, dy->w));
+    CZ_TRY(no_alias(op, "dy", dy, "da", da));
+    CZ_TRY(no_alias(op, "dy", dy, "db", db));
+    CUK_CHECK(b, cuk_concat_bwd(cu_dev(dy), dy->dtype, cu_dev(da), da->dtype, da->c, cu_dev(db), db->dtype, db->c,
+                                (size_t)dy->n * dy->h * dy->w, accumulate, b->stream));
+    cu_touch(da);
+    cu_touch(db);
+    return CZ_OK;
+}
+
+static cz_status cu_dropout_fwd(cz_backend *be, float p, uint64_t seed, const cz_tensor *x, cz_tensor *mask,
+                                cz_tensor *y) {
+    cu_backend *b = BE(be);
+    const char *op = "dropout_fwd";
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check(op, "x", x));
+    CZ_TRY(cu_check(op, "mask", mask));
+    CZ_TRY(cu_check(op, "y", y));
+    CZ_TRY(cu_expect_same(op, "mask", mask, x));
+    CZ_TRY(cu_expect_same(op, "y", y, x));
+    CZ_TRY(no_alias(op, "x", x, "mask", mask));
+    CZ_TRY(no_alias(op, "y", y, "mask", mask));
+    if (!(p >= 0.0f && p < 1.0f))
+        return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: p = %g must be in [0, 1)", op, (double)p);
+    CUK_CHECK(b, cuk_dropout_fwd(p, seed, cu_dev(x), x->dtype, cu_dev(mask), mask->dtype, cu_dev(y), y->dtype, x->n,
+                                 x->c, x->h, x->w, b->stream));
+    cu_touch(mask);
+    cu_touch(y);
+    return CZ_OK;
+}
+
+static cz_status cu_dropout_bwd(cz_backend *be, const cz_tensor *mask, const cz_tensor *dy, cz_tensor *dx) {
+    cu_backend *b = BE(be);
+    const char *op = "dropout_bwd";
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check(op, "mask", mask));
+    CZ_TRY(cu_check(op, "dy", dy));
+    CZ_TRY(cu_check(op, "dx", dx));
+    CZ_TRY(cu_expect_same(op, "dy", dy, mask));
+    CZ_TRY(cu_expect_same(op, "dx", dx, mask));
+    CUK_CHECK(b, cuk_mul(cu_dev(dy), dy->dtype, cu_dev(mask), mask->dtype, cu_dev(dx), dx->dtype,
+                         cz_tensor_numel(mask), b->stream));
+    cu_touch(dx);
+    return CZ_OK;
+}
+
+/* ------------------------------------------------------------------------------- losses */
+
+/* Sum over all elements (mode 0 BCE, 1 L1), copied back to the host. */
+static cz_status loss_sum(cu_backend *b, int mode, const cz_tensor *a, const cz_tensor *bt, float target,
+                          double *out) {
+    size_t n = cz_tensor_numel(a), part = cuk_sum_scratch(n);
+    void *p;
+    CZ_TRY(cu_scratch_get(b, &b->red, part + sizeof(double), &p));
+    double *res = (double *)((char *)p + part);
+    CUK_CHECK(b, cuk_loss_sum(mode, cu_dev(a), a->dtype, bt ? cu_dev(bt) : NULL, dt_opt(bt), target, n, p, res,
+                              b->stream));
+    double sum = 0;
+    CU_CHECK(b, cudaMemcpyAsync(&sum, res, sizeof sum, cudaMemcpyDeviceToHost, b->stream));
+    CU_CHECK(b, cudaStreamSynchronize(b->stream));
+    *out = sum / (double)n;
+    return CZ_OK;
+}
+
+static cz_status cu_bce_logits_fwd(cz_backend *be, const cz_tensor *x, float target, double *loss) {
+    cu_backend *b = BE(be);
+    const char *op = "bce_logits_fwd";
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check(op, "x", x));
+    if (!loss) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: loss is NULL", op);
+    if (!isfinite(target)) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: target is not finite", op);
+    return loss_sum(b, 0, x, NULL, target, loss);
+}
+
+static cz_status cu_l1_fwd(cz_backend *be, const cz_tensor *a, const cz_tensor *bt, double *loss) {
+    cu_backend *b = BE(be);
+    const char *op = "l1_fwd";
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check(op, "a", a));
+    CZ_TRY(cu_check(op, "b", bt));
+    CZ_TRY(cu_expect_same(op, "b", bt, a));
+    if (!loss) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: loss is NULL", op);
+    return loss_sum(b, 1, a, bt, 0.f, loss);
+}
+
+static cz_status cu_bce_logits_bwd(cz_backend *be, const cz_tensor *x, float target, float scale, cz_tensor *dx) {
+    cu_backend *b = BE(be);
+    const char *op = "bce_logits_bwd";
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check(op, "x", x));
+    CZ_TRY(cu_check(op, "dx", dx));
+    CZ_TRY(cu_expect_same(op, "dx", dx, x));
+    if (!isfinite(target)) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: target is not finite", op);
+    size_t n = cz_tensor_numel(x);
+    CUK_CHECK(b, cuk_bce_bwd(cu_dev(x), x->dtype, target, (double)scale / (double)n, cu_dev(dx), dx->dtype, n,
+                             b->stream));
+    cu_touch(dx);
+    return CZ_OK;
+}
+
+static cz_status cu_l1_bwd(cz_backend *be, const cz_tensor *a, const cz_tensor *bt, float scale, cz_tensor *da) {
+    cu_backend *b = BE(be);
+    const char *op = "l1_bwd";
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check(op, "a", a));
+    CZ_TRY(cu_check(op, "b", bt));
+    CZ_TRY(cu_check(op, "da", da));
+    CZ_TRY(cu_expect_same(op, "b", bt, a));
+    CZ_TRY(cu_expect_same(op, "da", da, a));
+    size_t n = cz_tensor_numel(a);
+    CUK_CHECK(b, cuk_l1_bwd(cu_dev(a), a->dtype, cu_dev(bt), bt->dtype, (double)scale / (double)n, cu_dev(da),
+                            da->dtype, n, b->stream));
+    cu_touch(da);
+    return CZ_OK;
+}
+
+/* ---------------------------------------------------------------------------- optimizer */
+
+static cz_status cu_adam_step(cz_backend *be, cz_tensor *param, const cz_tensor *grad, cz_tensor *m, cz_tensor *v,
+                              float lr, float beta1, float beta2, float eps, int t) {
+    cu_backend *b = BE(be);
+    const char *op = "adam_step";
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_check(op, "param", param));
+    CZ_TRY(cu_check(op, "grad", grad));
+    CZ_TRY(cu_check(op, "m", m));
+    CZ_TRY(cu_check(op, "v", v));
+    CZ_TRY(cu_expect_same(op, "grad", grad, param));
+    CZ_TRY(cu_expect_same(op, "m", m, param));
+    CZ_TRY(cu_expect_same(op, "v", v, param));
+    CZ_TRY(expect_f32(op, "param", param));
+    CZ_TRY(expect_f32(op, "m", m));
+    CZ_TRY(expect_f32(op, "v", v));
+    if (t < 1) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: step %d must be >= 1", op, t);
+    double b1 = beta1, b2 = beta2;
+    double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
+    CUK_CHECK(b, cuk_adam(cu_dev(param), cu_dev(grad), grad->dtype, cu_dev(m), cu_dev(v), cz_tensor_numel(param), (double)lr, b1,
+                          b2, (double)eps, bc1, bc2, b->stream));
+    cu_touch(param);
+    cu_touch(m);
+    cu_touch(v);
+    return CZ_OK;
+}
+
+void cu_fill_ops(cz_backend_ops *ops) {
+    memset(ops, 0, sizeof *ops);
+    cu_fill_mem_ops(ops);
+    ops->conv2d = cu_conv2d;
+    ops->deconv2d = cu_deconv2d;
+    ops->bn_infer = cu_bn_infer;
+    ops->bn_train_fwd = cu_bn_train_fwd;
+    ops->act_fwd = cu_act_fwd;
+    ops->concat = cu_concat;
+    ops->dropout_fwd = cu_dropout_fwd;
+    ops->bce_logits_fwd = cu_bce_logits_fwd;
+    ops->l1_fwd = cu_l1_fwd;
+    ops->conv2d_bwd_data = cu_conv2d_bwd_data;
+    ops->conv2d_bwd_weights = cu_conv2d_bwd_weights;
+    ops->deconv2d_bwd_data = cu_deconv2d_bwd_data;
+    ops->deconv2d_bwd_weights = cu_deconv2d_bwd_weights;
+    ops->bn_train_bwd = cu_bn_train_bwd;
+    ops->act_bwd = cu_act_bwd;
+    ops->concat_bwd = cu_concat_bwd;
+    ops->dropout_bwd = cu_dropout_bwd;
+    ops->bce_logits_bwd = cu_bce_logits_bwd;
+    ops->l1_bwd = cu_l1_bwd;
+    ops->adam_step = cu_adam_step;
+}

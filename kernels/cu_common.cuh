@@ -1,0 +1,53 @@
+/* cu_common.cuh: device helpers shared by the .cu files: element load/store for the three
+ * dtypes (everything is computed in fp32 or fp64 and rounded once on store, round to nearest
+ * even, as the ref backend does), grid sizing and the launch-error idiom.
+ * Header-only, included by nvcc only. Tested through tests/unit/test_ops.c on a GPU. */
+#ifndef CZ_CU_COMMON_CUH
+#define CZ_CU_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "cu_kernels.h"
+
+#define CUK_F32 0
+#define CUK_BF16 1
+#define CUK_F16 2
+
+static __device__ __forceinline__ float cuk_ld(const void *p, int dt, size_t i) {
+    if (dt == CUK_F32) return ((const float *)p)[i];
+    if (dt == CUK_BF16) return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    return __half2float(((const __half *)p)[i]);
+}
+
+static __device__ __forceinline__ void cuk_st(void *p, int dt, size_t i, float v) {
+    if (dt == CUK_F32)
+        ((float *)p)[i] = v;
+    else if (dt == CUK_BF16)
+        ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
+    else
+        ((__half *)p)[i] = __float2half_rn(v);
+}
+
+/* Stores a double with the ref backend's rounding (double -> float -> dtype). */
+static __device__ __forceinline__ void cuk_st_d(void *p, int dt, size_t i, double v) { cuk_st(p, dt, i, (float)v); }
+
+#define CUK_THREADS 256
+
+/* Blocks for a grid-stride loop over `count` elements. */
+static inline unsigned cuk_blocks(size_t count) {
+    size_t b = (count + CUK_THREADS - 1) / CUK_THREADS;
+    if (b < 1) b = 1;
+    if (b > 65536) b = 65536;
+    return (unsigned)b;
+}
+
+#define CUK_FOR(i, count)                                                                          \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (count);                   \
+         i += (size_t)gridDim.x * blockDim.x)
+
+static inline int cuk_last(void) { return (int)cudaGetLastError(); }
+
+#endif

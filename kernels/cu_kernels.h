@@ -1,0 +1,123 @@
+/* cu_kernels.h: the launchers of our own CUDA kernels (one .cu file per op family), callable
+ * from the C side of the backend (backend_cuda*.c, cudnn_ops.c). Plain C types only, so it is
+ * included both by gcc (C11) and by nvcc (C++); no core/ header is needed here.
+ *
+ * Conventions shared by every launcher:
+ * - Every tensor is stored NHWC (channels innermost, batch outermost); a per-channel vector
+ *   (1, C, 1, 1) is therefore C contiguous elements, and a conv weight (out, in, kh, kw) is
+ *   stored (out, kh, kw, in), which is what cuDNN calls a KRSC / NHWC filter.
+ * - `dt` arguments are cz_dtype values (0 fp32, 1 bf16, 2 fp16); kernels load every element
+ *   into fp32 (fp64 where a reduction or Adam wants it), compute, and round once on store.
+ * - Everything is queued on `stream`; a launcher returns cudaGetLastError() after its launches
+ *   (as an int, to keep CUDA headers out of the C files that only need this interface).
+ * - Reductions are deterministic: a fixed grid that depends only on the shape, per-thread
+ *   sums in a fixed order, tree reductions in shared memory, and a second kernel that sums the
+ *   per-block partials in order. No floating-point atomics anywhere.
+ * Threading: stateless; the caller serializes use of a stream.
+ * Tested through the backend by tests/unit/test_ops.c (on a GPU; tests/gpu/check.sh). */
+#ifndef CZ_CU_KERNELS_H
+#define CZ_CU_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct CUstream_st *cuk_stream; /* == cudaStream_t */
+
+/* ---- cast.cu: layout and dtype conversion ---- */
+/* dst (NHWC, dt) <- src (plain NCHW fp32), n images of c x h x w. */
+int cuk_nchw_f32_to_nhwc(const float *src, void *dst, int dt, int n, int c, int h, int w, cuk_stream s);
+/* dst (plain NCHW fp32) <- src (NHWC, dt). */
+int cuk_nhwc_to_nchw_f32(const void *src, int dt, float *dst, int n, int c, int h, int w, cuk_stream s);
+/* dst[i] = src[i] converted between dtypes (same layout), count elements. */
+int cuk_cast(const void *src, int sdt, void *dst, int ddt, size_t count, cuk_stream s);
+/* dst[i] = (accumulate ? dst[i] : 0) + src[i], converted on load/store. */
+int cuk_add_into(const void *src, int sdt, void *dst, int ddt, size_t count, int accumulate, cuk_stream s);
+
+/* ---- act.cu: activations and the conv epilogue ---- */
+/* y = act(x (+ bias[c])), NHWC with c channels; bias (fp32 per channel, dtype bdt) may be NULL.
+ * act: 0 none, 1 relu, 2 leaky relu (alpha), 3 tanh. x may equal y. */
+int cuk_bias_act(const void *x, int xdt, const void *bias, int bdt, int act, float alpha, void *y, int ydt,
+                 size_t count, int c, cuk_stream s);
+/* dx = dy * act'(y). */
+int cuk_act_bwd(int act, float alpha, const void *y, int ydt, const void *dy, int dydt, void *dx, int dxdt,
+                size_t count, cuk_stream s);
+
+/* ---- concat.cu ---- */
+/* y[..., 0:ca] = a, y[..., ca:ca+cb] = b over `rows` = n*h*w pixels. */
+int cuk_concat(const void *a, int adt, int ca, const void *b, int bdt, int cb, void *y, int ydt, size_t rows,
+               cuk_stream s);
+/* da (+)= y[..., 0:ca], db (+)= y[..., ca:]. */
+int cuk_concat_bwd(const void *dy, int dydt, void *da, int dadt, int ca, void *db, int dbdt, int cb, size_t rows,
+                   int accumulate, cuk_stream s);
+
+/* ---- dropout.cu: the SplitMix64 counter RNG of backend.h on the logical NCHW index ---- */
+int cuk_dropout_fwd(float p, uint64_t seed, const void *x, int xdt, void *mask, int mdt, void *y, int ydt, int n,
+                    int c, int h, int w, cuk_stream s);
+/* dx = dy * mask (elementwise, layout-agnostic). */
+int cuk_mul(const void *a, int adt, const void *b, int bdt, void *y, int ydt, size_t count, cuk_stream s);
+
+/* ---- reduce.cu: deterministic per-channel sums over the rows of an NHWC tensor ---- */
+typedef enum cuk_red_mode {
+    CUK_RED_SUM = 0,   /* s1[c] = sum a */
+    CUK_RED_SQDEV = 1, /* s1[c] = sum (a - center[c] * center_scale)^2 */
+    CUK_RED_BNBWD = 2  /* s1[c] = sum a;  s2[c] = sum a * (b - mean[c]) * invstd[c] (mean, invstd fp32) */
+} cuk_red_mode;
+/* Bytes of scratch cuk_chan_reduce needs for (rows, c). */
+size_t cuk_chan_reduce_scratch(size_t rows, int c);
+/* Writes s1 (and s2 for BNBWD) as c doubles each, on the device. */
+int cuk_chan_reduce(int mode, const void *a, int adt, const void *b, int bdt, size_t rows, int c,
+                    const double *center, double center_scale, const float *mean, const float *invstd,
+                    double *scratch, double *s1, double *s2, cuk_stream s);
+/* dst[c] (+)= src[c] (double -> dst dtype). */
+int cuk_store_vec(const double *src, void *dst, int ddt, int c, int accumulate, cuk_stream s);
+/* Deterministic sum over all elements: mode 0 BCE-with-logits(a, target), 1 |a - b|.
+ * Result: one double at *out (device). */
+size_t cuk_sum_scratch(size_t count);
+int cuk_loss_sum(int mode, const void *a, int adt, const void *b, int bdt, float target, size_t count,
+                 double *scratch, double *out, cuk_stream s);
+
+/* ---- bn.cu: batch norm ---- */
+/* y = (x - mean[c]) / sqrt(var[c] + eps) * gamma[c] + beta[c]; gamma/beta may be NULL. */
+int cuk_bn_infer(const void *x, int xdt, const void *gamma, int gdt, const void *beta, int bdt, const void *mean,
+                 int mdt, const void *var, int vdt, float eps, void *y, int ydt, size_t count, int c, cuk_stream s);
+/* From s1 = sum x, s2 = sum (x-mean)^2 over `count` values per channel: writes save_mean/
+ * save_invstd (fp32, may be NULL), updates running stats (may be NULL) and fills the float
+ * pair table ab[2c] = (mean, invstd) used by cuk_bn_apply. */
+int cuk_bn_finalize(const double *s1, const double *s2, double count, float eps, float momentum, float *save_mean,
+                    float *save_invstd, void *rmean, int rmdt, void *rvar, int rvdt, float *ab, int c, cuk_stream s);
+/* y = (x - ab[2c]) * ab[2c+1] * gamma + beta. */
+int cuk_bn_apply(const void *x, int xdt, const float *ab, const void *gamma, int gdt, const void *beta, int bdt,
+                 void *y, int ydt, size_t count, int c, cuk_stream s);
+/* dx = gamma*invstd*(dy - s1/count - xhat*s2/count). */
+int cuk_bn_bwd_dx(const void *x, int xdt, const void *dy, int dydt, const void *gamma, int gdt, const float *mean,
+                  const float *invstd, const double *s1, const double *s2, double count, void *dx, int dxdt,
+                  size_t total, int c, cuk_stream s);
+
+/* ---- loss.cu: gradients of the losses ---- */
+int cuk_bce_bwd(const void *x, int xdt, float target, double k, void *dx, int dxdt, size_t count, cuk_stream s);
+int cuk_l1_bwd(const void *a, int adt, const void *b, int bdt, double k, void *da, int dadt, size_t count,
+               cuk_stream s);
+
+/* ---- adam.cu ---- */
+int cuk_adam(float *param, const void *grad, int gdt, float *m, float *v, size_t count, double lr, double b1, double b2,
+             double eps, double bc1, double bc2, cuk_stream s);
+
+/* ---- conv_naive.cu: direct convolutions, the fallback when cuDNN has no algorithm ---- */
+/* Convolution in cuDNN's terms: x (n, c, h, w), filter (k, c, r, r) stored KRSC, y (n, k, oh, ow),
+ * all NHWC, one dtype; fp32 accumulation. bwd_filter adds into dw when accumulate != 0. */
+typedef struct cuk_conv {
+    int dt, n, c, h, w, k, r, oh, ow, stride, pad;
+} cuk_conv;
+int cuk_conv_fwd_naive(const cuk_conv *p, const void *x, const void *wt, void *y, cuk_stream s);
+int cuk_conv_bwd_data_naive(const cuk_conv *p, const void *wt, const void *dy, void *dx, cuk_stream s);
+int cuk_conv_bwd_filter_naive(const cuk_conv *p, const void *x, const void *dy, void *dw, int accumulate,
+                              cuk_stream s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

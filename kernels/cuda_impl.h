@@ -1,0 +1,116 @@
+/* cuda_impl.h: private interface of the `cuda` backend, shared by its C files
+ * (backend_cuda.c: instance + memory; backend_cuda_ops.c: the op table's ops; cudnn_ops.c: every
+ * cuDNN call). Not part of core: only kernels/ includes it, and it is the only place outside
+ * the .cu files where CUDA runtime headers appear.
+ *
+ * Tensor storage: cz_tensor.data points to a host-side cu_buf header (magic, the device
+ * pointer, size, a never-reused id and a generation counter), and t->layout is CU_LAYOUT_NHWC,
+ * so a tensor from another backend (layout 0 or a oneDNN layout) is refused before its data
+ * pointer is ever dereferenced. The device memory is NHWC in the tensor's dtype; batch is
+ * outermost, so a batch view is a prefix of it.
+ *
+ * Threading: one thread at a time per instance (contract of backend.h). Errors: CU_CHECK and
+ * DNN_CHECK turn a failing call into a cz_status with "file:line: call: message"; errors that
+ * leave the CUDA context unusable ("sticky") are remembered in the instance so that health()
+ * and every later op report them. */
+#ifndef CZ_CUDA_IMPL_H
+#define CZ_CUDA_IMPL_H
+
+#include <cuda_runtime_api.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "cu_kernels.h"
+
+#define CU_MAGIC 0x43554246u      /* "CUBF" */
+#define CU_LAYOUT_NHWC 0x4e485743 /* "NHWC": the only layout this backend allocates */
+
+typedef struct cu_buf {
+    uint32_t magic;
+    void *dev;      /* device memory, NHWC in the tensor's dtype */
+    size_t bytes;
+    uint64_t id;    /* unique per allocation, never reused */
+    uint64_t gen;   /* bumped whenever the contents change through the backend */
+    /* a copy of this buffer converted to another dtype (conv weights used with activations of
+     * another dtype); valid while conv_gen == gen */
+    void *conv_dev;
+    size_t conv_bytes;
+    int conv_dtype;
+    uint64_t conv_gen;
+} cu_buf;
+
+typedef struct cu_dnn cu_dnn; /* cudnn_ops.c */
+
+typedef struct cu_scratch {
+    void *p;
+    size_t bytes;
+} cu_scratch;
+
+typedef struct cu_backend {
+    cz_backend base;
+    int device;
+    cudaStream_t stream;
+    cu_dnn *dnn;
+    cu_scratch ws;   /* cuDNN workspace, shared by every convolution */
+    cu_scratch tmp;  /* staging for host transfers, temporaries of other dtypes */
+    cu_scratch red;  /* reduction partials and per-channel statistics */
+    cu_scratch tmp2; /* a second temporary (conv weight gradients of another dtype) */
+    uint64_t next_id;
+    int allow_tf32;  /* COLORIZE_CUDA_TF32=1: fp32 convolutions may use TF32 tensor cores */
+    int force_naive; /* COLORIZE_CUDA_NAIVE=1: never use cuDNN (debugging) */
+    size_t ws_limit; /* largest cuDNN workspace an algorithm may ask for */
+    int sticky;      /* a sticky CUDA error happened: the instance is unusable */
+    char sticky_msg[256];
+    char device_name[256];
+} cu_backend;
+
+/* Error conversion (backend_cuda.c). */
+cz_status cu_fail(cu_backend *b, cudaError_t e, const char *file, int line, const char *expr);
+#define CU_CHECK(b, expr)                                                                          \
+    do {                                                                                           \
+        cudaError_t cu_e_ = (expr);                                                                \
+        if (cu_e_ != cudaSuccess) return cu_fail((b), cu_e_, __FILE__, __LINE__, #expr);           \
+    } while (0)
+/* For our kernel launchers (they return cudaGetLastError() as int). */
+#define CUK_CHECK(b, expr) CU_CHECK(b, (cudaError_t)(expr))
+
+/* Grows a scratch buffer to at least `bytes` (contents not kept). */
+cz_status cu_scratch_get(cu_backend *b, cu_scratch *s, size_t bytes, void **out);
+
+static inline cu_buf *cu_buf_of(const cz_tensor *t) { return (cu_buf *)t->data; }
+static inline void *cu_dev(const cz_tensor *t) { return cu_buf_of(t)->dev; }
+static inline void cu_touch(const cz_tensor *t) {
+    if (t && t->data) cu_buf_of(t)->gen++;
+}
+/* Device pointer of w's contents in dtype `dt` (a cached converted copy when w->dtype != dt). */
+cz_status cu_weight_as(cu_backend *b, const cz_tensor *w, cz_dtype dt, const void **out);
+
+/* Validation shared by the ops (backend_cuda.c). */
+cz_status cu_enter(cu_backend *b);
+cz_status cu_check(const char *op, const char *name, const cz_tensor *t);
+cz_status cu_check_opt(const char *op, const char *name, const cz_tensor *t);
+cz_status cu_expect_shape(const char *op, const char *name, const cz_tensor *t, int n, int c, int h, int w);
+cz_status cu_expect_same(const char *op, const char *name, const cz_tensor *t, const cz_tensor *like);
+cz_status cu_expect_vec(const char *op, const char *name, const cz_tensor *t, int c);
+
+/* ---- cudnn_ops.c: convolutions in cuDNN's terms (see cuk_conv in cu_kernels.h) ---- */
+cz_status cdn_create(cu_backend *b);
+void cdn_destroy(cu_backend *b);
+/* y = conv(x, w) */
+cz_status cdn_conv_fwd(cu_backend *b, const cuk_conv *p, const void *x, const void *w, void *y);
+/* dx = conv backward data(w, dy) */
+cz_status cdn_conv_bwd_data(cu_backend *b, const cuk_conv *p, const void *w, const void *dy, void *dx);
+/* dw (+)= conv backward filter(x, dy) */
+cz_status cdn_conv_bwd_filter(cu_backend *b, const cuk_conv *p, const void *x, const void *dy, void *dw,
+                              int accumulate);
+/* Plans cached so far (for logs and tests). */
+int cdn_plan_count(const cu_backend *b);
+const char *cdn_version_string(void);
+
+/* The op table: backend_cuda_ops.c fills every slot (calling cu_fill_mem_ops from
+ * backend_cuda.c for the memory ones). */
+void cu_fill_ops(cz_backend_ops *ops);
+void cu_fill_mem_ops(cz_backend_ops *ops);
+
+#endif

@@ -1,0 +1,317 @@
+/* cudnn_ops.c: every cuDNN call of the `cuda` backend, in one file: the handle, and the three
+ * convolution primitives (forward, backward data, backward filter) in cuDNN's own terms
+ * (x (n,c,h,w), filter (k,c,r,r), y (n,k,oh,ow), NHWC tensors and NHWC/KRSC filters). The
+ * transposed convolution of the op table is built from these by the caller (deconv forward =
+ * backward data, deconv backward data = forward, deconv weight gradient = backward filter
+ * with the roles of x and dy swapped).
+ *
+ * Uses cuDNN 9's legacy convolution API (deprecated but present in every 9.x; its deprecation
+ * attributes are off unless CUDNN_WARN_DEPRECATED is defined). Choices:
+ * - Plans are cached by (primitive, problem): descriptors plus an algorithm chosen once, by
+ *   cudnnFind*Algorithm (benchmarks every algorithm on the device; COLORIZE_CUDA_ALGO=heuristic
+ *   picks by cudnnGet*_v7 instead, faster start), restricted to deterministic algorithms
+ *   (batch views and batched == alone must be bit-exact) whose workspace fits ws_limit.
+ * - Precision: fp32 uses CUDNN_FMA_MATH (no TF32: the fp32 contract is 1e-4 against the
+ *   oracle) unless COLORIZE_CUDA_TF32=1; bf16/fp16 use tensor cores with fp32 accumulation
+ *   (compute type CUDNN_DATA_FLOAT).
+ * - One shared workspace (cu_backend.ws), grown to the chosen algorithm's need.
+ * - When cuDNN has no deterministic algorithm for a problem, or refuses the chosen one at run
+ *   time with a NOT_SUPPORTED status, the plan falls back to conv_naive.cu for good (logged
+ *   once per plan). COLORIZE_CUDA_NAIVE=1 forces the fallback everywhere.
+ * - Every cuDNN status is checked: allocation failures become CZ_ERR_NOMEM, the rest
+ *   CZ_ERR_BACKEND with file:line and cudnnGetErrorString.
+ * Threading: per instance, one thread at a time. Tested by tests/unit/test_ops.c (conv and
+ * deconv forward/backward parity) on a GPU via tests/gpu/check.sh. */
+#include <cudnn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_impl.h"
+#include "log.h"
+
+enum { CDN_FWD = 0, CDN_BWD_DATA = 1, CDN_BWD_FILTER = 2 };
+static const char *const k_kind_name[3] = {"forward", "backward-data", "backward-filter"};
+
+typedef struct cdn_plan {
+    int kind;
+    int tf32;
+    cuk_conv p;
+    cudnnTensorDescriptor_t xd, yd;
+    cudnnFilterDescriptor_t wd;
+    cudnnConvolutionDescriptor_t cd;
+    int algo;
+    size_t ws;
+    int naive;
+} cdn_plan;
+
+struct cu_dnn {
+    cudnnHandle_t h;
+    cdn_plan **plans;
+    int n, cap;
+    int use_find;
+};
+
+static cz_status dnn_fail(cudnnStatus_t st, const char *file, int line, const char *expr) {
+    const char *base = strrchr(file, '/');
+    base = base ? base + 1 : file;
+    cz_status code = st == CUDNN_STATUS_ALLOC_FAILED ? CZ_ERR_NOMEM : CZ_ERR_BACKEND;
+    CZ_LOGE("cuda", "%s:%d: %s failed: %s (%d)", base, line, expr, cudnnGetErrorString(st), (int)st);
+    return cz_error_set(code, "%s:%d: %s failed: %s (%d)", base, line, expr, cudnnGetErrorString(st), (int)st);
+}
+
+#define DNN_CHECK(expr)                                                                            \
+    do {                                                                                           \
+        cudnnStatus_t dn_s_ = (expr);                                                              \
+        if (dn_s_ != CUDNN_STATUS_SUCCESS) return dnn_fail(dn_s_, __FILE__, __LINE__, #expr);      \
+    } while (0)
+
+/* cuDNN 9 groups its statuses by thousands; 3xxx are the NOT_SUPPORTED family. */
+static int not_supported(cudnnStatus_t st) { return (int)st / 1000 == (int)CUDNN_STATUS_NOT_SUPPORTED / 1000; }
+
+const char *cdn_version_string(void) {
+    static char buf[32];
+    size_t v = cudnnGetVersion();
+    snprintf(buf, sizeof buf, "%zu.%zu.%zu", v / 10000, (v / 100) % 100, v % 100);
+    return buf;
+}
+
+cz_status cdn_create(cu_backend *b) {
+    cu_dnn *d = calloc(1, sizeof *d);
+    if (!d) return cz_error_set(CZ_ERR_NOMEM, "cuda: cannot allocate the cuDNN state");
+    b->dnn = d;
+    const char *algo = getenv("COLORIZE_CUDA_ALGO");
+    d->use_find = !(algo && !strcmp(algo, "heuristic"));
+    DNN_CHECK(cudnnCreate(&d->h));
+    DNN_CHECK(cudnnSetStream(d->h, b->stream));
+    return CZ_OK;
+}
+
+static void plan_free(cdn_plan *pl) {
+    if (!pl) return;
+    if (pl->xd) cudnnDestroyTensorDescriptor(pl->xd);
+    if (pl->yd) cudnnDestroyTensorDescriptor(pl->yd);
+    if (pl->wd) cudnnDestroyFilterDescriptor(pl->wd);
+    if (pl->cd) cudnnDestroyConvolutionDescriptor(pl->cd);
+    free(pl);
+}
+
+void cdn_destroy(cu_backend *b) {
+    cu_dnn *d = b->dnn;
+    if (!d) return;
+    for (int i = 0; i < d->n; i++) plan_free(d->plans[i]);
+    free(d->plans);
+    if (d->h) cudnnDestroy(d->h);
+    free(d);
+    b->dnn = NULL;
+}
+
+int cdn_plan_count(const cu_backend *b) { return b->dnn ? b->dnn->n : 0; }
+
+static cudnnDataType_t dnn_type(int dt) {
+    return dt == CZ_BF16 ? CUDNN_DATA_BFLOAT16 : dt == CZ_F16 ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT;
+}
+
+/* Whether a math type is allowed for this plan (fp32 stays off tensor cores unless TF32 is on). */
+static int math_ok(const cdn_plan *pl, cudnnMathType_t m) {
+    if (pl->p.dt != CZ_F32 || pl->tf32) return 1;
+    return m == CUDNN_FMA_MATH || m == CUDNN_DEFAULT_MATH;
+}
+
+static cudnnMathType_t math_for(const cdn_plan *pl, cudnnMathType_t found) {
+    if (pl->p.dt == CZ_F32 && !pl->tf32) return CUDNN_FMA_MATH;
+    return found;
+}
+
+/* Picks the first acceptable entry of a perf list (cuDNN sorts them fastest first). The three
+ * perf struct types share these fields, hence the macro. */
+#define PICK(perf, count, pl, limit, out_algo, out_ws, out_math, found)                              \
+    do {                                                                                           \
+        for (int i_ = 0; i_ < (count) && !(found); i_++) {                                         \
+            if ((perf)[i_].status != CUDNN_STATUS_SUCCESS) continue;                               \
+            if ((perf)[i_].determinism != CUDNN_DETERMINISTIC) continue;                           \
+            if ((perf)[i_].memory > (limit)) continue;                                             \
+            if (!math_ok((pl), (perf)[i_].mathType)) continue;                                     \
+            (out_algo) = (int)(perf)[i_].algo;                                                     \
+            (out_ws) = (perf)[i_].memory;                                                          \
+            (out_math) = (perf)[i_].mathType;                                                      \
+            (found) = 1;                                                                           \
+        }                                                                                          \
+    } while (0)
+
+static cz_status choose_algo(cu_backend *b, cdn_plan *pl) {
+    cudnnHandle_t h = b->dnn->h;
+    int found = 0, algo = 0, got = 0;
+    size_t ws = 0;
+    cudnnMathType_t math = CUDNN_DEFAULT_MATH;
+    cudnnStatus_t st;
+    for (int pass = b->dnn->use_find ? 0 : 1; pass < 2 && !found; pass++) {
+        if (pl->kind == CDN_FWD) {
+            cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+            st = pass == 0 ? cudnnFindConvolutionForwardAlgorithm(h, pl->xd, pl->wd, pl->cd, pl->yd,
+                                                                   CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, perf)
+                           : cudnnGetConvolutionForwardAlgorithm_v7(h, pl->xd, pl->wd, pl->cd, pl->yd,
+                                                                    CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, perf);
+            if (st == CUDNN_STATUS_SUCCESS) PICK(perf, got, pl, b->ws_limit, algo, ws, math, found);
+        } else if (pl->kind == CDN_BWD_DATA) {
+            cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+            st = pass == 0 ? cudnnFindConvolutionBackwardDataAlgorithm(h, pl->wd, pl->yd, pl->cd, pl->xd,
+                                                                        CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got,
+                                                                        perf)
+                           : cudnnGetConvolutionBackwardDataAlgorithm_v7(h, pl->wd, pl->yd, pl->cd, pl->xd,
+                                                                         CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got,
+                                                                         perf);
+            if (st == CUDNN_STATUS_SUCCESS) PICK(perf, got, pl, b->ws_limit, algo, ws, math, found);
+        } else {
+            cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+            st = pass == 0 ? cudnnFindConvolutionBackwardFilterAlgorithm(h, pl->xd, pl->yd, pl->cd, pl->wd,
+                                                                          CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
+                                                                          &got, perf)
+                           : cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, pl->xd, pl->yd, pl->cd, pl->wd,
+                                                                           CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
+                                                                           &got, perf);
+            if (st == CUDNN_STATUS_SUCCESS) PICK(perf, got, pl, b->ws_limit, algo, ws, math, found);
+        }
+        if (st == CUDNN_STATUS_ALLOC_FAILED) return dnn_fail(st, __FILE__, __LINE__, "cudnnFind*Algorithm");
+        if (st != CUDNN_STATUS_SUCCESS)
+            CZ_LOGW("cuda", "cudnn %s algorithm %s failed: %s", k_kind_name[pl->kind], pass ? "heuristic" : "search",
+                    cudnnGetErrorString(st));
+    }
+    /* a failed Find can leave a sticky error behind only on a broken context; check it */
+    cudaError_t ce = cudaGetLastError();
+    if (ce != cudaSuccess) return cu_fail(b, ce, __FILE__, __LINE__, "cudnnFind*Algorithm");
+    const cuk_conv *p = &pl->p;
+    if (!found) {
+        pl->naive = 1;
+        CZ_LOGW("cuda",
+                "cudnn has no deterministic %s algorithm for %s n%d c%d %dx%d k%d r%d s%d p%d: using the direct kernel",
+                k_kind_name[pl->kind], cz_dtype_name((cz_dtype)p->dt), p->n, p->c, p->h, p->w, p->k, p->r, p->stride,
+                p->pad);
+        return CZ_OK;
+    }
+    pl->algo = algo;
+    pl->ws = ws;
+    DNN_CHECK(cudnnSetConvolutionMathType(pl->cd, math_for(pl, math)));
+    CZ_LOGD("cuda", "cudnn %s %s n%d c%d %dx%d -> k%d %dx%d: algo %d, workspace %zu, math %d", k_kind_name[pl->kind],
+            cz_dtype_name((cz_dtype)p->dt), p->n, p->c, p->h, p->w, p->k, p->oh, p->ow, algo, ws, (int)math);
+    return CZ_OK;
+}
+
+static cz_status plan_init(cu_backend *b, cdn_plan *pl) {
+    const cuk_conv *p = &pl->p;
+    cudnnDataType_t t = dnn_type(p->dt);
+    DNN_CHECK(cudnnCreateTensorDescriptor(&pl->xd));
+    DNN_CHECK(cudnnCreateTensorDescriptor(&pl->yd));
+    DNN_CHECK(cudnnCreateFilterDescriptor(&pl->wd));
+    DNN_CHECK(cudnnCreateConvolutionDescriptor(&pl->cd));
+    DNN_CHECK(cudnnSetTensor4dDescriptor(pl->xd, CUDNN_TENSOR_NHWC, t, p->n, p->c, p->h, p->w));
+    DNN_CHECK(cudnnSetTensor4dDescriptor(pl->yd, CUDNN_TENSOR_NHWC, t, p->n, p->k, p->oh, p->ow));
+    DNN_CHECK(cudnnSetFilter4dDescriptor(pl->wd, t, CUDNN_TENSOR_NHWC, p->k, p->c, p->r, p->r));
+    DNN_CHECK(cudnnSetConvolution2dDescriptor(pl->cd, p->pad, p->pad, p->stride, p->stride, 1, 1,
+                                              CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+    cudnnMathType_t m = p->dt == CZ_F32 ? (pl->tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH) : CUDNN_TENSOR_OP_MATH;
+    DNN_CHECK(cudnnSetConvolutionMathType(pl->cd, m));
+    /* cuDNN's own idea of the output size must match ours, or the descriptors disagree */
+    int on, oc, oh, ow;
+    DNN_CHECK(cudnnGetConvolution2dForwardOutputDim(pl->cd, pl->xd, pl->wd, &on, &oc, &oh, &ow));
+    if (on != p->n || oc != p->k || oh != p->oh || ow != p->ow)
+        return cz_error_set(CZ_ERR_INTERNAL, "cuda: cudnn output [%d,%d,%d,%d] differs from [%d,%d,%d,%d]", on, oc,
+                            oh, ow, p->n, p->k, p->oh, p->ow);
+    if (b->force_naive) {
+        pl->naive = 1;
+        return CZ_OK;
+    }
+    return choose_algo(b, pl);
+}
+
+static cz_status get_plan(cu_backend *b, int kind, const cuk_conv *p, cdn_plan **out) {
+    cu_dnn *d = b->dnn;
+    int tf32 = p->dt == CZ_F32 && b->allow_tf32;
+    for (int i = 0; i < d->n; i++) {
+        cdn_plan *pl = d->plans[i];
+        if (pl->kind == kind && pl->tf32 == tf32 && !memcmp(&pl->p, p, sizeof *p)) {
+            *out = pl;
+            return CZ_OK;
+        }
+    }
+    if (d->n == d->cap) {
+        int cap = d->cap ? 2 * d->cap : 64;
+        cdn_plan **np = realloc(d->plans, (size_t)cap * sizeof *np);
+        if (!np) return cz_error_set(CZ_ERR_NOMEM, "cuda: cannot grow the plan cache");
+        d->plans = np;
+        d->cap = cap;
+    }
+    cdn_plan *pl = calloc(1, sizeof *pl);
+    if (!pl) return cz_error_set(CZ_ERR_NOMEM, "cuda: cannot allocate a plan");
+    pl->kind = kind;
+    pl->tf32 = tf32;
+    pl->p = *p;
+    cz_status s = plan_init(b, pl);
+    if (s != CZ_OK) {
+        plan_free(pl);
+        return s;
+    }
+    d->plans[d->n++] = pl;
+    *out = pl;
+    return CZ_OK;
+}
+
+/* A run-time refusal turns the plan into a naive one for good. */
+static int fall_back(cdn_plan *pl, cudnnStatus_t st) {
+    if (!not_supported(st)) return 0;
+    CZ_LOGW("cuda", "cudnn refused %s algo %d (%s): using the direct kernel for this shape", k_kind_name[pl->kind],
+            pl->algo, cudnnGetErrorString(st));
+    pl->naive = 1;
+    return 1;
+}
+
+cz_status cdn_conv_fwd(cu_backend *b, const cuk_conv *p, const void *x, const void *w, void *y) {
+    cdn_plan *pl;
+    CZ_TRY(get_plan(b, CDN_FWD, p, &pl));
+    if (!pl->naive) {
+        void *ws = NULL;
+        if (pl->ws) CZ_TRY(cu_scratch_get(b, &b->ws, pl->ws, &ws));
+        const float one = 1.f, zero = 0.f;
+        cudnnStatus_t st = cudnnConvolutionForward(b->dnn->h, &one, pl->xd, x, pl->wd, w, pl->cd,
+                                                   (cudnnConvolutionFwdAlgo_t)pl->algo, ws, pl->ws, &zero, pl->yd, y);
+        if (st == CUDNN_STATUS_SUCCESS) return CZ_OK;
+        if (!fall_back(pl, st)) return dnn_fail(st, __FILE__, __LINE__, "cudnnConvolutionForward");
+    }
+    CUK_CHECK(b, cuk_conv_fwd_naive(p, x, w, y, b->stream));
+    return CZ_OK;
+}
+
+cz_status cdn_conv_bwd_data(cu_backend *b, const cuk_conv *p, const void *w, const void *dy, void *dx) {
+    cdn_plan *pl;
+    CZ_TRY(get_plan(b, CDN_BWD_DATA, p, &pl));
+    if (!pl->naive) {
+        void *ws = NULL;
+        if (pl->ws) CZ_TRY(cu_scratch_get(b, &b->ws, pl->ws, &ws));
+        const float one = 1.f, zero = 0.f;
+        cudnnStatus_t st = cudnnConvolutionBackwardData(b->dnn->h, &one, pl->wd, w, pl->yd, dy, pl->cd,
+                                                        (cudnnConvolutionBwdDataAlgo_t)pl->algo, ws, pl->ws, &zero,
+                                                        pl->xd, dx);
+        if (st == CUDNN_STATUS_SUCCESS) return CZ_OK;
+        if (!fall_back(pl, st)) return dnn_fail(st, __FILE__, __LINE__, "cudnnConvolutionBackwardData");
+    }
+    CUK_CHECK(b, cuk_conv_bwd_data_naive(p, w, dy, dx, b->stream));
+    return CZ_OK;
+}
+
+cz_status cdn_conv_bwd_filter(cu_backend *b, const cuk_conv *p, const void *x, const void *dy, void *dw,
+                              int accumulate) {
+    cdn_plan *pl;
+    CZ_TRY(get_plan(b, CDN_BWD_FILTER, p, &pl));
+    if (!pl->naive) {
+        void *ws = NULL;
+        if (pl->ws) CZ_TRY(cu_scratch_get(b, &b->ws, pl->ws, &ws));
+        const float one = 1.f, beta = accumulate ? 1.f : 0.f;
+        cudnnStatus_t st = cudnnConvolutionBackwardFilter(b->dnn->h, &one, pl->xd, x, pl->yd, dy, pl->cd,
+                                                          (cudnnConvolutionBwdFilterAlgo_t)pl->algo, ws, pl->ws,
+                                                          &beta, pl->wd, dw);
+        if (st == CUDNN_STATUS_SUCCESS) return CZ_OK;
+        if (!fall_back(pl, st)) return dnn_fail(st, __FILE__, __LINE__, "cudnnConvolutionBackwardFilter");
+    }
+    CUK_CHECK(b, cuk_conv_bwd_filter_naive(p, x, dy, dw, accumulate, b->stream));
+    return CZ_OK;
+}

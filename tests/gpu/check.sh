@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# check.sh: the GPU check of the `cuda` backend, one self-checking script for the device machine
+# (testing ladder step 6 in DESIGN.md). Run from the repository root after
+#   source .device/bundle/env.sh
+# where .device/bundle holds the binaries built on a developer machine and packed with
+# /work/shared/tools/device-bundle (see tests/gpu/README.md). Exits non-zero if any check fails.
+#
+#   1. parity: test_ops runs every op of the cuda backend (forward and backward) against the ref
+#      oracle in fp32, bf16 and fp16 (rel. error < 1e-4 / 2e-2, NaN never passes, batch views bit
+#      for bit), once with cuDNN and once with the direct-convolution fallback forced;
+#   2. PyTorch: test_unet_golden (whole generator) and test_train_golden (a full pix2pix step:
+#      losses, every gradient, five steps of losses) against PyTorch fixtures from the same
+#      weights, now including the cuda backend; plus torch on this GPU against the same fixture;
+#   3. serving: colorized --backend cuda on 127.0.0.1:0, concurrent curl uploads, outputs against
+#      a CPU (dnnl) daemon within tolerance, batched == alone byte for byte;
+#   4. speed: one table of our forward img/s (batch 1/16/64/256, ngf 64 and 32, bf16), batch-1
+#      latency and training img/s (batch 16/64) beside PyTorch (tests/bench/torch_gpu_bench.py)
+#      measured in the same run, with the ratio. Numbers are printed, never asserted.
+# Budget: under 8 minutes on an H100/H200. Environment: CZ_GPU_BIN (default .device/bundle),
+# CZ_GPU_SKIP_BENCH=1, CZ_GPU_COMPILE_BUDGET (seconds for torch.compile, default 150).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${CZ_GPU_BIN:-.device/bundle}
+PY=${PYTHON:-python3}
+WORK=$(mktemp -d /tmp/cz_gpu.XXXXXX)
+RESULTS=${OUT:-$WORK}
+export CZ_SOURCE_DIR=$PWD
+t0=$(date +%s)
+pass=0 fail=0
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; }
+trap cleanup EXIT
+ok() { pass=$((pass + 1)); echo "ok   $*"; }
+bad() { fail=$((fail + 1)); echo "FAIL $*"; }
+step() { echo; echo "=== $* ($(( $(date +%s) - t0 )) s)"; }
+
+step "device"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2
+for b in test_ops test_unet_golden test_train_golden colorize colorized; do
+  [ -x "$BIN/$b" ] || { bad "missing $BIN/$b (bundle it, see tests/gpu/README.md)"; }
+done
+[ $fail -eq 0 ] || exit 1
+
+# ---------------------------------------------------------------------------------- 1. parity
+step "1. op parity: cuda vs ref (test_ops)"
+parity() { # parity LABEL [ENV...]
+  local label=$1; shift
+  local log=$WORK/test_ops_$label.log
+  env "$@" timeout 300 "$BIN/test_ops" > "$log" 2>&1; local rc=$?
+  grep -E "^\[cuda|^skipped: cuda|^parity:" "$log" | grep -E "FAIL|skipped|parity:" | head -40
+  local n32 n16 nbf
+  n32=$(grep -c "^\[cuda fp32\].* ok" "$log"); nbf=$(grep -c "^\[cuda bf16\].* ok" "$log")
+  n16=$(grep -c "^\[cuda fp16\].* ok" "$log")
+  if [ $rc -eq 0 ] && ! grep -q "skipped: cuda not available" "$log" && [ "$n32" -gt 50 ] && [ "$nbf" -gt 50 ] &&
+     [ "$n16" -gt 50 ] && ! grep -q "^\[cuda.*FAIL" "$log"; then
+    ok "test_ops $label: cuda cases ok: fp32 $n32, bf16 $nbf, fp16 $n16"
+  else
+    bad "test_ops $label (exit $rc; cuda ok fp32 $n32 / bf16 $nbf / fp16 $n16; log $log)"
+    grep -E "^\[cuda.*FAIL|skipped: cuda|error" "$log" | head -20
+  fi
+  cp "$log" "$RESULTS/" 2>/dev/null
+}
+parity cudnn
+parity naive COLORIZE_CUDA_NAIVE=1
+
+# --------------------------------------------------------------------------------- 2. PyTorch
+step "2. generator and training step against PyTorch fixtures (same weights)"
+for t in test_unet_golden test_train_golden; do
+  timeout 300 "$BIN/$t" > "$WORK/$t.log" 2>&1; rc=$?
+  grep -E "cuda|skipped" "$WORK/$t.log" | head -10
+  if [ $rc -eq 0 ] && grep -q "cuda" "$WORK/$t.log" && ! grep -q "skipped.*cuda\|cuda.*skipped\|on cuda: " "$WORK/$t.log"; then
+    ok "$t passes with the cuda backend"
+  else
+    bad "$t (exit $rc, log $WORK/$t.log)"; tail -20 "$WORK/$t.log"
+  fi
+done
+# PyTorch itself on this GPU, same fixture weights: how far torch's own GPU run is from the
+# float64 oracle, for scale beside ours (printed above).
+$PY - <<'EOF' 2>&1 | tail -3 || true
+import sys, torch
+sys.path.insert(0, "tests/golden")
+import torch_unet as tu
+path = "tests/golden/data/unet_lab_ngf3_d8.safetensors"
+m, meta, t = tu.load_unet(path)
+x = torch.from_numpy(t["fixture.input"].astype("float32")); want = torch.from_numpy(t["fixture.expected"]).double()
+torch.backends.cudnn.allow_tf32 = False
+for dt in (torch.float32, torch.bfloat16):
+    with torch.no_grad():
+        y = m.to("cuda", dt)(x.to("cuda", dt)).double().cpu()
+    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()} {dt}: rel err vs fixture "
+          f"{float((y - want).norm() / want.norm()):.3e}")
+EOF
+
+# ------------------------------------------------------------------------------ 3. serving
+step "3. colorized --backend cuda over loopback"
+start_daemon() { # start_daemon NAME ARGS... ; sets port_NAME
+  local name=$1; shift
+  "$BIN/colorized" --listen 127.0.0.1:0 --port-file "$WORK/$name.port" --log-level warn "$@" \
+    > "$WORK/$name.out" 2> "$WORK/$name.err" &
+  pids+=($!)
+  for _ in $(seq 1 300); do [ -s "$WORK/$name.port" ] && break; sleep 0.1; done
+  local port; port=$(cat "$WORK/$name.port" 2>/dev/null)
+  if [ -z "$port" ]; then bad "daemon $name did not start"; tail -5 "$WORK/$name.err"; return 1; fi
+  for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/readyz" > /dev/null && break; sleep 0.1; done
+  eval "port_$name=$port"
+}
+imgs=(tests/data/old_a.jpg tests/data/old_w_scratch_c.jpg)
+post() { # post PORT IMAGE OUT
+  curl -s -o "$3" -w "%{http_code}" -F "image=@$2" "http://127.0.0.1:$1/colorize?format=png"
+}
+if start_daemon gpu --backend cuda --precision fp32 --max-batch 8 &&
+   start_daemon gpu16 --backend cuda --precision bf16 --max-batch 8 &&
+   start_daemon cpu --backend dnnl --precision fp32; then
+  grep -q '"cuda"' "$WORK/gpu.err" && echo "(gpu daemon log mentions cuda)"
+  for i in 0 1; do
+    for d in gpu gpu16 cpu; do
+      eval "p=\$port_$d"
+      code=$(post "$p" "${imgs[$i]}" "$WORK/alone_${d}_$i.png")
+      [ "$code" = 200 ] || bad "$d alone image $i: HTTP $code"
+    done
+    $PY tests/gpu/png_diff.py "$WORK/alone_gpu_$i.png" "$WORK/alone_cpu_$i.png" --max-abs 3 --mean-abs 0.05 &&
+      ok "image $i: cuda fp32 == dnnl fp32 within 3/255 (mean 0.05)" || bad "image $i: cuda fp32 vs dnnl fp32"
+    $PY tests/gpu/png_diff.py "$WORK/alone_gpu16_$i.png" "$WORK/alone_cpu_$i.png" --max-abs 24 --mean-abs 1.5 &&
+      ok "image $i: cuda bf16 == dnnl fp32 within 24/255 (mean 1.5)" || bad "image $i: cuda bf16 vs dnnl fp32"
+  done
+  for d in gpu gpu16; do
+    eval "p=\$port_$d"
+    # 24 concurrent uploads (both images interleaved): batched by the daemon, each must equal
+    # its own alone result byte for byte
+    cpids=()
+    for k in $(seq 0 23); do
+      post "$p" "${imgs[$((k % 2))]}" "$WORK/batch_${d}_$k.png" > "$WORK/code_${d}_$k" &
+      cpids+=($!)
+    done
+    wait "${cpids[@]}"
+    same=0
+    for k in $(seq 0 23); do
+      [ "$(cat "$WORK/code_${d}_$k")" = 200 ] && cmp -s "$WORK/batch_${d}_$k.png" "$WORK/alone_${d}_$((k % 2)).png" &&
+        same=$((same + 1))
+    done
+    [ $same -eq 24 ] && ok "$d: 24 concurrent requests, batched == alone byte for byte" ||
+      { bad "$d: only $same/24 concurrent results equal the alone ones"
+        $PY tests/gpu/png_diff.py "$WORK/batch_${d}_0.png" "$WORK/alone_${d}_0.png" --max-abs 255 --mean-abs 255; }
+    curl -s "http://127.0.0.1:$p/metrics" | grep -E "batch_size|batches_total" | head -4
+  done
+  curl -sf "http://127.0.0.1:$port_gpu/readyz" > /dev/null && ok "cuda daemon still ready" || bad "cuda daemon not ready"
+fi
+cleanup; pids=()
+
+# ------------------------------------------------------------------------------------ 4. speed
+if [ "${CZ_GPU_SKIP_BENCH:-0}" = 1 ]; then
+  step "4. speed: skipped (CZ_GPU_SKIP_BENCH=1)"
+else
+  step "4. speed: ours vs PyTorch on this GPU"
+  B=$WORK/bench.jsonl; : > "$B"
+  for ngf in 64 32; do
+    timeout 150 "$BIN/colorize" bench --backend cuda --precision bf16 --ngf $ngf --batch 1,16,64,256 --size 256 \
+      --min-time 1 --json >> "$B" 2> "$WORK/bench_fwd_$ngf.err" || bad "colorize bench ngf $ngf (see $WORK/bench_fwd_$ngf.err)"
+  done
+  timeout 150 "$BIN/colorize" bench --train --backend cuda --ngf 64 --batch 16,64 --size 256 --min-time 1 --json \
+    >> "$B" 2> "$WORK/bench_train.err" || bad "colorize bench --train (see $WORK/bench_train.err)"
+  PYTHONUNBUFFERED=1 timeout 360 $PY tests/bench/torch_gpu_bench.py --ngf 64,32 --batch 1,16,64,256 \
+    --train-batch 16,64 --compile-budget "${CZ_GPU_COMPILE_BUDGET:-150}" --json >> "$B" 2> "$WORK/torch_bench.err" ||
+    bad "torch_gpu_bench.py (see $WORK/torch_bench.err)"
+  cp "$B" "$RESULTS/" 2>/dev/null
+  $PY - "$B" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+def get(engine, kind, ngf, batch, mode=None):
+    for r in rows:
+        k = "train" if r.get("mode") == "train" or r.get("kind") == "train" else "fwd"
+        if r.get("engine") == engine and k == kind and r.get("ngf") == ngf and r.get("batch") == batch:
+            if engine == "torch" and r.get("mode") != mode: continue
+            if engine == "colorize" and kind == "fwd" and r.get("precision") != "bf16": continue
+            return r
+    return None
+def cell(r, key="images_per_s"):
+    return f"{r[key]:>10.1f}" if r else f"{'-':>10}"
+def ratio(a, b):
+    return f"{a['images_per_s'] / b['images_per_s']:>7.2f}x" if a and b else f"{'-':>8}"
+print(f"{'figure':<34} {'ours':>10} {'torch eager':>11} {'ratio':>8} {'torch compile':>13} {'ratio':>8}")
+for ngf in (64, 32):
+    for b in (1, 16, 64, 256):
+        o, e, c = get("colorize", "fwd", ngf, b), get("torch", "fwd", ngf, b, "eager-bf16"), get("torch", "fwd", ngf, b, "compile-bf16")
+        print(f"{f'forward ngf {ngf} batch {b} (img/s)':<34} {cell(o)} {cell(e):>11} {ratio(o, e)} {cell(c):>13} {ratio(o, c)}")
+o, e = get("colorize", "fwd", 64, 1), get("torch", "fwd", 64, 1, "eager-bf16")
+ms = lambda r: f"{r['ms_per_batch']:>10.3f}" if r else f"{'-':>10}"
+print(f"{'forward ngf 64 batch 1 latency (ms)':<34} {ms(o)} {ms(e):>11}")
+for b in (16, 64):
+    o = get("colorize", "train", 64, b)
+    e, f = get("torch", "train", 64, b, "eager-bf16"), get("torch", "train", 64, b, "eager-fp32")
+    print(f"{f'train ngf 64 batch {b} (img/s)':<34} {cell(o)} {cell(e):>11} {ratio(o, e)} {'fp32: ' + cell(f).strip():>13} {ratio(o, f)}")
+print("ours: colorize bench, host input/output included, forward bf16, training fp32 (the trainer's only precision);")
+print("torch: tests/bench/torch_gpu_bench.py, device-resident tensors, bf16 channels_last (training: autocast bf16; fp32 with TF32 off)")
+EOF
+fi
+
+step "done"
+echo "$pass passed, $fail failed"
+echo "logs in $WORK"
+[ $fail -eq 0 ]
