@@ -57,8 +57,9 @@
  *   submitted while it runs waits for it to return (one unit, e.g. one training step).
  *
  * Stats: batches/images/batch_size_hist/infer_seconds_* count every forward pass (failed ones
- *   too, except a pass that ran out of memory and was retried as halves), `expired` counts deadline drops, `failed` counts jobs completed with any other
- *   error (failed forward pass, shut down by drain).
+ *   too, except a pass that ran out of memory and was retried as halves), `expired` counts
+ *   deadline drops, `failed` counts jobs completed with any other error (failed forward pass,
+ *   shut down by drain).
  *
  * Creation: on failure the caller still owns `cz`; on success the batcher owns it.
  *
