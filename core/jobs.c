@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "fileio.h"
+#include "jobs_impl.h"
 #include "log.h"
 #include "trainer.h"
 
@@ -44,24 +45,6 @@
 typedef enum jstatus { J_QUEUED, J_RUNNING, J_SUCCEEDED, J_FAILED, J_CANCELLED, J_INTERRUPTED, J_NSTATUS } jstatus;
 static const char *const k_status_names[J_NSTATUS] = {"queued",    "running",   "succeeded",
                                                       "failed",    "cancelled", "interrupted"};
-
-typedef enum jinit { INIT_SCRATCH, INIT_CURRENT, INIT_CHECKPOINT } jinit;
-static const char *const k_init_names[] = {"scratch", "current", "checkpoint"};
-
-/* Effective parameters of a job (defaults filled). */
-typedef struct jparams {
-    char dataset[256];
-    long steps;    /* 0 when epochs is used */
-    double epochs; /* 0 when steps is used */
-    int batch, size, ngf, keep;
-    double lr, lambda_l1;
-    jinit init;
-    char init_job[65];
-    long init_step; /* -1 best, -2 latest */
-    uint64_t seed;
-    long validate_every, checkpoint_every, lr_decay_steps;
-    int bf16; /* precision "bf16" (mixed) instead of "fp32" */
-} jparams;
 
 typedef struct job {
     char id[65];
@@ -94,19 +77,6 @@ struct cz_jobs {
 
 /* ---------------------------------------------------------------- small helpers */
 
-static int api_err(cz_api_error *e, int http, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int api_err(cz_api_error *e, int http, const char *code, const char *fmt, ...) {
-    e->http = http;
-    e->code = code;
-    e->retry_after = 0;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e->message, sizeof e->message, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -135,13 +105,6 @@ static void fmt(char *out, size_t cap, const char *f, ...) {
 }
 
 static json_t *num_or_null(double v) { return isfinite(v) ? json_real(v) : json_null(); }
-
-/* Client-supplied text made safe to quote in a message. */
-static void printable(char *out, size_t cap, const char *s) {
-    size_t n = 0;
-    for (; s && *s && n + 1 < cap; s++) out[n++] = (*s >= 0x20 && *s < 0x7f) ? *s : '?';
-    out[n] = '\0';
-}
 
 int cz_job_id_valid(const char *id) {
     size_t n = 0;
@@ -177,246 +140,6 @@ static json_t *load_json_file(const char *path, size_t max) {
     return v;
 }
 
-/* ---------------------------------------------------------------- parameters */
-
-static void params_default(const cz_jobs *J, jparams *p) {
-    memset(p, 0, sizeof *p);
-    p->batch = 1;
-    p->size = 256;
-    p->ngf = 64;
-    p->keep = J->o.keep_checkpoints;
-    p->lr = 2e-4;
-    p->lambda_l1 = 100;
-    p->init = INIT_SCRATCH;
-    p->init_step = -2;
-    p->validate_every = 500;
-    p->checkpoint_every = 1000;
-}
-
-static int int_field(json_t *v, const char *key, long long lo, long long hi, long long *out, cz_api_error *e) {
-    if (!json_is_integer(v)) return api_err(e, 400, "invalid_field", "%s: expected an integer", key);
-    long long x = json_integer_value(v);
-    if (x < lo || x > hi) return api_err(e, 400, "invalid_field", "%s: %lld is out of range %lld..%lld", key, x, lo, hi);
-    *out = x;
-    return 0;
-}
-
-static int num_field(json_t *v, const char *key, double lo, double hi, int lo_open, double *out, cz_api_error *e) {
-    if (!json_is_number(v)) return api_err(e, 400, "invalid_field", "%s: expected a number", key);
-    double x = json_number_value(v);
-    if (!isfinite(x) || x > hi || x < lo || (lo_open && x <= lo))
-        return api_err(e, 400, "invalid_field", "%s: %g is out of range %s%g, %g]", key, x, lo_open ? "(" : "[", lo, hi);
-    *out = x;
-    return 0;
-}
-
-static int str_field(json_t *v, const char *key, char *out, size_t cap, cz_api_error *e) {
-    if (!json_is_string(v)) return api_err(e, 400, "invalid_field", "%s: expected a string", key);
-    const char *s = json_string_value(v);
-    if (strlen(s) >= cap) return api_err(e, 400, "invalid_field", "%s: longer than %zu bytes", key, cap - 1);
-    snprintf(out, cap, "%s", s);
-    return 0;
-}
-
-/* depth the trainer derives from an image size: the largest 5..8 with 2^depth <= size */
-static int depth_for(int size) {
-    int d = CZ_UNET_MIN_DEPTH;
-    while (d < CZ_UNET_MAX_DEPTH && (1 << (d + 1)) <= size) d++;
-    return d;
-}
-
-/* Parses a request object into p (defaults first). `stored`: a record read back from disk,
- * where the configured limits are not re-applied. */
-static int parse_params(const cz_jobs *J, json_t *o, jparams *p, int stored, cz_api_error *e) {
-    params_default(J, p);
-    int have_steps = 0, have_epochs = 0, have_ngf = 0, have_init_job = 0, have_init_step = 0, have_decay = 0;
-    const char *key;
-    json_t *v;
-    long long x;
-    long long max_steps = stored ? 100000000 : J->o.max_steps;
-    long long max_batch = stored ? 4096 : J->o.max_batch, max_size = stored ? 4096 : J->o.max_image_size;
-    json_object_foreach(o, key, v) {
-        char k[72];
-        printable(k, sizeof k, key);
-        if (!strcmp(key, "dataset")) {
-            if (str_field(v, k, p->dataset, sizeof p->dataset, e)) return -1;
-        } else if (!strcmp(key, "steps")) {
-            if (json_is_null(v)) continue;
-            if (int_field(v, k, 1, max_steps, &x, e)) return -1;
-            p->steps = (long)x;
-            have_steps = 1;
-        } else if (!strcmp(key, "epochs")) {
-            if (json_is_null(v)) continue;
-            if (num_field(v, k, 0, 10000, 1, &p->epochs, e)) return -1;
-            have_epochs = 1;
-        } else if (!strcmp(key, "batch_size")) {
-            if (int_field(v, k, 1, max_batch, &x, e)) return -1;
-            p->batch = (int)x;
-        } else if (!strcmp(key, "image_size")) {
-            if (int_field(v, k, 64, max_size, &x, e)) return -1;
-            int d = depth_for((int)x);
-            if (x % 32 || x % (1 << d))
-                return api_err(e, 400, "invalid_field", "image_size: %lld must be a multiple of 32 and of %d (2^depth)", x,
-                               1 << d);
-            p->size = (int)x;
-        } else if (!strcmp(key, "lr")) {
-            if (num_field(v, k, 0, 1, 1, &p->lr, e)) return -1;
-        } else if (!strcmp(key, "lambda_l1")) {
-            if (num_field(v, k, 0, 10000, 0, &p->lambda_l1, e)) return -1;
-        } else if (!strcmp(key, "ngf")) {
-            if (json_is_null(v)) continue;
-            if (int_field(v, k, 4, 128, &x, e)) return -1;
-            p->ngf = (int)x;
-            have_ngf = 1;
-        } else if (!strcmp(key, "init")) {
-            char s[32];
-            if (str_field(v, k, s, sizeof s, e)) return -1;
-            size_t i = 0;
-            while (i < 3 && strcmp(s, k_init_names[i]) != 0) i++;
-            if (i == 3) return api_err(e, 400, "invalid_field", "init: expected \"scratch\", \"current\" or \"checkpoint\"");
-            p->init = (jinit)i;
-        } else if (!strcmp(key, "init_job")) {
-            if (json_is_null(v)) continue;
-            if (str_field(v, k, p->init_job, sizeof p->init_job, e)) return -1;
-            if (!cz_job_id_valid(p->init_job)) return api_err(e, 400, "invalid_field", "init_job: not a job id");
-            have_init_job = 1;
-        } else if (!strcmp(key, "init_step")) {
-            if (json_is_null(v)) continue;
-            if (json_is_string(v) && !strcmp(json_string_value(v), "best"))
-                p->init_step = -1;
-            else if (json_is_string(v) && !strcmp(json_string_value(v), "latest"))
-                p->init_step = -2;
-            else if (json_is_integer(v) && json_integer_value(v) >= 0 && json_integer_value(v) <= 1000000000)
-                p->init_step = (long)json_integer_value(v);
-            else
-                return api_err(e, 400, "invalid_field", "init_step: expected a step number, \"best\" or \"latest\"");
-            have_init_step = 1;
-        } else if (!strcmp(key, "precision")) {
-            char pr[16];
-            if (str_field(v, k, pr, sizeof pr, e)) return -1;
-            if (strcmp(pr, "fp32") && strcmp(pr, "bf16"))
-                return api_err(e, 400, "invalid_field", "precision: expected \"fp32\" or \"bf16\"");
-            p->bf16 = !strcmp(pr, "bf16");
-        } else if (!strcmp(key, "seed")) {
-            if (int_field(v, k, 0, 9007199254740992LL, &x, e)) return -1;
-            p->seed = (uint64_t)x;
-        } else if (!strcmp(key, "validate_every")) {
-            if (int_field(v, k, 0, 1000000000, &x, e)) return -1;
-            p->validate_every = (long)x;
-        } else if (!strcmp(key, "checkpoint_every")) {
-            if (int_field(v, k, 0, 1000000000, &x, e)) return -1;
-            p->checkpoint_every = (long)x;
-        } else if (!strcmp(key, "keep_checkpoints")) {
-            if (int_field(v, k, 0, 1000, &x, e)) return -1;
-            p->keep = (int)x;
-        } else if (!strcmp(key, "lr_decay_steps")) {
-            if (int_field(v, k, 0, 100000000, &x, e)) return -1;
-            p->lr_decay_steps = (long)x;
-            have_decay = x > 0;
-        } else {
-            return api_err(e, 400, "invalid_field", "%s: unknown field", k);
-        }
-    }
-    if (!p->dataset[0]) return api_err(e, 400, "invalid_field", "dataset: required (a directory under train.data_root)");
-    if (have_steps == have_epochs)
-        return api_err(e, 400, "invalid_field", "steps: give exactly one of steps and epochs");
-    if (have_ngf && p->init != INIT_SCRATCH)
-        return api_err(e, 400, "invalid_field", "ngf: only with init \"scratch\" (otherwise the weights decide)");
-    if (p->init == INIT_CHECKPOINT && !have_init_job)
-        return api_err(e, 400, "invalid_field", "init_job: required with init \"checkpoint\"");
-    if (p->init != INIT_CHECKPOINT && (have_init_job || have_init_step))
-        return api_err(e, 400, "invalid_field", "%s: only with init \"checkpoint\"", have_init_job ? "init_job" : "init_step");
-    if (have_decay && have_steps && p->lr_decay_steps > p->steps)
-        return api_err(e, 400, "invalid_field", "lr_decay_steps: %ld is more than steps (%ld)", p->lr_decay_steps, p->steps);
-    return 0;
-}
-
-static json_t *params_json(const jparams *p) {
-    json_t *o = json_object();
-    json_object_set_new(o, "dataset", json_string(p->dataset));
-    json_object_set_new(o, "steps", p->steps ? json_integer(p->steps) : json_null());
-    json_object_set_new(o, "epochs", p->steps ? json_null() : json_real(p->epochs));
-    json_object_set_new(o, "batch_size", json_integer(p->batch));
-    json_object_set_new(o, "image_size", json_integer(p->size));
-    json_object_set_new(o, "lr", json_real(p->lr));
-    json_object_set_new(o, "lambda_l1", json_real(p->lambda_l1));
-    json_object_set_new(o, "ngf", p->init == INIT_SCRATCH ? json_integer(p->ngf) : json_null());
-    json_object_set_new(o, "init", json_string(k_init_names[p->init]));
-    if (p->init == INIT_CHECKPOINT) {
-        json_object_set_new(o, "init_job", json_string(p->init_job));
-        json_object_set_new(o, "init_step", p->init_step == -1   ? json_string("best")
-                                            : p->init_step == -2 ? json_string("latest")
-                                                                 : json_integer(p->init_step));
-    }
-    json_object_set_new(o, "precision", json_string(p->bf16 ? "bf16" : "fp32"));
-    json_object_set_new(o, "seed", json_integer((json_int_t)p->seed));
-    json_object_set_new(o, "validate_every", json_integer(p->validate_every));
-    json_object_set_new(o, "checkpoint_every", json_integer(p->checkpoint_every));
-    json_object_set_new(o, "keep_checkpoints", json_integer(p->keep));
-    json_object_set_new(o, "lr_decay_steps", json_integer(p->lr_decay_steps));
-    return o;
-}
-
-/* ---------------------------------------------------------------- dataset confinement */
-
-/* Whether dir holds at least one .jpg/.jpeg/.png (recursively, bounded). */
-static int has_image(const char *dir, int depth, long *budget) {
-    if (depth > 32) return 0;
-    DIR *d = opendir(dir);
-    if (!d) return 0;
-    struct dirent *de;
-    int found = 0;
-    while (!found && (de = readdir(d)) && --*budget > 0) {
-        if (de->d_name[0] == '.') continue;
-        char path[PATH_MAX];
-        if (snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= (int)sizeof path) continue;
-        struct stat st;
-        if (stat(path, &st) != 0) continue;
-        if (S_ISDIR(st.st_mode)) {
-            found = has_image(path, depth + 1, budget);
-        } else if (S_ISREG(st.st_mode) && st.st_size > 0) {
-            const char *dot = strrchr(de->d_name, '.');
-            found = dot && (!strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".png"));
-        }
-    }
-    closedir(d);
-    return found;
-}
-
-static int resolve_dataset(const cz_jobs *J, const char *name, char *out, size_t cap, cz_api_error *e) {
-    char shown[300];
-    printable(shown, sizeof shown, name);
-    if (name[0] == '/')
-        return api_err(e, 400, "invalid_field", "dataset: '%s' is absolute; name a directory under train.data_root", shown);
-    for (const char *s = name; *s;) { /* no ".." component */
-        const char *slash = strchr(s, '/');
-        size_t n = slash ? (size_t)(slash - s) : strlen(s);
-        if (n == 2 && s[0] == '.' && s[1] == '.')
-            return api_err(e, 400, "invalid_field", "dataset: '%s' leaves train.data_root ('..')", shown);
-        s += n;
-        while (*s == '/') s++;
-    }
-    char joined[PATH_MAX], real[PATH_MAX];
-    if (snprintf(joined, sizeof joined, "%s/%s", J->data_root, name) >= (int)sizeof joined)
-        return api_err(e, 400, "invalid_field", "dataset: path too long");
-    if (!realpath(joined, real)) {
-        if (errno == ENOENT || errno == ENOTDIR)
-            return api_err(e, 404, "dataset_not_found", "dataset '%s' does not exist under train.data_root", shown);
-        return api_err(e, 404, "dataset_not_found", "dataset '%s': %s", shown, strerror(errno));
-    }
-    size_t rn = strlen(J->data_root);
-    if (strncmp(real, J->data_root, rn) != 0 || real[rn] != '/')
-        return api_err(e, 400, "invalid_field", "dataset: '%s' resolves outside train.data_root", shown);
-    struct stat st;
-    if (stat(real, &st) != 0 || !S_ISDIR(st.st_mode))
-        return api_err(e, 404, "dataset_not_found", "dataset '%s' is not a directory", shown);
-    long budget = 200000;
-    if (!has_image(real, 0, &budget))
-        return api_err(e, 422, "empty_dataset", "dataset '%s' holds no .jpg/.jpeg/.png file", shown);
-    snprintf(out, cap, "%s", real);
-    return 0;
-}
-
 /* ---------------------------------------------------------------- records */
 
 static job *find(cz_jobs *J, const char *id) {
@@ -430,7 +153,7 @@ static cz_status write_record(const job *a) {
     json_object_set_new(o, "id", json_string(a->id));
     json_object_set_new(o, "status", json_string(k_status_names[a->status]));
     json_object_set_new(o, "error", a->error[0] ? json_string(a->error) : json_null());
-    json_object_set_new(o, "params", params_json(&a->p));
+    json_object_set_new(o, "params", cz_jobs_params_json(&a->p));
     json_object_set_new(o, "created", json_real(a->created));
     json_object_set_new(o, "started", a->started > 0 ? json_real(a->started) : json_null());
     json_object_set_new(o, "finished", a->finished > 0 ? json_real(a->finished) : json_null());
@@ -474,7 +197,7 @@ static job *load_record(cz_jobs *J, const char *dir, const char *id) {
     while (si < J_NSTATUS && strcmp(st, k_status_names[si]) != 0) si++;
     json_t *params = json_object_get(o, "params");
     if (!a || strcmp(jstr(o, "id"), id) != 0 || si == J_NSTATUS || !json_is_object(params) ||
-        parse_params(J, params, &a->p, 1, &e) != 0) {
+        cz_jobs_parse_params(&J->o, params, &a->p, 1, &e) != 0) {
         CZ_LOGW(MOD, "skipping %s: invalid record%s%s", path, e.http ? ": " : "", e.http ? e.message : "");
         free(a);
         json_decref(o);
@@ -677,7 +400,7 @@ static json_t *job_object(job *a) {
     json_object_set_new(o, "id", json_string(a->id));
     json_object_set_new(o, "url", json_string(url));
     json_object_set_new(o, "status", json_string(k_status_names[a->status]));
-    json_object_set_new(o, "params", params_json(&a->p));
+    json_object_set_new(o, "params", cz_jobs_params_json(&a->p));
     json_object_set_new(o, "created", time_json(a->created));
     json_object_set_new(o, "started", time_json(a->started));
     json_object_set_new(o, "finished", time_json(a->finished));
@@ -750,7 +473,7 @@ static json_t *job_object(job *a) {
 static char *dump(json_t *o, cz_api_error *e) {
     char *txt = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9)) : NULL;
     json_decref(o);
-    if (!txt) api_err(e, 500, "internal_error", "out of memory building the response");
+    if (!txt) cz_jobs_api_err(e, 500, "internal_error", "out of memory building the response");
     return txt;
 }
 
@@ -798,16 +521,16 @@ static int checkpoint_of(job *src, long sel, char *path, size_t cap, long *step_
     int rc = -1;
     if (!pick) {
         if (sel == -1)
-            api_err(e, 404, "checkpoint_not_found", "job %s has no best checkpoint yet (no validated checkpoint)", src->id);
+            cz_jobs_api_err(e, 404, "checkpoint_not_found", "job %s has no best checkpoint yet (no validated checkpoint)", src->id);
         else if (sel == -2)
-            api_err(e, 404, "checkpoint_not_found", "job %s has no checkpoint yet", src->id);
+            cz_jobs_api_err(e, 404, "checkpoint_not_found", "job %s has no checkpoint yet", src->id);
         else
-            api_err(e, 404, "checkpoint_not_found", "job %s has no checkpoint at step %ld", src->id, sel);
+            cz_jobs_api_err(e, 404, "checkpoint_not_found", "job %s has no checkpoint at step %ld", src->id, sel);
     } else {
         char p[PATH_MAX + 64];
         snprintf(p, sizeof p, "%s/%s", src->run, jstr(pick, "path"));
         if (access(p, R_OK) != 0) {
-            api_err(e, 404, "checkpoint_not_found", "job %s: checkpoint of step %ld is gone (%s)", src->id,
+            cz_jobs_api_err(e, 404, "checkpoint_not_found", "job %s: checkpoint of step %ld is gone (%s)", src->id,
                     (long)jnum(pick, "step"), strerror(errno));
         } else {
             snprintf(path, cap, "%s", p);
@@ -823,30 +546,30 @@ char *cz_jobs_submit(cz_jobs *J, const char *body, size_t len, const char *curre
                      cz_api_error *e) {
     memset(e, 0, sizeof *e);
     if (!J->data_root[0]) {
-        api_err(e, 409, "training_disabled", "training is off: set train.data_root to the directory holding datasets");
+        cz_jobs_api_err(e, 409, "training_disabled", "training is off: set train.data_root to the directory holding datasets");
         return NULL;
     }
     json_error_t je;
     json_t *req = json_loadb(body ? body : "", len, JSON_REJECT_DUPLICATES, &je);
     if (!req) {
-        api_err(e, 400, "invalid_json", "request body is not valid JSON: %s (line %d, column %d)", je.text, je.line,
+        cz_jobs_api_err(e, 400, "invalid_json", "request body is not valid JSON: %s (line %d, column %d)", je.text, je.line,
                 je.column);
         return NULL;
     }
     if (!json_is_object(req)) {
         json_decref(req);
-        api_err(e, 400, "invalid_json", "request body must be a JSON object");
+        cz_jobs_api_err(e, 400, "invalid_json", "request body must be a JSON object");
         return NULL;
     }
     job *a = calloc(1, sizeof *a);
     if (!a) {
         json_decref(req);
-        api_err(e, 503, "out_of_memory", "out of memory");
+        cz_jobs_api_err(e, 503, "out_of_memory", "out of memory");
         return NULL;
     }
-    int rc = parse_params(J, req, &a->p, 0, e);
+    int rc = cz_jobs_parse_params(&J->o, req, &a->p, 0, e);
     json_decref(req);
-    if (rc == 0) rc = resolve_dataset(J, a->p.dataset, a->data_dir, sizeof a->data_dir, e);
+    if (rc == 0) rc = cz_jobs_resolve_dataset(J->data_root, a->p.dataset, a->data_dir, sizeof a->data_dir, e);
     if (rc != 0) {
         free(a);
         return NULL;
@@ -854,13 +577,13 @@ char *cz_jobs_submit(cz_jobs *J, const char *body, size_t len, const char *curre
     pthread_mutex_lock(&J->mu);
     char *out = NULL;
     if (active_count(J) >= J->o.max_jobs) {
-        api_err(e, 429, "too_many_jobs", "%d jobs are queued or running (train.max_jobs); try again later", J->o.max_jobs);
+        cz_jobs_api_err(e, 429, "too_many_jobs", "%d jobs are queued or running (train.max_jobs); try again later", J->o.max_jobs);
         e->retry_after = 60;
         goto done;
     }
     if (a->p.init == INIT_CURRENT) {
         if (!current_model || !*current_model) {
-            api_err(e, 409, "no_current_model", "init \"current\": the model in service has no file to start from");
+            cz_jobs_api_err(e, 409, "no_current_model", "init \"current\": the model in service has no file to start from");
             goto done;
         }
         snprintf(a->init_path, sizeof a->init_path, "%s", current_model);
@@ -868,7 +591,7 @@ char *cz_jobs_submit(cz_jobs *J, const char *body, size_t len, const char *curre
         job *src = find(J, a->p.init_job);
         long step;
         if (!src) {
-            api_err(e, 404, "job_not_found", "init_job: no job %s", a->p.init_job);
+            cz_jobs_api_err(e, 404, "job_not_found", "init_job: no job %s", a->p.init_job);
             goto done;
         }
         if (checkpoint_of(src, a->p.init_step, a->init_path, sizeof a->init_path, &step, e) != 0) goto done;
@@ -879,7 +602,7 @@ char *cz_jobs_submit(cz_jobs *J, const char *body, size_t len, const char *curre
     a->created = now_s();
     a->status = J_QUEUED;
     if (mkdir_p(a->dir) != CZ_OK || write_record(a) != CZ_OK) {
-        api_err(e, 507, "insufficient_storage", "cannot create the job record: %s", cz_error_detail());
+        cz_jobs_api_err(e, 507, "insufficient_storage", "cannot create the job record: %s", cz_error_detail());
         rmdir(a->dir);
         goto done;
     }
@@ -890,7 +613,7 @@ char *cz_jobs_submit(cz_jobs *J, const char *body, size_t len, const char *curre
     out = dump(job_object(a), e);
     CZ_LOGI(MOD, "job %s queued: dataset %s, %s %g, batch %d, size %d, init %s", a->id, a->p.dataset,
             a->p.steps ? "steps" : "epochs", a->p.steps ? (double)a->p.steps : a->p.epochs, a->p.batch, a->p.size,
-            k_init_names[a->p.init]);
+            cz_jobs_init_names[a->p.init]);
     a = NULL;
 done:
     pthread_mutex_unlock(&J->mu);
@@ -914,8 +637,8 @@ static job *find_or_err(cz_jobs *J, const char *id, cz_api_error *e) {
     job *a = cz_job_id_valid(id) ? find(J, id) : NULL;
     if (!a) {
         char shown[80];
-        printable(shown, sizeof shown, id);
-        api_err(e, 404, "job_not_found", "no job %s", shown);
+        cz_jobs_printable(shown, sizeof shown, id);
+        cz_jobs_api_err(e, 404, "job_not_found", "no job %s", shown);
     }
     return a;
 }
@@ -971,7 +694,7 @@ char *cz_jobs_losses_json(cz_jobs *J, const char *id, long stride, cz_api_error 
     pthread_mutex_unlock(&J->mu);
     if (!a) return NULL;
     if (total_hint / stride > MAX_LOSS_RECORDS) {
-        api_err(e, 400, "invalid_parameter", "stride: %ld would return about %ld records; at most %d per response",
+        cz_jobs_api_err(e, 400, "invalid_parameter", "stride: %ld would return about %ld records; at most %d per response",
                 stride, total_hint / stride, MAX_LOSS_RECORDS);
         return NULL;
     }
@@ -984,7 +707,7 @@ char *cz_jobs_losses_json(cz_jobs *J, const char *id, long stride, cz_api_error 
     if ((long)json_array_size(losses) > MAX_LOSS_RECORDS) {
         json_decref(losses);
         json_decref(vals);
-        api_err(e, 400, "invalid_parameter", "stride: %ld returns %ld records; at most %d per response (use stride >= %ld)",
+        cz_jobs_api_err(e, 400, "invalid_parameter", "stride: %ld returns %ld records; at most %d per response (use stride >= %ld)",
                 stride, (total + stride - 1) / stride, MAX_LOSS_RECORDS, total / MAX_LOSS_RECORDS + 1);
         return NULL;
     }
@@ -1008,11 +731,11 @@ char *cz_jobs_sample_path(cz_jobs *J, const char *id, long step, cz_api_error *e
     }
     pthread_mutex_unlock(&J->mu);
     if (path && access(path, R_OK) != 0) {
-        api_err(e, 404, "not_found", "job %s has no sample sheet for step %ld", id, step);
+        cz_jobs_api_err(e, 404, "not_found", "job %s has no sample sheet for step %ld", id, step);
         free(path);
         return NULL;
     }
-    if (a && !path) api_err(e, 503, "out_of_memory", "out of memory");
+    if (a && !path) cz_jobs_api_err(e, 503, "out_of_memory", "out of memory");
     return path;
 }
 
@@ -1033,7 +756,7 @@ char *cz_jobs_cancel(cz_jobs *J, const char *id, cz_api_error *e) {
             if (a->trainer) cz_trainer_cancel(a->trainer);
             CZ_LOGI(MOD, "job %s: cancel requested", a->id);
         } else {
-            api_err(e, 409, "job_finished", "job %s is %s; only queued or running jobs can be cancelled", a->id,
+            cz_jobs_api_err(e, 409, "job_finished", "job %s is %s; only queued or running jobs can be cancelled", a->id,
                     k_status_names[a->status]);
             a = NULL;
         }
@@ -1050,11 +773,11 @@ char *cz_jobs_resume(cz_jobs *J, const char *id, cz_api_error *e) {
     job *a = find_or_err(J, id, e);
     json_t *o = NULL;
     if (a && !(a->status == J_INTERRUPTED || a->status == J_CANCELLED || a->status == J_FAILED)) {
-        api_err(e, 409, "job_not_resumable", "job %s is %s; only interrupted, cancelled or failed jobs resume", a->id,
+        cz_jobs_api_err(e, 409, "job_not_resumable", "job %s is %s; only interrupted, cancelled or failed jobs resume", a->id,
                 k_status_names[a->status]);
         a = NULL;
     } else if (a && active_count(J) >= J->o.max_jobs) {
-        api_err(e, 429, "too_many_jobs", "%d jobs are queued or running (train.max_jobs); try again later", J->o.max_jobs);
+        cz_jobs_api_err(e, 429, "too_many_jobs", "%d jobs are queued or running (train.max_jobs); try again later", J->o.max_jobs);
         e->retry_after = 60;
         a = NULL;
     }

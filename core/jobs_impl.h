@@ -1,0 +1,47 @@
+/* jobs_impl.h: what core/jobs.c and core/jobs_params.c share (private to the job registry):
+ * a job's parameters and the request-side helpers (validation of a POST /train body, dataset
+ * confinement under data_root, API errors). Not thread-sensitive: pure functions of their
+ * arguments plus the file system. Tested through tests/unit/test_jobs.c. */
+#ifndef CZ_JOBS_IMPL_H
+#define CZ_JOBS_IMPL_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "jobs.h"
+
+typedef enum jinit { INIT_SCRATCH, INIT_CURRENT, INIT_CHECKPOINT } jinit;
+extern const char *const cz_jobs_init_names[3]; /* "scratch", "current", "checkpoint" */
+
+/* Effective parameters of a job (defaults filled). */
+typedef struct jparams {
+    char dataset[256];
+    long steps;    /* 0 when epochs is used */
+    double epochs; /* 0 when steps is used */
+    int batch, size, ngf, keep;
+    double lr, lambda_l1;
+    jinit init;
+    char init_job[65];
+    long init_step; /* -1 best, -2 latest */
+    uint64_t seed;
+    long validate_every, checkpoint_every, lr_decay_steps;
+    int bf16; /* precision "bf16" (mixed) instead of "fp32" */
+} jparams;
+
+/* Sets *e and returns -1. */
+int cz_jobs_api_err(cz_api_error *e, int http, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Client-supplied text made safe to quote in a message (non-printable bytes -> '?'). */
+void cz_jobs_printable(char *out, size_t cap, const char *s);
+/* Parses a request object into p (defaults first; limits from o). `stored`: a record read
+ * back from disk, where the configured limits are not re-applied. 0, or -1 with *e set. */
+int cz_jobs_parse_params(const cz_jobs_opts *o, json_t *obj, jparams *p, int stored, cz_api_error *e);
+/* The effective parameters as the job object shows them. */
+json_t *cz_jobs_params_json(const jparams *p);
+/* Resolves dataset `name` under data_root (a realpath): no absolute path, no '..', still
+ * under data_root after symlinks, a directory holding at least one image. 0 (out = the
+ * resolved directory), or -1 with *e set (400 / 404 / 422). */
+int cz_jobs_resolve_dataset(const char *data_root, const char *name, char *out, size_t cap, cz_api_error *e);
+
+#endif
