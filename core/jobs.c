@@ -11,6 +11,8 @@
  * (cz_trainer_get_info) for progress, rate and ETA. Loss history comes from run/losses.jsonl
  * and run/val.jsonl, the append-only logs the trainer flushes every step.
  *
+ * Request validation and dataset confinement live in jobs_params.c.
+ *
  * Locking: J->mu guards the list and every job field. The device thread never holds it during
  * a trainer call except cz_trainer_cancel/get_info (cheap, take the trainer's own lock: order
  * J->mu -> trainer mu). A trainer is only destroyed after it was unpublished under J->mu.
@@ -237,6 +239,10 @@ cz_status cz_jobs_open(const cz_jobs_opts *o, cz_jobs **out) {
     if (!J) return cz_error_set(CZ_ERR_NOMEM, "jobs: out of memory");
     J->o = *o;
     pthread_mutex_init(&J->mu, NULL);
+    if (strlen(o->state_dir) > PATH_MAX - 256 || (o->data_root && strlen(o->data_root) > PATH_MAX - 256)) {
+        free(J);
+        return cz_error_set(CZ_ERR_CONFIG, "train.state_dir / train.data_root: path too long");
+    }
     if (o->data_root && *o->data_root) {
         if (!realpath(o->data_root, J->data_root)) {
             cz_status s = cz_error_set(CZ_ERR_CONFIG, "train.data_root = '%s': %s", o->data_root, strerror(errno));
