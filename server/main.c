@@ -158,7 +158,12 @@ static int load_admin_token(srv_ctx *s) {
     if (!tok[0] && s->cfg.admin_token_file[0]) {
         uint8_t *data = NULL;
         size_t len = 0;
-        if (cz_file_read(s->cfg.admin_token_file, 4096, &data, &len) != CZ_OK) {
+        cz_status st = cz_file_read(s->cfg.admin_token_file, 4096, &data, &len);
+        if (st == CZ_ERR_NOT_FOUND) { /* e.g. an optional secret that is not mounted */
+            CZ_LOGW("main", "admin.token_file %s does not exist: the admin API stays off", s->cfg.admin_token_file);
+            return 0;
+        }
+        if (st != CZ_OK) {
             CZ_LOGE("main", "admin.token_file: %s", cz_error_detail());
             return -1;
         }
