@@ -88,6 +88,7 @@ typedef struct bgroup {
 typedef struct bctl {
     cz_status (*fn)(cz_colorizer **cz, void *arg);
     void *arg;
+    int no_warm; /* the caller warmed a swapped-in colorizer itself */
     cz_status result;
     int finished;
     char detail[256];
@@ -231,21 +232,8 @@ static bgroup *pick_ready(cz_batcher *b, int64_t now, int64_t *next_ready) {
  * image, on a zero input, so that every primitive exists before traffic. */
 static cz_status warm_up(cz_batcher *b, cz_colorizer *cz, int render) {
     int64_t t0 = cz_now_ns();
-    const cz_unet_arch *a = cz_colorizer_arch(cz);
-    cz_cjob job;
-    memset(&job, 0, sizeof job);
-    CZ_TRY(cz_render_validate(cz, render));
-    CZ_TRY(cz_render_geom_compute(render, render, render, cz_unet_multiple(a), &job.geom));
-    size_t px = (size_t)job.geom.net_w * job.geom.net_h;
-    job.net_in = calloc(px * (size_t)a->in_ch, sizeof(float));
-    job.net_out = calloc(px * (size_t)a->out_ch, sizeof(float));
-    cz_status s = CZ_OK;
-    if (!job.net_in || !job.net_out)
-        s = cz_error_set(CZ_ERR_NOMEM, "warm-up buffers for %dx%d", job.geom.net_w, job.geom.net_h);
     int maxb = b->opt.max_batch < cz_colorizer_max_batch(cz) ? b->opt.max_batch : cz_colorizer_max_batch(cz);
-    cz_cjob **ptrs = b->cbatch;
-    for (int i = 0; i < maxb; i++)
-        ptrs[i] = &job;
+    cz_status s = CZ_OK;
     int done_n = 0;
     for (int n = 1; s == CZ_OK && n <= maxb; n++) {
         /* queued jobs keep expiring on time during warm-up, one pass at most late */
@@ -256,14 +244,12 @@ static cz_status warm_up(cz_batcher *b, cz_colorizer *cz, int render) {
         pthread_mutex_unlock(&b->mu);
         complete_chain(expired);
         if (stop) break;
-        s = cz_colorizer_run(cz, ptrs, n);
+        s = cz_colorizer_warm(cz, render, n);
         done_n = n;
     }
-    free(job.net_in);
-    free(job.net_out);
     if (s == CZ_OK)
-        CZ_LOGI(MOD, "warm-up at %dx%d for batch sizes 1..%d took %.1f ms", job.geom.net_w, job.geom.net_h,
-                done_n, (double)(cz_now_ns() - t0) / 1e6);
+        CZ_LOGI(MOD, "warm-up at render %d for batch sizes 1..%d took %.1f ms", render, done_n,
+                (double)(cz_now_ns() - t0) / 1e6);
     return s;
 }
 
@@ -300,7 +286,7 @@ static void run_ctl(cz_batcher *b, bctl *c) {
                         old_arch.in_ch, old_arch.out_ch, na->in_ch, na->out_ch);
             else
                 CZ_LOGI(MOD, "colorizer replaced between batches");
-            if (b->opt.warmup_render > 0) run_warm_up(b);
+            if (b->opt.warmup_render > 0 && !c->no_warm) run_warm_up(b);
         }
     }
     pthread_mutex_lock(&b->mu);
@@ -631,6 +617,10 @@ const char *cz_batcher_ready(cz_batcher *b, char *buf, int cap) {
 }
 
 cz_status cz_batcher_call(cz_batcher *b, cz_status (*fn)(cz_colorizer **cz, void *arg), void *arg) {
+    return cz_batcher_call_ex(b, fn, arg, 0);
+}
+
+cz_status cz_batcher_call_ex(cz_batcher *b, cz_status (*fn)(cz_colorizer **cz, void *arg), void *arg, int flags) {
     if (!b || !fn) return cz_error_set(CZ_ERR_INVALID_ARG, "cz_batcher_call: NULL batcher or function");
     if (on_device_thread(b))
         return cz_error_set(CZ_ERR_INVALID_ARG, "cz_batcher_call from the device thread would deadlock");
@@ -638,6 +628,7 @@ cz_status cz_batcher_call(cz_batcher *b, cz_status (*fn)(cz_colorizer **cz, void
     memset(&c, 0, sizeof c);
     c.fn = fn;
     c.arg = arg;
+    c.no_warm = (flags & CZ_CALL_NO_WARMUP) != 0;
     pthread_mutex_lock(&b->mu);
     if (b->stop) {
         pthread_mutex_unlock(&b->mu);

@@ -81,6 +81,10 @@ const char *cz_batcher_ready(cz_batcher *b, char *buf, int cap);
 /* Runs `fn(cz, arg)` on the device thread between batches (e.g. to read model info or swap
  * weights) and waits for it. Returns fn's status. */
 cz_status cz_batcher_call(cz_batcher *b, cz_status (*fn)(cz_colorizer **cz, void *arg), void *arg);
+/* The same with flags: CZ_CALL_NO_WARMUP skips the warm-up after a swap (the caller warmed
+ * the new colorizer aside already, e.g. one pass per call between batches). */
+#define CZ_CALL_NO_WARMUP 1
+cz_status cz_batcher_call_ex(cz_batcher *b, cz_status (*fn)(cz_colorizer **cz, void *arg), void *arg, int flags);
 /* Background work at lower priority (training steps, DESIGN.md "Threads"). `fn(arg)` runs on
  * the device thread only when no inference job is queued, no call is pending and the batcher
  * is not draining; it does one bounded unit of work and returns non-zero when it has more

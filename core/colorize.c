@@ -124,6 +124,31 @@ cz_status cz_cjob_prepare(const cz_colorizer *cz, const cz_image *src, int rende
     return CZ_OK;
 }
 
+cz_status cz_colorizer_warm(cz_colorizer *cz, int render, int n) {
+    if (n < 1 || n > cz->max_batch)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "warm-up batch of %d images, expected 1..%d", n, cz->max_batch);
+    const cz_unet_arch *a = cz_colorizer_arch(cz);
+    cz_cjob job;
+    memset(&job, 0, sizeof job);
+    CZ_TRY(cz_render_validate(cz, render));
+    CZ_TRY(cz_render_geom_compute(render, render, render, cz_unet_multiple(a), &job.geom));
+    size_t px = (size_t)job.geom.net_w * job.geom.net_h;
+    job.net_in = calloc(px * (size_t)a->in_ch, sizeof(float));
+    job.net_out = calloc(px * (size_t)a->out_ch, sizeof(float));
+    cz_cjob **ptrs = calloc((size_t)n, sizeof *ptrs);
+    cz_status s = CZ_OK;
+    if (!job.net_in || !job.net_out || !ptrs) {
+        s = cz_error_set(CZ_ERR_NOMEM, "warm-up buffers for %dx%d", job.geom.net_w, job.geom.net_h);
+    } else {
+        for (int i = 0; i < n; i++) ptrs[i] = &job;
+        s = cz_colorizer_run(cz, ptrs, n);
+    }
+    free(ptrs);
+    free(job.net_in);
+    free(job.net_out);
+    return s;
+}
+
 cz_status cz_colorizer_run(cz_colorizer *cz, cz_cjob *const *jobs, int n) {
     if (n < 1 || n > cz->max_batch)
         return cz_error_set(CZ_ERR_INVALID_ARG, "batch of %d images, expected 1..%d", n, cz->max_batch);

@@ -50,6 +50,9 @@ typedef struct cz_cjob {
 cz_status cz_cjob_prepare(const cz_colorizer *cz, const cz_image *src, int render, cz_cjob *job);
 /* Runs n jobs (all with the same net_w x net_h, n <= max_batch) through the U-Net. */
 cz_status cz_colorizer_run(cz_colorizer *cz, cz_cjob *const *jobs, int n);
+/* One forward pass of n zero images at the network size of a render x render photo, so that
+ * the plans and primitives of that (n, size) exist before traffic (model owner thread). */
+cz_status cz_colorizer_warm(cz_colorizer *cz, int render, int n);
 /* Builds the colorized RGB image from a job that has run. */
 cz_status cz_cjob_finish(const cz_colorizer *cz, const cz_cjob *job, cz_image *out);
 void cz_cjob_release(cz_cjob *job); /* frees buffers; NULL-safe; the struct may be reused */

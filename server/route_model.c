@@ -2,11 +2,12 @@
  * activations of a training checkpoint share srv_model_swap; the activated checkpoint is
  * remembered in <train.state_dir>/active_model.json so a restarted daemon serves it again.
  *
- * A swap loads the new file ON THE DEVICE THREAD (cz_batcher_call: the backend belongs to that
- * thread; the call runs between inference batches and between training steps), checks that it
- * has the serving model's depth, channels and colour mode (jobs already prepared by HTTP
- * threads must stay valid), swaps it in under the model write lock and lets the batcher warm
- * it up; any failure leaves the old model serving. SIGHUP goes back to the configured file
+ * A swap runs ON THE DEVICE THREAD (the backend belongs to it) in separate cz_batcher_call
+ * steps, each between inference batches (and training steps): load the file aside and check
+ * it has the serving model's depth, channels and colour mode (jobs already prepared by HTTP
+ * threads must stay valid); one warm-up pass per batch size 1..max_batch, each its own step;
+ * then swap it in under the model write lock. A request so waits for at most one step, not
+ * for the whole swap. Any failure frees the model aside and leaves the old one serving. SIGHUP goes back to the configured file
  * and forgets the activation record.
  * Threading: srv_model_swap and the handler run on MHD threads or the main thread, never on the
  * device thread. Tested by tests/integration/test_train_http.c (activation) and
@@ -28,7 +29,8 @@ typedef struct swap_ctx {
     const char *path;
     const char *job;
     long step;
-    cz_status st;
+    cz_colorizer *fresh; /* loaded aside, not yet serving */
+    int warm_n;          /* batch size of the next warm-up pass */
     int incompatible;
     char err[700];
 } swap_ctx;
@@ -39,27 +41,47 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static cz_status swap_on_device(cz_colorizer **czp, void *arg) {
+/* Step 1 (device thread): load the file aside and check it fits the model in service. */
+static cz_status load_aside(cz_colorizer **czp, void *arg) {
     swap_ctx *sc = arg;
     srv_ctx *s = sc->s;
     cz_colorizer_opts co = {.max_batch = s->cfg.max_batch, .precision = (cz_dtype)cz_dtype_parse(s->cfg.precision)};
-    cz_colorizer *fresh = NULL;
-    cz_status st = cz_colorizer_create(s->be, sc->path, &co, &fresh);
+    cz_status st = cz_colorizer_create(s->be, sc->path, &co, &sc->fresh);
     if (st != CZ_OK) {
         snprintf(sc->err, sizeof sc->err, "%s", cz_error_detail());
         return st;
     }
-    const cz_unet_arch *a = cz_colorizer_arch(*czp), *b = cz_colorizer_arch(fresh);
+    const cz_unet_arch *a = cz_colorizer_arch(*czp), *b = cz_colorizer_arch(sc->fresh);
     if (a->depth != b->depth || a->in_ch != b->in_ch || a->out_ch != b->out_ch || a->mode != b->mode) {
         snprintf(sc->err, sizeof sc->err,
                  "%s: depth %d, %d->%d channels, %s; the model in service has depth %d, %d->%d channels, %s "
                  "(restart the daemon to change the architecture)",
                  sc->path, b->depth, b->in_ch, b->out_ch, cz_color_mode_name(b->mode), a->depth, a->in_ch, a->out_ch,
                  cz_color_mode_name(a->mode));
-        cz_colorizer_destroy(fresh);
+        cz_colorizer_destroy(sc->fresh);
+        sc->fresh = NULL;
         sc->incompatible = 1;
         return CZ_ERR_BAD_WEIGHTS;
     }
+    return CZ_OK;
+}
+
+/* Step 2, once per batch size (device thread): one warm-up pass of the model aside, so that
+ * between two of these the batcher serves whatever waits. */
+static cz_status warm_aside(cz_colorizer **czp, void *arg) {
+    (void)czp;
+    swap_ctx *sc = arg;
+    cz_status st = cz_colorizer_warm(sc->fresh, sc->s->cfg.render, sc->warm_n);
+    if (st != CZ_OK) snprintf(sc->err, sizeof sc->err, "warm-up of %s failed: %s", sc->path, cz_error_detail());
+    return st;
+}
+
+/* Step 3 (device thread, between batches): swap it in. */
+static cz_status swap_in(cz_colorizer **czp, void *arg) {
+    swap_ctx *sc = arg;
+    srv_ctx *s = sc->s;
+    cz_colorizer *fresh = sc->fresh;
+    sc->fresh = NULL;
     pthread_rwlock_wrlock(&s->cz_lock);
     cz_colorizer *old = *czp;
     *czp = fresh;
@@ -74,6 +96,15 @@ static cz_status swap_on_device(cz_colorizer **czp, void *arg) {
     s->origin_at = now_s();
     pthread_mutex_unlock(&s->model_mu);
     srv_model_snapshot(s, fresh);
+    return CZ_OK;
+}
+
+/* On failure after step 1 (device thread): free the model aside. */
+static cz_status discard_aside(cz_colorizer **czp, void *arg) {
+    (void)czp;
+    swap_ctx *sc = arg;
+    cz_colorizer_destroy(sc->fresh);
+    sc->fresh = NULL;
     return CZ_OK;
 }
 
@@ -103,7 +134,16 @@ cz_status srv_model_swap(srv_ctx *s, const char *path, const char *job, long ste
     memset(err, 0, sizeof *err);
     swap_ctx sc = {.s = s, .path = path, .job = job, .step = step};
     int64_t t0 = cz_now_ns();
-    cz_status st = cz_batcher_call(s->batcher, swap_on_device, &sc);
+    /* Each step is its own call: the batcher runs waiting batches between them, so a request
+     * waits for at most one of these steps (a load, or one warm-up pass), never for all. */
+    cz_status st = cz_batcher_call(s->batcher, load_aside, &sc);
+    for (int n = 1; st == CZ_OK && n <= s->cfg.max_batch; n++) {
+        sc.warm_n = n;
+        st = cz_batcher_call(s->batcher, warm_aside, &sc);
+    }
+    if (st == CZ_OK) st = cz_batcher_call_ex(s->batcher, swap_in, &sc, CZ_CALL_NO_WARMUP);
+    if (sc.fresh && cz_batcher_call(s->batcher, discard_aside, &sc) != CZ_OK)
+        CZ_LOGW("model", "could not free the model loaded aside (the batcher stopped)");
     if (st != CZ_OK) {
         const char *why = sc.err[0] ? sc.err : cz_error_detail();
         snprintf(err->message, sizeof err->message, "%.500s", why);
