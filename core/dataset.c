@@ -351,7 +351,7 @@ static void count_skip(cz_dataset *ds, uint32_t file, int kind, const char *why)
         }
 }
 
-static int is_gray(const cz_image *img) {
+int cz_dataset_image_is_gray(const cz_image *img) {
     if (img->channels == 1) return 1;
     size_t px = (size_t)img->width * img->height;
     int step = 1;
@@ -452,7 +452,7 @@ static int load_sample(cz_dataset *ds, uint32_t file, scratch *sc, int cx, int c
         count_skip(ds, file, FILE_BAD, cz_error_detail());
         return 0;
     }
-    if (is_gray(&img)) {
+    if (cz_dataset_image_is_gray(&img)) {
         cz_image_free(&img);
         count_skip(ds, file, FILE_GRAY, "grayscale photo (no colour to learn)");
         return 0;

@@ -121,6 +121,10 @@ typedef struct cz_dataset_stats {
 
 void cz_dataset_get_stats(cz_dataset *ds, cz_dataset_stats *st);
 
+/* The grayscale test applied to every photo (see top): non-zero when `img` (8-bit, 1 or 3
+ * channels) has no colour to learn from. */
+int cz_dataset_image_is_gray(const cz_image *img);
+
 /* Relative path (for logs and reports) of listed file `index`; NULL when out of range.
  * Validation files from a separate val_dir are prefixed "val:". */
 const char *cz_dataset_file_path(const cz_dataset *ds, uint32_t index);

@@ -859,6 +859,7 @@ static cz_status start_trainer(cz_jobs *J, job *a, cz_backend *be, cz_trainer **
     c.lr_decay_steps = a->p.lr_decay_steps;
     c.workers = J->o.workers;
     c.precision = a->p.bf16 ? CZ_BF16 : CZ_F32;
+    c.max_total_steps = J->o.max_steps; /* epochs are turned into steps only here */
     if (a->resume_from[0]) {
         c.init = CZ_TRAIN_INIT_CHECKPOINT;
         c.init_path = a->resume_from;

@@ -14,6 +14,9 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "dataset.h"
+#include "fileio.h"
+#include "image.h"
 #include "jobs_impl.h"
 #include "unet.h"
 
@@ -42,7 +45,8 @@ void cz_jobs_printable(char *out, size_t cap, const char *s) {
 static void params_default(const cz_jobs_opts *o, jparams *p) {
     memset(p, 0, sizeof *p);
     p->batch = 1;
-    p->size = 256;
+    p->size = 256; /* or the largest power of two within the configured maximum */
+    while (p->size > o->max_image_size && p->size > 64) p->size /= 2;
     p->ngf = 64;
     p->keep = o->keep_checkpoints;
     p->lr = 2e-4;
@@ -219,24 +223,64 @@ json_t *cz_jobs_params_json(const jparams *p) {
 
 /* ---------------------------------------------------------------- dataset confinement */
 
-/* Whether dir holds at least one .jpg/.jpeg/.png (recursively, bounded). */
-static int has_image(const char *dir, int depth, long *budget) {
+/* Bounds of the usability probe at submit time: directory entries walked, and photos decoded
+ * (a job whose first USABLE_DECODES photos are all unusable is refused; one with a usable photo
+ * among them is accepted and the trainer skips the unusable rest). */
+#define USABLE_WALK 200000
+#define USABLE_DECODES 32
+#define USABLE_MAX_BYTES ((size_t)64 << 20)
+
+typedef struct usable_probe {
+    long walk_left;
+    int decodes_left;
+    int images, unreadable, gray;
+} usable_probe;
+
+/* Whether `path` decodes to a photo with colour (the trainer's own grayscale test). */
+static int usable_photo(const char *path, usable_probe *u) {
+    uint8_t *data = NULL;
+    size_t len = 0;
+    u->decodes_left--;
+    u->images++;
+    if (cz_file_read(path, USABLE_MAX_BYTES, &data, &len) != CZ_OK) {
+        u->unreadable++;
+        return 0;
+    }
+    cz_image_limits lim;
+    cz_image_limits_default(&lim);
+    cz_image img;
+    memset(&img, 0, sizeof img);
+    cz_status st = cz_image_decode(data, len, &lim, &img, NULL);
+    free(data);
+    if (st != CZ_OK) {
+        u->unreadable++;
+        return 0;
+    }
+    int gray = cz_dataset_image_is_gray(&img);
+    cz_image_free(&img);
+    u->gray += gray;
+    return !gray;
+}
+
+/* Whether dir holds a usable colour .jpg/.jpeg/.png (recursively, within the probe's bounds). */
+static int has_usable_image(const char *dir, int depth, usable_probe *u) {
     if (depth > 32) return 0;
     DIR *d = opendir(dir);
     if (!d) return 0;
     struct dirent *de;
     int found = 0;
-    while (!found && (de = readdir(d)) && --*budget > 0) {
+    while (!found && u->decodes_left > 0 && (de = readdir(d)) && --u->walk_left > 0) {
         if (de->d_name[0] == '.') continue;
         char path[PATH_MAX];
         if (snprintf(path, sizeof path, "%s/%s", dir, de->d_name) >= (int)sizeof path) continue;
         struct stat st;
         if (stat(path, &st) != 0) continue;
         if (S_ISDIR(st.st_mode)) {
-            found = has_image(path, depth + 1, budget);
+            found = has_usable_image(path, depth + 1, u);
         } else if (S_ISREG(st.st_mode) && st.st_size > 0) {
             const char *dot = strrchr(de->d_name, '.');
-            found = dot && (!strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".png"));
+            if (dot && (!strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg") || !strcasecmp(dot, ".png")))
+                found = usable_photo(path, u);
         }
     }
     closedir(d);
@@ -270,9 +314,14 @@ int cz_jobs_resolve_dataset(const char *data_root, const char *name, char *out, 
     struct stat st;
     if (stat(real, &st) != 0 || !S_ISDIR(st.st_mode))
         return cz_jobs_api_err(e, 404, "dataset_not_found", "dataset '%s' is not a directory", shown);
-    long budget = 200000;
-    if (!has_image(real, 0, &budget))
-        return cz_jobs_api_err(e, 422, "empty_dataset", "dataset '%s' holds no .jpg/.jpeg/.png file", shown);
+    usable_probe u = {.walk_left = USABLE_WALK, .decodes_left = USABLE_DECODES};
+    if (!has_usable_image(real, 0, &u)) {
+        if (!u.images)
+            return cz_jobs_api_err(e, 422, "empty_dataset", "dataset '%s' holds no .jpg/.jpeg/.png file", shown);
+        return cz_jobs_api_err(e, 422, "empty_dataset",
+                               "dataset '%s': no usable colour photo among the %d inspected (%d unreadable, %d grayscale)",
+                               shown, u.images, u.unreadable, u.gray);
+    }
     snprintf(out, cap, "%s", real);
     return 0;
 }

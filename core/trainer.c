@@ -489,6 +489,12 @@ static cz_status build(cz_trainer *t, const cz_trainer_config *c) {
     size_t ntrain = cz_dataset_train_count(t->ds);
     if (!total && c->epochs > 0) total = (long)ceil(c->epochs * (double)ntrain / t->nb);
     if (total < 1) return cz_error_set(CZ_ERR_CONFIG, "steps: give steps or epochs (at least one step)");
+    if (c->max_total_steps > 0 && total > c->max_total_steps) {
+        if (!c->steps && c->epochs > 0)
+            return cz_error_set(CZ_ERR_CONFIG, "epochs: %g epochs of %zu images at batch %d are %ld steps, above the limit of %ld",
+                                c->epochs, ntrain, t->nb, total, c->max_total_steps);
+        return cz_error_set(CZ_ERR_CONFIG, "steps: %ld, above the limit of %ld", total, c->max_total_steps);
+    }
     t->total = total;
     size_t plane = (size_t)t->size * t->size, k = (size_t)(c->sample_images ? c->sample_images : 1);
     t->pred = malloc((size_t)t->nb * t->arch.out_ch * plane * sizeof(float));

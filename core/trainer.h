@@ -113,6 +113,7 @@ typedef struct cz_trainer_config {
     int val_max_images;     /* validation images per validation (64; 0 = all) */
     int workers;            /* decode threads (2) */
     cz_dtype precision;     /* activations: CZ_F32, or CZ_BF16 (mixed precision, fp32 master weights) */
+    long max_total_steps;   /* 0 = none; else a run whose total (from steps or epochs) is larger is refused */
     cz_train_init init;     /* SCRATCH unless init_path is given (then AUTO by default) */
     const char *init_path;
     cz_train_progress_fn progress;

@@ -212,6 +212,31 @@ def make_png(width, height, color_type=0, header_only=False, ihdr_size=None):
     return sig + ihdr + idat + _png_chunk(b"IEND", b"")
 
 
+def make_scene_png(width, height, seed=0):
+    """An RGB PNG whose colours follow its structure (blue sky over green ground, a red disc
+    placed by `seed`): a training image a tiny generator can learn something from."""
+    cx = width * (0.3 + 0.4 * ((seed * 37) % 11) / 10.0)
+    cy = height * (0.55 + 0.2 * ((seed * 17) % 7) / 6.0)
+    rad2 = (min(width, height) * 0.15) ** 2
+    rows = []
+    for y in range(height):
+        t = y / max(1, height - 1)
+        row = bytearray([0])
+        for x in range(width):
+            if (x - cx) ** 2 + (y - cy) ** 2 < rad2:
+                c = (220, 40, 30)
+            elif t < 0.5:
+                c = (int(60 + 100 * t), int(120 + 120 * t), 235)
+            else:
+                c = (40, int(150 - 60 * (t - 0.5)), 30)
+            row += bytes(c)
+        rows.append(bytes(row))
+    sig = b"\x89PNG\r\n\x1a\n"
+    ihdr = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    idat = _png_chunk(b"IDAT", zlib.compress(b"".join(rows), 9))
+    return sig + ihdr + idat + _png_chunk(b"IEND", b"")
+
+
 def corrupt_png_crc(png):
     """The same PNG with the IHDR CRC flipped."""
     b = bytearray(png)

@@ -10,6 +10,14 @@ required is present and validates against its schema; JSON bodies validate again
 schema; error bodies carry the expected `code` and the same request id as the X-Request-Id
 header. Images must be of the requested format and of the upload's width and height.
 
+With --admin-token (the main daemon's admin.token; it must have train.data_root holding the
+datasets `photos` and `empty`, train.max_jobs = 2 and serve a depth-6 generator), the admin
+API: 401 on every admin operation, bad bodies, a tiny training job followed to the end (job,
+list, losses, stride, sample sheet), activation of its best checkpoint, 404/409/422 of
+activation (the 422 by truncating a checkpoint under --state-dir), the 429 queue bound,
+cancel and resume. 403 admin_disabled is checked on the overload daemon (no token), 409
+training_disabled on a third daemon with a token and no data root.
+
 Cases that need a specially configured daemon (503 queue_full, 504 deadline_exceeded, 503
 shutting_down and /readyz draining) run on a second daemon this script starts itself when
 given --colorized and --model (ref backend, one-image batches, a one-slot queue, a short
@@ -21,7 +29,8 @@ At the end every documented (path, method, status) that no case provoked is list
 Last line: 'N passed, N failed, N skipped'. Exit status 1 when anything failed.
 
 Usage: test_spec_live.py --spec openapi.yaml --url http://127.0.0.1:PORT --max-body BYTES
-         [--jpeg FILE] [--colorized BIN --model WEIGHTS] [--verbose]
+         [--jpeg FILE] [--colorized BIN --model WEIGHTS] [--admin-token T [--state-dir DIR]]
+         [--verbose]
 Needs PyYAML and jsonschema (the venv made by tests/contract/run.sh). No threads except the
 concurrent requests of the overload case; no state outside a temp dir it removes.
 """
@@ -188,6 +197,23 @@ class Checker:
         return problems
 
 
+# Values for the path templates of the document (a well-formed id that names no job).
+PATH_VALUES = {"id": "20240101-000000-abcdef", "step": "1"}
+
+
+def concrete_path(template):
+    return re.sub(r"\{([a-z_]+)\}", lambda m: PATH_VALUES.get(m.group(1), "x"), template)
+
+
+def admin_operations(spec):
+    """(path template, METHOD) of every operation that requires the bearerAuth scheme."""
+    out = []
+    for path, method, op in spec.operations():
+        if any("bearerAuth" in req for req in (op.get("security") or spec.doc.get("security") or [])):
+            out.append((path, method))
+    return out
+
+
 def speclib_valid_id(s):
     return bool(re.match(r"^[A-Za-z0-9._-]{1,128}$", s))
 
@@ -318,14 +344,21 @@ def run_main_cases(ck, tgt, jpeg, max_body):
          headers={"Content-Type": "image/png"}, body=png)
     for path, item in ck.spec.doc["paths"].items():
         allowed = [m.upper() for m in item if m in ("get", "post", "put", "delete", "patch")]
-        wrong = "GET" if "POST" in allowed else "POST"
-        for method in sorted({wrong, "DELETE", "PUT"}):
+        concrete = concrete_path(path)
+        for method in sorted({"GET", "POST", "DELETE", "PUT"} - set(allowed)):
             def allow_ok(r, allowed=allowed):
                 got = sorted(a.strip() for a in (r.header("Allow") or "").split(","))
                 return [] if got == sorted(allowed) else ["Allow %r, expected %s" % (r.header("Allow"), allowed)]
             body = b"" if method != "GET" else None
-            case("405 method_not_allowed: %s %s" % (method, path), method, path, 405, ["method_not_allowed"],
-                 body=body, extra=allow_ok)
+            try:
+                r = tgt.send(method, concrete, {}, body)
+            except OSError as e:
+                ck.result("405 method_not_allowed: %s %s" % (method, concrete), ["request failed: %s" % e])
+                continue
+            problems = ck.conform(path, method, r, 405, ["method_not_allowed"])
+            if not problems:
+                problems = allow_ok(r)
+            ck.result("405 method_not_allowed: %s %s" % (method, concrete), problems)
 
     # ---- 413
     big = b"\xff\xd8\xff\xe0" + b"\0" * (max_body + 4096)
@@ -369,6 +402,230 @@ def run_main_cases(ck, tgt, jpeg, max_body):
          sent_id="a" * 129)
 
 
+# ---------------------------------------------------------------- the admin API
+
+
+def run_admin_cases(ck, tgt, token, state_dir):
+    """Training jobs and model activation on the main daemon (which has admin.token,
+    train.data_root with the datasets `photos` and `empty`, train.max_jobs = 2 and small
+    train.max_* limits, and serves a depth-6 generator so that a 64 px job's checkpoints can be
+    activated)."""
+    auth = {"Authorization": "Bearer " + token}
+    json_hdr = dict(auth, **{"Content-Type": "application/json"})
+
+    def send(method, path, body=None, headers=None):
+        try:
+            return tgt.send(method, path, json_hdr if headers is None else headers, body)
+        except OSError as e:
+            return e
+
+    def case(name, method, path, template, want, codes=None, body=None, headers=None, extra=None):
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+        r = send(method, path, body, headers)
+        if isinstance(r, Exception):
+            ck.result(name, ["request failed: %s" % r])
+            return None
+        problems = ck.conform(template, method, r, want, codes)
+        if extra and not problems:
+            problems += extra(r)
+        ck.result(name, problems)
+        return r
+
+    def job(jid):
+        r = send("GET", "/train/" + jid)
+        return r.json() if not isinstance(r, Exception) and r.status == 200 else {}
+
+    def wait(jid, states, timeout):
+        end = time.time() + timeout
+        j = {}
+        while time.time() < end:
+            j = job(jid)
+            if j.get("status") in states:
+                return j
+            time.sleep(0.2)
+        return j
+
+    # 0. jobs that schemathesis started: cancel them, so that this run's jobs do not queue
+    r = send("GET", "/train")
+    active = [] if isinstance(r, Exception) or r.status != 200 else \
+        [j["id"] for j in r.json().get("jobs", []) if j.get("status") in ("queued", "running")]
+    for jid in active:
+        send("DELETE", "/train/" + jid)
+    for jid in active:
+        wait(jid, ("cancelled", "succeeded", "failed"), 60)
+    print("note: %d job(s) left queued/running by schemathesis were cancelled" % len(active))
+
+    # 1. authentication, for every admin operation
+    for template, method in admin_operations(ck.spec):
+        path = concrete_path(template)
+        body = b"{}" if method == "POST" else None
+        case("401 unauthorized: %s %s without a token" % (method, template), method, path, template, 401,
+             ["unauthorized"], body=body, headers={"Content-Type": "application/json"})
+    case("401 unauthorized: GET /train with another token", "GET", "/train", "/train", 401, ["unauthorized"],
+         headers={"Authorization": "Bearer not-the-token"})
+
+    # 2. bad bodies
+    case("POST /train invalid JSON -> 400 invalid_json", "POST", "/train", "/train", 400, ["invalid_json"],
+         body=b'{"dataset":')
+    case("POST /train a JSON array -> 400 invalid_json", "POST", "/train", "/train", 400, ["invalid_json"],
+         body=b"[1]")
+    case("POST /train unknown field -> 400 invalid_field", "POST", "/train", "/train", 400, ["invalid_field"],
+         body={"dataset": "photos", "steps": 2, "bogus": 1})
+    case("POST /train steps and epochs -> 400 invalid_field", "POST", "/train", "/train", 400, ["invalid_field"],
+         body={"dataset": "photos", "steps": 2, "epochs": 1})
+    case("POST /train dataset ../x -> 400 invalid_field", "POST", "/train", "/train", 400, ["invalid_field"],
+         body={"dataset": "../x", "steps": 2})
+    big = b'{"dataset":"photos","steps":2,"pad":"' + b"x" * 70000 + b'"}'
+    case("POST /train 70 kB body -> 413 payload_too_large", "POST", "/train", "/train", 413, ["payload_too_large"],
+         body=big)
+    case("POST /train missing dataset -> 404 dataset_not_found", "POST", "/train", "/train", 404,
+         ["dataset_not_found"], body={"dataset": "nope", "steps": 2, "image_size": 64})
+    case("POST /train empty dataset -> 422 empty_dataset", "POST", "/train", "/train", 422, ["empty_dataset"],
+         body={"dataset": "empty", "steps": 2, "image_size": 64})
+    case("POST /train init_job unknown -> 404", "POST", "/train", "/train", 404,
+         ["job_not_found", "checkpoint_not_found"],
+         body={"dataset": "photos", "steps": 2, "image_size": 64, "init": "checkpoint",
+               "init_job": PATH_VALUES["id"]})
+    case("POST /model invalid field -> 400 invalid_field", "POST", "/model", "/model", 400, ["invalid_field"],
+         body={"job": PATH_VALUES["id"], "step": "worst"})
+    case("POST /model 70 kB body -> 413 payload_too_large", "POST", "/model", "/model", 413, ["payload_too_large"],
+         body=big)
+    case("POST /model unknown job -> 404 job_not_found", "POST", "/model", "/model", 404, ["job_not_found"],
+         body={"job": PATH_VALUES["id"]})
+    for template in ("/train/{id}", "/train/{id}/losses", "/train/{id}/samples/{step}.png"):
+        case("GET %s unknown job -> 404" % template, "GET", concrete_path(template), template, 404,
+             ["job_not_found"])
+    case("DELETE /train/{id} unknown job -> 404", "DELETE", concrete_path("/train/{id}"), "/train/{id}", 404,
+         ["job_not_found"])
+    case("POST /train/{id}/resume unknown job -> 404", "POST", concrete_path("/train/{id}/resume"),
+         "/train/{id}/resume", 404, ["job_not_found"], body=b"")
+
+    # 3. a tiny job, run to the end
+    def location_ok(r):
+        j = r.json()
+        out = []
+        if r.header("Location") != "/train/%s" % j.get("id"):
+            out.append("Location %r, job id %r" % (r.header("Location"), j.get("id")))
+        if j.get("status") != "queued":
+            out.append("status %r in the 202 body, expected queued" % j.get("status"))
+        return out
+    tiny = {"dataset": "photos", "steps": 6, "image_size": 64, "batch_size": 1, "ngf": 4,
+            "validate_every": 2, "checkpoint_every": 3, "seed": 1}
+    r = case("POST /train tiny job -> 202 + Location", "POST", "/train", "/train", 202, body=tiny, extra=location_ok)
+    jid = r.json().get("id") if r is not None and r.status == 202 else None
+    if jid is None:
+        ck.skip("admin: the rest of the job cases", "no job was accepted")
+        return
+    j = wait(jid, ("succeeded", "failed", "cancelled", "interrupted"), 120)
+    case("GET /train/{id} -> 200 job (%s)" % j.get("status"), "GET", "/train/" + jid, "/train/{id}", 200,
+         extra=lambda r: [] if r.json().get("status") == "succeeded" else
+         ["tiny job ended %r (%r), expected succeeded" % (r.json().get("status"), r.json().get("error"))])
+    case("GET /train -> 200 job list", "GET", "/train", "/train", 200,
+         extra=lambda r: [] if any(x.get("id") == jid for x in r.json().get("jobs", [])) else ["job not listed"])
+    case("GET /train/{id}/losses -> 200", "GET", "/train/%s/losses" % jid, "/train/{id}/losses", 200,
+         extra=lambda r: [] if len(r.json().get("losses", [])) == 6 else
+         ["%d loss records, expected 6" % len(r.json().get("losses", []))])
+    case("GET /train/{id}/losses?stride=4 -> 200", "GET", "/train/%s/losses?stride=4" % jid,
+         "/train/{id}/losses", 200,
+         extra=lambda r: [] if [x.get("step") for x in r.json().get("losses", [])] == [1, 5] else
+         ["stride 4 kept steps %s, expected [1, 5]" % [x.get("step") for x in r.json().get("losses", [])]])
+    case("GET /train/{id}/losses?stride=0 -> 400 invalid_parameter", "GET", "/train/%s/losses?stride=0" % jid,
+         "/train/{id}/losses", 400, ["invalid_parameter"])
+    samples = j.get("samples") or []
+    if samples:
+        case("GET /train/{id}/samples/{step}.png -> 200 PNG", "GET", "/train/%s/samples/%d.png" % (jid, samples[0]),
+             "/train/{id}/samples/{step}.png", 200)
+    else:
+        ck.result("tiny job lists sample sheets", ["samples is empty: %r" % j])
+    case("GET /train/{id}/samples/{step}.png no such sheet -> 404 not_found", "GET",
+         "/train/%s/samples/99999.png" % jid, "/train/{id}/samples/{step}.png", 404, ["not_found"])
+    case("DELETE a succeeded job -> 409 job_finished", "DELETE", "/train/" + jid, "/train/{id}", 409,
+         ["job_finished"])
+    case("POST resume on a succeeded job -> 409 job_not_resumable", "POST", "/train/%s/resume" % jid,
+         "/train/{id}/resume", 409, ["job_not_resumable"], body=b"")
+
+    # 4. activation
+    def source_ok(r):
+        src = r.json().get("source") or {}
+        return [] if src.get("kind") == "checkpoint" and src.get("job") == jid else ["source %r" % src]
+    case("POST /model {job, step: best} -> 200 ModelInfo", "POST", "/model", "/model", 200,
+         body={"job": jid, "step": "best"}, extra=source_ok)
+    case("GET /model after activation -> 200 with source checkpoint", "GET", "/model", "/model", 200,
+         extra=source_ok)
+    case("POST /model no such step -> 404 checkpoint_not_found", "POST", "/model", "/model", 404,
+         ["checkpoint_not_found"], body={"job": jid, "step": 99999})
+    r7 = send("POST", "/train", json.dumps({"dataset": "photos", "steps": 1, "image_size": 128, "batch_size": 1,
+                                            "ngf": 4, "checkpoint_every": 0, "validate_every": 0}).encode())
+    if not isinstance(r7, Exception) and r7.status == 202:
+        j7 = wait(r7.json()["id"], ("succeeded", "failed", "cancelled"), 120)
+        case("POST /model depth-7 checkpoint on a depth-6 model -> 409 incompatible_model", "POST", "/model",
+             "/model", 409, ["incompatible_model"], body={"job": j7.get("id"), "step": "latest"})
+    else:
+        ck.skip("409 incompatible_model", "a 128 px job was not accepted (%s)" %
+                (r7 if isinstance(r7, Exception) else r7.status))
+    cks = [c["step"] for c in (j.get("checkpoints") or [])]
+    if cks and state_dir:
+        f = os.path.join(state_dir, "jobs", jid, "run", "checkpoints", "step_%d.safetensors" % cks[0])
+        try:
+            data = open(f, "rb").read()
+            open(f, "wb").write(data[:len(data) // 2])
+            case("POST /model truncated checkpoint -> 422 bad_weights", "POST", "/model", "/model", 422,
+                 ["bad_weights"], body={"job": jid, "step": cks[0]})
+        except OSError as e:
+            ck.skip("422 bad_weights", "cannot truncate %s: %s" % (f, e))
+
+    # 5. the queue bound, cancel, resume
+    # A: submitted and cancelled at once (resumable); B, C fill the queue (train.max_jobs = 2).
+    slow = {"dataset": "photos", "steps": 20, "image_size": 128, "batch_size": 1, "ngf": 64,
+            "checkpoint_every": 0, "validate_every": 0}
+    ids = []
+    for i in range(3):
+        r = send("POST", "/train", json.dumps(dict(slow, seed=i)).encode())
+        if not isinstance(r, Exception) and r.status == 202:
+            ids.append(r.json()["id"])
+        if i == 0 and ids:
+            case("DELETE a queued/running job -> 202 (A)", "DELETE", "/train/" + ids[0], "/train/{id}", 202)
+            wait(ids[0], ("cancelled", "succeeded", "failed"), 60)
+    case("POST /train beyond train.max_jobs -> 429 too_many_jobs", "POST", "/train", "/train", 429,
+         ["too_many_jobs"], body=slow)
+    if len(ids) == 3:
+        case("POST resume beyond train.max_jobs -> 429 too_many_jobs", "POST", "/train/%s/resume" % ids[0],
+             "/train/{id}/resume", 429, ["too_many_jobs"], body=b"")
+        case("POST resume on a queued/running job -> 409 job_not_resumable", "POST", "/train/%s/resume" % ids[2],
+             "/train/{id}/resume", 409, ["job_not_resumable"], body=b"")
+    for i, x in enumerate(ids[1:]):
+        case("DELETE a queued/running job -> 202 (%s)" % "BC"[i], "DELETE", "/train/" + x, "/train/{id}", 202)
+    for x in ids[1:]:
+        wait(x, ("cancelled", "succeeded", "failed"), 60)
+    if ids:
+        case("POST resume on a cancelled job -> 202", "POST", "/train/%s/resume" % ids[0], "/train/{id}/resume",
+             202, body=b"", extra=lambda r: [] if r.json().get("status") == "queued" else
+             ["status %r after resume" % r.json().get("status")])
+        send("DELETE", "/train/" + ids[0])
+        wait(ids[0], ("cancelled", "succeeded", "failed"), 60)
+
+
+def run_disabled_cases(ck, tgt, what, token=None):
+    """403 admin_disabled (no token configured) or 409 training_disabled (no data root)."""
+    if token is None:
+        for template, method in admin_operations(ck.spec):
+            body = b"{}" if method == "POST" else None
+            try:
+                r = tgt.send(method, concrete_path(template), {"Authorization": "Bearer x",
+                                                              "Content-Type": "application/json"}, body)
+            except OSError as e:
+                ck.result("403 admin_disabled: %s %s" % (method, template), ["request failed: %s" % e])
+                continue
+            ck.result("403 admin_disabled (%s): %s %s" % (what, method, template),
+                      ck.conform(template, method, r, 403, ["admin_disabled"]))
+    else:
+        r = tgt.send("POST", "/train", {"Authorization": "Bearer " + token, "Content-Type": "application/json"},
+                     b'{"dataset": "photos", "steps": 2}')
+        ck.result("409 training_disabled (%s): POST /train" % what,
+                  ck.conform("/train", "POST", r, 409, ["training_disabled"]))
+
+
 # ---------------------------------------------------------------- the overload daemon
 
 
@@ -402,6 +659,28 @@ def start_daemon(binary, model, tmp, extra):
     raise RuntimeError("daemon not ready in 60 s")
 
 
+def run_notrain_cases(ck, binary, model, token):
+    """A daemon with an admin token and no train.data_root: POST /train is 409 training_disabled."""
+    tmp = tempfile.mkdtemp(prefix="cz-contract-")
+    proc = None
+    try:
+        proc, tgt = start_daemon(binary, model, tmp, [
+            "--backend", "ref", "--threads", "1", "--set", "admin.token=" + token,
+            "--set", "train.state_dir=" + os.path.join(tmp, "state")])
+        run_disabled_cases(ck, tgt, "no train.data_root", token)
+    except (RuntimeError, OSError) as e:
+        ck.result("no-data-root daemon", [str(e)])
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def run_overload_cases(ck, binary, model, jpeg):
     tmp = tempfile.mkdtemp(prefix="cz-contract-")
     proc = None
@@ -413,6 +692,7 @@ def run_overload_cases(ck, binary, model, jpeg):
             "--set", "server.max_queue=1", "--set", "server.queue_high_water=1",
             "--set", "server.request_deadline_ms=100", "--set", "server.max_wait_us=0",
             "--set", "server.drain_timeout_s=60"])
+        run_disabled_cases(ck, tgt, "no admin.token")
         path = "/colorize?render=1024"
         t0 = time.time()
         first = tgt.send("POST", path, {"Content-Type": "image/jpeg"}, jpeg)
@@ -522,6 +802,8 @@ def main():
     ap.add_argument("--jpeg", default=os.path.join(root, "tests", "data", "old_w_scratch_c.jpg"))
     ap.add_argument("--colorized", help="binary, to start the overload/drain daemon")
     ap.add_argument("--model", help="weights for the overload/drain daemon")
+    ap.add_argument("--admin-token", help="the main daemon's admin.token: run the admin API cases")
+    ap.add_argument("--state-dir", help="the main daemon's train.state_dir (to corrupt a checkpoint)")
     ap.add_argument("--verbose", "-v", action="store_true")
     args = ap.parse_args()
 
@@ -530,8 +812,14 @@ def main():
     jpeg = open(args.jpeg, "rb").read()
     t0 = time.time()
     run_main_cases(ck, Target(args.url), jpeg, args.max_body)
+    if args.admin_token:
+        run_admin_cases(ck, Target(args.url), args.admin_token, args.state_dir)
+    else:
+        print("note: no --admin-token: admin API cases not run")
     if args.colorized and args.model:
         run_overload_cases(ck, args.colorized, args.model, jpeg)
+        if args.admin_token:
+            run_notrain_cases(ck, args.colorized, args.model, args.admin_token)
     else:
         print("note: no --colorized/--model: 503/504 and drain cases not run")
 

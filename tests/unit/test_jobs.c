@@ -63,6 +63,21 @@ static int setup(void **state) {
     make_images(d, 16);
     snprintf(d, sizeof d, "%s/empty", g_data);
     mkdir(d, 0755);
+    snprintf(d, sizeof d, "%s/gray", g_data); /* only grayscale photos: nothing to learn */
+    mkdir(d, 0755);
+    for (int k = 0; k < 3; k++) {
+        cz_image im;
+        if (cz_image_alloc(&im, 32, 32, 1) != CZ_OK) return -1;
+        for (int i = 0; i < 32 * 32; i++) im.px[i] = (uint8_t)(i * 7 + k);
+        uint8_t *png;
+        size_t len;
+        char path[700];
+        snprintf(path, sizeof path, "%s/g%d.png", d, k);
+        int bad = cz_image_encode(&im, CZ_FMT_PNG, 90, &png, &len) != CZ_OK || cz_file_write_atomic(path, png, len) != CZ_OK;
+        free(png);
+        cz_image_free(&im);
+        if (bad) return -1;
+    }
     snprintf(d, sizeof d, "%s/escape", g_data);
     if (symlink("/", d) != 0) return -1;
     snprintf(g_state, sizeof g_state, "%s/state", g_root);
@@ -165,6 +180,8 @@ static void test_validation(void **state) {
     submit(j, "{\"dataset\":\"missing\",\"steps\":1}", 404, "dataset_not_found", NULL);
     submit(j, "{\"dataset\":\"ds/img_00.png\",\"steps\":1}", 404, "dataset_not_found", NULL);
     submit(j, "{\"dataset\":\"empty\",\"steps\":1}", 422, "empty_dataset", NULL);
+    submit(j, "{\"dataset\":\"gray\",\"steps\":1}", 422, "empty_dataset", NULL);
+    submit(j, "{\"dataset\":\"ds\",\"steps\":1,\"precision\":\"fp16\"}", 400, "invalid_field", "precision");
     submit(j, "{\"dataset\":\"init\",\"init\":\"current\",\"steps\":1}", 404, "dataset_not_found", NULL);
     /* the queue bound (max_jobs 1): the second one waits for the first */
     submit(j, "{\"dataset\":\"ds\",\"steps\":5,\"image_size\":64,\"ngf\":4}", 202, NULL, NULL);
@@ -362,11 +379,38 @@ static void test_cancel_interrupt_resume(void **state) {
     cz_jobs_close(j);
 }
 
+/* Limits that only apply once the job starts or that shape defaults. */
+static void test_limits(void **state) {
+    (void)state;
+    char sd[400];
+    snprintf(sd, sizeof sd, "%s/state_limits", g_root);
+    cz_jobs *j = open_jobs(sd, 4, 1);
+    /* epochs become steps at start: 1000 epochs of ~15 images exceed max_steps (1000) */
+    char id[65];
+    snprintf(id, sizeof id, "%s", submit(j, "{\"dataset\":\"ds\",\"epochs\":1000,\"image_size\":64,\"ngf\":4}", 202, NULL, NULL));
+    run_all(j);
+    json_t *o = get(j, id);
+    assert_string_equal(status_of(o), "failed");
+    assert_non_null(strstr(json_string_value(json_object_get(o, "error")), "above the limit of 1000"));
+    json_decref(o);
+    /* the default image size stays within train.max_image_size (128 here) */
+    snprintf(id, sizeof id, "%s", submit(j, "{\"dataset\":\"ds\",\"steps\":1,\"ngf\":4}", 202, NULL, NULL));
+    o = get(j, id);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(o, "params"), "image_size")), 128);
+    json_decref(o);
+    cz_api_error e;
+    char *txt = cz_jobs_cancel(j, id, &e);
+    assert_non_null(txt);
+    free(txt);
+    cz_jobs_close(j);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_validation),
         cmocka_unit_test(test_run_and_history),
         cmocka_unit_test(test_cancel_interrupt_resume),
+        cmocka_unit_test(test_limits),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
