@@ -15,8 +15,14 @@
  * the client went away or the connection timed out. An in-flight inference job is released
  * there too (srv_colorize_release: refcounted, see route_colorize.c).
  *
- * Body intake: only POST /colorize keeps its body, in a buffer grown geometrically up to
- * server.max_body_bytes. A Content-Length above the limit is refused with 413 before any body
+ * Routing: exact paths from k_table, plus /train and everything under it (route_train.c says
+ * which sub-paths and methods exist). Checks in order: path (404), method (405 + Allow), then
+ * for admin operations (every /train operation, POST /model) the bearer token (403 when the
+ * admin API is off, 401 otherwise), all from the headers, before any body byte is read.
+ *
+ * Body intake: POST /colorize keeps its body, in a buffer grown geometrically up to
+ * server.max_body_bytes; the JSON POSTs of the admin API keep theirs up to
+ * server.max_json_bytes (the same rules below apply with that limit). A Content-Length above the limit is refused with 413 before any body
  * byte is read (MHD then stops reading and closes the connection after the answer). A body
  * without a length that grows past the limit is no longer stored: we try to answer 413 at
  * once, but libmicrohttpd 0.9.75 refuses a response in the middle of an upload, so in
