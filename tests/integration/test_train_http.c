@@ -151,12 +151,13 @@ static void test_tiny_job(void **state) {
              "generated id '%s' has the form YYYYMMDD-HHMMSS-xxxxxx", id);
     it_check(status_in(job, "queued"), "status queued in the 202 body (%s)", jstr(job, "status"));
     json_t *params = json_object_get(job, "params");
+    char *params_txt = params ? json_dumps(params, JSON_COMPACT) : NULL;
     it_check(fabs(jnum(params, "lambda_l1") - 100) < 1e-9 && fabs(jnum(params, "lr") - 0.0002) < 1e-12 &&
                  jlong(params, "keep_checkpoints") == 5 && !strcmp(jstr(params, "init"), "scratch") &&
                  jlong(params, "ngf") == 8 && jlong(params, "steps") == TINY_STEPS &&
                  jlong(params, "lr_decay_steps") == 0 && jlong(params, "batch_size") == 4,
-             "params hold the effective values, defaults filled (%.400s)",
-             params ? json_dumps(params, JSON_COMPACT) : "(none)");
+             "params hold the effective values, defaults filled (%.400s)", params_txt ? params_txt : "(none)");
+    free(params_txt);
     json_t *created = json_object_get(job, "created");
     it_check(json_is_string(created) && strlen(json_string_value(created)) >= 20 &&
                  json_string_value(created)[10] == 'T',
