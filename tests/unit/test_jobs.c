@@ -8,7 +8,8 @@
  *   - cancel (queued and running), 409 on finished jobs;
  *   - records survive a reopen: a running job comes back interrupted and resumable, resumes
  *     from its checkpoint and finishes;
- *   - the batcher's idle hook runs background work only while no inference job waits. */
+ *   - a write failure (a file-size limit standing in for a full disk) fails the job with the
+ *     reason while the registry carries on. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -405,12 +408,50 @@ static void test_limits(void **state) {
     cz_jobs_close(j);
 }
 
+/* A full disk (here: a file-size limit, so writes fail with EFBIG) fails the job with the
+ * reason, and the registry (the daemon) carries on: the next job runs once space is back. */
+static void test_write_failure(void **state) {
+    (void)state;
+    char sd[400];
+    snprintf(sd, sizeof sd, "%s/state_full", g_root);
+    cz_jobs *j = open_jobs(sd, 4, 1);
+    const char *body = "{\"dataset\":\"ds\",\"steps\":4,\"batch_size\":2,\"image_size\":64,\"ngf\":4,"
+                       "\"validate_every\":0,\"checkpoint_every\":2}";
+    char id[65];
+    snprintf(id, sizeof id, "%s", submit(j, body, 202, NULL, NULL));
+    assert_int_equal(cz_jobs_tick(j, g_be), 1); /* started: logs and state written */
+    struct rlimit old, lim;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+    lim = old;
+    lim.rlim_cur = 4096; /* a checkpoint is far larger */
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    run_all(j);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, prev);
+    json_t *o = get(j, id);
+    assert_string_equal(status_of(o), "failed");
+    const char *err = json_string_value(json_object_get(o, "error"));
+    printf("failed job's error: %s\n", err);
+    assert_non_null(err);
+    assert_true(json_is_true(json_object_get(o, "resumable")));
+    json_decref(o);
+    /* space is back: a new job runs to the end */
+    snprintf(id, sizeof id, "%s", submit(j, body, 202, NULL, NULL));
+    run_all(j);
+    o = get(j, id);
+    assert_string_equal(status_of(o), "succeeded");
+    json_decref(o);
+    cz_jobs_close(j);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_validation),
         cmocka_unit_test(test_run_and_history),
         cmocka_unit_test(test_cancel_interrupt_resume),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_write_failure),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
