@@ -53,8 +53,10 @@
  *   copied to the calling thread. Calling from the device thread returns CZ_ERR_INVALID_ARG.
  *
  * Background work (cz_batcher_set_idle): the idle function runs in the loop's last place, after
- *   control requests, expired jobs and ready batches, and only with an empty queue; a job
- *   submitted while it runs waits for it to return (one unit, e.g. one training step).
+ *   control requests, expired jobs and ready batches, only with an empty queue, and only once
+ *   idle_grace_us have passed since the last forward pass ended (clients that send their next
+ *   request as soon as an answer arrives keep the device); a job submitted while it runs
+ *   waits for it to return (one unit, e.g. one training step).
  *
  * Stats: batches/images/batch_size_hist/infer_seconds_* count every forward pass (failed ones
  *   too, except a pass that ran out of memory and was retried as halves), `expired` counts
@@ -118,6 +120,7 @@ struct cz_batcher {
     void *idle_arg;
     int idle_more; /* the idle function said it has more, or was kicked */
     int lost;      /* the backend reported a sticky device error (check_health) */
+    int64_t last_batch_end_ns; /* when the last forward pass ended (idle grace) */
 };
 
 int64_t cz_now_ns(void) {
@@ -375,6 +378,9 @@ static void run_batch(cz_batcher *b, cz_bjob *chain, int n) {
     for (cz_bjob *j = chain; j; j = j->next_) b->batch[i++] = j;
     run_pass(b, b->batch, n);
     complete_chain(chain);
+    pthread_mutex_lock(&b->mu);
+    b->last_batch_end_ns = cz_now_ns();
+    pthread_mutex_unlock(&b->mu);
 }
 
 static void *device_main(void *arg) {
@@ -428,7 +434,11 @@ static void *device_main(void *arg) {
             continue;
         }
         if (b->stop) break;
-        if (b->idle_fn && b->idle_more && b->depth == 0 && !b->draining && !b->lost) {
+        int64_t idle_at = b->last_batch_end_ns + b->opt.idle_grace_us * 1000;
+        int idle_due = b->idle_fn && b->idle_more && b->depth == 0 && !b->draining && !b->lost;
+        if (idle_due && now < idle_at) { /* inference just ran: more may follow; wait out the grace */
+            if (idle_at < next_ready) next_ready = idle_at;
+        } else if (idle_due) {
             int (*fn)(void *) = b->idle_fn;
             void *iarg = b->idle_arg;
             b->idle_more = 0;

@@ -50,6 +50,7 @@ typedef struct cz_batcher_opts {
     int max_queue;        /* jobs waiting, at most */
     int high_water;       /* depth at which cz_batcher_ready() reports "queue_high" */
     int warmup_render;    /* render size to warm up at start (0 = none) */
+    int64_t idle_grace_us; /* background work starts only this long after the last forward pass */
     cz_backend *be;       /* the colorizer's backend, asked for health() after a failed pass (optional) */
     /* called once, on the device thread, when that backend reports a sticky device error */
     void (*on_device_lost)(void *arg, const char *why);

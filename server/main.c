@@ -332,6 +332,7 @@ int main(int argc, char **argv) {
         .max_queue = s.cfg.max_queue,
         .high_water = s.cfg.queue_high_water,
         .warmup_render = s.cfg.render,
+        .idle_grace_us = (int64_t)s.cfg.train_idle_grace_ms * 1000,
         .be = s.be,
         .on_device_lost = device_lost,
         .on_device_lost_arg = &s,

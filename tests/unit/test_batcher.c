@@ -955,6 +955,36 @@ static void test_idle_work(void **state) {
     cz_backend_destroy(be);
 }
 
+/* With idle_grace_us, background work waits that long after the last forward pass. */
+static void test_idle_grace(void **state) {
+    (void)state;
+    cz_backend *be;
+    cz_batcher_opts o = {.max_batch = 2, .max_wait_us = 0, .max_queue = 16, .idle_grace_us = 1500000};
+    cz_batcher *b = make_batcher(&be, g_w1, 2, &o);
+    idle_state st = {.b = b};
+    atomic_init(&st.calls, 0);
+    atomic_init(&st.saw_queued, 0);
+    atomic_init(&st.limit, 1); /* one unit per kick */
+    tracker tr;
+    tracker_init(&tr);
+    tjob t;
+    assert_int_equal(tjob_prepare(&t, 64, 48, 256, 77, &tr), CZ_OK);
+    assert_int_equal(cz_batcher_submit(b, &t.bj), CZ_OK);
+    assert_int_equal(tracker_wait(&tr, 1, WAIT_MS), 1);
+    int64_t done = cz_now_ns();
+    cz_batcher_set_idle(b, idle_fn, &st); /* work arrives right after a forward pass */
+    while (atomic_load(&st.calls) == 0 && ms_since(done) < WAIT_MS) nanosleep(&(struct timespec){0, 2000000}, NULL);
+    double waited = ms_since(done);
+    print_message("  background work started %.0f ms after the forward pass (grace 1500 ms)\n", waited);
+    assert_int_equal(atomic_load(&st.calls), 1);
+    assert_true(waited >= 1400); /* never before the grace (minus the time set_idle took to run) */
+    cz_batcher_set_idle(b, NULL, NULL);
+    tjob_release(&t);
+    tracker_fini(&tr);
+    cz_batcher_destroy(b);
+    cz_backend_destroy(be);
+}
+
 /* ---- faults: out of memory and a lost device ---- */
 
 /* A ref backend whose convolutions fail with CZ_ERR_NOMEM above a batch size, and whose health
@@ -1062,6 +1092,7 @@ int main(void) {
         cmocka_unit_test(test_call_swaps_model_under_load),
         cmocka_unit_test(test_stress),
         cmocka_unit_test(test_idle_work),
+        cmocka_unit_test(test_idle_grace),
         cmocka_unit_test(test_oom_split_and_device_lost),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
