@@ -26,35 +26,12 @@
 #include "fileio.h"
 #include "image.h"
 #include "safetensors.h"
+#include "testutil.h"
 #include "trainer.h"
 #include "unet.h"
 
 static char g_root[256]; /* temp dir: data/ and one out dir per test */
 static cz_backend *g_be;
-
-static void make_dataset(const char *dir) {
-    mkdir(dir, 0755);
-    for (int k = 0; k < 24; k++) {
-        cz_image im;
-        assert_int_equal(cz_image_alloc(&im, 64, 64, 3), CZ_OK);
-        for (int y = 0; y < 64; y++)
-            for (int x = 0; x < 64; x++) {
-                uint8_t *p = im.px + ((size_t)y * 64 + x) * 3;
-                int band = (x / 16 + y / 16 + k) % 3;
-                p[0] = (uint8_t)(band == 0 ? 200 : 40 + 2 * x);
-                p[1] = (uint8_t)(band == 1 ? 190 : 30 + 3 * y);
-                p[2] = (uint8_t)(band == 2 ? 210 : (k * 10) % 256);
-            }
-        uint8_t *png;
-        size_t len;
-        assert_int_equal(cz_image_encode(&im, CZ_FMT_PNG, 90, &png, &len), CZ_OK);
-        char path[700];
-        snprintf(path, sizeof path, "%s/img_%02d.png", dir, k);
-        assert_int_equal(cz_file_write_atomic(path, png, len), CZ_OK);
-        free(png);
-        cz_image_free(&im);
-    }
-}
 
 static int setup(void **state) {
     (void)state;
@@ -62,7 +39,7 @@ static int setup(void **state) {
     if (!mkdtemp(g_root)) return -1;
     char d[512];
     snprintf(d, sizeof d, "%s/data", g_root);
-    make_dataset(d);
+    if (tu_write_color_pngs(d, 24) != 0) return -1;
     return cz_backend_create("ref", NULL, &g_be) == CZ_OK ? 0 : -1;
 }
 

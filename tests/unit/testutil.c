@@ -5,6 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+#include "fileio.h"
+#include "image.h"
 
 const char *tu_source_dir(void) {
     const char *s = getenv("CZ_SOURCE_DIR");
@@ -65,4 +69,30 @@ double tu_rel_err(const float *a, const float *b, size_t n) {
 int tu_cpu_has_bf16(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512bf16");
+}
+
+int tu_write_color_pngs(const char *dir, int n) {
+    mkdir(dir, 0755);
+    for (int k = 0; k < n; k++) {
+        cz_image im;
+        if (cz_image_alloc(&im, 64, 64, 3) != CZ_OK) return -1;
+        for (int y = 0; y < 64; y++)
+            for (int x = 0; x < 64; x++) {
+                uint8_t *p = im.px + ((size_t)y * 64 + x) * 3;
+                int band = (x / 16 + y / 16 + k) % 3;
+                p[0] = (uint8_t)(band == 0 ? 200 : 40 + 2 * x);
+                p[1] = (uint8_t)(band == 1 ? 190 : 30 + 3 * y);
+                p[2] = (uint8_t)(band == 2 ? 210 : (k * 10) % 256);
+            }
+        uint8_t *png = NULL;
+        size_t len;
+        char path[4200];
+        snprintf(path, sizeof path, "%s/img_%02d.png", dir, k);
+        int bad = cz_image_encode(&im, CZ_FMT_PNG, 90, &png, &len) != CZ_OK ||
+                  cz_file_write_atomic(path, png, len) != CZ_OK;
+        free(png);
+        cz_image_free(&im);
+        if (bad) return -1;
+    }
+    return 0;
 }

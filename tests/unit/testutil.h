@@ -19,6 +19,10 @@ float tu_rand_normal(uint64_t *state);
 void tu_fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi);
 /* ||a-b|| / max(||b||, tiny); returns +inf when any value is NaN. */
 double tu_rel_err(const float *a, const float *b, size_t n);
+/* Writes n colourful 64x64 PNGs (img_00.png, ...) into dir (created if needed): banded
+ * patterns whose colour follows the structure, so a tiny pix2pix model can learn something.
+ * 0 on success. */
+int tu_write_color_pngs(const char *dir, int n);
 /* Non-zero when the CPU has AVX-512 BF16 or AMX (bf16 fast paths). */
 int tu_cpu_has_bf16(void);
 
