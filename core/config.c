@@ -84,6 +84,8 @@ static const key_row k_keys[] = {
     {"train.keep_checkpoints", T_INT, F(train_keep_checkpoints), 0, 0, 1000, "5",
      "checkpoints a job keeps by default (newest N plus the best; 0 = all)"},
     {"train.workers", T_INT, F(train_workers), 0, 1, 64, "2", "image decode threads of a running job"},
+    {"train.keep_jobs", T_INT, F(train_keep_jobs), 0, 0, 100000, "100",
+     "finished jobs kept on disk, with their checkpoints and samples (0 = all); older ones are deleted"},
     {"train.idle_grace_ms", T_INT, F(train_idle_grace_ms), 0, 0, 60000, "100",
      "training steps start only this long after the last inference batch (serving keeps the device under load)"},
     {"log.level", T_STR, F(log_level), SZ(log_level), 0, 0, "info", "debug | info | warn | error | off"},

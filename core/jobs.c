@@ -21,6 +21,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <ftw.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
@@ -118,6 +119,8 @@ int cz_job_id_valid(const char *id) {
     }
     return n > 0;
 }
+
+static void prune_jobs(cz_jobs *J);
 
 static cz_status mkdir_p(const char *path) {
     char tmp[PATH_MAX];
@@ -292,6 +295,7 @@ cz_status cz_jobs_open(const cz_jobs_opts *o, cz_jobs **out) {
     }
     free(all);
     if (n) CZ_LOGI(MOD, "%zu job records loaded from %s", n, jobs_dir);
+    prune_jobs(J);
     *out = J;
     return CZ_OK;
 }
@@ -322,6 +326,53 @@ void cz_jobs_set_wake(cz_jobs *J, void (*fn)(void *arg), void *arg) {
 static void wake(cz_jobs *J) {
     void (*fn)(void *) = J->wake;
     if (fn) fn(J->wake_arg);
+}
+
+/* ---------------------------------------------------------------- retention */
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st;
+    (void)ftw;
+    int rc = flag == FTW_DP ? rmdir(path) : unlink(path);
+    if (rc != 0) CZ_LOGW(MOD, "cannot remove %s: %s", path, strerror(errno));
+    return 0; /* go on with the rest */
+}
+
+/* The job whose checkpoint serves (state_dir/active_model.json, written by the daemon). */
+static void serving_job(const cz_jobs *J, char out[65]) {
+    char path[PATH_MAX + 32];
+    fmt(path, sizeof path, "%s/active_model.json", J->state_dir);
+    json_t *o = load_json_file(path, JOB_FILE_MAX);
+    fmt(out, 65, "%s", jstr(o, "job"));
+    json_decref(o);
+}
+
+/* Deletes the oldest finished jobs beyond keep_jobs (records, logs, samples, checkpoints),
+ * sparing the job in service and the checkpoint sources of queued jobs. Lock held. */
+static void prune_jobs(cz_jobs *J) {
+    if (J->o.keep_jobs <= 0) return;
+    int finished = 0;
+    for (job *a = J->head; a; a = a->next) finished += a->status != J_QUEUED && a->status != J_RUNNING;
+    if (finished <= J->o.keep_jobs) return;
+    char serving[65];
+    serving_job(J, serving);
+    for (job **pp = &J->head; *pp && finished > J->o.keep_jobs;) {
+        job *a = *pp;
+        int spare = a->status == J_QUEUED || a->status == J_RUNNING || !strcmp(a->id, serving);
+        for (job *q = J->head; q && !spare; q = q->next)
+            spare = q->status == J_QUEUED && q->init_path[0] && !strncmp(q->init_path, a->dir, strlen(a->dir)) &&
+                    q->init_path[strlen(a->dir)] == '/';
+        if (spare) {
+            pp = &a->next;
+            continue;
+        }
+        CZ_LOGI(MOD, "deleting job %s (%s): more than train.keep_jobs = %d finished jobs", a->id,
+                k_status_names[a->status], J->o.keep_jobs);
+        nftw(a->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        *pp = a->next;
+        free(a);
+        finished--;
+    }
 }
 
 /* ---------------------------------------------------------------- run dir readers */
@@ -936,6 +987,7 @@ int cz_jobs_tick(cz_jobs *J, cz_backend *be) {
         write_record(a);
         CZ_LOGI(MOD, "job %s %s at step %ld/%ld%s%s", a->id, k_status_names[a->status], inf.step, inf.total,
                 a->status == J_FAILED ? ": " : "", a->status == J_FAILED ? a->error : "");
+        prune_jobs(J);
     }
     pthread_mutex_unlock(&J->mu);
     if (done) cz_trainer_destroy(t);

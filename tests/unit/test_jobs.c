@@ -9,7 +9,8 @@
  *   - records survive a reopen: a running job comes back interrupted and resumable, resumes
  *     from its checkpoint and finishes;
  *   - a write failure (a file-size limit standing in for a full disk) fails the job with the
- *     reason while the registry carries on. */
+ *     reason while the registry carries on;
+ *   - retention (keep_jobs): the oldest finished jobs are deleted, the one in service is not. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -72,6 +73,8 @@ static int teardown(void **state) {
     return system(cmd) == 0 ? 0 : -1;
 }
 
+static int g_keep_jobs; /* train.keep_jobs of the next open_jobs */
+
 static cz_jobs *open_jobs(const char *state_dir, int max_jobs, int training) {
     cz_jobs_opts o = {.data_root = training ? g_data : "",
                       .state_dir = state_dir,
@@ -80,7 +83,8 @@ static cz_jobs *open_jobs(const char *state_dir, int max_jobs, int training) {
                       .max_batch = 8,
                       .max_image_size = 128,
                       .keep_checkpoints = 0,
-                      .workers = 1};
+                      .workers = 1,
+                      .keep_jobs = g_keep_jobs};
     cz_jobs *j = NULL;
     assert_int_equal(cz_jobs_open(&o, &j), CZ_OK);
     return j;
@@ -422,6 +426,43 @@ static void test_write_failure(void **state) {
     cz_jobs_close(j);
 }
 
+/* train.keep_jobs: the oldest finished jobs go, except the one in service. */
+static void test_retention(void **state) {
+    (void)state;
+    char sd[400], ids[4][65];
+    snprintf(sd, sizeof sd, "%s/state_keep", g_root);
+    g_keep_jobs = 2;
+    cz_jobs *j = open_jobs(sd, 4, 1);
+    const char *body = "{\"dataset\":\"ds\",\"steps\":1,\"image_size\":64,\"ngf\":4,\"validate_every\":0}";
+    for (int k = 0; k < 3; k++) {
+        snprintf(ids[k], sizeof ids[k], "%s", submit(j, body, 202, NULL, NULL));
+        run_all(j);
+    }
+    cz_api_error e;
+    char *txt = cz_jobs_get_json(j, ids[0], &e);
+    assert_null(txt); /* the oldest of three finished jobs is gone */
+    assert_string_equal(e.code, "job_not_found");
+    char dir[700];
+    snprintf(dir, sizeof dir, "%s/jobs/%s", sd, ids[0]);
+    assert_int_not_equal(access(dir, F_OK), 0);
+    /* the daemon serves job 1's checkpoint: it is spared, job 2 goes instead */
+    char rec[700], js[200];
+    snprintf(rec, sizeof rec, "%s/active_model.json", sd);
+    int n = snprintf(js, sizeof js, "{\"path\":\"x\",\"job\":\"%s\",\"step\":1}", ids[1]);
+    assert_int_equal(cz_file_write_atomic(rec, js, (size_t)n), CZ_OK);
+    snprintf(ids[3], sizeof ids[3], "%s", submit(j, body, 202, NULL, NULL));
+    run_all(j);
+    txt = cz_jobs_get_json(j, ids[1], &e);
+    assert_non_null(txt);
+    free(txt);
+    assert_null(cz_jobs_get_json(j, ids[2], &e));
+    txt = cz_jobs_get_json(j, ids[3], &e);
+    assert_non_null(txt);
+    free(txt);
+    cz_jobs_close(j);
+    g_keep_jobs = 0;
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_validation),
@@ -429,6 +470,7 @@ int main(void) {
         cmocka_unit_test(test_cancel_interrupt_resume),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_write_failure),
+        cmocka_unit_test(test_retention),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
