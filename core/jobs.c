@@ -11,7 +11,8 @@
  * (cz_trainer_get_info) for progress, rate and ETA. Loss history comes from run/losses.jsonl
  * and run/val.jsonl, the append-only logs the trainer flushes every step.
  *
- * Request validation and dataset confinement live in jobs_params.c.
+ * Request validation and dataset confinement live in jobs_params.c, the job object and the loss
+ * history readers in jobs_view.c.
  *
  * Locking: J->mu guards the list and every job field. The device thread never holds it during
  * a trainer call except cz_trainer_cancel/get_info (cheap, take the trainer's own lock: order
@@ -43,26 +44,9 @@
 #define MOD "jobs"
 #define MAX_LOSS_RECORDS 100000 /* per /losses response; a larger stride is asked for above */
 #define JOB_FILE_MAX (1 << 20)
-#define STATE_FILE_MAX (64 << 20)
 
-typedef enum jstatus { J_QUEUED, J_RUNNING, J_SUCCEEDED, J_FAILED, J_CANCELLED, J_INTERRUPTED, J_NSTATUS } jstatus;
-static const char *const k_status_names[J_NSTATUS] = {"queued",    "running",   "succeeded",
-                                                      "failed",    "cancelled", "interrupted"};
-
-typedef struct job {
-    char id[65];
-    char dir[PATH_MAX], run[PATH_MAX];
-    jparams p;
-    char data_dir[PATH_MAX];    /* dataset resolved at submit / resume */
-    char init_path[PATH_MAX];   /* weights for init current/checkpoint ("" = none) */
-    char resume_from[PATH_MAX]; /* checkpoint the next start resumes from ("" = none) */
-    jstatus status;
-    char error[512];
-    double created, started, finished; /* unix seconds, 0 = not yet */
-    int cancel_req;
-    cz_trainer *trainer; /* while running, published under J->mu */
-    struct job *next;    /* list, oldest first */
-} job;
+const char *const cz_jobs_status_names[J_NSTATUS] = {"queued", "running", "succeeded", "failed", "cancelled",
+                                                      "interrupted"};
 
 struct cz_jobs {
     cz_jobs_opts o;
@@ -86,28 +70,15 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static json_t *time_json(double t) {
-    if (t <= 0) return json_null();
-    time_t s = (time_t)t;
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    char buf[32];
-    strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    return json_string(buf);
-}
-
 /* snprintf for paths and ids, where truncation is prevented by the callers' bounds (ids are
  * at most 64 chars, directories are checked at open); through a function so the compiler's
  * truncation analysis of each call site does not apply. */
-static void fmt(char *out, size_t cap, const char *f, ...) __attribute__((format(printf, 3, 4)));
-static void fmt(char *out, size_t cap, const char *f, ...) {
+void cz_jobs_fmt(char *out, size_t cap, const char *f, ...) {
     va_list ap;
     va_start(ap, f);
     vsnprintf(out, cap, f, ap);
     va_end(ap);
 }
-
-static json_t *num_or_null(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
 int cz_job_id_valid(const char *id) {
     size_t n = 0;
@@ -136,7 +107,7 @@ static cz_status mkdir_p(const char *path) {
     return CZ_OK;
 }
 
-static json_t *load_json_file(const char *path, size_t max) {
+json_t *cz_jobs_load_json(const char *path, size_t max) {
     uint8_t *data = NULL;
     size_t len = 0;
     if (cz_file_read(path, max, &data, &len) != CZ_OK) return NULL;
@@ -156,7 +127,7 @@ static job *find(cz_jobs *J, const char *id) {
 static cz_status write_record(const job *a) {
     json_t *o = json_object();
     json_object_set_new(o, "id", json_string(a->id));
-    json_object_set_new(o, "status", json_string(k_status_names[a->status]));
+    json_object_set_new(o, "status", json_string(cz_jobs_status_names[a->status]));
     json_object_set_new(o, "error", a->error[0] ? json_string(a->error) : json_null());
     json_object_set_new(o, "params", cz_jobs_params_json(&a->p));
     json_object_set_new(o, "created", json_real(a->created));
@@ -176,12 +147,12 @@ static cz_status write_record(const job *a) {
     return s;
 }
 
-static const char *jstr(json_t *o, const char *k) {
+const char *cz_jobs_jstr(json_t *o, const char *k) {
     json_t *v = json_object_get(o, k);
     return json_is_string(v) ? json_string_value(v) : "";
 }
 
-static double jnum(json_t *o, const char *k) {
+double cz_jobs_jnum(json_t *o, const char *k) {
     json_t *v = json_object_get(o, k);
     return json_is_number(v) ? json_number_value(v) : 0;
 }
@@ -189,7 +160,7 @@ static double jnum(json_t *o, const char *k) {
 static job *load_record(cz_jobs *J, const char *dir, const char *id) {
     char path[PATH_MAX + 16];
     snprintf(path, sizeof path, "%s/job.json", dir);
-    json_t *o = load_json_file(path, JOB_FILE_MAX);
+    json_t *o = cz_jobs_load_json(path, JOB_FILE_MAX);
     if (!o || !json_is_object(o)) {
         CZ_LOGW(MOD, "skipping %s: not a readable job record", path);
         json_decref(o);
@@ -197,32 +168,32 @@ static job *load_record(cz_jobs *J, const char *dir, const char *id) {
     }
     job *a = calloc(1, sizeof *a);
     cz_api_error e = {0};
-    const char *st = jstr(o, "status");
+    const char *st = cz_jobs_jstr(o, "status");
     int si = 0;
-    while (si < J_NSTATUS && strcmp(st, k_status_names[si]) != 0) si++;
+    while (si < J_NSTATUS && strcmp(st, cz_jobs_status_names[si]) != 0) si++;
     json_t *params = json_object_get(o, "params");
-    if (!a || strcmp(jstr(o, "id"), id) != 0 || si == J_NSTATUS || !json_is_object(params) ||
+    if (!a || strcmp(cz_jobs_jstr(o, "id"), id) != 0 || si == J_NSTATUS || !json_is_object(params) ||
         cz_jobs_parse_params(&J->o, params, &a->p, 1, &e) != 0) {
         CZ_LOGW(MOD, "skipping %s: invalid record%s%s", path, e.http ? ": " : "", e.http ? e.message : "");
         free(a);
         json_decref(o);
         return NULL;
     }
-    fmt(a->id, sizeof a->id, "%s", id);
-    fmt(a->dir, sizeof a->dir, "%s", dir);
-    fmt(a->run, sizeof a->run, "%s/run", dir);
-    snprintf(a->error, sizeof a->error, "%s", jstr(o, "error"));
-    snprintf(a->data_dir, sizeof a->data_dir, "%s", jstr(o, "data_dir"));
-    snprintf(a->init_path, sizeof a->init_path, "%s", jstr(o, "init_path"));
-    snprintf(a->resume_from, sizeof a->resume_from, "%s", jstr(o, "resume_from"));
-    a->created = jnum(o, "created");
-    a->started = jnum(o, "started");
-    a->finished = jnum(o, "finished");
+    cz_jobs_fmt(a->id, sizeof a->id, "%s", id);
+    cz_jobs_fmt(a->dir, sizeof a->dir, "%s", dir);
+    cz_jobs_fmt(a->run, sizeof a->run, "%s/run", dir);
+    snprintf(a->error, sizeof a->error, "%s", cz_jobs_jstr(o, "error"));
+    snprintf(a->data_dir, sizeof a->data_dir, "%s", cz_jobs_jstr(o, "data_dir"));
+    snprintf(a->init_path, sizeof a->init_path, "%s", cz_jobs_jstr(o, "init_path"));
+    snprintf(a->resume_from, sizeof a->resume_from, "%s", cz_jobs_jstr(o, "resume_from"));
+    a->created = cz_jobs_jnum(o, "created");
+    a->started = cz_jobs_jnum(o, "started");
+    a->finished = cz_jobs_jnum(o, "finished");
     a->status = (jstatus)si;
     json_decref(o);
     if (a->status == J_QUEUED || a->status == J_RUNNING) {
         a->status = J_INTERRUPTED;
-        snprintf(a->error, sizeof a->error, "the daemon stopped while the job was %s", k_status_names[si]);
+        snprintf(a->error, sizeof a->error, "the daemon stopped while the job was %s", cz_jobs_status_names[si]);
         write_record(a);
     }
     return a;
@@ -305,7 +276,7 @@ void cz_jobs_close(cz_jobs *J) {
     for (job *a = J->head, *nx; a; a = nx) {
         nx = a->next;
         if (a->status == J_QUEUED || a->status == J_RUNNING) {
-            snprintf(a->error, sizeof a->error, "the daemon stopped while the job was %s", k_status_names[a->status]);
+            snprintf(a->error, sizeof a->error, "the daemon stopped while the job was %s", cz_jobs_status_names[a->status]);
             a->status = J_INTERRUPTED;
             write_record(a);
         }
@@ -341,9 +312,9 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 /* The job whose checkpoint serves (state_dir/active_model.json, written by the daemon). */
 static void serving_job(const cz_jobs *J, char out[65]) {
     char path[PATH_MAX + 32];
-    fmt(path, sizeof path, "%s/active_model.json", J->state_dir);
-    json_t *o = load_json_file(path, JOB_FILE_MAX);
-    fmt(out, 65, "%s", jstr(o, "job"));
+    cz_jobs_fmt(path, sizeof path, "%s/active_model.json", J->state_dir);
+    json_t *o = cz_jobs_load_json(path, JOB_FILE_MAX);
+    cz_jobs_fmt(out, 65, "%s", cz_jobs_jstr(o, "job"));
     json_decref(o);
 }
 
@@ -367,7 +338,7 @@ static void prune_jobs(cz_jobs *J) {
             continue;
         }
         CZ_LOGI(MOD, "deleting job %s (%s): more than train.keep_jobs = %d finished jobs", a->id,
-                k_status_names[a->status], J->o.keep_jobs);
+                cz_jobs_status_names[a->status], J->o.keep_jobs);
         nftw(a->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
         *pp = a->next;
         free(a);
@@ -381,150 +352,24 @@ static void prune_jobs(cz_jobs *J) {
 static int latest_checkpoint(const job *a, char *path, size_t cap, long *step) {
     char sp[PATH_MAX + 16];
     snprintf(sp, sizeof sp, "%s/state.json", a->run);
-    json_t *st = load_json_file(sp, STATE_FILE_MAX);
+    json_t *st = cz_jobs_load_json(sp, STATE_FILE_MAX);
     json_t *arr = st ? json_object_get(st, "checkpoints") : NULL;
     long best = -1;
     size_t i;
     json_t *c;
     json_array_foreach(arr, i, c) {
-        long s = (long)jnum(c, "step");
+        long s = (long)cz_jobs_jnum(c, "step");
         char p[PATH_MAX + 64];
-        fmt(p, sizeof p, "%s/%s", a->run, jstr(c, "path"));
+        cz_jobs_fmt(p, sizeof p, "%s/%s", a->run, cz_jobs_jstr(c, "path"));
         if (s > best && access(p, R_OK) == 0) {
             best = s;
-            fmt(path, cap, "%s", p);
+            cz_jobs_fmt(path, cap, "%s", p);
         }
     }
     json_decref(st);
     if (best < 0) return -1;
     *step = best;
     return 0;
-}
-
-/* Steps of the sample sheets in run/samples, ascending. */
-static json_t *samples_json(const job *a) {
-    char dir[PATH_MAX + 16];
-    snprintf(dir, sizeof dir, "%s/samples", a->run);
-    json_t *arr = json_array();
-    DIR *d = opendir(dir);
-    if (!d) return arr;
-    long *steps = NULL;
-    size_t n = 0, cap = 0;
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        long s;
-        char tail[8];
-        if (sscanf(de->d_name, "step_%ld.%4s", &s, tail) != 2 || strcmp(tail, "png") != 0 || s < 0) continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            long *ns = realloc(steps, cap * sizeof *ns);
-            if (!ns) break;
-            steps = ns;
-        }
-        steps[n++] = s;
-    }
-    closedir(d);
-    for (size_t i = 1; i < n; i++) /* insertion sort: a handful of sheets */
-        for (size_t k = i; k > 0 && steps[k - 1] > steps[k]; k--) {
-            long t = steps[k];
-            steps[k] = steps[k - 1];
-            steps[k - 1] = t;
-        }
-    for (size_t i = 0; i < n; i++) json_array_append_new(arr, json_integer(steps[i]));
-    free(steps);
-    return arr;
-}
-
-static json_t *val_json(const cz_val_record *v) {
-    return json_pack("{s:I,s:I,s:o,s:o,s:o,s:o,s:o,s:o}", "step", (json_int_t)v->step, "images",
-                     (json_int_t)v->m.images, "l1", num_or_null(v->m.l1), "l1_ab", num_or_null(v->m.l1_ab), "psnr",
-                     num_or_null(v->m.psnr), "colorfulness_pred", num_or_null(v->m.colorfulness_pred),
-                     "colorfulness_true", num_or_null(v->m.colorfulness_true), "colorfulness_ratio",
-                     num_or_null(v->m.colorfulness_ratio));
-}
-
-/* {step, val_l1} from a state.json checkpoint entry (its path stays private). */
-static json_t *ckpt_public(json_t *c) {
-    json_t *l1 = json_object_get(c, "val_l1");
-    return json_pack("{s:I,s:O}", "step", (json_int_t)jnum(c, "step"), "val_l1", json_is_number(l1) ? l1 : json_null());
-}
-
-/* The job object of the contract. Lock held. */
-static json_t *job_object(job *a) {
-    json_t *o = json_object();
-    char url[96];
-    snprintf(url, sizeof url, "/train/%s", a->id);
-    json_object_set_new(o, "id", json_string(a->id));
-    json_object_set_new(o, "url", json_string(url));
-    json_object_set_new(o, "status", json_string(k_status_names[a->status]));
-    json_object_set_new(o, "params", cz_jobs_params_json(&a->p));
-    json_object_set_new(o, "created", time_json(a->created));
-    json_object_set_new(o, "started", time_json(a->started));
-    json_object_set_new(o, "finished", time_json(a->finished));
-
-    char sp[PATH_MAX + 16];
-    snprintf(sp, sizeof sp, "%s/state.json", a->run);
-    json_t *st = load_json_file(sp, STATE_FILE_MAX);
-    if (st && !json_is_object(st)) {
-        json_decref(st);
-        st = NULL;
-    }
-    if (a->trainer) {
-        cz_trainer_info inf;
-        cz_trainer_get_info(a->trainer, &inf);
-        json_object_set_new(o, "step", json_integer(inf.step));
-        json_object_set_new(o, "total", json_integer(inf.total));
-        json_object_set_new(o, "epoch", json_integer(inf.epoch));
-        json_object_set_new(o, "images_per_s", inf.step > 0 ? num_or_null(inf.images_per_s) : json_null());
-        json_object_set_new(o, "eta_s", inf.step > 0 ? num_or_null(inf.eta_s) : json_null());
-        json_object_set_new(o, "elapsed_s", num_or_null(inf.elapsed_s));
-        const cz_gan_losses *l = &inf.last_losses;
-        json_object_set_new(o, "losses",
-                            inf.step > 0 ? json_pack("{s:o,s:o,s:o,s:o}", "g_gan", num_or_null(l->g_gan), "g_l1",
-                                                     num_or_null(l->g_l1), "d_real", num_or_null(l->d_real), "d_fake",
-                                                     num_or_null(l->d_fake))
-                                         : json_null());
-        json_object_set_new(o, "validation", inf.have_val ? val_json(&inf.last_val) : json_null());
-        json_object_set_new(o, "model", json_pack("{s:i,s:i,s:s}", "ngf", inf.arch.ngf, "depth", inf.arch.depth,
-                                                  "color_mode", cz_color_mode_name(inf.arch.mode)));
-    } else if (st) {
-        json_object_set_new(o, "step", json_integer((json_int_t)jnum(st, "step")));
-        json_object_set_new(o, "total", json_integer((json_int_t)jnum(st, "total")));
-        json_object_set_new(o, "epoch", json_integer((json_int_t)jnum(st, "epoch")));
-        json_t *ips = json_object_get(st, "images_per_s");
-        json_object_set_new(o, "images_per_s", json_is_number(ips) ? json_real(json_number_value(ips)) : json_null());
-        json_object_set_new(o, "eta_s", json_null());
-        json_object_set_new(o, "elapsed_s",
-                            a->started > 0 && a->finished >= a->started ? json_real(a->finished - a->started)
-                                                                        : json_null());
-        json_t *l = json_object_get(st, "last_losses"), *m = json_object_get(st, "last_metrics"),
-               *md = json_object_get(st, "model");
-        json_object_set(o, "losses", json_is_object(l) ? l : json_null());
-        json_object_set(o, "validation", json_is_object(m) ? m : json_null());
-        json_object_set(o, "model", json_is_object(md) ? md : json_null());
-    } else {
-        json_object_set_new(o, "step", json_integer(0));
-        json_object_set_new(o, "total", json_integer(a->p.steps));
-        json_object_set_new(o, "epoch", json_integer(0));
-        json_object_set_new(o, "images_per_s", json_null());
-        json_object_set_new(o, "eta_s", json_null());
-        json_object_set_new(o, "elapsed_s", json_null());
-        json_object_set_new(o, "losses", json_null());
-        json_object_set_new(o, "validation", json_null());
-        json_object_set_new(o, "model", json_null());
-    }
-    json_t *ck = json_array(), *arr = st ? json_object_get(st, "checkpoints") : NULL, *c, *best = NULL;
-    size_t i;
-    json_array_foreach(arr, i, c) json_array_append_new(ck, ckpt_public(c));
-    if (st && json_is_object(json_object_get(st, "best"))) best = ckpt_public(json_object_get(st, "best"));
-    json_object_set_new(o, "checkpoints", ck);
-    json_object_set_new(o, "best", best ? best : json_null());
-    json_object_set_new(o, "samples", samples_json(a));
-    json_object_set_new(o, "resumable", json_boolean(a->status == J_INTERRUPTED || a->status == J_CANCELLED ||
-                                                     a->status == J_FAILED));
-    json_object_set_new(o, "error", a->error[0] ? json_string(a->error) : json_null());
-    json_decref(st);
-    return o;
 }
 
 static char *dump(json_t *o, cz_api_error *e) {
@@ -563,7 +408,7 @@ static void new_id(cz_jobs *J, char id[65]) {
 static int checkpoint_of(job *src, long sel, char *path, size_t cap, long *step_out, cz_api_error *e) {
     char sp[PATH_MAX + 16];
     snprintf(sp, sizeof sp, "%s/state.json", src->run);
-    json_t *st = load_json_file(sp, STATE_FILE_MAX);
+    json_t *st = cz_jobs_load_json(sp, STATE_FILE_MAX);
     json_t *pick = NULL, *arr = st ? json_object_get(st, "checkpoints") : NULL, *c;
     size_t i;
     if (sel == -1) {
@@ -571,8 +416,8 @@ static int checkpoint_of(job *src, long sel, char *path, size_t cap, long *step_
         if (!json_is_object(pick)) pick = NULL;
     } else {
         json_array_foreach(arr, i, c) {
-            long s = (long)jnum(c, "step");
-            if ((sel >= 0 && s == sel) || (sel == -2 && (!pick || s > (long)jnum(pick, "step")))) pick = c;
+            long s = (long)cz_jobs_jnum(c, "step");
+            if ((sel >= 0 && s == sel) || (sel == -2 && (!pick || s > (long)cz_jobs_jnum(pick, "step")))) pick = c;
         }
     }
     int rc = -1;
@@ -585,13 +430,13 @@ static int checkpoint_of(job *src, long sel, char *path, size_t cap, long *step_
             cz_jobs_api_err(e, 404, "checkpoint_not_found", "job %s has no checkpoint at step %ld", src->id, sel);
     } else {
         char p[PATH_MAX + 64];
-        snprintf(p, sizeof p, "%s/%s", src->run, jstr(pick, "path"));
+        snprintf(p, sizeof p, "%s/%s", src->run, cz_jobs_jstr(pick, "path"));
         if (access(p, R_OK) != 0) {
             cz_jobs_api_err(e, 404, "checkpoint_not_found", "job %s: checkpoint of step %ld is gone (%s)", src->id,
-                    (long)jnum(pick, "step"), strerror(errno));
+                    (long)cz_jobs_jnum(pick, "step"), strerror(errno));
         } else {
             snprintf(path, cap, "%s", p);
-            *step_out = (long)jnum(pick, "step");
+            *step_out = (long)cz_jobs_jnum(pick, "step");
             rc = 0;
         }
     }
@@ -654,8 +499,8 @@ char *cz_jobs_submit(cz_jobs *J, const char *body, size_t len, const char *curre
         if (checkpoint_of(src, a->p.init_step, a->init_path, sizeof a->init_path, &step, e) != 0) goto done;
     }
     new_id(J, a->id);
-    fmt(a->dir, sizeof a->dir, "%s/jobs/%s", J->state_dir, a->id);
-    fmt(a->run, sizeof a->run, "%s/run", a->dir);
+    cz_jobs_fmt(a->dir, sizeof a->dir, "%s/jobs/%s", J->state_dir, a->id);
+    cz_jobs_fmt(a->run, sizeof a->run, "%s/run", a->dir);
     a->created = now_s();
     a->status = J_QUEUED;
     if (mkdir_p(a->dir) != CZ_OK || write_record(a) != CZ_OK) {
@@ -667,7 +512,7 @@ char *cz_jobs_submit(cz_jobs *J, const char *body, size_t len, const char *curre
     while (*pp) pp = &(*pp)->next;
     *pp = a;
     snprintf(id, 65, "%s", a->id);
-    out = dump(job_object(a), e);
+    out = dump(cz_jobs_job_object(a), e);
     CZ_LOGI(MOD, "job %s queued: dataset %s, %s %g, batch %d, size %d, init %s", a->id, a->p.dataset,
             a->p.steps ? "steps" : "epochs", a->p.steps ? (double)a->p.steps : a->p.epochs, a->p.batch, a->p.size,
             cz_jobs_init_names[a->p.init]);
@@ -683,7 +528,7 @@ char *cz_jobs_list_json(cz_jobs *J, cz_api_error *e) {
     memset(e, 0, sizeof *e);
     json_t *arr = json_array();
     pthread_mutex_lock(&J->mu);
-    for (job *a = J->head; a; a = a->next) json_array_insert_new(arr, 0, job_object(a)); /* newest first */
+    for (job *a = J->head; a; a = a->next) json_array_insert_new(arr, 0, cz_jobs_job_object(a)); /* newest first */
     pthread_mutex_unlock(&J->mu);
     json_t *o = json_object();
     json_object_set_new(o, "jobs", arr);
@@ -704,34 +549,9 @@ char *cz_jobs_get_json(cz_jobs *J, const char *id, cz_api_error *e) {
     memset(e, 0, sizeof *e);
     pthread_mutex_lock(&J->mu);
     job *a = find_or_err(J, id, e);
-    json_t *o = a ? job_object(a) : NULL;
+    json_t *o = a ? cz_jobs_job_object(a) : NULL;
     pthread_mutex_unlock(&J->mu);
     return a ? dump(o, e) : NULL;
-}
-
-/* Appends every stride-th parsable line of a JSON-lines file to arr; returns the count of
- * parsable lines. A half-written last line (the trainer appends while we read) is skipped. */
-static long read_jsonl(const char *path, long stride, json_t *arr) {
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    char *line = NULL;
-    size_t cap = 0;
-    long n = 0;
-    while (getline(&line, &cap, f) > 0) {
-        json_t *v = json_loads(line, 0, NULL);
-        if (!json_is_object(v)) {
-            json_decref(v);
-            continue;
-        }
-        if (n % stride == 0)
-            json_array_append_new(arr, v);
-        else
-            json_decref(v);
-        n++;
-    }
-    free(line);
-    fclose(f);
-    return n;
 }
 
 char *cz_jobs_losses_json(cz_jobs *J, const char *id, long stride, cz_api_error *e) {
@@ -758,9 +578,9 @@ char *cz_jobs_losses_json(cz_jobs *J, const char *id, long stride, cz_api_error 
     char path[PATH_MAX + 32];
     json_t *losses = json_array(), *vals = json_array();
     snprintf(path, sizeof path, "%s/losses.jsonl", run);
-    long total = read_jsonl(path, stride, losses);
+    long total = cz_jobs_read_jsonl(path, stride, losses);
     snprintf(path, sizeof path, "%s/val.jsonl", run);
-    read_jsonl(path, 1, vals);
+    cz_jobs_read_jsonl(path, 1, vals);
     if ((long)json_array_size(losses) > MAX_LOSS_RECORDS) {
         json_decref(losses);
         json_decref(vals);
@@ -814,10 +634,10 @@ char *cz_jobs_cancel(cz_jobs *J, const char *id, cz_api_error *e) {
             CZ_LOGI(MOD, "job %s: cancel requested", a->id);
         } else {
             cz_jobs_api_err(e, 409, "job_finished", "job %s is %s; only queued or running jobs can be cancelled", a->id,
-                    k_status_names[a->status]);
+                    cz_jobs_status_names[a->status]);
             a = NULL;
         }
-        if (a) o = job_object(a);
+        if (a) o = cz_jobs_job_object(a);
     }
     pthread_mutex_unlock(&J->mu);
     if (o) wake(J);
@@ -831,7 +651,7 @@ char *cz_jobs_resume(cz_jobs *J, const char *id, cz_api_error *e) {
     json_t *o = NULL;
     if (a && !(a->status == J_INTERRUPTED || a->status == J_CANCELLED || a->status == J_FAILED)) {
         cz_jobs_api_err(e, 409, "job_not_resumable", "job %s is %s; only interrupted, cancelled or failed jobs resume", a->id,
-                k_status_names[a->status]);
+                cz_jobs_status_names[a->status]);
         a = NULL;
     } else if (a && active_count(J) >= J->o.max_jobs) {
         cz_jobs_api_err(e, 429, "too_many_jobs", "%d jobs are queued or running (train.max_jobs); try again later", J->o.max_jobs);
@@ -851,7 +671,7 @@ char *cz_jobs_resume(cz_jobs *J, const char *id, cz_api_error *e) {
         a->finished = 0;
         a->cancel_req = 0;
         write_record(a);
-        o = job_object(a);
+        o = cz_jobs_job_object(a);
     }
     pthread_mutex_unlock(&J->mu);
     if (o) wake(J);
@@ -985,7 +805,7 @@ int cz_jobs_tick(cz_jobs *J, cz_backend *be) {
         a->trainer = NULL;
         J->active = NULL;
         write_record(a);
-        CZ_LOGI(MOD, "job %s %s at step %ld/%ld%s%s", a->id, k_status_names[a->status], inf.step, inf.total,
+        CZ_LOGI(MOD, "job %s %s at step %ld/%ld%s%s", a->id, cz_jobs_status_names[a->status], inf.step, inf.total,
                 a->status == J_FAILED ? ": " : "", a->status == J_FAILED ? a->error : "");
         prune_jobs(J);
     }

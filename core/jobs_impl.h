@@ -1,15 +1,17 @@
-/* jobs_impl.h: what core/jobs.c and core/jobs_params.c share (private to the job registry):
- * a job's parameters and the request-side helpers (validation of a POST /train body, dataset
- * confinement under data_root, API errors). Not thread-sensitive: pure functions of their
+/* jobs_impl.h: what core/jobs.c, jobs_params.c and jobs_view.c share (private to the job
+ * registry): a job and its parameters, the request-side helpers (validation of a POST /train
+ * body, dataset confinement under data_root, API errors) and the read-side ones. Not thread-sensitive: pure functions of their
  * arguments plus the file system. Tested through tests/unit/test_jobs.c. */
 #ifndef CZ_JOBS_IMPL_H
 #define CZ_JOBS_IMPL_H
 
 #include <jansson.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "jobs.h"
+#include "trainer.h"
 
 typedef enum jinit { INIT_SCRATCH, INIT_CURRENT, INIT_CHECKPOINT } jinit;
 extern const char *const cz_jobs_init_names[3]; /* "scratch", "current", "checkpoint" */
@@ -43,5 +45,36 @@ json_t *cz_jobs_params_json(const jparams *p);
  * under data_root after symlinks, a directory holding at least one image. 0 (out = the
  * resolved directory), or -1 with *e set (400 / 404 / 422). */
 int cz_jobs_resolve_dataset(const char *data_root, const char *name, char *out, size_t cap, cz_api_error *e);
+
+typedef enum jstatus { J_QUEUED, J_RUNNING, J_SUCCEEDED, J_FAILED, J_CANCELLED, J_INTERRUPTED, J_NSTATUS } jstatus;
+extern const char *const cz_jobs_status_names[J_NSTATUS]; /* "queued", "running", ... */
+
+typedef struct job {
+    char id[65];
+    char dir[PATH_MAX], run[PATH_MAX];
+    jparams p;
+    char data_dir[PATH_MAX];    /* dataset resolved at submit / resume */
+    char init_path[PATH_MAX];   /* weights for init current/checkpoint ("" = none) */
+    char resume_from[PATH_MAX]; /* checkpoint the next start resumes from ("" = none) */
+    jstatus status;
+    char error[512];
+    double created, started, finished; /* unix seconds, 0 = not yet */
+    int cancel_req;
+    cz_trainer *trainer; /* while running, published under J->mu */
+    struct job *next;    /* list, oldest first */
+} job;
+
+#define STATE_FILE_MAX (64 << 20) /* a run dir's state.json, at most */
+
+/* Helpers shared by jobs.c and jobs_view.c. */
+void cz_jobs_fmt(char *out, size_t cap, const char *f, ...) __attribute__((format(printf, 3, 4)));
+json_t *cz_jobs_load_json(const char *path, size_t max); /* NULL when missing or not JSON */
+const char *cz_jobs_jstr(json_t *o, const char *k);       /* "" when absent */
+double cz_jobs_jnum(json_t *o, const char *k);            /* 0 when absent */
+/* The contract's job object (registry lock held). */
+json_t *cz_jobs_job_object(job *a);
+/* Appends every stride-th parsable line of a JSON-lines file to arr; returns how many lines
+ * parsed (a half-written last line is skipped). */
+long cz_jobs_read_jsonl(const char *path, long stride, json_t *arr);
 
 #endif
