@@ -154,3 +154,11 @@ float cz_f16_to_f32(uint16_t h) {
     memcpy(&f, &u, 4);
     return f;
 }
+
+cz_status cz_act_dtype_check(cz_backend *be, cz_dtype cur, cz_dtype dt, int planned) {
+    if (dt != cur && planned)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "activation dtype must be set before the graph is planned");
+    if (!be->ops->supports(be, dt))
+        return cz_error_set(CZ_ERR_UNSUPPORTED, "backend %s has no %s tensors", be->ops->name, cz_dtype_name(dt));
+    return CZ_OK;
+}

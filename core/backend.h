@@ -229,6 +229,9 @@ cz_status cz_backend_cuda_create(const cz_backend_options *opt, cz_backend **out
 cz_status cz_tensor_alloc(cz_backend *be, cz_tensor *t, cz_dtype dt, cz_role role, int n, int c,
                           int h, int w);
 void cz_tensor_free(cz_backend *be, cz_tensor *t);
+/* Whether a model may switch its activation storage from `cur` to `dt` (both training graphs
+ * use it): only before it planned memory (planned == 0), and only to a dtype `be` supports. */
+cz_status cz_act_dtype_check(cz_backend *be, cz_dtype cur, cz_dtype dt, int planned);
 int cz_shape_eq(const cz_tensor *a, const cz_tensor *b);
 
 /* Float <-> bfloat16 / half conversions (round to nearest even), shared by backends. */

@@ -451,18 +451,8 @@ char *cz_jobs_submit(cz_jobs *J, const char *body, size_t len, const char *curre
         cz_jobs_api_err(e, 409, "training_disabled", "training is off: set train.data_root to the directory holding datasets");
         return NULL;
     }
-    json_error_t je;
-    json_t *req = json_loadb(body ? body : "", len, JSON_REJECT_DUPLICATES, &je);
-    if (!req) {
-        cz_jobs_api_err(e, 400, "invalid_json", "request body is not valid JSON: %s (line %d, column %d)", je.text, je.line,
-                je.column);
-        return NULL;
-    }
-    if (!json_is_object(req)) {
-        json_decref(req);
-        cz_jobs_api_err(e, 400, "invalid_json", "request body must be a JSON object");
-        return NULL;
-    }
+    json_t *req = cz_jobs_parse_body(body, len, e);
+    if (!req) return NULL;
     job *a = calloc(1, sizeof *a);
     if (!a) {
         json_decref(req);
@@ -685,6 +675,37 @@ int cz_jobs_checkpoint(cz_jobs *J, const char *id, long step, char *path, size_t
     job *a = find_or_err(J, id, e);
     int rc = a ? checkpoint_of(a, step, path, cap, step_out, e) : -1;
     pthread_mutex_unlock(&J->mu);
+    return rc;
+}
+
+int cz_jobs_activation(cz_jobs *J, const char *body, size_t len, char job_out[65], char *path, size_t cap,
+                       long *step_out, cz_api_error *e) {
+    memset(e, 0, sizeof *e);
+    json_t *o = cz_jobs_parse_body(body, len, e);
+    if (!o) return -1;
+    const char *key, *id = NULL;
+    json_t *v;
+    long step = -1; /* best */
+    int rc = 0;
+    json_object_foreach(o, key, v) {
+        if (!strcmp(key, "job")) {
+            id = json_string_value(v);
+            if (!id || !cz_job_id_valid(id)) rc = cz_jobs_api_err(e, 400, "invalid_field", "job: expected a job id");
+        } else if (!strcmp(key, "step")) {
+            rc = cz_jobs_parse_step(v, "step", &step, e);
+        } else {
+            char k[72];
+            cz_jobs_printable(k, sizeof k, key);
+            rc = cz_jobs_api_err(e, 400, "invalid_field", "%s: unknown field", k);
+        }
+        if (rc) break;
+    }
+    if (!rc && !id) rc = cz_jobs_api_err(e, 400, "invalid_field", "job: required");
+    if (!rc) {
+        snprintf(job_out, 65, "%s", id);
+        rc = cz_jobs_checkpoint(J, job_out, step, path, cap, step_out, e);
+    }
+    json_decref(o);
     return rc;
 }
 

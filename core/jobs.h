@@ -81,6 +81,12 @@ char *cz_jobs_resume(cz_jobs *j, const char *id, cz_api_error *err);
 int cz_jobs_checkpoint(cz_jobs *j, const char *id, long step, char *path, size_t cap, long *step_out,
                        cz_api_error *err);
 
+/* POST /model: parses {"job": id, "step": N | "best" | "latest"} (step defaults to "best") and
+ * finds that checkpoint: writes the job id, the file's path and its step. 0, or -1 with err
+ * set (400 for the body, 404 for the job or checkpoint). */
+int cz_jobs_activation(cz_jobs *j, const char *body, size_t len, char job[65], char *path, size_t cap, long *step,
+                       cz_api_error *err);
+
 /* Counts for /metrics. */
 typedef struct cz_jobs_stats {
     int queued, running, succeeded, failed, cancelled, interrupted;

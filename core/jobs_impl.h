@@ -36,6 +36,12 @@ int cz_jobs_api_err(cz_api_error *e, int http, const char *code, const char *fmt
     __attribute__((format(printf, 4, 5)));
 /* Client-supplied text made safe to quote in a message (non-printable bytes -> '?'). */
 void cz_jobs_printable(char *out, size_t cap, const char *s);
+/* The request body as a JSON object (duplicate keys refused), or NULL with *e set (400
+ * invalid_json, saying where parsing failed). */
+json_t *cz_jobs_parse_body(const char *body, size_t len, cz_api_error *e);
+/* A checkpoint selector: a step number, "best" (-1) or "latest" (-2). 0, or -1 with *e set
+ * naming `key`. */
+int cz_jobs_parse_step(json_t *v, const char *key, long *out, cz_api_error *e);
 /* Parses a request object into p (defaults first; limits from o). `stored`: a record read
  * back from disk, where the configured limits are not re-applied. 0, or -1 with *e set. */
 int cz_jobs_parse_params(const cz_jobs_opts *o, json_t *obj, jparams *p, int stored, cz_api_error *e);

@@ -89,6 +89,34 @@ static int depth_for(int size) {
     return d;
 }
 
+json_t *cz_jobs_parse_body(const char *body, size_t len, cz_api_error *e) {
+    json_error_t je;
+    json_t *o = json_loadb(body ? body : "", len, JSON_REJECT_DUPLICATES, &je);
+    if (!o) {
+        cz_jobs_api_err(e, 400, "invalid_json", "request body is not valid JSON: %s (line %d, column %d)", je.text,
+                        je.line, je.column);
+        return NULL;
+    }
+    if (!json_is_object(o)) {
+        json_decref(o);
+        cz_jobs_api_err(e, 400, "invalid_json", "request body must be a JSON object");
+        return NULL;
+    }
+    return o;
+}
+
+int cz_jobs_parse_step(json_t *v, const char *key, long *out, cz_api_error *e) {
+    if (json_is_string(v) && !strcmp(json_string_value(v), "best"))
+        *out = -1;
+    else if (json_is_string(v) && !strcmp(json_string_value(v), "latest"))
+        *out = -2;
+    else if (json_is_integer(v) && json_integer_value(v) >= 0 && json_integer_value(v) <= 1000000000)
+        *out = (long)json_integer_value(v);
+    else
+        return cz_jobs_api_err(e, 400, "invalid_field", "%s: expected a step number, \"best\" or \"latest\"", key);
+    return 0;
+}
+
 /* Parses a request object into p (defaults first). `stored`: a record read back from disk,
  * where the configured limits are not re-applied. */
 int cz_jobs_parse_params(const cz_jobs_opts *lim, json_t *o, jparams *p, int stored, cz_api_error *e) {
@@ -146,14 +174,7 @@ int cz_jobs_parse_params(const cz_jobs_opts *lim, json_t *o, jparams *p, int sto
             have_init_job = 1;
         } else if (!strcmp(key, "init_step")) {
             if (json_is_null(v)) continue;
-            if (json_is_string(v) && !strcmp(json_string_value(v), "best"))
-                p->init_step = -1;
-            else if (json_is_string(v) && !strcmp(json_string_value(v), "latest"))
-                p->init_step = -2;
-            else if (json_is_integer(v) && json_integer_value(v) >= 0 && json_integer_value(v) <= 1000000000)
-                p->init_step = (long)json_integer_value(v);
-            else
-                return cz_jobs_api_err(e, 400, "invalid_field", "init_step: expected a step number, \"best\" or \"latest\"");
+            if (cz_jobs_parse_step(v, "init_step", &p->init_step, e)) return -1;
             have_init_step = 1;
         } else if (!strcmp(key, "precision")) {
             char pr[16];

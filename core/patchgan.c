@@ -294,10 +294,7 @@ static cz_status act_alloc(const cz_patchgan *d, cz_tensor *t, int n, int c, int
 }
 
 cz_status cz_patchgan_set_act_dtype(cz_patchgan *d, cz_dtype dt) {
-    if (dt != d->act_dt && d->max_batch)
-        return cz_error_set(CZ_ERR_INVALID_ARG, "activation dtype must be set before the graph is planned");
-    if (!d->be->ops->supports(d->be, dt))
-        return cz_error_set(CZ_ERR_UNSUPPORTED, "backend %s has no %s tensors", d->be->ops->name, cz_dtype_name(dt));
+    CZ_TRY(cz_act_dtype_check(d->be, d->act_dt, dt, d->max_batch != 0));
     d->act_dt = dt;
     return CZ_OK;
 }

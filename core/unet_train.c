@@ -211,10 +211,7 @@ static cz_status act(const cz_unet_train *g, cz_tensor *t, int n, int c, int h, 
 }
 
 cz_status cz_unet_train_set_act_dtype(cz_unet_train *g, cz_dtype dt) {
-    if (dt != g->act_dt && g->max_batch)
-        return cz_error_set(CZ_ERR_INVALID_ARG, "activation dtype must be set before the graph is planned");
-    if (!g->be->ops->supports(g->be, dt))
-        return cz_error_set(CZ_ERR_UNSUPPORTED, "backend %s has no %s tensors", g->be->ops->name, cz_dtype_name(dt));
+    CZ_TRY(cz_act_dtype_check(g->be, g->act_dt, dt, g->max_batch != 0));
     g->act_dt = dt;
     return CZ_OK;
 }

@@ -191,61 +191,12 @@ const char *srv_model_initial_path(srv_ctx *s) {
 }
 
 enum MHD_Result srv_route_model_post(srv_ctx *s, struct MHD_Connection *c, srv_req *req) {
-    json_error_t je;
-    json_t *o = json_loadb(req->body ? (const char *)req->body : "", req->body_len, JSON_REJECT_DUPLICATES, &je);
-    char msg[300];
-    if (!o || !json_is_object(o)) {
-        if (o)
-            snprintf(msg, sizeof msg, "request body must be a JSON object");
-        else
-            snprintf(msg, sizeof msg, "request body is not valid JSON: %s (line %d, column %d)", je.text, je.line,
-                     je.column);
-        json_decref(o);
-        return srv_send_error(c, req, 400, "invalid_json", msg, 0, NULL);
-    }
-    const char *key, *id = NULL;
-    json_t *v;
-    long step = -1; /* best */
-    json_object_foreach(o, key, v) {
-        if (!strcmp(key, "job")) {
-            id = json_string_value(v);
-            if (!id || !cz_job_id_valid(id)) {
-                json_decref(o);
-                return srv_send_error(c, req, 400, "invalid_field", "job: expected a job id", 0, NULL);
-            }
-        } else if (!strcmp(key, "step")) {
-            if (json_is_string(v) && !strcmp(json_string_value(v), "best"))
-                step = -1;
-            else if (json_is_string(v) && !strcmp(json_string_value(v), "latest"))
-                step = -2;
-            else if (json_is_integer(v) && json_integer_value(v) >= 0 && json_integer_value(v) <= 1000000000)
-                step = (long)json_integer_value(v);
-            else {
-                json_decref(o);
-                return srv_send_error(c, req, 400, "invalid_field", "step: expected a step number, \"best\" or \"latest\"",
-                                      0, NULL);
-            }
-        } else {
-            char k[72];
-            size_t n = 0;
-            for (const char *p = key; *p && n + 1 < sizeof k; p++) k[n++] = (*p >= 0x20 && *p < 0x7f) ? *p : '?';
-            k[n] = '\0';
-            snprintf(msg, sizeof msg, "%s: unknown field", k);
-            json_decref(o);
-            return srv_send_error(c, req, 400, "invalid_field", msg, 0, NULL);
-        }
-    }
-    if (!id) {
-        json_decref(o);
-        return srv_send_error(c, req, 400, "invalid_field", "job: required", 0, NULL);
-    }
-    char job[65], path[4200];
-    snprintf(job, sizeof job, "%s", id);
-    json_decref(o);
-    cz_api_error e;
-    long got = 0;
     if (!s->jobs) return srv_send_error(c, req, 503, "unavailable", "training jobs are unavailable", 0, NULL);
-    if (cz_jobs_checkpoint(s->jobs, job, step, path, sizeof path, &got, &e) != 0) return srv_send_api_error(c, req, &e);
+    char job[65], path[4200];
+    long got = 0;
+    cz_api_error e;
+    if (cz_jobs_activation(s->jobs, (const char *)req->body, req->body_len, job, path, sizeof path, &got, &e) != 0)
+        return srv_send_api_error(c, req, &e);
     if (srv_model_swap(s, path, job, got, &e) != CZ_OK) return srv_send_api_error(c, req, &e);
     pthread_mutex_lock(&s->model_mu);
     char *text = s->model_json ? strdup(s->model_json) : NULL;
