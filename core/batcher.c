@@ -38,9 +38,10 @@
  *   failure; other failures such as a bad shape are charged to the batch alone) or when
  *   warm-up fails with any status; cleared by the next successful batch. After any failed
  *   pass the backend's health() (when it has one) is asked: a sticky device error makes the
- *   batcher "lost" for good: readiness reports "device_error: device lost: ...", later jobs
- *   fail at once with CZ_ERR_UNAVAILABLE, background work stops, and on_device_lost is called
- *   once (the daemon then drains and exits non-zero so that a supervisor restarts it).
+ *   batcher "lost" for good: readiness reports "device_error: device lost: ...", the jobs of
+ *   that pass and every later one fail with CZ_ERR_UNAVAILABLE, background work stops, and
+ *   on_device_lost is called once (the daemon then drains and exits non-zero so that a
+ *   supervisor restarts it).
  *
  * Out of memory: a forward pass failing with CZ_ERR_NOMEM is split in halves and each half
  *   retried, down to single images; a single image that still does not fit fails alone.
@@ -340,6 +341,17 @@ static void run_pass(cz_batcher *b, cz_bjob **jobs, int n) {
         run_pass(b, jobs + n / 2, n - n / 2);
         return;
     }
+    int was_lost = b->lost;
+    if (s != CZ_OK) check_health(b);
+    if (s != CZ_OK && b->lost && !was_lost) {
+        /* this pass met the device's death: its jobs get what every later one gets (503), with
+         * the failing call in the message */
+        CZ_LOGE(MOD, "forward pass of %d images failed as the device was lost: %s", n, detail);
+        s = CZ_ERR_UNAVAILABLE;
+        char lost_msg[256];
+        copy_text(lost_msg, sizeof lost_msg, b->device_error_msg);
+        copy_text(detail, sizeof detail, lost_msg);
+    }
     for (int i = 0; i < n; i++) {
         cz_bjob *j = jobs[i];
         j->status = s;
@@ -369,7 +381,6 @@ static void run_pass(cz_batcher *b, cz_bjob **jobs, int n) {
         copy_text(b->device_error_msg, sizeof b->device_error_msg, detail);
     }
     pthread_mutex_unlock(&b->mu);
-    if (s != CZ_OK) check_health(b);
 }
 
 /* Runs a batch taken from the queue (lock not held), then calls the callbacks. */

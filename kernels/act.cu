@@ -39,12 +39,12 @@ static __global__ void k_act_bwd(int act, float alpha, const void *y, int ydt, c
 
 extern "C" int cuk_bias_act(const void *x, int xdt, const void *bias, int bdt, int act, float alpha, void *y,
                             int ydt, size_t count, int c, cuk_stream s) {
-    k_bias_act<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(x, xdt, bias, bdt, act, alpha, y, ydt, count, c);
+    CUK_LAUNCH(k_bias_act, cuk_blocks(count), CUK_THREADS, 0, s)(x, xdt, bias, bdt, act, alpha, y, ydt, count, c);
     return cuk_last();
 }
 
 extern "C" int cuk_act_bwd(int act, float alpha, const void *y, int ydt, const void *dy, int dydt, void *dx,
                            int dxdt, size_t count, cuk_stream s) {
-    k_act_bwd<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(act, alpha, y, ydt, dy, dydt, dx, dxdt, count);
+    CUK_LAUNCH(k_act_bwd, cuk_blocks(count), CUK_THREADS, 0, s)(act, alpha, y, ydt, dy, dydt, dx, dxdt, count);
     return cuk_last();
 }

@@ -19,6 +19,6 @@ static __global__ void k_adam(float *param, const void *grad, int gdt, float *m,
 
 extern "C" int cuk_adam(float *param, const void *grad, int gdt, float *m, float *v, size_t count, double lr, double b1,
                         double b2, double eps, double bc1, double bc2, cuk_stream s) {
-    k_adam<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(param, grad, gdt, m, v, count, lr, b1, b2, eps, bc1, bc2);
+    CUK_LAUNCH(k_adam, cuk_blocks(count), CUK_THREADS, 0, s)(param, grad, gdt, m, v, count, lr, b1, b2, eps, bc1, bc2);
     return cuk_last();
 }

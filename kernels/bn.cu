@@ -20,7 +20,7 @@ static __global__ void k_bn_infer(const void *x, int xdt, const void *gamma, int
 extern "C" int cuk_bn_infer(const void *x, int xdt, const void *gamma, int gdt, const void *beta, int bdt,
                             const void *mean, int mdt, const void *var, int vdt, float eps, void *y, int ydt,
                             size_t count, int c, cuk_stream s) {
-    k_bn_infer<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(x, xdt, gamma, gdt, beta, bdt, mean, mdt, var, vdt, eps, y,
+    CUK_LAUNCH(k_bn_infer, cuk_blocks(count), CUK_THREADS, 0, s)(x, xdt, gamma, gdt, beta, bdt, mean, mdt, var, vdt, eps, y,
                                                           ydt, count, c);
     return cuk_last();
 }
@@ -43,7 +43,7 @@ static __global__ void k_bn_finalize(const double *s1, const double *s2, double 
 extern "C" int cuk_bn_finalize(const double *s1, const double *s2, double count, float eps, float momentum,
                                float *save_mean, float *save_invstd, void *rmean, int rmdt, void *rvar, int rvdt,
                                float *ab, int c, cuk_stream s) {
-    k_bn_finalize<<<(c + 127) / 128, 128, 0, s>>>(s1, s2, count, eps, momentum, save_mean, save_invstd, rmean, rmdt,
+    CUK_LAUNCH(k_bn_finalize, (c + 127) / 128, 128, 0, s)(s1, s2, count, eps, momentum, save_mean, save_invstd, rmean, rmdt,
                                                    rvar, rvdt, ab, c);
     return cuk_last();
 }
@@ -59,7 +59,7 @@ static __global__ void k_bn_apply(const void *x, int xdt, const float *ab, const
 
 extern "C" int cuk_bn_apply(const void *x, int xdt, const float *ab, const void *gamma, int gdt, const void *beta,
                             int bdt, void *y, int ydt, size_t count, int c, cuk_stream s) {
-    k_bn_apply<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(x, xdt, ab, gamma, gdt, beta, bdt, y, ydt, count, c);
+    CUK_LAUNCH(k_bn_apply, cuk_blocks(count), CUK_THREADS, 0, s)(x, xdt, ab, gamma, gdt, beta, bdt, y, ydt, count, c);
     return cuk_last();
 }
 
@@ -78,7 +78,7 @@ static __global__ void k_bn_bwd_dx(const void *x, int xdt, const void *dy, int d
 extern "C" int cuk_bn_bwd_dx(const void *x, int xdt, const void *dy, int dydt, const void *gamma, int gdt,
                              const float *mean, const float *invstd, const double *s1, const double *s2, double count,
                              void *dx, int dxdt, size_t total, int c, cuk_stream s) {
-    k_bn_bwd_dx<<<cuk_blocks(total), CUK_THREADS, 0, s>>>(x, xdt, dy, dydt, gamma, gdt, mean, invstd, s1, s2, count,
+    CUK_LAUNCH(k_bn_bwd_dx, cuk_blocks(total), CUK_THREADS, 0, s)(x, xdt, dy, dydt, gamma, gdt, mean, invstd, s1, s2, count,
                                                            dx, dxdt, total, c);
     return cuk_last();
 }

@@ -36,24 +36,24 @@ static __global__ void k_add_into(const void *src, int sdt, void *dst, int ddt, 
 extern "C" int cuk_nchw_f32_to_nhwc(const float *src, void *dst, int dt, int n, int c, int h, int w,
                                     cuk_stream s) {
     size_t count = (size_t)n * c * h * w;
-    k_nchw_to_nhwc<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(src, dst, dt, c, h * w, count);
+    CUK_LAUNCH(k_nchw_to_nhwc, cuk_blocks(count), CUK_THREADS, 0, s)(src, dst, dt, c, h * w, count);
     return cuk_last();
 }
 
 extern "C" int cuk_nhwc_to_nchw_f32(const void *src, int dt, float *dst, int n, int c, int h, int w,
                                     cuk_stream s) {
     size_t count = (size_t)n * c * h * w;
-    k_nhwc_to_nchw<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(src, dt, dst, c, h * w, count);
+    CUK_LAUNCH(k_nhwc_to_nchw, cuk_blocks(count), CUK_THREADS, 0, s)(src, dt, dst, c, h * w, count);
     return cuk_last();
 }
 
 extern "C" int cuk_cast(const void *src, int sdt, void *dst, int ddt, size_t count, cuk_stream s) {
-    k_cast<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(src, sdt, dst, ddt, count);
+    CUK_LAUNCH(k_cast, cuk_blocks(count), CUK_THREADS, 0, s)(src, sdt, dst, ddt, count);
     return cuk_last();
 }
 
 extern "C" int cuk_add_into(const void *src, int sdt, void *dst, int ddt, size_t count, int accumulate,
                             cuk_stream s) {
-    k_add_into<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(src, sdt, dst, ddt, count, accumulate);
+    CUK_LAUNCH(k_add_into, cuk_blocks(count), CUK_THREADS, 0, s)(src, sdt, dst, ddt, count, accumulate);
     return cuk_last();
 }

@@ -35,13 +35,13 @@ static __global__ void k_concat_bwd(const void *dy, int dydt, void *da, int dadt
 extern "C" int cuk_concat(const void *a, int adt, int ca, const void *b, int bdt, int cb, void *y, int ydt,
                           size_t rows, cuk_stream s) {
     size_t count = rows * (size_t)(ca + cb);
-    k_concat<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(a, adt, ca, b, bdt, cb, y, ydt, count);
+    CUK_LAUNCH(k_concat, cuk_blocks(count), CUK_THREADS, 0, s)(a, adt, ca, b, bdt, cb, y, ydt, count);
     return cuk_last();
 }
 
 extern "C" int cuk_concat_bwd(const void *dy, int dydt, void *da, int dadt, int ca, void *db, int dbdt, int cb,
                               size_t rows, int accumulate, cuk_stream s) {
     size_t count = rows * (size_t)(ca + cb);
-    k_concat_bwd<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(dy, dydt, da, dadt, ca, db, dbdt, cb, count, accumulate);
+    CUK_LAUNCH(k_concat_bwd, cuk_blocks(count), CUK_THREADS, 0, s)(dy, dydt, da, dadt, ca, db, dbdt, cb, count, accumulate);
     return cuk_last();
 }

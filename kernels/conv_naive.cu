@@ -85,19 +85,19 @@ static __global__ void k_bwd_filter(cuk_conv p, const void *x, const void *dy, v
 
 extern "C" int cuk_conv_fwd_naive(const cuk_conv *p, const void *x, const void *wt, void *y, cuk_stream s) {
     size_t count = (size_t)p->n * p->oh * p->ow * p->k;
-    k_fwd<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(*p, x, wt, y, count);
+    CUK_LAUNCH(k_fwd, cuk_blocks(count), CUK_THREADS, 0, s)(*p, x, wt, y, count);
     return cuk_last();
 }
 
 extern "C" int cuk_conv_bwd_data_naive(const cuk_conv *p, const void *wt, const void *dy, void *dx, cuk_stream s) {
     size_t count = (size_t)p->n * p->h * p->w * p->c;
-    k_bwd_data<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(*p, wt, dy, dx, count);
+    CUK_LAUNCH(k_bwd_data, cuk_blocks(count), CUK_THREADS, 0, s)(*p, wt, dy, dx, count);
     return cuk_last();
 }
 
 extern "C" int cuk_conv_bwd_filter_naive(const cuk_conv *p, const void *x, const void *dy, void *dw, int accumulate,
                                          cuk_stream s) {
     size_t count = (size_t)p->k * p->r * p->r * p->c;
-    k_bwd_filter<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(*p, x, dy, dw, accumulate, count);
+    CUK_LAUNCH(k_bwd_filter, cuk_blocks(count), CUK_THREADS, 0, s)(*p, x, dy, dw, accumulate, count);
     return cuk_last();
 }

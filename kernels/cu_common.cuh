@@ -1,13 +1,23 @@
 /* cu_common.cuh: device helpers shared by the .cu files: element load/store for the three
  * dtypes (everything is computed in fp32 or fp64 and rounded once on store, round to nearest
- * even, as the ref backend does), grid sizing and the launch-error idiom.
- * Header-only, included by nvcc only. Tested through tests/unit/test_ops.c on a GPU. */
+ * even, as the ref backend does), grid sizing, the launch macros and the launch-error idiom.
+ * Header-only, included by the .cu files: under nvcc, or as C++ under the host compiler in the
+ * emulator build (CZ_CUDA_EMU, see emu/cuemu.h). Tested through tests/unit/test_ops.c on a GPU
+ * and in the emulator. */
 #ifndef CZ_CU_COMMON_CUH
 #define CZ_CU_COMMON_CUH
 
+#ifdef CZ_CUDA_EMU
+#include "emu/cuemu.h"
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+/* Kernel launches: CUK_LAUNCH(kernel, grid, block, shared bytes, stream)(args...). Kernels that
+ * call __syncthreads() use CUK_LAUNCH_SYNC (the same on a GPU; the emulator needs to know). */
+#define CUK_LAUNCH(k, g, b, sh, s) k<<<g, b, sh, s>>>
+#define CUK_LAUNCH_SYNC(k, g, b, sh, s) k<<<g, b, sh, s>>>
+#endif
 #include <stdint.h>
 
 #include "cu_kernels.h"

@@ -34,12 +34,12 @@ extern "C" int cuk_dropout_fwd(float p, uint64_t seed, const void *x, int xdt, v
                                int ydt, int n, int c, int h, int w, cuk_stream s) {
     size_t count = (size_t)n * c * h * w;
     float scale = 1.0f / (1.0f - p);
-    k_dropout<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(p, scale, seed, x, xdt, mask, mdt, y, ydt, c, h * w, count);
+    CUK_LAUNCH(k_dropout, cuk_blocks(count), CUK_THREADS, 0, s)(p, scale, seed, x, xdt, mask, mdt, y, ydt, c, h * w, count);
     return cuk_last();
 }
 
 extern "C" int cuk_mul(const void *a, int adt, const void *b, int bdt, void *y, int ydt, size_t count,
                        cuk_stream s) {
-    k_mul<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(a, adt, b, bdt, y, ydt, count);
+    CUK_LAUNCH(k_mul, cuk_blocks(count), CUK_THREADS, 0, s)(a, adt, b, bdt, y, ydt, count);
     return cuk_last();
 }

@@ -22,12 +22,12 @@ static __global__ void k_l1_bwd(const void *a, int adt, const void *b, int bdt, 
 
 extern "C" int cuk_bce_bwd(const void *x, int xdt, float target, double k, void *dx, int dxdt, size_t count,
                            cuk_stream s) {
-    k_bce_bwd<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(x, xdt, (double)target, k, dx, dxdt, count);
+    CUK_LAUNCH(k_bce_bwd, cuk_blocks(count), CUK_THREADS, 0, s)(x, xdt, (double)target, k, dx, dxdt, count);
     return cuk_last();
 }
 
 extern "C" int cuk_l1_bwd(const void *a, int adt, const void *b, int bdt, double k, void *da, int dadt, size_t count,
                           cuk_stream s) {
-    k_l1_bwd<<<cuk_blocks(count), CUK_THREADS, 0, s>>>(a, adt, b, bdt, k, da, dadt, count);
+    CUK_LAUNCH(k_l1_bwd, cuk_blocks(count), CUK_THREADS, 0, s)(a, adt, b, bdt, k, da, dadt, count);
     return cuk_last();
 }

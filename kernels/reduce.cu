@@ -78,9 +78,9 @@ extern "C" int cuk_chan_reduce(int mode, const void *a, int adt, const void *b, 
                                double *scratch, double *s1, double *s2, cuk_stream s) {
     int P = red_parts(rows);
     dim3 grid((unsigned)((c + RED_TX - 1) / RED_TX), (unsigned)P), block(RED_TX, RED_TY);
-    k_chan_partial<<<grid, block, 0, s>>>(mode, a, adt, b, bdt, rows, c, center, center_scale, mean, invstd,
+    CUK_LAUNCH_SYNC(k_chan_partial, grid, block, 0, s)(mode, a, adt, b, bdt, rows, c, center, center_scale, mean, invstd,
                                           scratch);
-    k_chan_final<<<(c + 127) / 128, 128, 0, s>>>(scratch, P, c, s1, s2);
+    CUK_LAUNCH(k_chan_final, (c + 127) / 128, 128, 0, s)(scratch, P, c, s1, s2);
     return cuk_last();
 }
 
@@ -93,7 +93,7 @@ static __global__ void k_store_vec(const double *src, void *dst, int ddt, int c,
 }
 
 extern "C" int cuk_store_vec(const double *src, void *dst, int ddt, int c, int accumulate, cuk_stream s) {
-    k_store_vec<<<(c + 127) / 128, 128, 0, s>>>(src, dst, ddt, c, accumulate);
+    CUK_LAUNCH(k_store_vec, (c + 127) / 128, 128, 0, s)(src, dst, ddt, c, accumulate);
     return cuk_last();
 }
 
@@ -138,7 +138,7 @@ static __global__ void k_sum_final(const double *part, int g, double *out) {
 extern "C" int cuk_loss_sum(int mode, const void *a, int adt, const void *b, int bdt, float target, size_t count,
                             double *scratch, double *out, cuk_stream s) {
     unsigned g = sum_blocks(count);
-    k_loss_partial<<<g, CUK_THREADS, 0, s>>>(mode, a, adt, b, bdt, (double)target, count, scratch);
-    k_sum_final<<<1, 32, 0, s>>>(scratch, (int)g, out);
+    CUK_LAUNCH_SYNC(k_loss_partial, g, CUK_THREADS, 0, s)(mode, a, adt, b, bdt, (double)target, count, scratch);
+    CUK_LAUNCH(k_sum_final, 1, 32, 0, s)(scratch, (int)g, out);
     return cuk_last();
 }

@@ -7,7 +7,7 @@
 set -euo pipefail
 build_pkgs=(build-essential cmake pkg-config ca-certificates
             libturbojpeg0-dev libjpeg62-turbo-dev libspng-dev libjansson-dev libdnnl-dev
-            libcmocka-dev libcurl4-openssl-dev libmicrohttpd-dev python3 python3-venv)
+            libcmocka-dev libcurl4-openssl-dev libmicrohttpd-dev python3 python3-venv python3-numpy)
 runtime_pkgs=(libturbojpeg0 libjpeg62-turbo libspng0 libjansson4 libdnnl2 libmicrohttpd12 libcurl4)
 pkgs=("${build_pkgs[@]}")
 [ "${1:-}" = "--runtime" ] && pkgs=("${runtime_pkgs[@]}")

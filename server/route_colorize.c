@@ -214,6 +214,10 @@ static enum MHD_Result finish_job(srv_ctx *s, struct MHD_Connection *c, srv_req 
             return srv_send_error(c, req, 503, "shutting_down", "the server shut down before the image was processed",
                                   5, NULL);
         snprintf(msg, sizeof msg, "inference failed: %s", job->error[0] ? job->error : cz_strerror(job->status));
+        /* the device could not take the image (503 out_of_memory) or is gone (503 unavailable:
+         * the daemon is about to exit for a restart); both are worth retrying elsewhere */
+        if (job->status == CZ_ERR_NOMEM || job->status == CZ_ERR_UNAVAILABLE)
+            return srv_send_status(c, req, job->status, msg);
         return srv_send_error(c, req, 500, "internal_error", msg, 0, NULL);
     }
 

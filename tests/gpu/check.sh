@@ -17,7 +17,9 @@
 #      latency and training img/s (batch 16/64) beside PyTorch (tests/bench/torch_gpu_bench.py)
 #      measured in the same run, with the ratio. Numbers are printed, never asserted.
 # Budget: under 8 minutes on an H100/H200. Environment: CZ_GPU_BIN (default .device/bundle),
-# CZ_GPU_SKIP_BENCH=1, CZ_GPU_COMPILE_BUDGET (seconds for torch.compile, default 150).
+# CZ_GPU_SKIP_BENCH=1, CZ_GPU_COMPILE_BUDGET (seconds for torch.compile, default 150),
+# CZ_GPU_MODEL and CZ_GPU_RENDER (step 3's model and render size; default the shipped model at
+# its own render). tests/gpu/emu_check.sh runs steps 1-3 on the CPU emulator build with these.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${CZ_GPU_BIN:-.device/bundle}
@@ -35,7 +37,11 @@ bad() { fail=$((fail + 1)); echo "FAIL $*"; }
 step() { echo; echo "=== $* ($(( $(date +%s) - t0 )) s)"; }
 
 step "device"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2
+else
+  echo "no nvidia-smi here (expected only under the emulator, tests/gpu/emu_check.sh)"
+fi
 for b in test_ops test_unet_golden test_train_golden colorize colorized; do
   [ -x "$BIN/$b" ] || { bad "missing $BIN/$b (bundle it, see tests/gpu/README.md)"; }
 done
@@ -75,7 +81,8 @@ for t in test_unet_golden test_train_golden; do
   fi
 done
 # PyTorch itself on this GPU, same fixture weights: how far torch's own GPU run is from the
-# float64 oracle, for scale beside ours (printed above).
+# float64 oracle, for scale beside ours (printed above). Only where torch sees a GPU.
+$PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" > /dev/null 2>&1 &&
 $PY - <<'EOF' 2>&1 | tail -3 || true
 import sys, torch
 sys.path.insert(0, "tests/golden")
@@ -105,12 +112,15 @@ start_daemon() { # start_daemon NAME ARGS... ; sets port_NAME
   eval "port_$name=$port"
 }
 imgs=(tests/data/old_a.jpg tests/data/old_w_scratch_c.jpg)
+model_args=()
+[ -n "${CZ_GPU_MODEL:-}" ] && model_args+=(--model "$CZ_GPU_MODEL")
+[ -n "${CZ_GPU_RENDER:-}" ] && model_args+=(--set "image.render=$CZ_GPU_RENDER")
 post() { # post PORT IMAGE OUT
   curl -s -o "$3" -w "%{http_code}" -F "image=@$2" "http://127.0.0.1:$1/colorize?format=png"
 }
-if start_daemon gpu --backend cuda --precision fp32 --max-batch 8 &&
-   start_daemon gpu16 --backend cuda --precision bf16 --max-batch 8 &&
-   start_daemon cpu --backend dnnl --precision fp32; then
+if start_daemon gpu --backend cuda --precision fp32 --max-batch 8 "${model_args[@]}" &&
+   start_daemon gpu16 --backend cuda --precision bf16 --max-batch 8 "${model_args[@]}" &&
+   start_daemon cpu --backend dnnl --precision fp32 "${model_args[@]}"; then
   grep -q '"cuda"' "$WORK/gpu.err" && echo "(gpu daemon log mentions cuda)"
   for i in 0 1; do
     for d in gpu gpu16 cpu; do

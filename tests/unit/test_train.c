@@ -305,11 +305,12 @@ static void test_overfit_one_batch(void **state) {
 
 /* Mixed precision: bf16 activations, fp32 weights. The first step's losses agree with fp32
  * within bf16's rounding, and the bf16 run still overfits a batch. On ref (bf16 storage, the
- * oracle's arithmetic) and on dnnl (its bf16 kernels). */
+ * oracle's arithmetic), on dnnl (its bf16 kernels) and on cuda where there is one (a GPU, or
+ * the emulator build of tests/gpu/emu_check.sh). */
 static void test_mixed_precision(void **state) {
     (void)state;
-    const char *names[2] = {"ref", "dnnl"};
-    for (int bi = 0; bi < 2; bi++) {
+    const char *names[3] = {"ref", "dnnl", "cuda"};
+    for (int bi = 0; bi < 3; bi++) {
         cz_backend *be;
         if (cz_backend_create(names[bi], NULL, &be) != CZ_OK) {
             printf("skipped: %s not available\n", names[bi]);

@@ -1,0 +1,646 @@
+/* cuemu_rt.cpp: the host side of the CUDA emulator: the subset of the CUDA runtime API that the
+ * `cuda` backend calls, implemented on the CPU with the real cuda_runtime_api.h prototypes, and
+ * the engine that runs emulated kernels (see cuemu.h). Linked in place of cudart in the
+ * test-only CZ_CUDA=EMU build.
+ *
+ * Model of the device:
+ * - One device, "colorize CUDA emulator (CPU)", sm_90. Device memory is host memory from
+ *   aligned_alloc, registered so that every copy, memset and kernel pointer argument can be
+ *   checked against live allocations; new allocations are filled with 0xff bytes (NaN in every
+ *   float format), so a kernel that reads memory nobody wrote produces NaN and fails its test.
+ *   Freed memory goes back to malloc, so ASan catches a kernel that uses it.
+ * - Work is deferred as on a GPU: kernels, async copies and memsets queue on their stream and
+ *   run only at a synchronization point (stream/event/device synchronize, stream query, the
+ *   synchronous copy/memset, cudaFree). A host that reads a pinned buffer before synchronizing
+ *   sees stale data. All streams share one queue in issue order, which honours every
+ *   dependency the program expressed (and some it did not). Async copies from pageable host
+ *   memory take the source at the call, copies into pageable memory complete before the call
+ *   returns, as the CUDA documentation specifies for pageable transfers.
+ * - Errors follow CUDA: a bad launch configuration is the launch's own error
+ *   (cudaGetLastError); a kernel that touches memory outside a live allocation reports which
+ *   argument, and the error (cudaErrorIllegalAddress) becomes sticky: every later call returns
+ *   it. Last errors are per host thread.
+ * Knobs (environment, read once): CZ_CUEMU_NO_DEVICE=1 (no device: cudaGetDeviceCount fails),
+ * CZ_CUEMU_MEM_MB (device memory size, default 4096: cudaMalloc beyond it returns
+ * cudaErrorMemoryAllocation), CZ_CUEMU_FAULT_LAUNCH=N (the Nth kernel to run faults with a
+ * sticky illegal address), CZ_CUEMU_FAULT_FILE=PATH (every kernel faults that way while PATH
+ * exists: lets a test break the device at a moment of its choosing).
+ * Threading: every entry point takes one global lock; kernels run one at a time. */
+#include "cuemu.h"
+#include "cuemu_internal.h"
+
+#include <pthread.h>
+#include <unistd.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace cuemu {
+
+thread_local coords t_at;
+
+namespace {
+
+struct alloc_info {
+    size_t bytes;
+    bool pinned; /* cudaMallocHost: host memory the device may also address */
+};
+
+struct stream_rec {
+    unsigned flags;
+};
+
+struct event_rec {
+    unsigned flags;
+    double t_ms; /* host time when the recorded work ran */
+    bool recorded;
+};
+
+struct op {
+    cudaStream_t stream;
+    const char *what;
+    std::function<cudaError_t()> work;
+};
+
+std::recursive_mutex g_mu;
+std::map<uintptr_t, alloc_info> g_allocs; /* device and pinned memory, by start address */
+std::map<cudaStream_t, stream_rec *> g_streams;
+std::map<cudaEvent_t, event_rec *> g_events;
+std::deque<op> g_queue;
+size_t g_used;
+size_t g_cap;
+bool g_no_device;
+long g_fault_launch;
+std::string g_fault_file;
+long g_launches;
+cudaError_t g_sticky = cudaSuccess;
+thread_local cudaError_t t_last = cudaSuccess;
+bool g_init;
+
+void init_locked() {
+    if (g_init) return;
+    g_init = true;
+    const char *v = getenv("CZ_CUEMU_NO_DEVICE");
+    g_no_device = v && *v && strcmp(v, "0") != 0;
+    long mb = 4096;
+    if ((v = getenv("CZ_CUEMU_MEM_MB")) && *v) mb = strtol(v, nullptr, 10);
+    g_cap = (size_t)(mb < 0 ? 0 : mb) << 20;
+    if ((v = getenv("CZ_CUEMU_FAULT_LAUNCH")) && *v) g_fault_launch = strtol(v, nullptr, 10);
+    if ((v = getenv("CZ_CUEMU_FAULT_FILE")) && *v) g_fault_file = v;
+}
+
+struct guard {
+    std::lock_guard<std::recursive_mutex> lk{g_mu};
+    guard() { init_locked(); }
+};
+
+cudaError_t ret(cudaError_t e) {
+    if (e != cudaSuccess) t_last = e;
+    return e;
+}
+
+/* The allocation containing p (device or pinned), or g_allocs.end(). */
+std::map<uintptr_t, alloc_info>::iterator find_alloc(const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    auto it = g_allocs.upper_bound(a);
+    if (it == g_allocs.begin()) return g_allocs.end();
+    --it;
+    if (a >= it->first && a < it->first + (it->second.bytes ? it->second.bytes : 1)) return it;
+    return g_allocs.end();
+}
+
+bool in_range(const void *p, size_t bytes, bool want_pinned) {
+    auto it = find_alloc(p);
+    if (it == g_allocs.end() || it->second.pinned != want_pinned) return false;
+    return (uintptr_t)p + bytes <= it->first + it->second.bytes;
+}
+
+bool is_device(const void *p) {
+    auto it = find_alloc(p);
+    return it != g_allocs.end() && !it->second.pinned;
+}
+
+bool is_pinned(const void *p) {
+    auto it = find_alloc(p);
+    return it != g_allocs.end() && it->second.pinned;
+}
+
+double now_ms() {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Runs every queued operation in issue order; the first failure becomes sticky. */
+cudaError_t drain_locked() {
+    while (!g_queue.empty()) {
+        op o = std::move(g_queue.front());
+        g_queue.pop_front();
+        if (g_sticky != cudaSuccess) continue; /* a dead context runs nothing */
+        cudaError_t e = o.work();
+        if (e != cudaSuccess) {
+            report("%s failed on stream %p: %s", o.what, (void *)o.stream, cudaGetErrorString(e));
+            g_sticky = e;
+        }
+    }
+    return g_sticky;
+}
+
+bool valid_stream(cudaStream_t s) {
+    return s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread || g_streams.count(s);
+}
+
+/* ---- the kernel engine ---- */
+
+struct grid_run {
+    const launch_desc *d;
+    const std::function<void()> *body;
+    pthread_barrier_t bar;
+};
+grid_run *g_run; /* the threaded launch in progress (kernels run one at a time) */
+
+void for_each_block(const launch_desc &d, unsigned tx, unsigned ty, unsigned tz, const std::function<void()> &body,
+                    pthread_barrier_t *bar) {
+    for (unsigned bz = 0; bz < d.grid.z; bz++)
+        for (unsigned by = 0; by < d.grid.y; by++)
+            for (unsigned bx = 0; bx < d.grid.x; bx++) {
+                t_at.bid = make_uint3(bx, by, bz);
+                t_at.tid = make_uint3(tx, ty, tz);
+                body();
+                if (bar) pthread_barrier_wait(bar); /* the block ends for every thread together */
+            }
+}
+
+void run_grid(const launch_desc &d, const std::function<void()> &body) {
+    coords saved = t_at;
+    t_at.bdim = d.block;
+    t_at.gdim = d.grid;
+    t_at.kernel = d.kernel;
+    t_at.threaded = 0;
+    if (!d.threaded) {
+        for (unsigned bz = 0; bz < d.grid.z; bz++)
+            for (unsigned by = 0; by < d.grid.y; by++)
+                for (unsigned bx = 0; bx < d.grid.x; bx++)
+                    for (unsigned tz = 0; tz < d.block.z; tz++)
+                        for (unsigned ty = 0; ty < d.block.y; ty++)
+                            for (unsigned tx = 0; tx < d.block.x; tx++) {
+                                t_at.bid = make_uint3(bx, by, bz);
+                                t_at.tid = make_uint3(tx, ty, tz);
+                                body();
+                            }
+    } else {
+        unsigned nt = d.block.x * d.block.y * d.block.z;
+        grid_run gr{&d, &body, {}};
+        pthread_barrier_init(&gr.bar, nullptr, nt);
+        g_run = &gr;
+        std::vector<std::thread> th;
+        th.reserve(nt);
+        for (unsigned i = 0; i < nt; i++) {
+            unsigned tx = i % d.block.x, ty = (i / d.block.x) % d.block.y, tz = i / (d.block.x * d.block.y);
+            th.emplace_back([&d, &body, &gr, tx, ty, tz]() {
+                t_at.bdim = d.block;
+                t_at.gdim = d.grid;
+                t_at.kernel = d.kernel;
+                t_at.threaded = 1;
+                for_each_block(d, tx, ty, tz, body, &gr.bar);
+            });
+        }
+        for (auto &t : th) t.join();
+        g_run = nullptr;
+        pthread_barrier_destroy(&gr.bar);
+    }
+    t_at = saved;
+}
+
+} // namespace
+
+void report(const char *fmt, ...) {
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "cuemu: %s\n", buf);
+}
+
+bool is_device_range(const void *p, size_t bytes) {
+    guard g;
+    return in_range(p, bytes, false);
+}
+
+cudaError_t enqueue(cudaStream_t s, const char *what, std::function<cudaError_t()> work) {
+    guard g;
+    if (g_sticky != cudaSuccess) return ret(g_sticky);
+    if (!valid_stream(s)) return ret(cudaErrorInvalidResourceHandle);
+    g_queue.push_back(op{s, what, std::move(work)});
+    return cudaSuccess;
+}
+
+void syncthreads() {
+    if (!t_at.threaded) {
+        report("kernel %s calls __syncthreads() but was launched with CUK_LAUNCH; launch it with CUK_LAUNCH_SYNC",
+               t_at.kernel ? t_at.kernel : "?");
+        abort();
+    }
+    pthread_barrier_wait(&g_run->bar);
+}
+
+void launch(const launch_desc &d, ptr_args ptrs, std::function<void()> thread_body) {
+    guard g;
+    if (g_sticky != cudaSuccess) {
+        ret(g_sticky);
+        return;
+    }
+    const dim3 &b = d.block, &gr = d.grid;
+    unsigned long long nt = (unsigned long long)b.x * b.y * b.z;
+    if (nt == 0 || nt > 1024 || b.x > 1024 || b.y > 1024 || b.z > 64 || gr.x == 0 || gr.y == 0 || gr.z == 0 ||
+        gr.x > 2147483647u || gr.y > 65535 || gr.z > 65535) {
+        report("kernel %s: invalid configuration grid (%u,%u,%u) block (%u,%u,%u)", d.kernel, gr.x, gr.y, gr.z, b.x,
+               b.y, b.z);
+        ret(cudaErrorInvalidConfiguration);
+        return;
+    }
+    if (d.shmem > 48 * 1024) {
+        report("kernel %s: %zu bytes of dynamic shared memory", d.kernel, d.shmem);
+        ret(cudaErrorInvalidValue);
+        return;
+    }
+    if (!valid_stream(d.stream)) {
+        ret(cudaErrorInvalidResourceHandle);
+        return;
+    }
+    launch_desc dc = d;
+    g_queue.push_back(op{d.stream, d.kernel, [dc, ptrs = std::move(ptrs), body = std::move(thread_body)]() {
+                             for (auto &pa : ptrs)
+                                 if (pa.first && !is_device(pa.first) && !is_pinned(pa.first)) {
+                                     report("kernel %s: argument %d (%p) is not device memory", dc.kernel, pa.second,
+                                            pa.first);
+                                     return cudaErrorIllegalAddress;
+                                 }
+                             bool by_count = g_fault_launch > 0 && ++g_launches == g_fault_launch;
+                             if (by_count || (!g_fault_file.empty() && access(g_fault_file.c_str(), F_OK) == 0)) {
+                                 report("kernel %s: injected fault (%s)", dc.kernel,
+                                        by_count ? "CZ_CUEMU_FAULT_LAUNCH" : "CZ_CUEMU_FAULT_FILE");
+                                 return cudaErrorIllegalAddress;
+                             }
+                             run_grid(dc, body);
+                             return cudaSuccess;
+                         }});
+}
+
+} // namespace cuemu
+
+using namespace cuemu;
+
+/* ---------------------------------------------------------------- the runtime API subset */
+
+extern "C" {
+
+cudaError_t cudaGetDeviceCount(int *count) {
+    guard g;
+    if (!count) return ret(cudaErrorInvalidValue);
+    if (g_no_device) {
+        *count = 0;
+        return ret(cudaErrorNoDevice);
+    }
+    *count = 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device) {
+    guard g;
+    if (!prop) return ret(cudaErrorInvalidValue);
+    if (g_no_device || device != 0) return ret(cudaErrorInvalidDevice);
+    memset(prop, 0, sizeof *prop);
+    snprintf(prop->name, sizeof prop->name, "colorize CUDA emulator (CPU)");
+    prop->major = 9;
+    prop->minor = 0;
+    prop->multiProcessorCount = 1;
+    prop->totalGlobalMem = g_cap;
+    prop->warpSize = 32;
+    prop->maxThreadsPerBlock = 1024;
+    prop->sharedMemPerBlock = 48 * 1024;
+    return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+    guard g;
+    if (g_no_device || device != 0) return ret(cudaErrorInvalidDevice);
+    if (g_sticky != cudaSuccess) return ret(g_sticky);
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int *device) {
+    guard g;
+    if (!device) return ret(cudaErrorInvalidValue);
+    *device = 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetLastError(void) {
+    guard g;
+    cudaError_t e = g_sticky != cudaSuccess ? g_sticky : t_last;
+    t_last = cudaSuccess;
+    return e;
+}
+
+cudaError_t cudaPeekAtLastError(void) {
+    guard g;
+    return g_sticky != cudaSuccess ? g_sticky : t_last;
+}
+
+const char *cudaGetErrorName(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    default: return "cudaErrorUnknown";
+    }
+}
+
+const char *cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected (emulator: CZ_CUEMU_NO_DEVICE)";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorNotReady: return "device not ready";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    default: return "unknown error";
+    }
+}
+
+cudaError_t cudaDriverGetVersion(int *v) {
+    if (!v) return ret(cudaErrorInvalidValue);
+    *v = CUDART_VERSION;
+    return cudaSuccess;
+}
+
+cudaError_t cudaRuntimeGetVersion(int *v) {
+    if (!v) return ret(cudaErrorInvalidValue);
+    *v = CUDART_VERSION;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total) {
+    guard g;
+    if (g_sticky != cudaSuccess) return ret(g_sticky);
+    if (free_b) *free_b = g_cap - g_used;
+    if (total) *total = g_cap;
+    return cudaSuccess;
+}
+
+/* ---- memory ---- */
+
+static cudaError_t alloc_common(void **p, size_t bytes, bool pinned) {
+    guard g;
+    if (!p) return ret(cudaErrorInvalidValue);
+    *p = nullptr;
+    if (g_sticky != cudaSuccess) return ret(g_sticky);
+    if (!pinned && (bytes > g_cap || g_used > g_cap - bytes)) return ret(cudaErrorMemoryAllocation);
+    size_t sz = (bytes + 255) / 256 * 256;
+    void *m = aligned_alloc(256, sz ? sz : 256);
+    if (!m) return ret(cudaErrorMemoryAllocation);
+    memset(m, 0xff, sz ? sz : 256); /* NaN in fp32, bf16, fp16 and fp64: uninitialized reads show */
+    g_allocs[(uintptr_t)m] = alloc_info{bytes, pinned};
+    if (!pinned) g_used += bytes;
+    *p = m;
+    return cudaSuccess;
+}
+
+static cudaError_t free_common(void *p, bool pinned) {
+    guard g;
+    if (!p) return cudaSuccess;
+    cudaError_t e = drain_locked(); /* freeing synchronizes the device */
+    auto it = g_allocs.find((uintptr_t)p);
+    if (it == g_allocs.end() || it->second.pinned != pinned) {
+        report("%s(%p): not a live %s allocation", pinned ? "cudaFreeHost" : "cudaFree", p,
+               pinned ? "pinned" : "device");
+        return ret(cudaErrorInvalidValue);
+    }
+    if (!pinned) g_used -= it->second.bytes;
+    g_allocs.erase(it);
+    free(p);
+    return e == cudaSuccess ? cudaSuccess : ret(e);
+}
+
+cudaError_t cudaMalloc(void **p, size_t bytes) { return alloc_common(p, bytes, false); }
+cudaError_t cudaFree(void *p) { return free_common(p, false); }
+cudaError_t cudaMallocHost(void **p, size_t bytes) { return alloc_common(p, bytes, true); }
+cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned int flags) {
+    (void)flags;
+    return alloc_common(p, bytes, true);
+}
+cudaError_t cudaFreeHost(void *p) { return free_common(p, true); }
+
+/* Checks a copy against its kind; returns cudaErrorInvalidValue (and says why) when the
+ * pointers are not what the kind claims or a device range overruns its allocation. */
+static cudaError_t check_copy(void *dst, const void *src, size_t n, cudaMemcpyKind kind) {
+    bool dd = is_device(dst), sd = is_device(src);
+    bool ok;
+    switch (kind) {
+    case cudaMemcpyHostToDevice: ok = !sd && in_range(dst, n, false); break;
+    case cudaMemcpyDeviceToHost: ok = !dd && in_range(src, n, false); break;
+    case cudaMemcpyDeviceToDevice: ok = in_range(dst, n, false) && in_range(src, n, false); break;
+    case cudaMemcpyHostToHost: ok = !dd && !sd; break;
+    case cudaMemcpyDefault:
+        ok = (!dd || in_range(dst, n, false)) && (!sd || in_range(src, n, false));
+        break;
+    default: ok = false;
+    }
+    if (!ok)
+        report("cudaMemcpy kind %d of %zu bytes from %p (%s) to %p (%s): pointers do not match the kind or overrun "
+               "their allocation",
+               (int)kind, n, src, sd ? "device" : "host", dst, dd ? "device" : "host");
+    return ok ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, cudaMemcpyKind kind) {
+    guard g;
+    if (g_sticky != cudaSuccess) return ret(g_sticky);
+    if (n == 0) return cudaSuccess;
+    cudaError_t e = check_copy(dst, src, n, kind);
+    if (e != cudaSuccess) return ret(e);
+    if ((e = drain_locked()) != cudaSuccess) return ret(e);
+    memmove(dst, src, n);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMemcpyKind kind, cudaStream_t s) {
+    guard g;
+    if (g_sticky != cudaSuccess) return ret(g_sticky);
+    if (!valid_stream(s)) return ret(cudaErrorInvalidResourceHandle);
+    if (n == 0) return cudaSuccess;
+    cudaError_t e = check_copy(dst, src, n, kind);
+    if (e != cudaSuccess) return ret(e);
+    bool src_pageable = !is_device(src) && !is_pinned(src);
+    bool dst_pageable = !is_device(dst) && !is_pinned(dst);
+    if (dst_pageable) { /* into pageable memory: complete before returning */
+        if ((e = drain_locked()) != cudaSuccess) return ret(e);
+        memmove(dst, src, n);
+        return cudaSuccess;
+    }
+    if (src_pageable) { /* from pageable memory: the source is taken now */
+        std::vector<unsigned char> copy((const unsigned char *)src, (const unsigned char *)src + n);
+        g_queue.push_back(op{s, "cudaMemcpyAsync", [dst, copy = std::move(copy)]() {
+                                 if (!in_range(dst, copy.size(), false)) return cudaErrorIllegalAddress;
+                                 memcpy(dst, copy.data(), copy.size());
+                                 return cudaSuccess;
+                             }});
+        return cudaSuccess;
+    }
+    g_queue.push_back(op{s, "cudaMemcpyAsync", [dst, src, n]() {
+                             bool dok = is_device(dst) ? in_range(dst, n, false) : in_range(dst, n, true);
+                             bool sok = is_device(src) ? in_range(src, n, false) : in_range(src, n, true);
+                             if (!dok || !sok) return cudaErrorIllegalAddress; /* freed before it ran */
+                             memmove(dst, src, n);
+                             return cudaSuccess;
+                         }});
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void *dst, int value, size_t n, cudaStream_t s) {
+    guard g;
+    if (g_sticky != cudaSuccess) return ret(g_sticky);
+    if (!valid_stream(s)) return ret(cudaErrorInvalidResourceHandle);
+    if (n == 0) return cudaSuccess;
+    if (!in_range(dst, n, false)) {
+        report("cudaMemset of %zu bytes at %p: not inside one device allocation", n, dst);
+        return ret(cudaErrorInvalidValue);
+    }
+    g_queue.push_back(op{s, "cudaMemsetAsync", [dst, value, n]() {
+                             if (!in_range(dst, n, false)) return cudaErrorIllegalAddress;
+                             memset(dst, value, n);
+                             return cudaSuccess;
+                         }});
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemset(void *dst, int value, size_t n) {
+    guard g;
+    cudaError_t e = cudaMemsetAsync(dst, value, n, nullptr);
+    if (e != cudaSuccess) return e;
+    return (e = drain_locked()) == cudaSuccess ? e : ret(e);
+}
+
+/* ---- streams, events, synchronization ---- */
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
+    guard g;
+    if (!s) return ret(cudaErrorInvalidValue);
+    if (g_sticky != cudaSuccess) return ret(g_sticky);
+    stream_rec *r = new stream_rec{flags};
+    *s = (cudaStream_t)(void *)r;
+    g_streams[*s] = r;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, cudaStreamDefault); }
+
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    guard g;
+    auto it = g_streams.find(s);
+    if (it == g_streams.end()) return ret(cudaErrorInvalidResourceHandle);
+    (void)drain_locked(); /* queued work still completes, as on a device */
+    delete it->second;
+    g_streams.erase(it);
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    guard g;
+    if (!valid_stream(s)) return ret(cudaErrorInvalidResourceHandle);
+    cudaError_t e = drain_locked();
+    return e == cudaSuccess ? e : ret(e);
+}
+
+cudaError_t cudaStreamQuery(cudaStream_t s) {
+    /* the emulator makes progress only when asked: a query runs the queue, then reports done */
+    return cudaStreamSynchronize(s);
+}
+
+cudaError_t cudaDeviceSynchronize(void) {
+    guard g;
+    cudaError_t e = drain_locked();
+    return e == cudaSuccess ? e : ret(e);
+}
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *ev, unsigned int flags) {
+    guard g;
+    if (!ev) return ret(cudaErrorInvalidValue);
+    event_rec *r = new event_rec{flags, 0, false};
+    *ev = (cudaEvent_t)(void *)r;
+    g_events[*ev] = r;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t *ev) { return cudaEventCreateWithFlags(ev, cudaEventDefault); }
+
+cudaError_t cudaEventDestroy(cudaEvent_t ev) {
+    guard g;
+    auto it = g_events.find(ev);
+    if (it == g_events.end()) return ret(cudaErrorInvalidResourceHandle);
+    (void)drain_locked(); /* a queued record may still refer to it */
+    delete it->second;
+    g_events.erase(it);
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t s) {
+    guard g;
+    auto it = g_events.find(ev);
+    if (it == g_events.end()) return ret(cudaErrorInvalidResourceHandle);
+    event_rec *r = it->second;
+    return enqueue(s, "cudaEventRecord", [r]() {
+        r->t_ms = now_ms();
+        r->recorded = true;
+        return cudaSuccess;
+    });
+}
+
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t ev, unsigned int flags) {
+    guard g;
+    (void)flags;
+    if (!g_events.count(ev) || !valid_stream(s)) return ret(cudaErrorInvalidResourceHandle);
+    return cudaSuccess; /* one queue in issue order: the recorded work already precedes */
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t ev) {
+    guard g;
+    if (!g_events.count(ev)) return ret(cudaErrorInvalidResourceHandle);
+    cudaError_t e = drain_locked();
+    return e == cudaSuccess ? e : ret(e);
+}
+
+cudaError_t cudaEventQuery(cudaEvent_t ev) { return cudaEventSynchronize(ev); }
+
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
+    guard g;
+    auto ia = g_events.find(a), ib = g_events.find(b);
+    if (!ms || ia == g_events.end() || ib == g_events.end()) return ret(cudaErrorInvalidResourceHandle);
+    if (!ia->second->recorded || !ib->second->recorded) return ret(cudaErrorInvalidResourceHandle);
+    *ms = (float)(ib->second->t_ms - ia->second->t_ms);
+    return cudaSuccess;
+}
+
+} /* extern "C" */

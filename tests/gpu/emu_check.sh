@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# emu_check.sh [--build] [BUILD_DIR]: the GPU check without a GPU. Runs tests/gpu/check.sh
+# steps 1-3 on a CZ_CUDA=EMU build (default build-cuemu: the `cuda` backend compiled with the
+# host compiler against the CPU emulator in kernels/emu), the batcher and training unit tests
+# with the emulated device as their `auto` backend, then the failure paths only an emulator can
+# provoke on demand: a sticky device error in the middle of serving (the request gets 503 with
+# a JSON body, and the daemon exits with status 3 so that a supervisor restarts it). (Splitting
+# a batch that runs out of device memory is tested in tests/unit/test_batcher.c with a
+# fault-injecting backend.)
+# Step 4 (speed) means nothing on an emulator and is skipped. Model: a fresh ngf-8, depth-6
+# generator at render 64, so that the emulated convolutions stay fast.
+# What passing here proves and what it cannot: see kernels/emu/cuemu.h.
+# --build configures BUILD_DIR (with -Werror and ASan + UBSan, so that a kernel indexing out of
+# its buffers stops the run) and builds just the targets used here; scripts/test.sh does that.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+build=0
+[ "${1:-}" = --build ] && { build=1; shift; }
+BUILD=${1:-build-cuemu}
+case $BUILD in /*) ;; *) BUILD=$PWD/$BUILD ;; esac
+targets=(colorize colorized test_ops test_unet_golden test_train_golden test_batcher test_train)
+if [ $build = 1 ]; then
+  cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCZ_CUDA=EMU -DCZ_WERROR=ON -DCZ_SANITIZE=ON \
+    > "$BUILD.configure.log" 2>&1 || { cat "$BUILD.configure.log"; exit 1; }
+  cmake --build "$BUILD" -j"$(nproc)" --target "${targets[@]}" || exit 1
+fi
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+if ! grep -q "^CZ_CUDA:STRING=EMU" "$BUILD/CMakeCache.txt" 2>/dev/null; then
+  echo "emu_check: $BUILD is not a CZ_CUDA=EMU build (bash scripts/build.sh build-cuemu -DCZ_CUDA=EMU)" >&2
+  exit 2
+fi
+WORK=$(mktemp -d /tmp/cz_emu.XXXXXX)
+# png_diff.py needs numpy: Debian's python3-numpy (scripts/install-deps.sh) unless PYTHON says
+export PYTHON=${PYTHON:-/usr/bin/python3}
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+for b in colorize colorized tests/test_ops tests/test_unet_golden tests/test_train_golden; do
+  ln -s "$BUILD/$b" "$WORK/$(basename "$b")"
+done
+"$BUILD/colorize" init --ngf 8 --depth 6 --seed 7 -o "$WORK/tiny.safetensors" > /dev/null || exit 1
+
+fail=0
+CZ_GPU_BIN=$WORK CZ_GPU_SKIP_BENCH=1 CZ_GPU_MODEL=$WORK/tiny.safetensors CZ_GPU_RENDER=64 \
+  bash tests/gpu/check.sh || fail=1
+
+echo
+echo "=== emulator: the batcher and training unit tests on the emulated device (auto = cuda here)"
+for t in test_batcher test_train; do
+  if CZ_SOURCE_DIR=$PWD "$BUILD/tests/$t" > "$WORK/$t.log" 2>&1 && grep -q '"module":"cuda"' "$WORK/$t.log"; then
+    echo "ok   $t on the emulated cuda backend ($(grep -c '\[       OK \]' "$WORK/$t.log") tests)"
+  else
+    fail=1; echo "FAIL $t (log below)"; tail -30 "$WORK/$t.log"
+  fi
+done
+
+echo
+echo "=== emulator only: device failures while serving"
+pass=0
+ok() { pass=$((pass + 1)); echo "ok   $*"; }
+bad() { fail=1; echo "FAIL $*"; }
+start() { # start NAME ENV... -- ARGS... ; sets port
+  local name=$1; shift
+  local envs=()
+  while [ "$1" != -- ]; do envs+=("$1"); shift; done
+  shift
+  env "${envs[@]}" "$BUILD/colorized" --listen 127.0.0.1:0 --port-file "$WORK/$name.port" --log-level warn \
+    --backend cuda --model "$WORK/tiny.safetensors" --set image.render=64 "$@" \
+    > "$WORK/$name.out" 2> "$WORK/$name.err" &
+  pid=$!
+  pids+=("$pid")
+  port=
+  for _ in $(seq 1 300); do [ -s "$WORK/$name.port" ] && break; sleep 0.1; done
+  port=$(cat "$WORK/$name.port" 2>/dev/null)
+  [ -n "$port" ] || { bad "daemon $name did not start"; tail -5 "$WORK/$name.err"; return 1; }
+  for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/readyz" > /dev/null && return 0; sleep 0.1; done
+  bad "daemon $name never became ready"; return 1
+}
+post() { curl -s -o "$3" -w "%{http_code}" -F "image=@$2" "http://127.0.0.1:$1/colorize?format=png"; }
+
+# A sticky error: the fault file makes the next kernel fault as an illegal address would.
+fault=$WORK/fault
+if start sticky "CZ_CUEMU_FAULT_FILE=$fault" --; then
+  code=$(post "$port" tests/data/old_a.jpg "$WORK/s1.png")
+  [ "$code" = 200 ] && ok "sticky: a request before the fault gets 200" || bad "sticky: first request got $code"
+  touch "$fault"
+  code=$(post "$port" tests/data/old_a.jpg "$WORK/s2.png")
+  [ "$code" = 503 ] && ok "sticky: the request that meets the fault gets 503" || bad "sticky: got $code, not 503"
+  grep -q '"unavailable"\|"backend' "$WORK/s2.png" && ok "sticky: the 503 body is JSON naming the problem ($(head -c 120 "$WORK/s2.png"))" ||
+    bad "sticky: 503 body: $(head -c 200 "$WORK/s2.png")"
+  rc=
+  for _ in $(seq 1 100); do
+    if ! kill -0 "$pid" 2>/dev/null; then wait "$pid"; rc=$?; break; fi
+    sleep 0.1
+  done
+  [ "$rc" = 3 ] && ok "sticky: the daemon exited with status 3" || bad "sticky: daemon exit status '$rc' (want 3)"
+  grep -q "cuemu: .*injected fault" "$WORK/sticky.err" && ok "sticky: the emulator logged the injected fault" ||
+    bad "sticky: no injected fault in the log"
+fi
+
+echo "emulator failure checks: $pass passed"
+[ $fail -eq 0 ]
