@@ -4,6 +4,7 @@
 #include "backend.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
@@ -160,5 +161,28 @@ cz_status cz_act_dtype_check(cz_backend *be, cz_dtype cur, cz_dtype dt, int plan
         return cz_error_set(CZ_ERR_INVALID_ARG, "activation dtype must be set before the graph is planned");
     if (!be->ops->supports(be, dt))
         return cz_error_set(CZ_ERR_UNSUPPORTED, "backend %s has no %s tensors", be->ops->name, cz_dtype_name(dt));
+    return CZ_OK;
+}
+
+void cz_host_buf_free(cz_backend *be, cz_host_buf *hb) {
+    if (!hb || !hb->p) return;
+    if (hb->from_backend)
+        be->ops->host_free(be, hb->p);
+    else
+        free(hb->p);
+    memset(hb, 0, sizeof *hb);
+}
+
+cz_status cz_host_buf_reserve(cz_backend *be, cz_host_buf *hb, size_t bytes) {
+    if (hb->p && hb->bytes >= bytes) return CZ_OK;
+    cz_host_buf_free(be, hb);
+    if (be->ops->host_alloc && (hb->p = be->ops->host_alloc(be, bytes))) {
+        hb->from_backend = 1; /* a failure (say, a page-locking limit) falls back to malloc */
+    } else {
+        hb->p = malloc(bytes ? bytes : 1);
+        hb->from_backend = 0;
+    }
+    if (!hb->p) return cz_error_set(CZ_ERR_NOMEM, "cannot allocate a %zu byte host buffer", bytes);
+    hb->bytes = bytes;
     return CZ_OK;
 }

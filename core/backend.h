@@ -99,6 +99,8 @@ typedef struct cz_conv_params {
 } cz_conv_params;
 
 typedef struct cz_backend cz_backend;
+/* An opaque recorded op sequence (see record_begin below). */
+typedef struct cz_recording cz_recording;
 
 typedef struct cz_backend_ops {
     const char *name; /* "ref", "dnnl", "cuda" */
@@ -199,6 +201,27 @@ typedef struct cz_backend_ops {
      * instance: a server fails its readiness probe and exits non-zero so that a supervisor
      * restarts it. CPU backends leave this NULL (always healthy). */
     cz_status (*health)(cz_backend *be);
+
+    /* Recorded op sequences (CUDA graphs), used by the model's forward pass. After
+     * record_begin, the ops called until record_end are recorded instead of run (their outputs
+     * are undefined until a replay); record_end hands back the recording, or an error after
+     * which nothing was recorded and the instance works as before. replay queues the recorded
+     * ops again, on the same tensors (like any op: tensor_read or sync waits for them). Only ops
+     * between already-allocated tensors may be recorded: no tensor_write/read/zero, sync,
+     * alloc or free, no loss op (they read back to the host). A recording stays valid while the
+     * tensors it used live and their contents are changed only by ops; replay answers
+     * CZ_ERR_UNAVAILABLE when backend-internal memory it relied on has been reallocated since
+     * (the caller frees it and records again). NULL on CPU backends: run the ops instead. */
+    cz_status (*record_begin)(cz_backend *be);
+    cz_status (*record_end)(cz_backend *be, cz_recording **out);
+    cz_status (*replay)(cz_backend *be, cz_recording *rec);
+    void (*record_free)(cz_backend *be, cz_recording *rec);
+
+    /* Host memory for the buffers a caller passes to tensor_write/tensor_read, page-locked
+     * where that makes transfers faster (CUDA: DMA straight from/to it, no staging copy).
+     * host_alloc returns NULL on failure; host_free(NULL) is a no-op. NULL slots: use malloc. */
+    void *(*host_alloc)(cz_backend *be, size_t bytes);
+    void (*host_free)(cz_backend *be, void *p);
 } cz_backend_ops;
 
 /* Every backend instance starts with this header; implementations embed it first. */
@@ -233,6 +256,17 @@ void cz_tensor_free(cz_backend *be, cz_tensor *t);
  * use it): only before it planned memory (planned == 0), and only to a dtype `be` supports. */
 cz_status cz_act_dtype_check(cz_backend *be, cz_dtype cur, cz_dtype dt, int planned);
 int cz_shape_eq(const cz_tensor *a, const cz_tensor *b);
+
+/* A host buffer for tensor_write/tensor_read: from the backend's host_alloc where it has one
+ * (page-locked on CUDA), else malloc; it remembers which, so that it is freed the same way. */
+typedef struct cz_host_buf {
+    void *p;
+    size_t bytes;
+    int from_backend;
+} cz_host_buf;
+/* Makes hb at least `bytes` large (contents are not kept when it grows). CZ_ERR_NOMEM. */
+cz_status cz_host_buf_reserve(cz_backend *be, cz_host_buf *hb, size_t bytes);
+void cz_host_buf_free(cz_backend *be, cz_host_buf *hb);
 
 /* Float <-> bfloat16 / half conversions (round to nearest even), shared by backends. */
 uint16_t cz_f32_to_bf16(float f);

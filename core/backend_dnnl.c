@@ -40,7 +40,7 @@
  *   call, file and line; shape disagreements are CZ_ERR_SHAPE.
  *
  * Tested by tests/unit/test_dnnl.c (layouts, caches, error paths) and tests/unit/test_ops.c
- * (every op against the ref backend). tests/bench/bench_dnnl_layers.c measures it. */
+ * (every op against the ref backend). tests/bench/bench_layers.c measures it. */
 #include "backend_dnnl.h"
 
 #include <omp.h>

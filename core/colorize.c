@@ -23,7 +23,7 @@ struct cz_colorizer {
     cz_unet_arch arch;
     int max_batch;
     uint64_t checksum;
-    float *stage_in, *stage_out;
+    cz_host_buf stage_in, stage_out; /* page-locked where the backend offers it */
     size_t stage_px; /* pixels per image the staging buffers hold */
 };
 
@@ -63,8 +63,8 @@ cz_status cz_colorizer_create(cz_backend *be, const char *weights_path, const cz
 void cz_colorizer_destroy(cz_colorizer *cz) {
     if (!cz) return;
     cz_unet_destroy(cz->unet);
-    free(cz->stage_in);
-    free(cz->stage_out);
+    cz_host_buf_free(cz->be, &cz->stage_in);
+    cz_host_buf_free(cz->be, &cz->stage_out);
     free(cz);
 }
 
@@ -142,6 +142,9 @@ cz_status cz_colorizer_warm(cz_colorizer *cz, int render, int n) {
     } else {
         for (int i = 0; i < n; i++) ptrs[i] = &job;
         s = cz_colorizer_run(cz, ptrs, n);
+        /* where forward passes are recorded (CUDA graphs), the first pass of a batch size runs
+         * op by op and the second records: make the recording now, not during traffic */
+        if (s == CZ_OK && cz->be->ops->record_begin) s = cz_colorizer_run(cz, ptrs, n);
     }
     free(ptrs);
     free(job.net_in);
@@ -159,19 +162,19 @@ cz_status cz_colorizer_run(cz_colorizer *cz, cz_cjob *const *jobs, int n) {
                                 jobs[i]->geom.net_w, jobs[i]->geom.net_h);
     size_t px = (size_t)h * w;
     if (px > cz->stage_px) {
-        float *si = realloc(cz->stage_in, px * (size_t)cz->max_batch * (size_t)cz->arch.in_ch * sizeof(float));
-        if (si) cz->stage_in = si;
-        float *so = realloc(cz->stage_out, px * (size_t)cz->max_batch * (size_t)cz->arch.out_ch * sizeof(float));
-        if (so) cz->stage_out = so;
-        if (!si || !so) return cz_error_set(CZ_ERR_NOMEM, "cannot allocate batch buffers for %dx%d", w, h);
+        size_t bi = px * (size_t)cz->max_batch * (size_t)cz->arch.in_ch * sizeof(float);
+        size_t bo = px * (size_t)cz->max_batch * (size_t)cz->arch.out_ch * sizeof(float);
+        if (cz_host_buf_reserve(cz->be, &cz->stage_in, bi) != CZ_OK ||
+            cz_host_buf_reserve(cz->be, &cz->stage_out, bo) != CZ_OK)
+            return cz_error_set(CZ_ERR_NOMEM, "cannot allocate batch buffers for %dx%d", w, h);
         cz->stage_px = px;
     }
+    float *stage_in = cz->stage_in.p, *stage_out = cz->stage_out.p;
     CZ_TRY(cz_unet_plan(cz->unet, cz->max_batch, h, w));
     size_t in_sz = px * (size_t)cz->arch.in_ch, out_sz = px * (size_t)cz->arch.out_ch;
-    for (int i = 0; i < n; i++) memcpy(cz->stage_in + (size_t)i * in_sz, jobs[i]->net_in, in_sz * sizeof(float));
-    CZ_TRY(cz_unet_forward(cz->unet, n, h, w, cz->stage_in, cz->stage_out));
-    for (int i = 0; i < n; i++)
-        memcpy(jobs[i]->net_out, cz->stage_out + (size_t)i * out_sz, out_sz * sizeof(float));
+    for (int i = 0; i < n; i++) memcpy(stage_in + (size_t)i * in_sz, jobs[i]->net_in, in_sz * sizeof(float));
+    CZ_TRY(cz_unet_forward(cz->unet, n, h, w, stage_in, stage_out));
+    for (int i = 0; i < n; i++) memcpy(jobs[i]->net_out, stage_out + (size_t)i * out_sz, out_sz * sizeof(float));
     return CZ_OK;
 }
 

@@ -51,7 +51,8 @@ cz_status cz_cjob_prepare(const cz_colorizer *cz, const cz_image *src, int rende
 /* Runs n jobs (all with the same net_w x net_h, n <= max_batch) through the U-Net. */
 cz_status cz_colorizer_run(cz_colorizer *cz, cz_cjob *const *jobs, int n);
 /* One forward pass of n zero images at the network size of a render x render photo, so that
- * the plans and primitives of that (n, size) exist before traffic (model owner thread). */
+ * the plans and primitives of that (n, size) exist before traffic (model owner thread); two
+ * where the backend records forward passes, so that the recording exists too. */
 cz_status cz_colorizer_warm(cz_colorizer *cz, int render, int n);
 /* Builds the colorized RGB image from a job that has run. */
 cz_status cz_cjob_finish(const cz_colorizer *cz, const cz_cjob *job, cz_image *out);

@@ -247,7 +247,13 @@ typedef struct plan {
     /* view[i]: c[i] is filled through channel views (decoder writes its half in place, ReLU of
      * the skip written into the other half) instead of u[i+1] + concat + ReLU */
     int view[CZ_UNET_MAX_DEPTH];
+    /* Recordings (backends with record_begin): one per padded batch size, the powers of two
+     * below max_batch and max_batch itself, indexed by rec_slot(); see cz_unet_forward. */
+    cz_recording *rec[CZ_UNET_REC_SLOTS];
+    unsigned char rec_state[CZ_UNET_REC_SLOTS];
 } plan;
+
+enum { REC_NEW = 0, REC_RAN = 1, REC_READY = 2, REC_OFF = 3 };
 
 struct cz_unet {
     cz_backend *be;
@@ -258,6 +264,8 @@ struct cz_unet {
     plan plans[CZ_UNET_MAX_PLANS];
     int nplans;
     uint64_t clock;
+    int no_rec;                 /* cz_unet_set_recording(u, 0) */
+    cz_unet_rec_stats rec_stats;
 };
 
 const cz_unet_arch *cz_unet_get_arch(const cz_unet *u) { return &u->arch; }
@@ -407,6 +415,8 @@ cz_status cz_unet_create(cz_backend *be, const cz_safetensors *st, cz_dtype prec
 }
 
 static void plan_free(cz_backend *be, plan *p) {
+    for (int i = 0; i < CZ_UNET_REC_SLOTS; i++)
+        if (p->rec[i]) be->ops->record_free(be, p->rec[i]);
     cz_tensor_free(be, &p->x);
     cz_tensor_free(be, &p->out);
     cz_tensor_free(be, &p->r);
@@ -504,13 +514,9 @@ cz_status cz_unet_plan(cz_unet *u, int max_batch, int h, int w) {
     return CZ_OK;
 }
 
-cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, float *out) {
-    plan *p = NULL;
-    for (int i = 0; i < u->nplans; i++)
-        if (u->plans[i].h == h && u->plans[i].w == w) p = &u->plans[i];
-    if (!p || p->max_batch < n || n < 1)
-        return cz_error_set(CZ_ERR_INVALID_ARG, "forward: no plan for batch %d at %dx%d", n, w, h);
-    p->last_use = ++u->clock;
+/* The device part of the forward pass, x -> out, for a batch of n (no host transfers: this is
+ * what a recording holds). */
+static cz_status forward_ops(cz_unet *u, plan *p, int n) {
     cz_backend *be = u->be;
     const cz_backend_ops *ops = be->ops;
     const cz_unet_arch *a = &u->arch;
@@ -522,13 +528,13 @@ cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, floa
 #define V(t) cz_tensor_batch_view((t), n)
     cz_tensor x = V(p->x), y = V(p->out), r = V(p->r);
     cz_tensor s[CZ_UNET_MAX_DEPTH], c[CZ_UNET_MAX_DEPTH], uu[CZ_UNET_MAX_DEPTH];
+    memset(s, 0, sizeof s); /* depth >= CZ_UNET_MIN_DEPTH, but the compiler cannot know */
     for (int i = 0; i < D; i++) {
         s[i] = V(p->s[i]);
         c[i] = V(p->c[i]);
         uu[i] = V(p->u[i]);
     }
 #undef V
-    CZ_TRY(ops->tensor_write(be, &x, in));
     /* encoder: s[i] = lrelu(bn(conv(prev))) */
     for (int i = 0; i <= D - 2; i++) {
         const cz_tensor *b = u->down_b[i].data ? &u->down_b[i] : NULL;
@@ -551,7 +557,95 @@ cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, floa
         }
     }
     cz_conv_params outer = {.stride = 2, .pad = 1, .act = CZ_ACT_TANH, .alpha = 0.f};
-    CZ_TRY(ops->deconv2d(be, &c[0], &u->up_w[0], &u->up_b[0], &outer, &y));
+    return ops->deconv2d(be, &c[0], &u->up_w[0], &u->up_b[0], &outer, &y);
+}
+
+/* Recording slot of a padded batch size: slot k holds 2^k for 2^k < max_batch, the last one
+ * max_batch. Sets *m to the padded size for a batch of n. */
+static int rec_slot(int max_batch, int n, int *m) {
+    int k = 0, size = 1;
+    while (size < n && size < max_batch) size <<= 1, k++;
+    if (size > max_batch) size = max_batch;
+    *m = size;
+    return k;
+}
+
+/* Runs the device part for a padded batch of m through its recording: the first call for a
+ * size runs the ops directly (cuDNN picks its algorithms, scratch buffers reach their size),
+ * the second records and replays, later ones replay. A size whose recording fails runs
+ * unrecorded from then on (logged once); a stale recording is dropped and made again. */
+static cz_status forward_recorded(cz_unet *u, plan *p, int k, int m) {
+    cz_backend *be = u->be;
+    const cz_backend_ops *ops = be->ops;
+    if (p->rec_state[k] == REC_READY) {
+        cz_status s = ops->replay(be, p->rec[k]);
+        if (s != CZ_ERR_UNAVAILABLE) {
+            if (s == CZ_OK) u->rec_stats.replays++;
+            return s;
+        }
+        ops->record_free(be, p->rec[k]); /* stale: the backend moved memory it pointed into */
+        p->rec[k] = NULL;
+        p->rec_state[k] = REC_NEW;
+        u->rec_stats.stale++;
+    }
+    if (p->rec_state[k] == REC_NEW || p->rec_state[k] == REC_OFF) {
+        CZ_TRY(forward_ops(u, p, m));
+        if (p->rec_state[k] == REC_NEW) p->rec_state[k] = REC_RAN;
+        u->rec_stats.unrecorded++;
+        return CZ_OK;
+    }
+    /* REC_RAN: record it now */
+    cz_status s = ops->record_begin(be);
+    cz_recording *rec = NULL;
+    if (s == CZ_OK) {
+        cz_status s_ops = forward_ops(u, p, m);
+        cz_status s_end = ops->record_end(be, &rec);
+        s = s_ops != CZ_OK ? s_ops : s_end;
+        if (s_ops != CZ_OK && rec) {
+            ops->record_free(be, rec);
+            rec = NULL;
+        }
+    }
+    if (s != CZ_OK) {
+        CZ_LOGW("unet", "batch %d at %dx%d runs unrecorded: %s", m, p->w, p->h, cz_error_detail());
+        p->rec_state[k] = REC_OFF;
+        u->rec_stats.failed++;
+        CZ_TRY(forward_ops(u, p, m));
+        u->rec_stats.unrecorded++;
+        return CZ_OK;
+    }
+    p->rec[k] = rec;
+    p->rec_state[k] = REC_READY;
+    u->rec_stats.recorded++;
+    CZ_LOGD("unet", "recorded the forward pass for batch %d at %dx%d", m, p->w, p->h);
+    s = ops->replay(be, rec);
+    if (s == CZ_OK) u->rec_stats.replays++;
+    return s;
+}
+
+cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, float *out) {
+    plan *p = NULL;
+    for (int i = 0; i < u->nplans; i++)
+        if (u->plans[i].h == h && u->plans[i].w == w) p = &u->plans[i];
+    if (!p || p->max_batch < n || n < 1)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "forward: no plan for batch %d at %dx%d", n, w, h);
+    p->last_use = ++u->clock;
+    cz_backend *be = u->be;
+    const cz_backend_ops *ops = be->ops;
+    cz_tensor x = cz_tensor_batch_view(p->x, n), y = cz_tensor_batch_view(p->out, n);
+    CZ_TRY(ops->tensor_write(be, &x, in));
+    if (ops->record_begin && !u->no_rec) {
+        /* rows n..m-1 of a padded batch hold whatever an earlier batch left: every image is
+         * computed independently (BatchNorm is folded), so they only cost time */
+        int m, k = rec_slot(p->max_batch, n, &m);
+        CZ_TRY(forward_recorded(u, p, k, m));
+    } else {
+        CZ_TRY(forward_ops(u, p, n));
+    }
     CZ_TRY(ops->tensor_read(be, &y, out));
     return ops->sync(be);
 }
+
+void cz_unet_set_recording(cz_unet *u, int on) { u->no_rec = !on; }
+
+cz_unet_rec_stats cz_unet_recording_stats(const cz_unet *u) { return u->rec_stats; }

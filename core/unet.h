@@ -23,6 +23,9 @@
  * All activations for a (max_batch, h, w) shape are planned once (cz_unet_plan); forward
  * allocates nothing and runs any batch n <= max_batch through batch views. One image's output
  * does not depend on what else is in its batch (tests/unit/test_unet.c checks it bit for bit).
+ * On a backend with recordings (CUDA graphs) the device part of a forward pass is recorded
+ * once per (plan, padded batch size) and replayed: a batch of n runs as the next power of two
+ * (or max_batch), the extra rows holding leftovers whose outputs are never read.
  *
  * Threading: a cz_unet is used by one thread at a time (its backend's owner).
  * Tested by tests/unit/test_unet.c (loading, validation, batch invariance, ref vs dnnl) and
@@ -108,5 +111,19 @@ cz_status cz_unet_plan(cz_unet *u, int max_batch, int h, int w);
 cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, float *out);
 /* Bytes of activation memory held by all plans. */
 size_t cz_unet_plan_bytes(const cz_unet *u);
+
+/* Recordings: one slot per padded batch size of a plan (sizes 1, 2, 4, ... below max_batch,
+ * and max_batch). On by default where the backend has them; cz_unet_set_recording(u, 0) runs
+ * every op directly (tests compare the two). The counters say what forward passes did. */
+#define CZ_UNET_REC_SLOTS 14
+typedef struct cz_unet_rec_stats {
+    uint64_t recorded;   /* recordings made */
+    uint64_t replays;    /* forward passes run from a recording */
+    uint64_t unrecorded; /* forward passes run op by op (first of a size, or recording failed) */
+    uint64_t stale;      /* recordings dropped because the backend moved memory */
+    uint64_t failed;     /* recordings that failed (that size then runs op by op) */
+} cz_unet_rec_stats;
+void cz_unet_set_recording(cz_unet *u, int on);
+cz_unet_rec_stats cz_unet_recording_stats(const cz_unet *u);
 
 #endif

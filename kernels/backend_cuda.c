@@ -23,7 +23,7 @@
  *   instance (and, in the daemon, exit so that a supervisor restarts it).
  * Environment: COLORIZE_CUDA_DEVICE (index, default 0), COLORIZE_CUDA_TF32=1,
  * COLORIZE_CUDA_NAIVE=1, COLORIZE_CUDA_ALGO=heuristic, COLORIZE_CUDA_WS_MB (workspace cap,
- * default 1024).
+ * default 1024), COLORIZE_CUDA_GRAPHS=0 (no recordings: the model runs its ops one by one).
  * Threading: one thread at a time per instance; the device is re-selected on entry to every
  * op, so the instance may move between threads. Tested by tests/unit/test_ops.c (parity with
  * ref, run by tests/gpu/check.sh on a GPU; skipped with a message where there is none). */
@@ -80,9 +80,18 @@ cz_status cu_enter(cu_backend *b) {
 
 /* ----------------------------------------------------------------------------- scratch */
 
+cz_status cu_recording_guard(const cu_backend *b, const char *what) {
+    if (!b->recording) return CZ_OK;
+    return cz_error_set(CZ_ERR_UNSUPPORTED, "cuda: %s cannot be part of a recording (CUDA graph)", what);
+}
+
 cz_status cu_scratch_get(cu_backend *b, cu_scratch *s, size_t bytes, void **out) {
     if (bytes == 0) bytes = 1;
     if (s->bytes < bytes) {
+        /* a graph keeps the old pointer: growing is refused while recording (the caller runs
+         * the sequence once unrecorded first) and makes older recordings stale */
+        CZ_TRY(cu_recording_guard(b, "growing a scratch buffer"));
+        b->epoch++;
         size_t want = bytes + bytes / 4; /* some headroom against growth in small steps */
         if (s->p) CU_CHECK(b, cudaFree(s->p));
         s->p = NULL;
@@ -167,6 +176,7 @@ static cz_status cu_tensor_alloc(cz_backend *be, cz_tensor *t) {
     cu_backend *b = (cu_backend *)be;
     if (!t) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda tensor_alloc: tensor is NULL");
     CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_recording_guard(b, "tensor_alloc"));
     if (!cu_supports(be, t->dtype))
         return cz_error_set(CZ_ERR_UNSUPPORTED, "cuda tensor_alloc: dtype %d is not supported", (int)t->dtype);
     if (t->n < 1 || t->c < 1 || t->h < 1 || t->w < 1)
@@ -222,8 +232,10 @@ static void cu_tensor_free(cz_backend *be, cz_tensor *t) {
 static cz_status cu_tensor_write(cz_backend *be, cz_tensor *t, const float *src) {
     cu_backend *b = (cu_backend *)be;
     CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_recording_guard(b, "tensor_write"));
     CZ_TRY(cu_check("tensor_write", "t", t));
     if (!src) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda tensor_write: src is NULL");
+    if (cu_buf_of(t)->conv_dev) b->epoch++; /* a graph may use the converted copy without rebuilding it */
     size_t n = cz_tensor_numel(t);
     void *stage;
     CZ_TRY(cu_scratch_get(b, &b->tmp, n * sizeof(float), &stage));
@@ -236,6 +248,7 @@ static cz_status cu_tensor_write(cz_backend *be, cz_tensor *t, const float *src)
 static cz_status cu_tensor_read(cz_backend *be, const cz_tensor *t, float *dst) {
     cu_backend *b = (cu_backend *)be;
     CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_recording_guard(b, "tensor_read"));
     CZ_TRY(cu_check("tensor_read", "t", t));
     if (!dst) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda tensor_read: dst is NULL");
     size_t n = cz_tensor_numel(t);
@@ -250,7 +263,9 @@ static cz_status cu_tensor_read(cz_backend *be, const cz_tensor *t, float *dst) 
 static cz_status cu_tensor_zero(cz_backend *be, cz_tensor *t) {
     cu_backend *b = (cu_backend *)be;
     CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_recording_guard(b, "tensor_zero"));
     CZ_TRY(cu_check("tensor_zero", "t", t));
+    if (cu_buf_of(t)->conv_dev) b->epoch++;
     CU_CHECK(b, cudaMemsetAsync(cu_dev(t), 0, cz_tensor_numel(t) * cz_dtype_size(t->dtype), b->stream));
     cu_touch(t);
     return CZ_OK;
@@ -259,6 +274,7 @@ static cz_status cu_tensor_zero(cz_backend *be, cz_tensor *t) {
 static cz_status cu_sync(cz_backend *be) {
     cu_backend *b = (cu_backend *)be;
     CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_recording_guard(b, "sync"));
     CU_CHECK(b, cudaStreamSynchronize(b->stream));
     return CZ_OK;
 }
@@ -280,6 +296,8 @@ cz_status cu_weight_as(cu_backend *b, const cz_tensor *w, cz_dtype dt, const voi
     size_t count = cz_tensor_numel(w), need = count * cz_dtype_size(dt);
     if (!buf->conv_dev || buf->conv_dtype != (int)dt || buf->conv_gen != buf->gen) {
         if (buf->conv_bytes < need) {
+            CZ_TRY(cu_recording_guard(b, "allocating a converted weight copy"));
+            b->epoch++;
             if (buf->conv_dev) CU_CHECK(b, cudaFree(buf->conv_dev));
             buf->conv_dev = NULL;
             buf->conv_bytes = 0;
@@ -354,6 +372,8 @@ cz_status cz_backend_cuda_create(const cz_backend_options *opt, cz_backend **out
     snprintf(b->device_name, sizeof b->device_name, "%s", prop.name);
     b->allow_tf32 = env_flag("COLORIZE_CUDA_TF32");
     b->force_naive = env_flag("COLORIZE_CUDA_NAIVE");
+    const char *gv = getenv("COLORIZE_CUDA_GRAPHS");
+    b->no_graphs = gv && !strcmp(gv, "0");
     long ws_mb = 1024;
     const char *wm = getenv("COLORIZE_CUDA_WS_MB");
     if (wm && *wm) ws_mb = strtol(wm, NULL, 10);
@@ -394,4 +414,5 @@ void cu_fill_mem_ops(cz_backend_ops *ops) {
     ops->sync = cu_sync;
     ops->view_ok = NULL;
     ops->health = cu_health;
+    cu_fill_graph_ops(ops);
 }

@@ -521,6 +521,7 @@ static cz_status loss_sum(cu_backend *b, int mode, const cz_tensor *a, const cz_
                           double *out) {
     size_t n = cz_tensor_numel(a), part = cuk_sum_scratch(n);
     void *p;
+    CZ_TRY(cu_recording_guard(b, "a loss (it reads its value back to the host)"));
     CZ_TRY(cu_scratch_get(b, &b->red, part + sizeof(double), &p));
     double *res = (double *)((char *)p + part);
     CUK_CHECK(b, cuk_loss_sum(mode, cu_dev(a), a->dtype, bt ? cu_dev(bt) : NULL, dt_opt(bt), target, n, p, res,

@@ -9,6 +9,12 @@
  * pointer is ever dereferenced. The device memory is NHWC in the tensor's dtype; batch is
  * outermost, so a batch view is a prefix of it.
  *
+ * Recording (backend_cuda_graph.c): between record_begin and record_end the stream is being
+ * captured into a CUDA graph; nothing may allocate, free or synchronize then (cu_recording_guard).
+ * `epoch` counts reallocations of backend-internal memory a graph may point into (the scratch
+ * buffers, converted weight copies) and rewrites of weights whose converted copy a graph may
+ * have skipped; a recording made in an older epoch is stale.
+ *
  * Threading: one thread at a time per instance (contract of backend.h). Errors: CU_CHECK and
  * DNN_CHECK turn a failing call into a cz_status with "file:line: call: message"; errors that
  * leave the CUDA context unusable ("sticky") are remembered in the instance so that health()
@@ -60,6 +66,9 @@ typedef struct cu_backend {
     int allow_tf32;  /* COLORIZE_CUDA_TF32=1: fp32 convolutions may use TF32 tensor cores */
     int force_naive; /* COLORIZE_CUDA_NAIVE=1: never use cuDNN (debugging) */
     size_t ws_limit; /* largest cuDNN workspace an algorithm may ask for */
+    int recording;   /* the stream is being captured (record_begin .. record_end) */
+    int no_graphs;   /* COLORIZE_CUDA_GRAPHS=0: record_begin answers CZ_ERR_UNSUPPORTED */
+    uint64_t epoch;  /* see "Recording" above */
     int sticky;      /* a sticky CUDA error happened: the instance is unusable */
     char sticky_msg[256];
     char device_name[256];
@@ -75,7 +84,11 @@ cz_status cu_fail(cu_backend *b, cudaError_t e, const char *file, int line, cons
 /* For our kernel launchers (they return cudaGetLastError() as int). */
 #define CUK_CHECK(b, expr) CU_CHECK(b, (cudaError_t)(expr))
 
-/* Grows a scratch buffer to at least `bytes` (contents not kept). */
+/* CZ_OK, or CZ_ERR_UNSUPPORTED naming `what` when the stream is being recorded (allocation,
+ * host transfers and synchronization cannot be part of a CUDA graph). */
+cz_status cu_recording_guard(const cu_backend *b, const char *what);
+
+/* Grows a scratch buffer to at least `bytes` (contents not kept); refused while recording. */
 cz_status cu_scratch_get(cu_backend *b, cu_scratch *s, size_t bytes, void **out);
 
 static inline cu_buf *cu_buf_of(const cz_tensor *t) { return (cu_buf *)t->data; }
@@ -109,8 +122,10 @@ int cdn_plan_count(const cu_backend *b);
 const char *cdn_version_string(void);
 
 /* The op table: backend_cuda_ops.c fills every slot (calling cu_fill_mem_ops from
- * backend_cuda.c for the memory ones). */
+ * backend_cuda.c for the memory ones and cu_fill_graph_ops from backend_cuda_graph.c for
+ * recording and host memory). */
 void cu_fill_ops(cz_backend_ops *ops);
 void cu_fill_mem_ops(cz_backend_ops *ops);
+void cu_fill_graph_ops(cz_backend_ops *ops);
 
 #endif

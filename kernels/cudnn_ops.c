@@ -241,6 +241,8 @@ static cz_status get_plan(cu_backend *b, int kind, const cuk_conv *p, cdn_plan *
         d->plans = np;
         d->cap = cap;
     }
+    /* choosing an algorithm runs and times it on the device: not while recording */
+    CZ_TRY(cu_recording_guard(b, "a convolution shape seen for the first time"));
     cdn_plan *pl = calloc(1, sizeof *pl);
     if (!pl) return cz_error_set(CZ_ERR_NOMEM, "cuda: cannot allocate a plan");
     pl->kind = kind;

@@ -24,6 +24,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
+#include <utility>
 #include <vector>
 
 struct cudnnContext {
@@ -136,15 +138,29 @@ cudnnStatus_t check_mem(const char *fn, const char *what, const void *p, size_t 
 }
 
 /* The workspace each emulated algorithm asks for: none for algorithm 1 (the non-deterministic
- * one), a few KiB per output channel for algorithm 0, so that workspace handling is exercised. */
-size_t ws_need(int algo, int k) { return algo == 1 ? 0 : (size_t)4096 * (size_t)k; }
+ * one); for algorithm 0 an amount that grows with the problem (per output channel and output
+ * pixel), so that workspace handling, its growth and graphs holding an old workspace are
+ * exercised. */
+size_t ws_need(int algo, int k, int oh, int ow) {
+    return algo == 1 ? 0 : (size_t)1024 * (size_t)k + (size_t)16 * (size_t)oh * (size_t)ow;
+}
 
-cudnnStatus_t check_ws(const char *fn, int algo, int k, const void *ws, size_t ws_bytes) {
+/* At execution time (the call may have been recorded into a graph long before): every buffer
+ * must still be live device memory, as on a device where a freed pointer faults. */
+cudaError_t still_live(const char *fn, std::initializer_list<std::pair<const void *, size_t>> bufs) {
+    for (auto &b : bufs)
+        if (b.second && !cuemu::is_device_range(b.first, b.second)) {
+            report("%s ran on %p (%zu bytes), which is no longer live device memory", fn, b.first, b.second);
+            return cudaErrorIllegalAddress;
+        }
+    return cudaSuccess;
+}
+
+cudnnStatus_t check_ws(const char *fn, int algo, size_t need, const void *ws, size_t ws_bytes) {
     if (algo != 0 && algo != 1) {
         report("%s: algorithm %d was never offered", fn, algo);
         return CUDNN_STATUS_BAD_PARAM;
     }
-    size_t need = ws_need(algo, k);
     if (ws_bytes < need) {
         report("%s: algorithm %d needs %zu bytes of workspace, got %zu", fn, algo, need, ws_bytes);
         return CUDNN_STATUS_BAD_PARAM;
@@ -330,13 +346,13 @@ cudnnStatus_t offer(const char *fn, const cudnnTensorStruct *x, const cudnnFilte
     p[0].algo = (Algo)1;
     p[0].status = CUDNN_STATUS_SUCCESS;
     p[0].time = 0.5f;
-    p[0].memory = ws_need(1, f->k);
+    p[0].memory = ws_need(1, f->k, y->h, y->w);
     p[0].determinism = CUDNN_NON_DETERMINISTIC;
     p[0].mathType = cd->math;
     p[1].algo = (Algo)0;
     p[1].status = CUDNN_STATUS_SUCCESS;
     p[1].time = 1.0f;
-    p[1].memory = ws_need(0, f->k);
+    p[1].memory = ws_need(0, f->k, y->h, y->w);
     p[1].determinism = CUDNN_DETERMINISTIC;
     p[1].mathType = cd->math;
     int n = requested < 2 ? requested : 2;
@@ -421,14 +437,16 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void *alpha, const 
     if (st != CUDNN_STATUS_SUCCESS) return st;
     t4 X{*xd}, Y{*yd};
     f4 W{*wd};
-    size_t es = dt_size(xd->dt);
-    if ((st = check_ws(fn, (int)algo, wd->k, ws, ws_bytes)) || (st = check_mem(fn, "x", x, X.numel() * es)) ||
+    size_t es = dt_size(xd->dt), need = ws_need((int)algo, wd->k, yd->h, yd->w);
+    if ((st = check_ws(fn, (int)algo, need, ws, ws_bytes)) || (st = check_mem(fn, "x", x, X.numel() * es)) ||
         (st = check_mem(fn, "w", w, W.numel() * es)) || (st = check_mem(fn, "y", y, Y.numel() * es)))
         return st;
     if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM;
     double a = scalar(alpha), b = scalar(beta);
     cudnnConvolutionStruct cd = *cdp;
     return submit(h, fn, [=]() {
+        cudaError_t live = still_live(fn, {{ws, need}, {x, X.numel() * es}, {w, W.numel() * es}, {y, Y.numel() * es}});
+        if (live != cudaSuccess) return live;
         std::vector<double> acc(Y.numel(), 0.0);
         std::vector<size_t> offs(Y.numel());
         size_t i = 0;
@@ -458,14 +476,17 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void *alpha, c
     if (st != CUDNN_STATUS_SUCCESS) return st;
     t4 DX{*dxd}, DY{*dyd};
     f4 W{*wd};
-    size_t es = dt_size(dxd->dt);
-    if ((st = check_ws(fn, (int)algo, wd->k, ws, ws_bytes)) || (st = check_mem(fn, "dx", dx, DX.numel() * es)) ||
+    size_t es = dt_size(dxd->dt), need = ws_need((int)algo, wd->k, dyd->h, dyd->w);
+    if ((st = check_ws(fn, (int)algo, need, ws, ws_bytes)) || (st = check_mem(fn, "dx", dx, DX.numel() * es)) ||
         (st = check_mem(fn, "w", w, W.numel() * es)) || (st = check_mem(fn, "dy", dy, DY.numel() * es)))
         return st;
     if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM;
     double a = scalar(alpha), b = scalar(beta);
     cudnnConvolutionStruct cd = *cdp;
     return submit(h, fn, [=]() {
+        cudaError_t live =
+            still_live(fn, {{ws, need}, {dx, DX.numel() * es}, {w, W.numel() * es}, {dy, DY.numel() * es}});
+        if (live != cudaSuccess) return live;
         std::vector<double> acc(DX.numel(), 0.0);
         std::vector<size_t> offs(DX.numel());
         size_t i = 0;
@@ -496,14 +517,17 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void *alpha,
     if (st != CUDNN_STATUS_SUCCESS) return st;
     t4 X{*xd}, DY{*dyd};
     f4 DW{*dwd};
-    size_t es = dt_size(xd->dt);
-    if ((st = check_ws(fn, (int)algo, dwd->k, ws, ws_bytes)) || (st = check_mem(fn, "x", x, X.numel() * es)) ||
+    size_t es = dt_size(xd->dt), need = ws_need((int)algo, dwd->k, dyd->h, dyd->w);
+    if ((st = check_ws(fn, (int)algo, need, ws, ws_bytes)) || (st = check_mem(fn, "x", x, X.numel() * es)) ||
         (st = check_mem(fn, "dy", dy, DY.numel() * es)) || (st = check_mem(fn, "dw", dw, DW.numel() * es)))
         return st;
     if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM;
     double a = scalar(alpha), b = scalar(beta);
     cudnnConvolutionStruct cd = *cdp;
     return submit(h, fn, [=]() {
+        cudaError_t live =
+            still_live(fn, {{ws, need}, {x, X.numel() * es}, {dy, DY.numel() * es}, {dw, DW.numel() * es}});
+        if (live != cudaSuccess) return live;
         std::vector<double> acc(DW.numel(), 0.0);
         std::vector<size_t> offs(DW.numel());
         size_t i = 0;

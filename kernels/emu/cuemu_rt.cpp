@@ -8,7 +8,10 @@
  *   aligned_alloc, registered so that every copy, memset and kernel pointer argument can be
  *   checked against live allocations; new allocations are filled with 0xff bytes (NaN in every
  *   float format), so a kernel that reads memory nobody wrote produces NaN and fails its test.
- *   Freed memory goes back to malloc, so ASan catches a kernel that uses it.
+ *   Freed memory waits in a quarantine (up to 256 MiB) before it goes back to malloc, so a
+ *   new allocation never reuses a recently freed address: a stale pointer (say, in a graph
+ *   recorded before a buffer was reallocated) stays detectably dead, and ASan catches a
+ *   kernel that dereferences it.
  * - Work is deferred as on a GPU: kernels, async copies and memsets queue on their stream and
  *   run only at a synchronization point (stream/event/device synchronize, stream query, the
  *   synchronous copy/memset, cudaFree). A host that reads a pinned buffer before synchronizing
@@ -16,6 +19,12 @@
  *   dependency the program expressed (and some it did not). Async copies from pageable host
  *   memory take the source at the call, copies into pageable memory complete before the call
  *   returns, as the CUDA documentation specifies for pageable transfers.
+ * - Stream capture (CUDA graphs): work issued to a capturing stream is recorded instead of
+ *   queued; a launched graph queues copies of the recorded work, with the same pointers and
+ *   arguments, as a real graph replays its nodes. What a capture cannot hold fails as CUDA
+ *   documents and invalidates it: synchronizing or querying the capturing stream, async copies
+ *   to or from pageable memory, and (from the capturing thread) allocation, freeing and the
+ *   synchronous copy/memset.
  * - Errors follow CUDA: a bad launch configuration is the launch's own error
  *   (cudaGetLastError); a kernel that touches memory outside a live allocation reports which
  *   argument, and the error (cudaErrorIllegalAddress) becomes sticky: every later call returns
@@ -53,8 +62,13 @@ struct alloc_info {
     bool pinned; /* cudaMallocHost: host memory the device may also address */
 };
 
+struct op;
+
 struct stream_rec {
     unsigned flags;
+    bool capturing;
+    bool invalid; /* something the capture cannot hold happened; EndCapture fails */
+    std::vector<op> captured;
 };
 
 struct event_rec {
@@ -68,6 +82,7 @@ struct op {
     const char *what;
     std::function<cudaError_t()> work;
 };
+thread_local stream_rec *t_capturing; /* the stream this thread is capturing, if any */
 
 std::recursive_mutex g_mu;
 std::map<uintptr_t, alloc_info> g_allocs; /* device and pinned memory, by start address */
@@ -83,6 +98,8 @@ long g_launches;
 cudaError_t g_sticky = cudaSuccess;
 thread_local cudaError_t t_last = cudaSuccess;
 bool g_init;
+std::deque<std::pair<void *, size_t>> g_quarantine; /* freed blocks not yet given back */
+size_t g_quarantine_bytes;
 
 void init_locked() {
     if (g_init) return;
@@ -155,6 +172,36 @@ cudaError_t drain_locked() {
 
 bool valid_stream(cudaStream_t s) {
     return s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread || g_streams.count(s);
+}
+
+stream_rec *capturing(cudaStream_t s) {
+    auto it = g_streams.find(s);
+    return it != g_streams.end() && it->second->capturing ? it->second : nullptr;
+}
+
+/* Queues o, or records it when its stream is being captured. */
+void push(op o) {
+    if (stream_rec *r = capturing(o.stream))
+        r->captured.push_back(std::move(o));
+    else
+        g_queue.push_back(std::move(o));
+}
+
+/* Whether the calling thread may do something a capture cannot hold; if not, invalidates its
+ * capture (as CUDA does) and says so. */
+bool capture_allows(const char *what) {
+    if (!t_capturing) return true;
+    report("%s while this thread captures a stream: the capture is invalidated", what);
+    t_capturing->invalid = true;
+    return false;
+}
+
+bool capture_allows_stream(cudaStream_t s, const char *what) {
+    stream_rec *r = capturing(s);
+    if (!r) return true;
+    report("%s on a capturing stream: the capture is invalidated", what);
+    r->invalid = true;
+    return false;
 }
 
 /* ---- the kernel engine ---- */
@@ -239,7 +286,7 @@ cudaError_t enqueue(cudaStream_t s, const char *what, std::function<cudaError_t(
     guard g;
     if (g_sticky != cudaSuccess) return ret(g_sticky);
     if (!valid_stream(s)) return ret(cudaErrorInvalidResourceHandle);
-    g_queue.push_back(op{s, what, std::move(work)});
+    push(op{s, what, std::move(work)});
     return cudaSuccess;
 }
 
@@ -277,7 +324,7 @@ void launch(const launch_desc &d, ptr_args ptrs, std::function<void()> thread_bo
         return;
     }
     launch_desc dc = d;
-    g_queue.push_back(op{d.stream, d.kernel, [dc, ptrs = std::move(ptrs), body = std::move(thread_body)]() {
+    push(op{d.stream, d.kernel, [dc, ptrs = std::move(ptrs), body = std::move(thread_body)]() {
                              for (auto &pa : ptrs)
                                  if (pa.first && !is_device(pa.first) && !is_pinned(pa.first)) {
                                      report("kernel %s: argument %d (%p) is not device memory", dc.kernel, pa.second,
@@ -369,6 +416,8 @@ const char *cudaGetErrorName(cudaError_t e) {
     case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureWrongThread: return "cudaErrorStreamCaptureWrongThread";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
     default: return "cudaErrorUnknown";
     }
 }
@@ -386,6 +435,8 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
     case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
     case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureWrongThread: return "attempt to terminate a thread-local capture sequence from another thread";
+    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
     default: return "unknown error";
     }
 }
@@ -417,6 +468,7 @@ static cudaError_t alloc_common(void **p, size_t bytes, bool pinned) {
     if (!p) return ret(cudaErrorInvalidValue);
     *p = nullptr;
     if (g_sticky != cudaSuccess) return ret(g_sticky);
+    if (!capture_allows(pinned ? "cudaMallocHost" : "cudaMalloc")) return ret(cudaErrorStreamCaptureUnsupported);
     if (!pinned && (bytes > g_cap || g_used > g_cap - bytes)) return ret(cudaErrorMemoryAllocation);
     size_t sz = (bytes + 255) / 256 * 256;
     void *m = aligned_alloc(256, sz ? sz : 256);
@@ -431,6 +483,7 @@ static cudaError_t alloc_common(void **p, size_t bytes, bool pinned) {
 static cudaError_t free_common(void *p, bool pinned) {
     guard g;
     if (!p) return cudaSuccess;
+    if (!capture_allows(pinned ? "cudaFreeHost" : "cudaFree")) return ret(cudaErrorStreamCaptureUnsupported);
     cudaError_t e = drain_locked(); /* freeing synchronizes the device */
     auto it = g_allocs.find((uintptr_t)p);
     if (it == g_allocs.end() || it->second.pinned != pinned) {
@@ -439,8 +492,15 @@ static cudaError_t free_common(void *p, bool pinned) {
         return ret(cudaErrorInvalidValue);
     }
     if (!pinned) g_used -= it->second.bytes;
+    size_t sz = it->second.bytes;
     g_allocs.erase(it);
-    free(p);
+    g_quarantine.emplace_back(p, sz);
+    g_quarantine_bytes += sz;
+    while (g_quarantine_bytes > ((size_t)256 << 20) && !g_quarantine.empty()) {
+        free(g_quarantine.front().first);
+        g_quarantine_bytes -= g_quarantine.front().second;
+        g_quarantine.pop_front();
+    }
     return e == cudaSuccess ? cudaSuccess : ret(e);
 }
 
@@ -479,6 +539,7 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, cudaMemcpyKind kind
     guard g;
     if (g_sticky != cudaSuccess) return ret(g_sticky);
     if (n == 0) return cudaSuccess;
+    if (!capture_allows("cudaMemcpy")) return ret(cudaErrorStreamCaptureUnsupported);
     cudaError_t e = check_copy(dst, src, n, kind);
     if (e != cudaSuccess) return ret(e);
     if ((e = drain_locked()) != cudaSuccess) return ret(e);
@@ -495,6 +556,8 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMemcpyKind
     if (e != cudaSuccess) return ret(e);
     bool src_pageable = !is_device(src) && !is_pinned(src);
     bool dst_pageable = !is_device(dst) && !is_pinned(dst);
+    if ((src_pageable || dst_pageable) && !capture_allows_stream(s, "an async copy with pageable host memory"))
+        return ret(cudaErrorStreamCaptureUnsupported);
     if (dst_pageable) { /* into pageable memory: complete before returning */
         if ((e = drain_locked()) != cudaSuccess) return ret(e);
         memmove(dst, src, n);
@@ -502,14 +565,14 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMemcpyKind
     }
     if (src_pageable) { /* from pageable memory: the source is taken now */
         std::vector<unsigned char> copy((const unsigned char *)src, (const unsigned char *)src + n);
-        g_queue.push_back(op{s, "cudaMemcpyAsync", [dst, copy = std::move(copy)]() {
+        push(op{s, "cudaMemcpyAsync", [dst, copy = std::move(copy)]() {
                                  if (!in_range(dst, copy.size(), false)) return cudaErrorIllegalAddress;
                                  memcpy(dst, copy.data(), copy.size());
                                  return cudaSuccess;
                              }});
         return cudaSuccess;
     }
-    g_queue.push_back(op{s, "cudaMemcpyAsync", [dst, src, n]() {
+    push(op{s, "cudaMemcpyAsync", [dst, src, n]() {
                              bool dok = is_device(dst) ? in_range(dst, n, false) : in_range(dst, n, true);
                              bool sok = is_device(src) ? in_range(src, n, false) : in_range(src, n, true);
                              if (!dok || !sok) return cudaErrorIllegalAddress; /* freed before it ran */
@@ -528,7 +591,7 @@ cudaError_t cudaMemsetAsync(void *dst, int value, size_t n, cudaStream_t s) {
         report("cudaMemset of %zu bytes at %p: not inside one device allocation", n, dst);
         return ret(cudaErrorInvalidValue);
     }
-    g_queue.push_back(op{s, "cudaMemsetAsync", [dst, value, n]() {
+    push(op{s, "cudaMemsetAsync", [dst, value, n]() {
                              if (!in_range(dst, n, false)) return cudaErrorIllegalAddress;
                              memset(dst, value, n);
                              return cudaSuccess;
@@ -538,6 +601,7 @@ cudaError_t cudaMemsetAsync(void *dst, int value, size_t n, cudaStream_t s) {
 
 cudaError_t cudaMemset(void *dst, int value, size_t n) {
     guard g;
+    if (!capture_allows("cudaMemset")) return ret(cudaErrorStreamCaptureUnsupported);
     cudaError_t e = cudaMemsetAsync(dst, value, n, nullptr);
     if (e != cudaSuccess) return e;
     return (e = drain_locked()) == cudaSuccess ? e : ret(e);
@@ -549,7 +613,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
     guard g;
     if (!s) return ret(cudaErrorInvalidValue);
     if (g_sticky != cudaSuccess) return ret(g_sticky);
-    stream_rec *r = new stream_rec{flags};
+    stream_rec *r = new stream_rec{flags, false, false, {}};
     *s = (cudaStream_t)(void *)r;
     g_streams[*s] = r;
     return cudaSuccess;
@@ -561,6 +625,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
     guard g;
     auto it = g_streams.find(s);
     if (it == g_streams.end()) return ret(cudaErrorInvalidResourceHandle);
+    if (it->second->capturing) return ret(cudaErrorStreamCaptureUnsupported);
     (void)drain_locked(); /* queued work still completes, as on a device */
     delete it->second;
     g_streams.erase(it);
@@ -570,6 +635,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
     guard g;
     if (!valid_stream(s)) return ret(cudaErrorInvalidResourceHandle);
+    if (!capture_allows_stream(s, "synchronizing or querying")) return ret(cudaErrorStreamCaptureUnsupported);
     cudaError_t e = drain_locked();
     return e == cudaSuccess ? e : ret(e);
 }
@@ -581,6 +647,7 @@ cudaError_t cudaStreamQuery(cudaStream_t s) {
 
 cudaError_t cudaDeviceSynchronize(void) {
     guard g;
+    if (!capture_allows("cudaDeviceSynchronize")) return ret(cudaErrorStreamCaptureUnsupported);
     cudaError_t e = drain_locked();
     return e == cudaSuccess ? e : ret(e);
 }
@@ -640,6 +707,90 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
     if (!ms || ia == g_events.end() || ib == g_events.end()) return ret(cudaErrorInvalidResourceHandle);
     if (!ia->second->recorded || !ib->second->recorded) return ret(cudaErrorInvalidResourceHandle);
     *ms = (float)(ib->second->t_ms - ia->second->t_ms);
+    return cudaSuccess;
+}
+
+} /* extern "C" */
+
+/* ---- stream capture and graphs ---- */
+
+struct CUgraph_st {
+    std::vector<op> ops;
+};
+struct CUgraphExec_st {
+    std::vector<op> ops;
+};
+
+extern "C" {
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode mode) {
+    guard g;
+    (void)mode; /* thread-local and global behave alike here: one thread captures */
+    if (g_sticky != cudaSuccess) return ret(g_sticky);
+    auto it = g_streams.find(s);
+    if (it == g_streams.end()) return ret(cudaErrorStreamCaptureUnsupported); /* not the legacy stream */
+    stream_rec *r = it->second;
+    if (r->capturing || t_capturing) return ret(cudaErrorIllegalState);
+    r->capturing = true;
+    r->invalid = false;
+    r->captured.clear();
+    t_capturing = r;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *graph) {
+    guard g;
+    auto it = g_streams.find(s);
+    if (it == g_streams.end() || !graph) return ret(cudaErrorInvalidValue);
+    stream_rec *r = it->second;
+    *graph = nullptr;
+    if (!r->capturing) return ret(cudaErrorIllegalState);
+    if (t_capturing != r) return ret(cudaErrorStreamCaptureWrongThread);
+    r->capturing = false;
+    t_capturing = nullptr;
+    std::vector<op> ops = std::move(r->captured);
+    r->captured.clear();
+    if (r->invalid) return ret(cudaErrorStreamCaptureInvalidated);
+    *graph = new CUgraph_st{std::move(ops)};
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, enum cudaStreamCaptureStatus *status) {
+    guard g;
+    if (!status || !valid_stream(s)) return ret(cudaErrorInvalidValue);
+    stream_rec *r = capturing(s);
+    *status = !r ? cudaStreamCaptureStatusNone
+                 : r->invalid ? cudaStreamCaptureStatusInvalidated : cudaStreamCaptureStatusActive;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long flags) {
+    guard g;
+    (void)flags;
+    if (!exec || !graph) return ret(cudaErrorInvalidValue);
+    *exec = new CUgraphExec_st{graph->ops};
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
+    guard g;
+    if (!exec) return ret(cudaErrorInvalidValue);
+    if (g_sticky != cudaSuccess) return ret(g_sticky);
+    if (!valid_stream(s)) return ret(cudaErrorInvalidResourceHandle);
+    for (const op &o : exec->ops) push(op{s, o.what, o.work});
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+    guard g;
+    (void)drain_locked(); /* a launched graph finishes first, as on a device */
+    delete exec;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+    guard g;
+    delete graph;
     return cudaSuccess;
 }
 

@@ -15,7 +15,8 @@
 #      a CPU (dnnl) daemon within tolerance, batched == alone byte for byte;
 #   4. speed: one table of our forward img/s (batch 1/16/64/256, ngf 64 and 32, bf16), batch-1
 #      latency and training img/s (batch 16/64) beside PyTorch (tests/bench/torch_gpu_bench.py)
-#      measured in the same run, with the ratio. Numbers are printed, never asserted.
+#      measured in the same run, with the ratio; then bench_layers' per-layer times and roofline
+#      fraction (bf16, ngf 64, batch 64 and 1). Numbers are printed, never asserted.
 # Budget: under 8 minutes on an H100/H200. Environment: CZ_GPU_BIN (default .device/bundle),
 # CZ_GPU_SKIP_BENCH=1, CZ_GPU_COMPILE_BUDGET (seconds for torch.compile, default 150),
 # CZ_GPU_MODEL and CZ_GPU_RENDER (step 3's model and render size; default the shipped model at
@@ -45,6 +46,9 @@ fi
 for b in test_ops test_unet_golden test_train_golden colorize colorized; do
   [ -x "$BIN/$b" ] || { bad "missing $BIN/$b (bundle it, see tests/gpu/README.md)"; }
 done
+# optional (bundles made before it existed lack it): step 4's per-layer table
+[ -x "$BIN/bench_layers" ] || [ "${CZ_GPU_SKIP_BENCH:-0}" = 1 ] ||
+  echo "warn: no $BIN/bench_layers in the bundle: step 4 skips the per-layer table (see tests/gpu/README.md)"
 [ $fail -eq 0 ] || exit 1
 
 # ---------------------------------------------------------------------------------- 1. parity
@@ -205,6 +209,25 @@ for b in (16, 64):
 print("ours: colorize bench, host input/output included, forward bf16, training bf16 mixed precision and fp32;")
 print("torch: tests/bench/torch_gpu_bench.py, device-resident tensors, bf16 channels_last (training: autocast bf16; fp32 with TF32 off)")
 EOF
+  # Where the forward time goes: per-layer times and roofline fraction (tests/bench/bench_layers.c; its
+  # default peaks are assumed H200 figures, printed in each table's title). Batch 64 (at most 90 s) and
+  # batch 1 (at most 30 s); tables to bench_layers.txt, JSON lines to bench_layers.jsonl in $RESULTS.
+  if [ -x "$BIN/bench_layers" ]; then
+    step "4. speed: where the forward time goes (bench_layers, bf16, ngf 64)"
+    LT=$WORK/bench_layers.txt LJ=$WORK/bench_layers.jsonl; : > "$LT"; : > "$LJ"
+    for lb in 64 1; do
+      lim=90; [ $lb = 1 ] && lim=30
+      timeout $lim "$BIN/bench_layers" --backend cuda --ngf 64 --size 256 --batch $lb --dtype bf16 --min-ms 200 \
+        --json-file "$LJ" 2> "$WORK/bench_layers_$lb.err" | tee -a "$LT"; rc=${PIPESTATUS[0]}
+      if [ "$rc" = 124 ]; then echo "warn: bench_layers batch $lb timed out after $lim s (partial table above)"
+      elif [ "$rc" != 0 ]; then bad "bench_layers batch $lb (exit $rc, see $WORK/bench_layers_$lb.err)"
+        tail -3 "$WORK/bench_layers_$lb.err"
+      fi
+    done
+    cp "$LT" "$LJ" "$RESULTS/" 2>/dev/null
+  else
+    echo "(no $BIN/bench_layers in the bundle: per-layer table skipped)"
+  fi
 fi
 
 step "done"

@@ -1,0 +1,129 @@
+/* backend_cuda_graph.c: the `cuda` backend's recorded op sequences (CUDA graphs) and its
+ * page-locked host memory: the record_begin/record_end/replay/record_free and
+ * host_alloc/host_free slots of backend.h.
+ *
+ * Recording is stream capture on the instance's stream, in thread-local mode (other threads'
+ * CUDA calls are not affected). While it is on, everything that would allocate, free,
+ * synchronize or move data to or from the host refuses with CZ_ERR_UNSUPPORTED
+ * (cu_recording_guard), so a recording holds only kernels and cuDNN calls on memory that
+ * already exists. A graph keeps raw device pointers, so each recording remembers the
+ * instance's epoch (see cuda_impl.h) and replay refuses a stale one with CZ_ERR_UNAVAILABLE; the
+ * model then records again. A capture that CUDA invalidated (an op did something a graph cannot
+ * hold) ends with CZ_ERR_UNSUPPORTED and the instance keeps working unrecorded.
+ * COLORIZE_CUDA_GRAPHS=0 turns recording off (record_begin answers CZ_ERR_UNSUPPORTED).
+ *
+ * Host memory: cudaMallocHost, so tensor_write/tensor_read DMA straight from and to it. The copy
+ * in tensor_write from such a buffer is asynchronous: the caller must not change the buffer
+ * before the next tensor_read or sync (the model's forward pass ends with both).
+ * Threading: one thread at a time per instance. Tested by tests/unit/test_unet.c (forward with
+ * recordings == without, padded batch sizes, stale recordings) on the emulator build and on a
+ * GPU. */
+#include <cuda_runtime_api.h>
+#include <stdlib.h>
+
+#include "cuda_impl.h"
+#include "log.h"
+
+struct cz_recording {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    uint64_t epoch;
+};
+
+static void rec_destroy(cz_recording *r) {
+    if (!r) return;
+    if (r->exec) cudaGraphExecDestroy(r->exec);
+    if (r->graph) cudaGraphDestroy(r->graph);
+    free(r);
+}
+
+static cz_status cu_record_begin(cz_backend *be) {
+    cu_backend *b = (cu_backend *)be;
+    CZ_TRY(cu_enter(b));
+    if (b->no_graphs) return cz_error_set(CZ_ERR_UNSUPPORTED, "cuda: recordings are off (COLORIZE_CUDA_GRAPHS=0)");
+    if (b->recording) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda record_begin: already recording");
+    CU_CHECK(b, cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal));
+    b->recording = 1;
+    return CZ_OK;
+}
+
+static cz_status cu_record_end(cz_backend *be, cz_recording **out) {
+    cu_backend *b = (cu_backend *)be;
+    if (!out) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda record_end: out is NULL");
+    *out = NULL;
+    if (!b->recording) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda record_end: not recording");
+    b->recording = 0;
+    uint64_t epoch = b->epoch;
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(b->stream, &g);
+    if (e == cudaErrorStreamCaptureInvalidated || e == cudaErrorStreamCaptureUnsupported ||
+        e == cudaErrorStreamCaptureUnmatched || e == cudaErrorStreamCaptureWrongThread) {
+        /* the capture was broken by an op; nothing was recorded, the stream works as before */
+        (void)cudaGetLastError();
+        if (g) cudaGraphDestroy(g);
+        return cz_error_set(CZ_ERR_UNSUPPORTED, "cuda: the recording was invalidated: %s", cudaGetErrorString(e));
+    }
+    if (e != cudaSuccess) return cu_fail(b, e, __FILE__, __LINE__, "cudaStreamEndCapture");
+    cz_recording *r = calloc(1, sizeof *r);
+    if (!r) {
+        cudaGraphDestroy(g);
+        return cz_error_set(CZ_ERR_NOMEM, "cuda: cannot allocate a recording");
+    }
+    r->graph = g;
+    r->epoch = epoch;
+    e = cudaGraphInstantiate(&r->exec, g, 0);
+    if (e != cudaSuccess) {
+        r->exec = NULL;
+        rec_destroy(r);
+        return cu_fail(b, e, __FILE__, __LINE__, "cudaGraphInstantiate");
+    }
+    *out = r;
+    return CZ_OK;
+}
+
+static cz_status cu_replay(cz_backend *be, cz_recording *r) {
+    cu_backend *b = (cu_backend *)be;
+    if (!r) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda replay: recording is NULL");
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_recording_guard(b, "replay"));
+    if (r->epoch != b->epoch)
+        return cz_error_set(CZ_ERR_UNAVAILABLE, "cuda replay: the recording is stale (backend memory moved)");
+    CU_CHECK(b, cudaGraphLaunch(r->exec, b->stream));
+    return CZ_OK;
+}
+
+static void cu_record_free(cz_backend *be, cz_recording *r) {
+    cu_backend *b = (cu_backend *)be;
+    if (!r) return;
+    (void)cudaSetDevice(b->device);
+    rec_destroy(r);
+}
+
+static void *cu_host_alloc(cz_backend *be, size_t bytes) {
+    cu_backend *b = (cu_backend *)be;
+    if (b->recording || cudaSetDevice(b->device) != cudaSuccess) return NULL;
+    void *p = NULL;
+    cudaError_t e = cudaMallocHost(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        CZ_LOGW("cuda", "cannot allocate %zu bytes of page-locked host memory: %s", bytes, cudaGetErrorString(e));
+        return NULL;
+    }
+    return p;
+}
+
+static void cu_host_free(cz_backend *be, void *p) {
+    cu_backend *b = (cu_backend *)be;
+    if (!p) return;
+    (void)cudaSetDevice(b->device);
+    cudaFreeHost(p);
+}
+
+void cu_fill_graph_ops(cz_backend_ops *ops) {
+    ops->record_begin = cu_record_begin;
+    ops->record_end = cu_record_end;
+    ops->replay = cu_replay;
+    ops->record_free = cu_record_free;
+    ops->host_alloc = cu_host_alloc;
+    ops->host_free = cu_host_free;
+}
