@@ -1,5 +1,6 @@
 /* act.cu: activations (relu, leaky relu, tanh) forward and backward, and the conv epilogue
- * y = act(conv + bias) that runs right after a cuDNN convolution, in place on its output.
+ * y = act(conv + bias) that runs right after a cuDNN convolution, in place on its output or
+ * from a packed temporary into a channel view (the decoders' concat-free skips).
  * Forward math follows the ref backend (tanh from the fp32 value, rounded once on store);
  * backward uses the forward output y as the contract says. Stateless launchers.
  * Tested by tests/unit/test_ops.c (act_fwd/act_bwd and every conv case with bias/act). */
@@ -14,12 +15,14 @@ static __device__ __forceinline__ float act_f(int act, float alpha, float v) {
     }
 }
 
-static __global__ void k_bias_act(const void *x, int xdt, const void *bias, int bdt, int act, float alpha, void *y,
-                                  int ydt, size_t count, int c) {
+static __global__ void k_bias_act(const void *x, int xdt, int xs, int xo, const void *bias, int bdt, int act,
+                                  float alpha, void *y, int ydt, int ys, int yo, size_t count, int c) {
     CUK_FOR(i, count) {
-        float v = cuk_ld(x, xdt, i);
-        if (bias) v += cuk_ld(bias, bdt, i % (size_t)c);
-        cuk_st(y, ydt, i, act_f(act, alpha, v));
+        size_t pix = i / (size_t)c;
+        int ch = (int)(i % (size_t)c);
+        float v = cuk_ld(x, xdt, pix * (size_t)xs + (size_t)(xo + ch));
+        if (bias) v += cuk_ld(bias, bdt, (size_t)ch);
+        cuk_st(y, ydt, pix * (size_t)ys + (size_t)(yo + ch), act_f(act, alpha, v));
     }
 }
 
@@ -37,9 +40,11 @@ static __global__ void k_act_bwd(int act, float alpha, const void *y, int ydt, c
     }
 }
 
-extern "C" int cuk_bias_act(const void *x, int xdt, const void *bias, int bdt, int act, float alpha, void *y,
-                            int ydt, size_t count, int c, cuk_stream s) {
-    CUK_LAUNCH(k_bias_act, cuk_blocks(count), CUK_THREADS, 0, s)(x, xdt, bias, bdt, act, alpha, y, ydt, count, c);
+extern "C" int cuk_bias_act(const void *x, int xdt, int xs, int xo, const void *bias, int bdt, int act, float alpha,
+                            void *y, int ydt, int ys, int yo, size_t rows, int c, cuk_stream s) {
+    size_t count = rows * (size_t)c;
+    CUK_LAUNCH(k_bias_act, cuk_blocks(count), CUK_THREADS, 0, s)(x, xdt, xs, xo, bias, bdt, act, alpha, y, ydt, ys, yo,
+                                                                count, c);
     return cuk_last();
 }
 

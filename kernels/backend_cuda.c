@@ -14,8 +14,11 @@
  * - Weight copies: a conv weight whose dtype differs from the activations' is converted once
  *   into a copy kept beside the buffer and rebuilt when the buffer's generation changed (every
  *   write through the backend bumps it: tensor_write/zero, and any op output).
- * - Channel views: not supported (view_ok NULL); every op refuses a view with
- *   CZ_ERR_UNSUPPORTED, as does tensor_read/write/zero. The model then uses concat.
+ * - Channel views (the decoders' concat-free skips): view_ok accepts any channel range (unless
+ *   COLORIZE_CUDA_VIEWS=0). A conv/deconv whose output is a view runs cuDNN into a packed
+ *   temporary and its epilogue (bias + activation) writes the view; act_fwd reads and writes
+ *   views directly. cuDNN itself only ever sees packed NHWC tensors. Every other op, and
+ *   tensor_read/write/zero, refuses views with CZ_ERR_UNSUPPORTED.
  * - No GPU (or a GPU older than sm_90, or no cuDNN): create returns CZ_ERR_UNAVAILABLE with
  *   the reason, so `auto` falls through to dnnl and tests print a skip line.
  * - Sticky errors (illegal address, launch failure, ...): the first one is remembered; every
@@ -23,7 +26,8 @@
  *   instance (and, in the daemon, exit so that a supervisor restarts it).
  * Environment: COLORIZE_CUDA_DEVICE (index, default 0), COLORIZE_CUDA_TF32=1,
  * COLORIZE_CUDA_NAIVE=1, COLORIZE_CUDA_ALGO=heuristic, COLORIZE_CUDA_WS_MB (workspace cap,
- * default 1024), COLORIZE_CUDA_GRAPHS=0 (no recordings: the model runs its ops one by one).
+ * default 1024), COLORIZE_CUDA_GRAPHS=0 (no recordings: the model runs its ops one by one),
+ * COLORIZE_CUDA_VIEWS=0 (no channel views: the model uses concat).
  * Threading: one thread at a time per instance; the device is re-selected on entry to every
  * op, so the instance may move between threads. Tested by tests/unit/test_ops.c (parity with
  * ref, run by tests/gpu/check.sh on a GPU; skipped with a message where there is none). */
@@ -121,7 +125,7 @@ static shape_str tshape(const cz_tensor *t) {
     return r;
 }
 
-cz_status cu_check(const char *op, const char *name, const cz_tensor *t) {
+static cz_status check_common(const char *op, const char *name, const cz_tensor *t, int view_allowed) {
     if (!t) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: %s is NULL", op, name);
     if (!t->data) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: %s is not allocated", op, name);
     if (t->layout != CU_LAYOUT_NHWC)
@@ -136,14 +140,26 @@ cz_status cu_check(const char *op, const char *name, const cz_tensor *t) {
     if (t->n > t->cap_n)
         return cz_error_set(CZ_ERR_SHAPE, "cuda %s: %s is a batch view of %d but was allocated for %d", op, name,
                             t->n, t->cap_n);
-    if (cz_tensor_is_view(t))
-        return cz_error_set(CZ_ERR_UNSUPPORTED, "cuda %s: %s is a channel view (channels %d..%d of %d); the cuda "
-                                                "backend does not support views",
-                            op, name, t->c_off, t->c_off + t->c - 1, t->c_store);
-    size_t need = cz_tensor_numel(t) * cz_dtype_size(t->dtype);
+    if (cz_tensor_is_view(t)) {
+        if (!view_allowed)
+            return cz_error_set(CZ_ERR_UNSUPPORTED, "cuda %s: %s is a channel view (channels %d..%d of %d); %s takes "
+                                                    "none there (backend.h: views are for conv/deconv outputs and "
+                                                    "act_fwd)",
+                                op, name, t->c_off, t->c_off + t->c - 1, t->c_store, op);
+        if (t->c_off < 0 || t->c_off + t->c > t->c_store)
+            return cz_error_set(CZ_ERR_SHAPE, "cuda %s: %s is a view of channels %d..%d of a %d-channel buffer", op,
+                                name, t->c_off, t->c_off + t->c - 1, t->c_store);
+    }
+    size_t need = (size_t)t->n * t->h * t->w * (size_t)cu_ch_stride(t) * cz_dtype_size(t->dtype);
     if (need > cu_buf_of(t)->bytes)
         return cz_error_set(CZ_ERR_SHAPE, "cuda %s: %s is %s, larger than its storage", op, name, tshape(t).s);
     return CZ_OK;
+}
+
+cz_status cu_check(const char *op, const char *name, const cz_tensor *t) { return check_common(op, name, t, 0); }
+
+cz_status cu_check_view(const char *op, const char *name, const cz_tensor *t) {
+    return check_common(op, name, t, 1);
 }
 
 cz_status cu_check_opt(const char *op, const char *name, const cz_tensor *t) {
@@ -279,6 +295,11 @@ static cz_status cu_sync(cz_backend *be) {
     return CZ_OK;
 }
 
+static int cu_view_ok(cz_backend *be, const cz_tensor *t, int c0, int nc) {
+    const cu_backend *b = (const cu_backend *)be;
+    return !b->no_views && t && c0 >= 0 && nc >= 1 && c0 + nc <= t->c;
+}
+
 static cz_status cu_health(cz_backend *be) {
     cu_backend *b = (cu_backend *)be;
     CZ_TRY(cu_enter(b));
@@ -374,6 +395,8 @@ cz_status cz_backend_cuda_create(const cz_backend_options *opt, cz_backend **out
     b->force_naive = env_flag("COLORIZE_CUDA_NAIVE");
     const char *gv = getenv("COLORIZE_CUDA_GRAPHS");
     b->no_graphs = gv && !strcmp(gv, "0");
+    gv = getenv("COLORIZE_CUDA_VIEWS");
+    b->no_views = gv && !strcmp(gv, "0");
     long ws_mb = 1024;
     const char *wm = getenv("COLORIZE_CUDA_WS_MB");
     if (wm && *wm) ws_mb = strtol(wm, NULL, 10);
@@ -412,7 +435,7 @@ void cu_fill_mem_ops(cz_backend_ops *ops) {
     ops->tensor_read = cu_tensor_read;
     ops->tensor_zero = cu_tensor_zero;
     ops->sync = cu_sync;
-    ops->view_ok = NULL;
+    ops->view_ok = cu_view_ok;
     ops->health = cu_health;
     cu_fill_graph_ops(ops);
 }

@@ -110,11 +110,19 @@ static cz_status red_get(cu_backend *b, size_t rows, int c, red_bufs *r) {
     return CZ_OK;
 }
 
-/* y = act(y + bias) in place after a convolution, when there is anything to do. */
-static cz_status epilogue(cu_backend *b, cz_tensor *y, const cz_tensor *bias, const cz_conv_params *p) {
-    if (!bias && p->act == CZ_ACT_NONE) return CZ_OK;
-    CUK_CHECK(b, cuk_bias_act(cu_dev(y), y->dtype, dev_opt(bias), dt_opt(bias), (int)p->act, p->alpha, cu_dev(y),
-                              y->dtype, cz_tensor_numel(y), y->c, b->stream));
+/* y = act(conv + bias) after a convolution: in place on y when the convolution wrote y itself
+ * (and there is anything to do), else from the packed result `src` into the view y. */
+static cz_status epilogue(cu_backend *b, const void *src, cz_tensor *y, const cz_tensor *bias,
+                          const cz_conv_params *p) {
+    size_t rows = (size_t)y->n * y->h * y->w;
+    if (!src) {
+        if (!bias && p->act == CZ_ACT_NONE) return CZ_OK;
+        CUK_CHECK(b, cuk_bias_act(cu_dev(y), y->dtype, y->c, 0, dev_opt(bias), dt_opt(bias), (int)p->act, p->alpha,
+                                  cu_dev(y), y->dtype, y->c, 0, rows, y->c, b->stream));
+        return CZ_OK;
+    }
+    CUK_CHECK(b, cuk_bias_act(src, y->dtype, y->c, 0, dev_opt(bias), dt_opt(bias), (int)p->act, p->alpha, cu_dev(y),
+                              y->dtype, cu_ch_stride(y), cu_ch_off(y), rows, y->c, b->stream));
     return CZ_OK;
 }
 
@@ -140,7 +148,7 @@ static cz_status conv_like_fwd(cz_backend *be, const char *op, int tr, const cz_
     CZ_TRY(cu_check(op, "x", x));
     CZ_TRY(cu_check(op, "w", w));
     CZ_TRY(cu_check_opt(op, "b", bias));
-    CZ_TRY(cu_check(op, "y", y));
+    CZ_TRY(cu_check_view(op, "y", y));
     CZ_TRY(check_params(op, p));
     CZ_TRY(square(op, "w", w));
     CZ_TRY(no_alias(op, "x", x, "y", y));
@@ -157,15 +165,21 @@ static cz_status conv_like_fwd(cz_backend *be, const char *op, int tr, const cz_
     CZ_TRY(same_dtype(op, "x", x, "y", y));
     const void *wp;
     CZ_TRY(cu_weight_as(b, w, x->dtype, &wp));
+    /* a view output: cuDNN writes a packed temporary, the epilogue the view */
+    void *tmp = NULL, *out = cu_dev(y);
+    if (cz_tensor_is_view(y)) {
+        CZ_TRY(cu_scratch_get(b, &b->tmp2, cz_tensor_numel(y) * cz_dtype_size(y->dtype), &tmp));
+        out = tmp;
+    }
     if (tr) {
         /* cuDNN's convolution maps y (out channels) to x (in channels) */
         cuk_conv cp = {x->dtype, x->n, out_c, oh, ow, in_c, k, x->h, x->w, p->stride, p->pad};
-        CZ_TRY(cdn_conv_bwd_data(b, &cp, wp, cu_dev(x), cu_dev(y)));
+        CZ_TRY(cdn_conv_bwd_data(b, &cp, wp, cu_dev(x), out));
     } else {
         cuk_conv cp = {x->dtype, x->n, in_c, x->h, x->w, out_c, k, oh, ow, p->stride, p->pad};
-        CZ_TRY(cdn_conv_fwd(b, &cp, cu_dev(x), wp, cu_dev(y)));
+        CZ_TRY(cdn_conv_fwd(b, &cp, cu_dev(x), wp, out));
     }
-    CZ_TRY(epilogue(b, y, bias, p));
+    CZ_TRY(epilogue(b, tmp, y, bias, p));
     cu_touch(y);
     return CZ_OK;
 }
@@ -415,13 +429,13 @@ static cz_status cu_act_fwd(cz_backend *be, cz_act act, float alpha, const cz_te
     const char *op = "act_fwd";
     CZ_TRY(cu_enter(b));
     CZ_TRY(check_act(op, act));
-    CZ_TRY(cu_check(op, "x", x));
-    CZ_TRY(cu_check(op, "y", y));
+    CZ_TRY(cu_check_view(op, "x", x));
+    CZ_TRY(cu_check_view(op, "y", y));
     CZ_TRY(cu_expect_same(op, "y", y, x));
-    if (x->data == y->data && x->dtype != y->dtype)
-        return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: in place needs one dtype", op);
-    CUK_CHECK(b, cuk_bias_act(cu_dev(x), x->dtype, NULL, 0, (int)act, alpha, cu_dev(y), y->dtype,
-                              cz_tensor_numel(x), x->c, b->stream));
+    if (x->data == y->data && (x->dtype != y->dtype || x->c_off != y->c_off || cu_ch_stride(x) != cu_ch_stride(y)))
+        return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: in place needs one dtype and the same channels", op);
+    CUK_CHECK(b, cuk_bias_act(cu_dev(x), x->dtype, cu_ch_stride(x), cu_ch_off(x), NULL, 0, (int)act, alpha, cu_dev(y),
+                              y->dtype, cu_ch_stride(y), cu_ch_off(y), (size_t)x->n * x->h * x->w, x->c, b->stream));
     cu_touch(y);
     return CZ_OK;
 }

@@ -38,10 +38,12 @@ int cuk_cast(const void *src, int sdt, void *dst, int ddt, size_t count, cuk_str
 int cuk_add_into(const void *src, int sdt, void *dst, int ddt, size_t count, int accumulate, cuk_stream s);
 
 /* ---- act.cu: activations and the conv epilogue ---- */
-/* y = act(x (+ bias[c])), NHWC with c channels; bias (fp32 per channel, dtype bdt) may be NULL.
- * act: 0 none, 1 relu, 2 leaky relu (alpha), 3 tanh. x may equal y. */
-int cuk_bias_act(const void *x, int xdt, const void *bias, int bdt, int act, float alpha, void *y, int ydt,
-                 size_t count, int c, cuk_stream s);
+/* y = act(x (+ bias[c])) over `rows` pixels of c channels; bias (per channel, dtype bdt) may be
+ * NULL. act: 0 none, 1 relu, 2 leaky relu (alpha), 3 tanh. Channel ch of pixel p is element
+ * p * xs + xo + ch of x and p * ys + yo + ch of y: (c, 0) for a dense NHWC tensor, (channels of
+ * the storage, first channel) for a channel view. x may equal y. */
+int cuk_bias_act(const void *x, int xdt, int xs, int xo, const void *bias, int bdt, int act, float alpha, void *y,
+                 int ydt, int ys, int yo, size_t rows, int c, cuk_stream s);
 /* dx = dy * act'(y). */
 int cuk_act_bwd(int act, float alpha, const void *y, int ydt, const void *dy, int dydt, void *dx, int dxdt,
                 size_t count, cuk_stream s);

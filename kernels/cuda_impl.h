@@ -68,6 +68,7 @@ typedef struct cu_backend {
     size_t ws_limit; /* largest cuDNN workspace an algorithm may ask for */
     int recording;   /* the stream is being captured (record_begin .. record_end) */
     int no_graphs;   /* COLORIZE_CUDA_GRAPHS=0: record_begin answers CZ_ERR_UNSUPPORTED */
+    int no_views;    /* COLORIZE_CUDA_VIEWS=0: view_ok refuses every view */
     uint64_t epoch;  /* see "Recording" above */
     int sticky;      /* a sticky CUDA error happened: the instance is unusable */
     char sticky_msg[256];
@@ -93,6 +94,10 @@ cz_status cu_scratch_get(cu_backend *b, cu_scratch *s, size_t bytes, void **out)
 
 static inline cu_buf *cu_buf_of(const cz_tensor *t) { return (cu_buf *)t->data; }
 static inline void *cu_dev(const cz_tensor *t) { return cu_buf_of(t)->dev; }
+/* Elements from one pixel to the next (the storage's channels) and the first channel: (c, 0)
+ * for a dense tensor, (c_store, c_off) for a channel view. */
+static inline int cu_ch_stride(const cz_tensor *t) { return t->c_store ? t->c_store : t->c; }
+static inline int cu_ch_off(const cz_tensor *t) { return t->c_off; }
 static inline void cu_touch(const cz_tensor *t) {
     if (t && t->data) cu_buf_of(t)->gen++;
 }
@@ -102,6 +107,8 @@ cz_status cu_weight_as(cu_backend *b, const cz_tensor *w, cz_dtype dt, const voi
 /* Validation shared by the ops (backend_cuda.c). */
 cz_status cu_enter(cu_backend *b);
 cz_status cu_check(const char *op, const char *name, const cz_tensor *t);
+/* cu_check, but a channel view is accepted (for the ops backend.h allows views on). */
+cz_status cu_check_view(const char *op, const char *name, const cz_tensor *t);
 cz_status cu_check_opt(const char *op, const char *name, const cz_tensor *t);
 cz_status cu_expect_shape(const char *op, const char *name, const cz_tensor *t, int n, int c, int h, int w);
 cz_status cu_expect_same(const char *op, const char *name, const cz_tensor *t, const cz_tensor *like);
