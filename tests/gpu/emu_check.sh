@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # emu_check.sh [--build] [BUILD_DIR]: the GPU check without a GPU. Runs tests/gpu/check.sh
 # steps 1-3 on a CZ_CUDA=EMU build (default build-cuemu: the `cuda` backend compiled with the
-# host compiler against the CPU emulator in kernels/emu), the batcher and training unit tests
-# with the emulated device as their `auto` backend, then the failure paths only an emulator can
+# host compiler against the CPU emulator in kernels/emu), the batcher, training and U-Net unit
+# tests with the emulated device as their `auto` backend, then the failure paths only an emulator can
 # provoke on demand: a sticky device error in the middle of serving (the request gets 503 with
 # a JSON body, and the daemon exits with status 3 so that a supervisor restarts it). (Splitting
 # a batch that runs out of device memory is tested in tests/unit/test_batcher.c with a
@@ -18,7 +18,7 @@ build=0
 [ "${1:-}" = --build ] && { build=1; shift; }
 BUILD=${1:-build-cuemu}
 case $BUILD in /*) ;; *) BUILD=$PWD/$BUILD ;; esac
-targets=(colorize colorized test_ops test_unet_golden test_train_golden test_batcher test_train)
+targets=(colorize colorized test_ops test_unet_golden test_train_golden test_batcher test_train test_unet)
 if [ $build = 1 ]; then
   cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCZ_CUDA=EMU -DCZ_WERROR=ON -DCZ_SANITIZE=ON \
     > "$BUILD.configure.log" 2>&1 || { cat "$BUILD.configure.log"; exit 1; }
@@ -46,8 +46,9 @@ CZ_GPU_BIN=$WORK CZ_GPU_SKIP_BENCH=1 CZ_GPU_MODEL=$WORK/tiny.safetensors CZ_GPU_
   bash tests/gpu/check.sh || fail=1
 
 echo
-echo "=== emulator: the batcher and training unit tests on the emulated device (auto = cuda here)"
-for t in test_batcher test_train; do
+echo "=== emulator: the batcher, training and U-Net unit tests on the emulated device (auto = cuda here;"
+echo "    test_unet compares recorded (CUDA graph) forward passes with op-by-op ones)"
+for t in test_batcher test_train test_unet; do
   if CZ_SOURCE_DIR=$PWD "$BUILD/tests/$t" > "$WORK/$t.log" 2>&1 && grep -q '"module":"cuda"' "$WORK/$t.log"; then
     echo "ok   $t on the emulated cuda backend ($(grep -c '\[       OK \]' "$WORK/$t.log") tests)"
   else
