@@ -219,6 +219,20 @@ int cz_cmd_bench(int argc, char **argv) {
         }
         for (int bi = 0; bi < nb; bi++) {
             int n = batches[bi];
+            if (bi > 0 && be->ops->record_begin) {
+                /* a GPU backend picks one convolution algorithm per layer for every batch size, at
+                 * the first it sees (batched == alone); a fresh instance per size measures each
+                 * size with its own choice, as a daemon with that max_batch would run */
+                cz_unet_destroy(u);
+                u = NULL;
+                cz_backend_destroy(be);
+                be = NULL;
+                if (cz_backend_create(backend, &bo, &be) != CZ_OK || cz_unet_create(be, st, precs[pi], &u) != CZ_OK) {
+                    fprintf(stderr, "colorize bench: %s\n", cz_error_detail());
+                    rc = 1;
+                    break;
+                }
+            }
             size_t in_n = (size_t)n * a.in_ch * size * size, out_n = (size_t)n * a.out_ch * size * size;
             /* page-locked where the backend offers it, as the daemon's staging buffers are */
             cz_host_buf hin = {0}, hout = {0};
@@ -265,6 +279,7 @@ int cz_cmd_bench(int argc, char **argv) {
             cz_host_buf_free(be, &hout);
         }
         cz_unet_destroy(u);
+        if (!be) break;
     }
     cz_st_close(st);
     free(bytes);

@@ -232,14 +232,16 @@ static bgroup *pick_ready(cz_batcher *b, int64_t now, int64_t *next_ready) {
 
 /* ---- device thread ---- */
 
-/* Forward passes at every batch size 1..max_batch at the network size of a render x render
- * image, on a zero input, so that every primitive exists before traffic. */
+/* Forward passes at every batch size max_batch..1 at the network size of a render x render
+ * image, on a zero input, so that every primitive exists before traffic. Largest first: a
+ * backend that picks one algorithm per layer for all batch sizes (cuda) picks it for the
+ * batches that carry the load. */
 static cz_status warm_up(cz_batcher *b, cz_colorizer *cz, int render) {
     int64_t t0 = cz_now_ns();
     int maxb = b->opt.max_batch < cz_colorizer_max_batch(cz) ? b->opt.max_batch : cz_colorizer_max_batch(cz);
     cz_status s = CZ_OK;
     int done_n = 0;
-    for (int n = 1; s == CZ_OK && n <= maxb; n++) {
+    for (int n = maxb; s == CZ_OK && n >= 1; n--) {
         /* queued jobs keep expiring on time during warm-up, one pass at most late */
         int64_t next_deadline;
         pthread_mutex_lock(&b->mu);
@@ -252,7 +254,7 @@ static cz_status warm_up(cz_batcher *b, cz_colorizer *cz, int render) {
         done_n = n;
     }
     if (s == CZ_OK)
-        CZ_LOGI(MOD, "warm-up at render %d for batch sizes 1..%d took %.1f ms", render, done_n,
+        CZ_LOGI(MOD, "warm-up at render %d for batch sizes %d..%d took %.1f ms", render, maxb, done_n,
                 (double)(cz_now_ns() - t0) / 1e6);
     return s;
 }

@@ -11,6 +11,13 @@
  *   cudnnFind*Algorithm (benchmarks every algorithm on the device; COLORIZE_CUDA_ALGO=heuristic
  *   picks by cudnnGet*_v7 instead, faster start), restricted to deterministic algorithms
  *   (batch views and batched == alone must be bit-exact) whose workspace fits ws_limit.
+ * - One algorithm per problem whatever the batch size: the first batch size seen for a
+ *   (primitive, problem) runs the search, and every other batch size of it reuses that
+ *   algorithm (with its own workspace size), so that an image's result does not depend on the
+ *   size of the batch it came in, as far as the algorithm choice goes. The daemon warms up its
+ *   largest batch first, so serving uses the algorithm chosen for max_batch.
+ *   COLORIZE_CUDA_ALGO_PER_BATCH=1 searches for every batch size instead (fastest per size,
+ *   batched == alone no longer guaranteed).
  * - Precision: fp32 uses CUDNN_FMA_MATH (no TF32: the fp32 contract is 1e-4 against the
  *   oracle) unless COLORIZE_CUDA_TF32=1; bf16/fp16 use tensor cores with fp32 accumulation
  *   (compute type CUDNN_DATA_FLOAT).
@@ -41,6 +48,7 @@ typedef struct cdn_plan {
     cudnnFilterDescriptor_t wd;
     cudnnConvolutionDescriptor_t cd;
     int algo;
+    cudnnMathType_t math; /* the math type the algorithm was chosen with */
     size_t ws;
     int naive;
 } cdn_plan;
@@ -50,6 +58,7 @@ struct cu_dnn {
     cdn_plan **plans;
     int n, cap;
     int use_find;
+    int per_batch; /* COLORIZE_CUDA_ALGO_PER_BATCH=1 */
 };
 
 static cz_status dnn_fail(cudnnStatus_t st, const char *file, int line, const char *expr) {
@@ -82,6 +91,8 @@ cz_status cdn_create(cu_backend *b) {
     b->dnn = d;
     const char *algo = getenv("COLORIZE_CUDA_ALGO");
     d->use_find = !(algo && !strcmp(algo, "heuristic"));
+    const char *pb = getenv("COLORIZE_CUDA_ALGO_PER_BATCH");
+    d->per_batch = pb && *pb && strcmp(pb, "0") != 0;
     DNN_CHECK(cudnnCreate(&d->h));
     DNN_CHECK(cudnnSetStream(d->h, b->stream));
     return CZ_OK;
@@ -191,13 +202,40 @@ static cz_status choose_algo(cu_backend *b, cdn_plan *pl) {
     }
     pl->algo = algo;
     pl->ws = ws;
-    DNN_CHECK(cudnnSetConvolutionMathType(pl->cd, math_for(pl, math)));
+    pl->math = math_for(pl, math);
+    DNN_CHECK(cudnnSetConvolutionMathType(pl->cd, pl->math));
     CZ_LOGD("cuda", "cudnn %s %s n%d c%d %dx%d -> k%d %dx%d: algo %d, workspace %zu, math %d", k_kind_name[pl->kind],
             cz_dtype_name((cz_dtype)p->dt), p->n, p->c, p->h, p->w, p->k, p->oh, p->ow, algo, ws, (int)math);
     return CZ_OK;
 }
 
-static cz_status plan_init(cu_backend *b, cdn_plan *pl) {
+/* The workspace algorithm `algo` needs for this plan's problem. */
+static cudnnStatus_t workspace_for(cu_backend *b, const cdn_plan *pl, int algo, size_t *ws) {
+    cudnnHandle_t h = b->dnn->h;
+    if (pl->kind == CDN_FWD)
+        return cudnnGetConvolutionForwardWorkspaceSize(h, pl->xd, pl->wd, pl->cd, pl->yd,
+                                                       (cudnnConvolutionFwdAlgo_t)algo, ws);
+    if (pl->kind == CDN_BWD_DATA)
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(h, pl->wd, pl->yd, pl->cd, pl->xd,
+                                                            (cudnnConvolutionBwdDataAlgo_t)algo, ws);
+    return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, pl->xd, pl->yd, pl->cd, pl->wd,
+                                                          (cudnnConvolutionBwdFilterAlgo_t)algo, ws);
+}
+
+/* A plan of the same primitive and problem for another batch size (NULL if none, or when
+ * every batch size searches for itself). */
+static const cdn_plan *sibling(const cu_dnn *d, int kind, int tf32, const cuk_conv *p) {
+    if (d->per_batch) return NULL;
+    cuk_conv q = *p;
+    for (int i = 0; i < d->n; i++) {
+        const cdn_plan *pl = d->plans[i];
+        q.n = pl->p.n;
+        if (pl->kind == kind && pl->tf32 == tf32 && !memcmp(&pl->p, &q, sizeof q)) return pl;
+    }
+    return NULL;
+}
+
+static cz_status plan_init(cu_backend *b, cdn_plan *pl, const cdn_plan *sib) {
     const cuk_conv *p = &pl->p;
     cudnnDataType_t t = dnn_type(p->dt);
     DNN_CHECK(cudnnCreateTensorDescriptor(&pl->xd));
@@ -220,6 +258,26 @@ static cz_status plan_init(cu_backend *b, cdn_plan *pl) {
     if (b->force_naive) {
         pl->naive = 1;
         return CZ_OK;
+    }
+    if (sib) {
+        if (sib->naive) {
+            pl->naive = 1;
+            return CZ_OK;
+        }
+        size_t ws = 0;
+        cudnnStatus_t st = workspace_for(b, pl, sib->algo, &ws);
+        if (st == CUDNN_STATUS_SUCCESS && ws <= b->ws_limit) {
+            pl->algo = sib->algo;
+            pl->ws = ws;
+            pl->math = sib->math;
+            DNN_CHECK(cudnnSetConvolutionMathType(pl->cd, pl->math));
+            return CZ_OK;
+        }
+        /* that algorithm does not take this batch size: search for it (logged; bits may then
+         * differ between batch sizes for this layer) */
+        CZ_LOGW("cuda", "cudnn %s algo %d does not take batch %d (%s): searching for this batch size",
+                k_kind_name[pl->kind], sib->algo, p->n,
+                st == CUDNN_STATUS_SUCCESS ? "workspace over the limit" : cudnnGetErrorString(st));
     }
     return choose_algo(b, pl);
 }
@@ -248,7 +306,7 @@ static cz_status get_plan(cu_backend *b, int kind, const cuk_conv *p, cdn_plan *
     pl->kind = kind;
     pl->tf32 = tf32;
     pl->p = *p;
-    cz_status s = plan_init(b, pl);
+    cz_status s = plan_init(b, pl, sibling(d, kind, tf32, p));
     if (s != CZ_OK) {
         plan_free(pl);
         return s;

@@ -137,7 +137,7 @@ cz_status srv_model_swap(srv_ctx *s, const char *path, const char *job, long ste
     /* Each step is its own call: the batcher runs waiting batches between them, so a request
      * waits for at most one of these steps (a load, or one warm-up pass), never for all. */
     cz_status st = cz_batcher_call(s->batcher, load_aside, &sc);
-    for (int n = 1; st == CZ_OK && n <= s->cfg.max_batch; n++) {
+    for (int n = s->cfg.max_batch; st == CZ_OK && n >= 1; n--) { /* largest first, as the batcher's warm-up */
         sc.warm_n = n;
         st = cz_batcher_call(s->batcher, warm_aside, &sc);
     }

@@ -12,8 +12,9 @@
  * - y = alpha * op(...) + beta * y, and y is not read when beta is 0 (the emulated cudaMalloc
  *   fills memory with NaN, so code that relies on reading it would show);
  * - the algorithm search returns a non-deterministic algorithm first (which cudnn_ops.c must
- *   skip) and then a deterministic one that needs a workspace; running with a workspace
- *   smaller than the algorithm asked for is BAD_PARAM;
+ *   skip), then two deterministic ones that need workspaces and round differently, ranked by
+ *   batch size (so per-batch-size choices would break batched == alone, as they can on a
+ *   GPU); running with a workspace smaller than the algorithm asked for is BAD_PARAM;
  * - the work is queued on the handle's stream and runs at the next synchronization, with fp64
  *   accumulation and one rounding into the data type on store.
  * Threading: descriptors and handles as in cuDNN (one thread at a time per handle). */
@@ -142,8 +143,12 @@ cudnnStatus_t check_mem(const char *fn, const char *what, const void *p, size_t 
  * pixel), so that workspace handling, its growth and graphs holding an old workspace are
  * exercised. */
 size_t ws_need(int algo, int k, int oh, int ow) {
-    return algo == 1 ? 0 : (size_t)1024 * (size_t)k + (size_t)16 * (size_t)oh * (size_t)ow;
+    if (algo == 1) return 0;
+    return (size_t)(algo == 2 ? 512 : 1024) * (size_t)k + (size_t)16 * (size_t)oh * (size_t)ow;
 }
+
+/* acc += t, the way algorithm `algo` accumulates (2: rounded to fp32 at every step). */
+inline void accum(double &acc, double t, int algo) { acc = algo == 2 ? (double)(float)(acc + t) : acc + t; }
 
 /* At execution time (the call may have been recorded into a graph long before): every buffer
  * must still be live device memory, as on a device where a freed pointer faults. */
@@ -157,7 +162,7 @@ cudaError_t still_live(const char *fn, std::initializer_list<std::pair<const voi
 }
 
 cudnnStatus_t check_ws(const char *fn, int algo, size_t need, const void *ws, size_t ws_bytes) {
-    if (algo != 0 && algo != 1) {
+    if (algo < 0 || algo > 2) {
         report("%s: algorithm %d was never offered", fn, algo);
         return CUDNN_STATUS_BAD_PARAM;
     }
@@ -332,8 +337,7 @@ cudnnStatus_t cudnnGetConvolution2dForwardOutputDim(const cudnnConvolutionDescri
 
 namespace {
 
-/* Two offers, as described at the top: algorithm 1 non-deterministic, algorithm 0 deterministic
- * with a workspace. The perf structs of the three primitives share these fields. */
+/* The offers described at the top. The perf structs of the three primitives share these fields. */
 template <typename Perf, typename Algo>
 cudnnStatus_t offer(const char *fn, const cudnnTensorStruct *x, const cudnnFilterStruct *f,
                     const cudnnConvolutionStruct *cd, const cudnnTensorStruct *y, int requested, int *returned,
@@ -341,23 +345,33 @@ cudnnStatus_t offer(const char *fn, const cudnnTensorStruct *x, const cudnnFilte
     cudnnStatus_t st = check_problem(fn, x, f, cd, y);
     if (st != CUDNN_STATUS_SUCCESS) return st;
     if (!returned || !perf || requested < 1) return CUDNN_STATUS_BAD_PARAM;
-    Perf p[2];
+    /* deterministic algorithms 0 and 2 give slightly different bits (2 accumulates in fp32), and
+     * which is "fastest" depends on the batch size, as with real cuDNN: a backend that searched
+     * per batch size would break batched == alone */
+    const int order[3] = {1, x->n == 1 ? 2 : 0, x->n == 1 ? 0 : 2};
+    Perf p[3];
     memset(p, 0, sizeof p);
-    p[0].algo = (Algo)1;
-    p[0].status = CUDNN_STATUS_SUCCESS;
-    p[0].time = 0.5f;
-    p[0].memory = ws_need(1, f->k, y->h, y->w);
-    p[0].determinism = CUDNN_NON_DETERMINISTIC;
-    p[0].mathType = cd->math;
-    p[1].algo = (Algo)0;
-    p[1].status = CUDNN_STATUS_SUCCESS;
-    p[1].time = 1.0f;
-    p[1].memory = ws_need(0, f->k, y->h, y->w);
-    p[1].determinism = CUDNN_DETERMINISTIC;
-    p[1].mathType = cd->math;
-    int n = requested < 2 ? requested : 2;
+    for (int i = 0; i < 3; i++) {
+        p[i].algo = (Algo)order[i];
+        p[i].status = CUDNN_STATUS_SUCCESS;
+        p[i].time = 0.5f * (float)(i + 1);
+        p[i].memory = ws_need(order[i], f->k, y->h, y->w);
+        p[i].determinism = order[i] == 1 ? CUDNN_NON_DETERMINISTIC : CUDNN_DETERMINISTIC;
+        p[i].mathType = cd->math;
+    }
+    int n = requested < 3 ? requested : 3;
     for (int i = 0; i < n; i++) perf[i] = p[i];
     *returned = n;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* The three workspace-size queries, in the terms of check_problem. */
+cudnnStatus_t ws_size(const char *fn, cudnnHandle_t h, const cudnnTensorStruct *x, const cudnnFilterStruct *f,
+                      const cudnnConvolutionStruct *cd, const cudnnTensorStruct *y, int algo, size_t *bytes) {
+    cudnnStatus_t st = check_problem(fn, x, f, cd, y);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    if (!h || !bytes || algo < 0 || algo > 2) return CUDNN_STATUS_BAD_PARAM;
+    *bytes = ws_need(algo, f->k, y->h, y->w);
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -427,6 +441,30 @@ cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnnHandle_t h, con
     return cudnnFindConvolutionBackwardFilterAlgorithm(h, x, dy, cd, dw, requested, returned, perf);
 }
 
+cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(cudnnHandle_t h, const cudnnTensorDescriptor_t x,
+                                                      const cudnnFilterDescriptor_t w,
+                                                      const cudnnConvolutionDescriptor_t cd,
+                                                      const cudnnTensorDescriptor_t y, cudnnConvolutionFwdAlgo_t algo,
+                                                      size_t *bytes) {
+    return ws_size("cudnnGetConvolutionForwardWorkspaceSize", h, x, w, cd, y, (int)algo, bytes);
+}
+
+cudnnStatus_t cudnnGetConvolutionBackwardDataWorkspaceSize(cudnnHandle_t h, const cudnnFilterDescriptor_t w,
+                                                           const cudnnTensorDescriptor_t dy,
+                                                           const cudnnConvolutionDescriptor_t cd,
+                                                           const cudnnTensorDescriptor_t dx,
+                                                           cudnnConvolutionBwdDataAlgo_t algo, size_t *bytes) {
+    return ws_size("cudnnGetConvolutionBackwardDataWorkspaceSize", h, dx, w, cd, dy, (int)algo, bytes);
+}
+
+cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnnHandle_t h, const cudnnTensorDescriptor_t x,
+                                                             const cudnnTensorDescriptor_t dy,
+                                                             const cudnnConvolutionDescriptor_t cd,
+                                                             const cudnnFilterDescriptor_t dw,
+                                                             cudnnConvolutionBwdFilterAlgo_t algo, size_t *bytes) {
+    return ws_size("cudnnGetConvolutionBackwardFilterWorkspaceSize", h, x, dw, cd, dy, (int)algo, bytes);
+}
+
 cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void *alpha, const cudnnTensorDescriptor_t xd,
                                       const void *x, const cudnnFilterDescriptor_t wd, const void *w,
                                       const cudnnConvolutionDescriptor_t cdp, cudnnConvolutionFwdAlgo_t algo,
@@ -458,7 +496,7 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void *alpha, const 
             for (int k = 0; k < W.d.k; k++) {
                 double t = 0;
                 for (int c = 0; c < W.d.c; c++) t += load(x, X.d.dt, X.off(n, c, iy, ix)) * load(w, W.d.dt, W.off(k, c, r, s));
-                acc[(((size_t)n * Y.d.c + k) * Y.d.h + oy) * Y.d.w + ox] += t;
+                accum(acc[(((size_t)n * Y.d.c + k) * Y.d.h + oy) * Y.d.w + ox], t, (int)algo);
             }
         });
         blend(y, Y.d.dt, acc, a, b, offs);
@@ -499,7 +537,7 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void *alpha, c
                 double t = 0;
                 for (int k = 0; k < W.d.k; k++)
                     t += load(dy, DY.d.dt, DY.off(n, k, oy, ox)) * load(w, W.d.dt, W.off(k, c, r, s));
-                acc[(((size_t)n * DX.d.c + c) * DX.d.h + iy) * DX.d.w + ix] += t;
+                accum(acc[(((size_t)n * DX.d.c + c) * DX.d.h + iy) * DX.d.w + ix], t, (int)algo);
             }
         });
         blend(dx, DX.d.dt, acc, a, b, offs);
@@ -539,7 +577,8 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void *alpha,
             for (int k = 0; k < DW.d.k; k++) {
                 double g = load(dy, DY.d.dt, DY.off(n, k, oy, ox));
                 for (int c = 0; c < DW.d.c; c++)
-                    acc[(((size_t)k * DW.d.c + c) * DW.d.r + r) * DW.d.s + s] += g * load(x, X.d.dt, X.off(n, c, iy, ix));
+                    accum(acc[(((size_t)k * DW.d.c + c) * DW.d.r + r) * DW.d.s + s], g * load(x, X.d.dt, X.off(n, c, iy, ix)),
+                          (int)algo);
             }
         });
         blend(dw, DW.d.dt, acc, a, b, offs);

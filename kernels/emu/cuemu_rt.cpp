@@ -84,21 +84,24 @@ struct op {
 };
 thread_local stream_rec *t_capturing; /* the stream this thread is capturing, if any */
 
-std::recursive_mutex g_mu;
-std::map<uintptr_t, alloc_info> g_allocs; /* device and pinned memory, by start address */
-std::map<cudaStream_t, stream_rec *> g_streams;
-std::map<cudaEvent_t, event_rec *> g_events;
-std::deque<op> g_queue;
+/* The emulator's state lives on the heap and is never destroyed: a program's static destructors
+ * and LeakSanitizer's exit-time scan must still find the memory it holds (live allocations,
+ * the quarantine) through these globals. */
+std::recursive_mutex &g_mu = *new std::recursive_mutex;
+std::map<uintptr_t, alloc_info> &g_allocs = *new std::map<uintptr_t, alloc_info>; /* device and pinned memory */
+std::map<cudaStream_t, stream_rec *> &g_streams = *new std::map<cudaStream_t, stream_rec *>;
+std::map<cudaEvent_t, event_rec *> &g_events = *new std::map<cudaEvent_t, event_rec *>;
+std::deque<op> &g_queue = *new std::deque<op>;
 size_t g_used;
 size_t g_cap;
 bool g_no_device;
 long g_fault_launch;
-std::string g_fault_file;
+std::string &g_fault_file = *new std::string;
 long g_launches;
 cudaError_t g_sticky = cudaSuccess;
 thread_local cudaError_t t_last = cudaSuccess;
 bool g_init;
-std::deque<std::pair<void *, size_t>> g_quarantine; /* freed blocks not yet given back */
+std::deque<std::pair<void *, size_t>> &g_quarantine = *new std::deque<std::pair<void *, size_t>>; /* freed, not given back */
 size_t g_quarantine_bytes;
 
 void init_locked() {
