@@ -623,27 +623,45 @@ static cz_status forward_recorded(cz_unet *u, plan *p, int k, int m) {
     return s;
 }
 
-cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, float *out) {
+static cz_status find_plan(cz_unet *u, int n, int h, int w, plan **out) {
     plan *p = NULL;
     for (int i = 0; i < u->nplans; i++)
         if (u->plans[i].h == h && u->plans[i].w == w) p = &u->plans[i];
     if (!p || p->max_batch < n || n < 1)
         return cz_error_set(CZ_ERR_INVALID_ARG, "forward: no plan for batch %d at %dx%d", n, w, h);
     p->last_use = ++u->clock;
+    *out = p;
+    return CZ_OK;
+}
+
+/* x -> out on the device for a batch of n: recorded where the backend records. */
+static cz_status forward_device(cz_unet *u, plan *p, int n) {
+    if (u->be->ops->record_begin && !u->no_rec) {
+        /* rows n..m-1 of a padded batch hold whatever an earlier batch left: every image is
+         * computed independently (BatchNorm is folded), so they only cost time */
+        int m, k = rec_slot(p->max_batch, n, &m);
+        return forward_recorded(u, p, k, m);
+    }
+    return forward_ops(u, p, n);
+}
+
+cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, float *out) {
+    plan *p;
+    CZ_TRY(find_plan(u, n, h, w, &p));
     cz_backend *be = u->be;
     const cz_backend_ops *ops = be->ops;
     cz_tensor x = cz_tensor_batch_view(p->x, n), y = cz_tensor_batch_view(p->out, n);
     CZ_TRY(ops->tensor_write(be, &x, in));
-    if (ops->record_begin && !u->no_rec) {
-        /* rows n..m-1 of a padded batch hold whatever an earlier batch left: every image is
-         * computed independently (BatchNorm is folded), so they only cost time */
-        int m, k = rec_slot(p->max_batch, n, &m);
-        CZ_TRY(forward_recorded(u, p, k, m));
-    } else {
-        CZ_TRY(forward_ops(u, p, n));
-    }
+    CZ_TRY(forward_device(u, p, n));
     CZ_TRY(ops->tensor_read(be, &y, out));
     return ops->sync(be);
+}
+
+cz_status cz_unet_forward_device(cz_unet *u, int n, int h, int w) {
+    plan *p;
+    CZ_TRY(find_plan(u, n, h, w, &p));
+    CZ_TRY(forward_device(u, p, n));
+    return u->be->ops->sync(u->be);
 }
 
 void cz_unet_set_recording(cz_unet *u, int on) { u->no_rec = !on; }

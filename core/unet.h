@@ -109,6 +109,9 @@ cz_status cz_unet_plan(cz_unet *u, int max_batch, int h, int w);
 /* Runs n images (NCHW fp32 host buffers: in n*in_ch*h*w values in [-1,1], out n*out_ch*h*w).
  * Requires a plan for h x w with max_batch >= n. */
 cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, float *out);
+/* The device part of a forward pass alone, on whatever the h x w plan's input holds, then a
+ * sync: what a batch costs without host transfers (benchmarks). Same rules as forward. */
+cz_status cz_unet_forward_device(cz_unet *u, int n, int h, int w);
 /* Bytes of activation memory held by all plans. */
 size_t cz_unet_plan_bytes(const cz_unet *u);
 

@@ -8,9 +8,11 @@
  * - threadIdx, blockIdx, blockDim and gridDim read the calling host thread's emulated
  *   coordinates;
  * - CUK_LAUNCH(k, grid, block, shmem, stream)(args...) checks the launch configuration the
- *   way the CUDA runtime does, checks that every pointer argument points into memory from the
- *   emulated cudaMalloc (a host pointer handed to a kernel is a bug on a real GPU), and then
- *   runs every thread of every block in order on the calling thread;
+ *   way the CUDA runtime does and queues the grid on the stream (or records it into a graph
+ *   being captured). When the stream is synchronized, every pointer argument must point into
+ *   live memory from the emulated cudaMalloc (a host pointer or a freed buffer handed to a
+ *   kernel faults on a real GPU too), and every thread of every block runs in order on the
+ *   synchronizing thread;
  * - CUK_LAUNCH_SYNC(...) is for kernels that call __syncthreads(): each thread of a block
  *   runs on its own host thread, blocks one after another, with a real barrier, so shared
  *   memory (__shared__ becomes a function-local static) behaves as on the device. A
@@ -18,11 +20,13 @@
  * The host side (cudaMalloc, streams, copies, errors, cuDNN) is kernels/emu/cuemu_rt.cpp and
  * kernels/emu/cudnn_emu.cpp, linked in place of cudart and libcudnn.
  *
- * What the emulator proves: the kernels' index arithmetic, dtype handling, reductions and the
- * backend's use of the runtime (copy directions and sizes, which pointers reach kernels,
- * launch shapes, error paths), under ASan in CI. What it cannot: speed, real cuDNN, memory
- * ordering between device threads, warp-level behaviour, the real device's rounding of
- * transcendental functions. */
+ * What the emulator proves: the kernels' index arithmetic, dtype handling, reductions and
+ * barriers, and the backend's use of the runtime and of cuDNN's documented API (copy
+ * directions and sizes, which pointers reach kernels, launch shapes, descriptor wiring,
+ * workspaces, graph capture rules, error paths), under ASan in CI. What it cannot: speed,
+ * real cuDNN (its algorithms, numerics, and what it refuses), races between device threads
+ * or between streams (all work runs in issue order), warp-level behaviour, the real device's
+ * rounding of transcendental functions. */
 #ifndef CZ_CUEMU_H
 #define CZ_CUEMU_H
 
