@@ -2,11 +2,11 @@
 # emu_check.sh [--build] [BUILD_DIR]: the GPU check without a GPU. Runs tests/gpu/check.sh
 # steps 1-3 on a CZ_CUDA=EMU build (default build-cuemu: the `cuda` backend compiled with the
 # host compiler against the CPU emulator in kernels/emu), the batcher, training and U-Net unit
-# tests with the emulated device as their `auto` backend, then the failure paths only an emulator can
-# provoke on demand: a sticky device error in the middle of serving (the request gets 503 with
-# a JSON body, and the daemon exits with status 3 so that a supervisor restarts it). (Splitting
-# a batch that runs out of device memory is tested in tests/unit/test_batcher.c with a
-# fault-injecting backend.)
+# tests with the emulated device as their `auto` backend, then the failure path only an
+# emulator can provoke on demand: a sticky device error in the middle of serving (the request
+# gets 503 with a JSON body, and the daemon exits with status 3 so that a supervisor restarts
+# it). (Splitting a batch that runs out of device memory is tested in
+# tests/unit/test_batcher.c with a fault-injecting backend.)
 # Step 4 (speed) means nothing on an emulator and is skipped. Model: a fresh ngf-8, depth-6
 # generator at render 64, so that the emulated convolutions stay fast.
 # What passing here proves and what it cannot: see kernels/emu/cuemu.h.
