@@ -18,7 +18,9 @@ Timing: CUDA-synchronized wall clock, one warm-up, then iterations until both --
 "torch", kind fwd|train, mode, ngf, batch, ms_per_batch, images_per_s).
 Usage: python3 tests/bench/torch_gpu_bench.py [--ngf 64,32] [--batch 1,16,64,256]
            [--train-batch 16,64] [--size 256] [--min-time 1] [--compile-budget 150] [--json]
-Needs a CUDA build of PyTorch (2.x). Single process, one GPU. """
+           [--device cuda|cpu]
+Needs a CUDA build of PyTorch (2.x). Single process, one GPU. --device cpu is a smoke test of
+this script on a machine without one (small --size and --ngf; its numbers mean nothing). """
 
 import argparse
 import json
@@ -37,18 +39,31 @@ import torch_train as tt  # noqa: E402
 import torch_unet as tu  # noqa: E402
 
 
+DEV = "cuda"
+
+
+def sync():
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+def empty_cache():
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
+
+
 def ints(s):
     return [int(v) for v in s.split(",") if v]
 
 
 def timed(fn, min_time):
     fn()
-    torch.cuda.synchronize()
+    sync()
     times, start = [], time.perf_counter()
     while len(times) < 3 or time.perf_counter() - start < min_time:
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t0)
         if len(times) >= 2000:
             break
@@ -68,14 +83,17 @@ def emit(args, kind, mode, ngf, batch, sec, iters, note=""):
 def make_gen(ngf, size):
     torch.manual_seed(1)
     g = tu.UnetGenerator(1, 2, ngf=ngf, depth=8 if size >= 256 else 5)
-    return g.cuda()
+    return g.to(DEV)
 
 
 def bench_forward(args, ngf, compile_deadline):
-    g = make_gen(ngf, args.size).eval().to(torch.bfloat16).to(memory_format=torch.channels_last)
+    # bf16 on the GPU; the CPU smoke test stays fp32 (old CPU builds of torch get bf16
+    # transposed convolutions wrong)
+    dt = torch.bfloat16 if DEV == "cuda" else torch.float32
+    g = make_gen(ngf, args.size).eval().to(dt).to(memory_format=torch.channels_last)
     compiled = None
     for b in args.batch:
-        x = (torch.rand(b, 1, args.size, args.size, device="cuda") * 2 - 1).to(torch.bfloat16)
+        x = (torch.rand(b, 1, args.size, args.size, device=DEV) * 2 - 1).to(dt)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             sec, it = timed(lambda: g(x), args.min_time)
@@ -94,28 +112,28 @@ def bench_forward(args, ngf, compile_deadline):
             print(f"torch.compile ngf {ngf} batch {b}: skipped (compile budget spent)", file=sys.stderr)
         del x
     del g, compiled
-    torch.cuda.empty_cache()
+    empty_cache()
     return compile_deadline
 
 
 def bench_train(args, ngf, batch, mode):
     g = make_gen(ngf, args.size).train()
-    d = tt.PatchGAN(3, ndf=64, n_layers=3).cuda().train()
+    d = tt.PatchGAN(3, ndf=64, n_layers=3).to(DEV).train()
     if mode == "eager-bf16":
         g = g.to(memory_format=torch.channels_last)
         d = d.to(memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
     bce, l1 = nn.BCEWithLogitsLoss(), nn.L1Loss()
-    A = torch.rand(batch, 1, args.size, args.size, device="cuda") * 2 - 1
-    B = (torch.rand(batch, 2, args.size, args.size, device="cuda") * 2 - 1) * 0.5
+    A = torch.rand(batch, 1, args.size, args.size, device=DEV) * 2 - 1
+    B = (torch.rand(batch, 2, args.size, args.size, device=DEV) * 2 - 1) * 0.5
     if mode == "eager-bf16":
         A = A.contiguous(memory_format=torch.channels_last)
         B = B.contiguous(memory_format=torch.channels_last)
-    use_amp = mode == "eager-bf16"
+    use_amp = mode == "eager-bf16" and DEV == "cuda"
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(DEV, dtype=torch.bfloat16, enabled=use_amp):
             fake = g(A)
             for p in d.parameters():
                 p.requires_grad_(True)
@@ -128,7 +146,7 @@ def bench_train(args, ngf, batch, mode):
         for p in d.parameters():
             p.requires_grad_(False)
         opt_g.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(DEV, dtype=torch.bfloat16, enabled=use_amp):
             pf = d(torch.cat((A, fake), 1))
             loss_g = bce(pf, torch.ones_like(pf)) + 100.0 * l1(fake, B)
         loss_g.backward()
@@ -137,7 +155,7 @@ def bench_train(args, ngf, batch, mode):
     sec, it = timed(step, args.min_time)
     emit(args, "train", mode, ngf, batch, sec, it)
     del g, d, opt_g, opt_d, A, B
-    torch.cuda.empty_cache()
+    empty_cache()
 
 
 def main():
@@ -149,16 +167,19 @@ def main():
     p.add_argument("--min-time", type=float, default=1.0)
     p.add_argument("--compile-budget", type=float, default=150.0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     args = p.parse_args()
     args.batch = ints(args.batch)
-    if not torch.cuda.is_available():
+    global DEV
+    DEV = args.device
+    if DEV == "cuda" and not torch.cuda.is_available():
         print("torch_gpu_bench: no CUDA device", file=sys.stderr)
         return 1
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    print(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}",
-          file=sys.stderr)
+    where = torch.cuda.get_device_name() if DEV == "cuda" else "cpu (smoke test)"
+    print(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {where}", file=sys.stderr)
     deadline = time.time() + args.compile_budget
     for ngf in ints(args.ngf):
         deadline = bench_forward(args, ngf, deadline)
