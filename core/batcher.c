@@ -253,9 +253,15 @@ static cz_status warm_up(cz_batcher *b, cz_colorizer *cz, int render) {
         s = cz_colorizer_warm(cz, render, n);
         done_n = n;
     }
-    if (s == CZ_OK)
-        CZ_LOGI(MOD, "warm-up at render %d for batch sizes %d..%d took %.1f ms", render, maxb, done_n,
-                (double)(cz_now_ns() - t0) / 1e6);
+    if (s == CZ_OK) {
+        cz_unet_rec_stats rs = cz_unet_recording_stats(cz_colorizer_unet(cz));
+        char rec[96] = "";
+        if (rs.recorded || rs.failed)
+            snprintf(rec, sizeof rec, "; %llu forward passes recorded as graphs, %llu could not be",
+                     (unsigned long long)rs.recorded, (unsigned long long)rs.failed);
+        CZ_LOGI(MOD, "warm-up at render %d for batch sizes %d..%d took %.1f ms%s", render, maxb, done_n,
+                (double)(cz_now_ns() - t0) / 1e6, rec);
+    }
     return s;
 }
 
