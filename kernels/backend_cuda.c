@@ -19,8 +19,9 @@
  *   temporary and its epilogue (bias + activation) writes the view; act_fwd reads and writes
  *   views directly. cuDNN itself only ever sees packed NHWC tensors. Every other op, and
  *   tensor_read/write/zero, refuses views with CZ_ERR_UNSUPPORTED.
- * - No GPU (or a GPU older than sm_90, or no cuDNN): create returns CZ_ERR_UNAVAILABLE with
- *   the reason, so `auto` falls through to dnnl and tests print a skip line.
+ * - No GPU (or a GPU this build has no code for, found by running a probe kernel, or no
+ *   cuDNN): create returns CZ_ERR_UNAVAILABLE with the reason, so `auto` falls through to dnnl
+ *   and tests print a skip line. bf16 tensors need sm_80 or newer (supports() says so).
  * - Sticky errors (illegal address, launch failure, ...): the first one is remembered; every
  *   later op and health() fail with CZ_ERR_BACKEND naming it. The owner must then destroy the
  *   instance (and, in the daemon, exit so that a supervisor restarts it).
@@ -184,8 +185,9 @@ cz_status cu_expect_vec(const char *op, const char *name, const cz_tensor *t, in
 /* ----------------------------------------------------------------------------- memory */
 
 static int cu_supports(cz_backend *be, cz_dtype dt) {
-    (void)be;
-    return dt == CZ_F32 || dt == CZ_BF16 || dt == CZ_F16;
+    const cu_backend *b = (const cu_backend *)be;
+    if (dt == CZ_BF16) return b->cc_major >= 8; /* bf16 arithmetic and tensor cores: Ampere on */
+    return dt == CZ_F32 || dt == CZ_F16;
 }
 
 static cz_status cu_tensor_alloc(cz_backend *be, cz_tensor *t) {
@@ -351,6 +353,29 @@ static void cu_destroy(cz_backend *be) {
 
 static cz_backend_ops g_cu_ops;
 
+#ifndef CZ_CUDA_ARCHS
+#define CZ_CUDA_ARCHS "?"
+#endif
+
+/* Whether this build's kernels run on the device (a GPU generation the build has neither
+ * machine code nor PTX for refuses the launch): a one-thread kernel, checked to the end. */
+static cz_status probe_device(cu_backend *b, const struct cudaDeviceProp *prop) {
+    int *flag = NULL, got = 0;
+    cudaError_t e = cudaMalloc((void **)&flag, sizeof *flag);
+    if (e == cudaSuccess) e = cudaMemsetAsync(flag, 0, sizeof *flag, b->stream);
+    if (e == cudaSuccess) e = (cudaError_t)cuk_probe(flag, b->stream);
+    if (e == cudaSuccess) e = cudaMemcpyAsync(&got, flag, sizeof got, cudaMemcpyDeviceToHost, b->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(b->stream);
+    if (flag) (void)cudaFree(flag);
+    if (e == cudaSuccess && got == 1) return CZ_OK;
+    (void)cudaGetLastError();
+    return cz_error_set(CZ_ERR_UNAVAILABLE,
+                        "CUDA device %d (%s, sm_%d%d) cannot run this build's kernels (built for CUDA architectures "
+                        "%s): %s",
+                        b->device, prop->name, prop->major, prop->minor, CZ_CUDA_ARCHS,
+                        e == cudaSuccess ? "the probe kernel did not run" : cudaGetErrorString(e));
+}
+
 static int env_flag(const char *name) {
     const char *v = getenv(name);
     return v && *v && strcmp(v, "0") != 0;
@@ -382,14 +407,12 @@ cz_status cz_backend_cuda_create(const cz_backend_options *opt, cz_backend **out
         (void)cudaGetLastError();
         return cz_error_set(CZ_ERR_UNAVAILABLE, "no CUDA device: %s", cudaGetErrorString(e));
     }
-    if (prop.major < 9)
-        return cz_error_set(CZ_ERR_UNAVAILABLE, "CUDA device %d (%s, sm_%d%d) is older than this build's sm_90", dev,
-                            prop.name, prop.major, prop.minor);
     cu_backend *b = calloc(1, sizeof *b);
     if (!b) return cz_error_set(CZ_ERR_NOMEM, "cuda: cannot allocate the backend");
     b->base.ops = &g_cu_ops;
     b->base.threads = 1;
     b->device = dev;
+    b->cc_major = prop.major;
     snprintf(b->device_name, sizeof b->device_name, "%s", prop.name);
     b->allow_tf32 = env_flag("COLORIZE_CUDA_TF32");
     b->force_naive = env_flag("COLORIZE_CUDA_NAIVE");
@@ -411,6 +434,7 @@ cz_status cz_backend_cuda_create(const cz_backend_options *opt, cz_backend **out
         s = cz_error_set(CZ_ERR_UNAVAILABLE, "CUDA device %d (%s) cannot start: %s", dev, prop.name,
                          cudaGetErrorString(e));
     }
+    if (s == CZ_OK) s = probe_device(b, &prop);
     if (s == CZ_OK && cdn_create(b) != CZ_OK)
         s = cz_error_set(CZ_ERR_UNAVAILABLE, "cuDNN cannot start on device %d: %s", dev, cz_error_detail());
     if (s != CZ_OK) {

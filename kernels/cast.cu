@@ -57,3 +57,14 @@ extern "C" int cuk_add_into(const void *src, int sdt, void *dst, int ddt, size_t
     CUK_LAUNCH(k_add_into, cuk_blocks(count), CUK_THREADS, 0, s)(src, sdt, dst, ddt, count, accumulate);
     return cuk_last();
 }
+
+/* ---- probe: whether this build has code the device can run ---- */
+
+static __global__ void k_probe(int *flag) {
+    if (threadIdx.x == 0 && blockIdx.x == 0) *flag = 1;
+}
+
+extern "C" int cuk_probe(int *flag, cuk_stream s) {
+    CUK_LAUNCH(k_probe, 1, 1, 0, s)(flag);
+    return cuk_last();
+}

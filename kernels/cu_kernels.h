@@ -37,6 +37,10 @@ int cuk_cast(const void *src, int sdt, void *dst, int ddt, size_t count, cuk_str
 /* dst[i] = (accumulate ? dst[i] : 0) + src[i], converted on load/store. */
 int cuk_add_into(const void *src, int sdt, void *dst, int ddt, size_t count, int accumulate, cuk_stream s);
 
+/* Launches a one-thread kernel that sets *flag (device memory) to 1: fails with
+ * cudaErrorNoKernelImageForDevice when the build has no code for the device. */
+int cuk_probe(int *flag, cuk_stream s);
+
 /* ---- act.cu: activations and the conv epilogue ---- */
 /* y = act(x (+ bias[c])) over `rows` pixels of c channels; bias (per channel, dtype bdt) may be
  * NULL. act: 0 none, 1 relu, 2 leaky relu (alpha), 3 tanh. Channel ch of pixel p is element

@@ -56,6 +56,7 @@ typedef struct cu_scratch {
 typedef struct cu_backend {
     cz_backend base;
     int device;
+    int cc_major; /* compute capability of the device (8 = Ampere, 9 = Hopper, ...) */
     cudaStream_t stream;
     cu_dnn *dnn;
     cu_scratch ws;   /* cuDNN workspace, shared by every convolution */
