@@ -18,7 +18,7 @@ build=0
 [ "${1:-}" = --build ] && { build=1; shift; }
 BUILD=${1:-build-cuemu}
 case $BUILD in /*) ;; *) BUILD=$PWD/$BUILD ;; esac
-targets=(colorize colorized test_ops test_unet_golden test_train_golden test_batcher test_train test_unet)
+targets=(colorize colorized test_ops test_unet_golden test_train_golden test_batcher test_train test_unet bench_layers)
 if [ $build = 1 ]; then
   cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCZ_CUDA=EMU -DCZ_WERROR=ON -DCZ_SANITIZE=ON \
     > "$BUILD.configure.log" 2>&1 || { cat "$BUILD.configure.log"; exit 1; }
@@ -55,6 +55,21 @@ for t in test_batcher test_train test_unet; do
     fail=1; echo "FAIL $t (log below)"; tail -30 "$WORK/$t.log"
   fi
 done
+
+echo
+echo "=== emulator: step 4's programs run end to end on cuda (tiny sizes; the numbers mean nothing)"
+if "$BUILD/colorize" bench --backend cuda --ngf 4 --size 256 --batch 1,2 --precision fp32,bf16 --min-time 0 --json \
+     > "$WORK/bench.jsonl" 2> "$WORK/bench.err" && [ "$(grep -c '"device_images_per_s"' "$WORK/bench.jsonl")" = 4 ]; then
+  echo "ok   colorize bench --backend cuda: 4 rows with the device-only figure"
+else
+  fail=1; echo "FAIL colorize bench --backend cuda"; tail -5 "$WORK/bench.err"; cat "$WORK/bench.jsonl"
+fi
+if "$BUILD/tests/bench/bench_layers" --backend cuda --ngf 4 --size 64 --batch 1 --dtype fp32,bf16 --min-ms 1 \
+     --json-file "$WORK/layers.jsonl" > "$WORK/layers.txt" 2>&1 && [ "$(grep -c '"layer": *"total"' "$WORK/layers.jsonl")" = 2 ]; then
+  echo "ok   bench_layers --backend cuda: $(grep -c . "$WORK/layers.jsonl") JSON rows, 2 totals"
+else
+  fail=1; echo "FAIL bench_layers --backend cuda"; tail -5 "$WORK/layers.txt"
+fi
 
 echo
 echo "=== emulator only: device failures while serving"
