@@ -22,6 +22,40 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* The timed calls of the benches: what one call runs. */
+typedef struct timed_call {
+    int kind; /* 0 a training step, 1 a forward pass with host transfers, 2 the device part alone */
+    cz_gan *gan;
+    cz_unet *u;
+    int n, size;
+    const float *in, *B;
+    float *out;
+} timed_call;
+
+static cz_status call_once(const timed_call *c) {
+    if (c->kind == 0) return cz_gan_step(c->gan, c->n, c->in, c->B, NULL);
+    if (c->kind == 1) return cz_unet_forward(c->u, c->n, c->size, c->size, c->in, c->out);
+    return cz_unet_forward_device(c->u, c->n, c->size, c->size);
+}
+
+/* Calls c until min_time has passed and at least 3 times (at most 4096); the median wall time
+ * of a call and the number of calls. Stops at the first failure and returns it. */
+static cz_status median_time(const timed_call *c, double min_time, double *median, int *iters) {
+    static double times[4096];
+    int k = 0;
+    cz_status s = CZ_OK;
+    double start = cli_now();
+    while (k < 4096 && (k < 3 || cli_now() - start < min_time)) {
+        double t0 = cli_now();
+        if ((s = call_once(c)) != CZ_OK) return s;
+        times[k++] = cli_now() - t0;
+    }
+    qsort(times, (size_t)k, sizeof times[0], cmp_double);
+    *median = times[k / 2];
+    *iters = k;
+    return s;
+}
+
 /* Training throughput: one G+D step per iteration, median over the timed iterations. */
 static int bench_train(const char *backend, const char *ngf_s, const int *batches, int nb, const char *precs_s,
                        int size, int threads, double min_time, int json) {
@@ -71,8 +105,8 @@ static int bench_train(const char *backend, const char *ngf_s, const int *batche
             cz_gan *gan = NULL;
             size_t an = (size_t)n * a.in_ch * size * size, bn = (size_t)n * a.out_ch * size * size;
             float *A = malloc(an * sizeof *A), *B = malloc(bn * sizeof *B);
-            static double times[4096];
             int iters = 0;
+            double med = 0;
             cz_status s = A && B ? cz_gan_create(be, &gc, &a, NULL, &gan) : cz_error_set(CZ_ERR_NOMEM, "out of memory");
             if (s == CZ_OK) s = cz_gan_plan(gan, n, size, size);
             if (s == CZ_OK) {
@@ -84,19 +118,14 @@ static int bench_train(const char *backend, const char *ngf_s, const int *batche
                 }
                 s = cz_gan_step(gan, n, A, B, NULL); /* warm-up */
             }
-            double t_start = cli_now();
-            while (s == CZ_OK && iters < 4096 && (iters < 3 || cli_now() - t_start < min_time)) {
-                double t0 = cli_now();
-                s = cz_gan_step(gan, n, A, B, NULL);
-                times[iters++] = cli_now() - t0;
-            }
+            timed_call tc = {.kind = 0, .gan = gan, .n = n, .in = A, .B = B};
+            if (s == CZ_OK) s = median_time(&tc, min_time, &med, &iters);
             if (s != CZ_OK) {
                 fprintf(stderr, "colorize bench --train: %s ngf %d batch %d: %s\n", cz_dtype_name(precs[pi]), a.ngf, n,
                         cz_error_detail());
                 rc = 1;
             } else {
-                qsort(times, (size_t)iters, sizeof times[0], cmp_double);
-                double med = times[iters / 2], gflop = cz_unet_flops(&a, size, size) / 1e9;
+                double gflop = cz_unet_flops(&a, size, size) / 1e9;
                 if (json)
                     printf("{\"engine\":\"colorize\",\"mode\":\"train\",\"backend\":\"%s\",\"precision\":\"%s\","
                            "\"ngf\":%d,\"size\":%d,\"batch\":%d,\"threads\":%d,\"ms_per_step\":%.3f,"
@@ -241,8 +270,8 @@ int cz_cmd_bench(int argc, char **argv) {
             cz_host_buf hin = {0}, hout = {0};
             float *in = cz_host_buf_reserve(be, &hin, in_n * sizeof *in) == CZ_OK ? hin.p : NULL;
             float *out = cz_host_buf_reserve(be, &hout, out_n * sizeof *out) == CZ_OK ? hout.p : NULL;
-            static double times[4096];
-            int iters = 0;
+            int iters = 0, diters = 0;
+            double med = 0, dev_med = 0;
             s = in && out ? cz_unet_plan(u, n, size, size) : cz_error_set(CZ_ERR_NOMEM, "out of memory");
             if (s == CZ_OK) {
                 uint64_t r = 12345;
@@ -254,33 +283,16 @@ int cz_cmd_bench(int argc, char **argv) {
                 /* where forward passes are recorded, the second pass records: not timed either */
                 if (s == CZ_OK && be->ops->record_begin) s = cz_unet_forward(u, n, size, size, in, out);
             }
-            double t_start = cli_now();
-            while (s == CZ_OK && iters < 4096 && (iters < 3 || cli_now() - t_start < min_time)) {
-                double t0 = cli_now();
-                s = cz_unet_forward(u, n, size, size, in, out);
-                times[iters++] = cli_now() - t0;
-            }
+            timed_call tc = {.kind = 1, .u = u, .n = n, .size = size, .in = in, .out = out};
+            if (s == CZ_OK) s = median_time(&tc, min_time, &med, &iters);
             /* on a device, also the forward pass alone (input already in device memory, no host
              * transfers), the figure comparable to a framework timing device-resident tensors */
-            double dev_med = 0;
-            if (s == CZ_OK && dev) {
-                static double dtimes[4096];
-                int diters = 0;
-                double d_start = cli_now();
-                while (s == CZ_OK && diters < 4096 && (diters < 3 || cli_now() - d_start < min_time)) {
-                    double t0 = cli_now();
-                    s = cz_unet_forward_device(u, n, size, size);
-                    dtimes[diters++] = cli_now() - t0;
-                }
-                qsort(dtimes, (size_t)diters, sizeof dtimes[0], cmp_double);
-                dev_med = dtimes[diters / 2];
-            }
+            tc.kind = 2;
+            if (s == CZ_OK && dev) s = median_time(&tc, min_time, &dev_med, &diters);
             if (s != CZ_OK) {
                 fprintf(stderr, "colorize bench: batch %d: %s\n", n, cz_error_detail());
                 rc = 1;
             } else {
-                qsort(times, (size_t)iters, sizeof times[0], cmp_double);
-                double med = times[iters / 2];
                 double ips = n / med;
                 char devj[96] = "", devt[64] = "";
                 if (dev) {

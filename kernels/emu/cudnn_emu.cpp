@@ -382,6 +382,79 @@ cudnnStatus_t submit(cudnnHandle_t h, const char *fn, std::function<cudaError_t(
     return CUDNN_STATUS_SUCCESS;
 }
 
+/* The three primitives in the terms of check_problem: x (n,c,h,w) * filter (k,c,r,s) -> y
+ * (n,k,oh,ow). `out` names the one that is written (forward: y, backward data: x, backward
+ * filter: the filter), as out = alpha * op(the other two) + beta * out; the others are read. */
+enum conv_out { OUT_Y, OUT_X, OUT_W };
+
+cudnnStatus_t conv_call(const char *fn, conv_out out, cudnnHandle_t h, const cudnnTensorStruct *xd, const void *x,
+                        const cudnnFilterStruct *wd, const void *w, const cudnnConvolutionStruct *cdp,
+                        const cudnnTensorStruct *yd, const void *y, int algo, void *ws, size_t ws_bytes,
+                        const void *alpha, const void *beta) {
+    cudnnStatus_t st = check_problem(fn, xd, wd, cdp, yd);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    t4 X{*xd}, Y{*yd};
+    f4 W{*wd};
+    size_t es = dt_size(xd->dt), need = ws_need(algo, wd->k, yd->h, yd->w);
+    if ((st = check_ws(fn, algo, need, ws, ws_bytes)) || (st = check_mem(fn, "x", x, X.numel() * es)) ||
+        (st = check_mem(fn, "w", w, W.numel() * es)) || (st = check_mem(fn, "y", y, Y.numel() * es)))
+        return st;
+    if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM;
+    double a = scalar(alpha), b = scalar(beta);
+    cudnnConvolutionStruct cd = *cdp;
+    return submit(h, fn, [=]() {
+        cudaError_t live = still_live(fn, {{ws, need}, {x, X.numel() * es}, {w, W.numel() * es}, {y, Y.numel() * es}});
+        if (live != cudaSuccess) return live;
+        /* acc in the written tensor's logical order (n,c,h,w or k,c,r,s); offs maps it to memory */
+        int d0, d1, d2, d3;
+        if (out == OUT_W)
+            d0 = W.d.k, d1 = W.d.c, d2 = W.d.r, d3 = W.d.s;
+        else if (out == OUT_X)
+            d0 = X.d.n, d1 = X.d.c, d2 = X.d.h, d3 = X.d.w;
+        else
+            d0 = Y.d.n, d1 = Y.d.c, d2 = Y.d.h, d3 = Y.d.w;
+        std::vector<double> acc((size_t)d0 * d1 * d2 * d3, 0.0);
+        std::vector<size_t> offs(acc.size());
+        size_t i = 0;
+        for (int i0 = 0; i0 < d0; i0++)
+            for (int i1 = 0; i1 < d1; i1++)
+                for (int i2 = 0; i2 < d2; i2++)
+                    for (int i3 = 0; i3 < d3; i3++)
+                        offs[i++] = out == OUT_W ? W.off(i0, i1, i2, i3)
+                                    : out == OUT_X ? X.off(i0, i1, i2, i3)
+                                                   : Y.off(i0, i1, i2, i3);
+        auto at = [&](int i0, int i1, int i2, int i3) -> double & {
+            return acc[(((size_t)i0 * d1 + i1) * d2 + i2) * d3 + i3];
+        };
+        taps(X.d, W.d, cd, Y.d, [&](int n, int oy, int ox, int iy, int ix, int r, int s) {
+            if (out == OUT_Y) {
+                for (int k = 0; k < W.d.k; k++) {
+                    double t = 0;
+                    for (int c = 0; c < W.d.c; c++)
+                        t += load(x, X.d.dt, X.off(n, c, iy, ix)) * load(w, W.d.dt, W.off(k, c, r, s));
+                    accum(at(n, k, oy, ox), t, algo);
+                }
+            } else if (out == OUT_X) {
+                for (int c = 0; c < W.d.c; c++) {
+                    double t = 0;
+                    for (int k = 0; k < W.d.k; k++)
+                        t += load(y, Y.d.dt, Y.off(n, k, oy, ox)) * load(w, W.d.dt, W.off(k, c, r, s));
+                    accum(at(n, c, iy, ix), t, algo);
+                }
+            } else {
+                for (int k = 0; k < W.d.k; k++) {
+                    double g = load(y, Y.d.dt, Y.off(n, k, oy, ox));
+                    for (int c = 0; c < W.d.c; c++)
+                        accum(at(k, c, r, s), g * load(x, X.d.dt, X.off(n, c, iy, ix)), algo);
+                }
+            }
+        });
+        void *dst = (void *)(out == OUT_W ? w : out == OUT_X ? x : y);
+        blend(dst, xd->dt, acc, a, b, offs);
+        return cudaSuccess;
+    });
+}
+
 } // namespace
 
 extern "C" {
@@ -470,38 +543,8 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void *alpha, const 
                                       const cudnnConvolutionDescriptor_t cdp, cudnnConvolutionFwdAlgo_t algo,
                                       void *ws, size_t ws_bytes, const void *beta, const cudnnTensorDescriptor_t yd,
                                       void *y) {
-    const char *fn = "cudnnConvolutionForward";
-    cudnnStatus_t st = check_problem(fn, xd, wd, cdp, yd);
-    if (st != CUDNN_STATUS_SUCCESS) return st;
-    t4 X{*xd}, Y{*yd};
-    f4 W{*wd};
-    size_t es = dt_size(xd->dt), need = ws_need((int)algo, wd->k, yd->h, yd->w);
-    if ((st = check_ws(fn, (int)algo, need, ws, ws_bytes)) || (st = check_mem(fn, "x", x, X.numel() * es)) ||
-        (st = check_mem(fn, "w", w, W.numel() * es)) || (st = check_mem(fn, "y", y, Y.numel() * es)))
-        return st;
-    if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM;
-    double a = scalar(alpha), b = scalar(beta);
-    cudnnConvolutionStruct cd = *cdp;
-    return submit(h, fn, [=]() {
-        cudaError_t live = still_live(fn, {{ws, need}, {x, X.numel() * es}, {w, W.numel() * es}, {y, Y.numel() * es}});
-        if (live != cudaSuccess) return live;
-        std::vector<double> acc(Y.numel(), 0.0);
-        std::vector<size_t> offs(Y.numel());
-        size_t i = 0;
-        for (int n = 0; n < Y.d.n; n++)
-            for (int k = 0; k < Y.d.c; k++)
-                for (int oy = 0; oy < Y.d.h; oy++)
-                    for (int ox = 0; ox < Y.d.w; ox++) offs[i++] = Y.off(n, k, oy, ox);
-        taps(X.d, W.d, cd, Y.d, [&](int n, int oy, int ox, int iy, int ix, int r, int s) {
-            for (int k = 0; k < W.d.k; k++) {
-                double t = 0;
-                for (int c = 0; c < W.d.c; c++) t += load(x, X.d.dt, X.off(n, c, iy, ix)) * load(w, W.d.dt, W.off(k, c, r, s));
-                accum(acc[(((size_t)n * Y.d.c + k) * Y.d.h + oy) * Y.d.w + ox], t, (int)algo);
-            }
-        });
-        blend(y, Y.d.dt, acc, a, b, offs);
-        return cudaSuccess;
-    });
+    return conv_call("cudnnConvolutionForward", OUT_Y, h, xd, x, wd, w, cdp, yd, y, (int)algo, ws, ws_bytes, alpha,
+                     beta);
 }
 
 cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void *alpha, const cudnnFilterDescriptor_t wd,
@@ -509,40 +552,8 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void *alpha, c
                                            const cudnnConvolutionDescriptor_t cdp, cudnnConvolutionBwdDataAlgo_t algo,
                                            void *ws, size_t ws_bytes, const void *beta,
                                            const cudnnTensorDescriptor_t dxd, void *dx) {
-    const char *fn = "cudnnConvolutionBackwardData";
-    cudnnStatus_t st = check_problem(fn, dxd, wd, cdp, dyd);
-    if (st != CUDNN_STATUS_SUCCESS) return st;
-    t4 DX{*dxd}, DY{*dyd};
-    f4 W{*wd};
-    size_t es = dt_size(dxd->dt), need = ws_need((int)algo, wd->k, dyd->h, dyd->w);
-    if ((st = check_ws(fn, (int)algo, need, ws, ws_bytes)) || (st = check_mem(fn, "dx", dx, DX.numel() * es)) ||
-        (st = check_mem(fn, "w", w, W.numel() * es)) || (st = check_mem(fn, "dy", dy, DY.numel() * es)))
-        return st;
-    if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM;
-    double a = scalar(alpha), b = scalar(beta);
-    cudnnConvolutionStruct cd = *cdp;
-    return submit(h, fn, [=]() {
-        cudaError_t live =
-            still_live(fn, {{ws, need}, {dx, DX.numel() * es}, {w, W.numel() * es}, {dy, DY.numel() * es}});
-        if (live != cudaSuccess) return live;
-        std::vector<double> acc(DX.numel(), 0.0);
-        std::vector<size_t> offs(DX.numel());
-        size_t i = 0;
-        for (int n = 0; n < DX.d.n; n++)
-            for (int c = 0; c < DX.d.c; c++)
-                for (int y0 = 0; y0 < DX.d.h; y0++)
-                    for (int x0 = 0; x0 < DX.d.w; x0++) offs[i++] = DX.off(n, c, y0, x0);
-        taps(DX.d, W.d, cd, DY.d, [&](int n, int oy, int ox, int iy, int ix, int r, int s) {
-            for (int c = 0; c < W.d.c; c++) {
-                double t = 0;
-                for (int k = 0; k < W.d.k; k++)
-                    t += load(dy, DY.d.dt, DY.off(n, k, oy, ox)) * load(w, W.d.dt, W.off(k, c, r, s));
-                accum(acc[(((size_t)n * DX.d.c + c) * DX.d.h + iy) * DX.d.w + ix], t, (int)algo);
-            }
-        });
-        blend(dx, DX.d.dt, acc, a, b, offs);
-        return cudaSuccess;
-    });
+    return conv_call("cudnnConvolutionBackwardData", OUT_X, h, dxd, dx, wd, w, cdp, dyd, dy, (int)algo, ws, ws_bytes,
+                     alpha, beta);
 }
 
 cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void *alpha, const cudnnTensorDescriptor_t xd,
@@ -550,40 +561,8 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void *alpha,
                                              const cudnnConvolutionDescriptor_t cdp,
                                              cudnnConvolutionBwdFilterAlgo_t algo, void *ws, size_t ws_bytes,
                                              const void *beta, const cudnnFilterDescriptor_t dwd, void *dw) {
-    const char *fn = "cudnnConvolutionBackwardFilter";
-    cudnnStatus_t st = check_problem(fn, xd, dwd, cdp, dyd);
-    if (st != CUDNN_STATUS_SUCCESS) return st;
-    t4 X{*xd}, DY{*dyd};
-    f4 DW{*dwd};
-    size_t es = dt_size(xd->dt), need = ws_need((int)algo, dwd->k, dyd->h, dyd->w);
-    if ((st = check_ws(fn, (int)algo, need, ws, ws_bytes)) || (st = check_mem(fn, "x", x, X.numel() * es)) ||
-        (st = check_mem(fn, "dy", dy, DY.numel() * es)) || (st = check_mem(fn, "dw", dw, DW.numel() * es)))
-        return st;
-    if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM;
-    double a = scalar(alpha), b = scalar(beta);
-    cudnnConvolutionStruct cd = *cdp;
-    return submit(h, fn, [=]() {
-        cudaError_t live =
-            still_live(fn, {{ws, need}, {x, X.numel() * es}, {dy, DY.numel() * es}, {dw, DW.numel() * es}});
-        if (live != cudaSuccess) return live;
-        std::vector<double> acc(DW.numel(), 0.0);
-        std::vector<size_t> offs(DW.numel());
-        size_t i = 0;
-        for (int k = 0; k < DW.d.k; k++)
-            for (int c = 0; c < DW.d.c; c++)
-                for (int r = 0; r < DW.d.r; r++)
-                    for (int s = 0; s < DW.d.s; s++) offs[i++] = DW.off(k, c, r, s);
-        taps(X.d, DW.d, cd, DY.d, [&](int n, int oy, int ox, int iy, int ix, int r, int s) {
-            for (int k = 0; k < DW.d.k; k++) {
-                double g = load(dy, DY.d.dt, DY.off(n, k, oy, ox));
-                for (int c = 0; c < DW.d.c; c++)
-                    accum(acc[(((size_t)k * DW.d.c + c) * DW.d.r + r) * DW.d.s + s], g * load(x, X.d.dt, X.off(n, c, iy, ix)),
-                          (int)algo);
-            }
-        });
-        blend(dw, DW.d.dt, acc, a, b, offs);
-        return cudaSuccess;
-    });
+    return conv_call("cudnnConvolutionBackwardFilter", OUT_W, h, xd, x, dwd, dw, cdp, dyd, dy, (int)algo, ws, ws_bytes,
+                     alpha, beta);
 }
 
 } /* extern "C" */

@@ -607,7 +607,7 @@ cudaError_t cudaMemset(void *dst, int value, size_t n) {
     if (!capture_allows("cudaMemset")) return ret(cudaErrorStreamCaptureUnsupported);
     cudaError_t e = cudaMemsetAsync(dst, value, n, nullptr);
     if (e != cudaSuccess) return e;
-    return (e = drain_locked()) == cudaSuccess ? e : ret(e);
+    return ret(drain_locked());
 }
 
 /* ---- streams, events, synchronization ---- */
@@ -639,8 +639,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
     guard g;
     if (!valid_stream(s)) return ret(cudaErrorInvalidResourceHandle);
     if (!capture_allows_stream(s, "synchronizing or querying")) return ret(cudaErrorStreamCaptureUnsupported);
-    cudaError_t e = drain_locked();
-    return e == cudaSuccess ? e : ret(e);
+    return ret(drain_locked());
 }
 
 cudaError_t cudaStreamQuery(cudaStream_t s) {
@@ -651,8 +650,7 @@ cudaError_t cudaStreamQuery(cudaStream_t s) {
 cudaError_t cudaDeviceSynchronize(void) {
     guard g;
     if (!capture_allows("cudaDeviceSynchronize")) return ret(cudaErrorStreamCaptureUnsupported);
-    cudaError_t e = drain_locked();
-    return e == cudaSuccess ? e : ret(e);
+    return ret(drain_locked());
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *ev, unsigned int flags) {
@@ -698,8 +696,7 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t ev, unsigned int fla
 cudaError_t cudaEventSynchronize(cudaEvent_t ev) {
     guard g;
     if (!g_events.count(ev)) return ret(cudaErrorInvalidResourceHandle);
-    cudaError_t e = drain_locked();
-    return e == cudaSuccess ? e : ret(e);
+    return ret(drain_locked());
 }
 
 cudaError_t cudaEventQuery(cudaEvent_t ev) { return cudaEventSynchronize(ev); }
