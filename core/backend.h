@@ -222,6 +222,19 @@ typedef struct cz_backend_ops {
      * host_alloc returns NULL on failure; host_free(NULL) is a no-op. NULL slots: use malloc. */
     void *(*host_alloc)(cz_backend *be, size_t bytes);
     void (*host_free)(cz_backend *be, void *p);
+
+    /* Asynchronous host transfers, so that copies overlap compute (CUDA: copy streams of their
+     * own, one per direction, ordered against the ops by events). write_async queues src -> t
+     * (plain NCHW fp32, as tensor_write): ops queued after it see the new contents. read_async
+     * queues t -> dst behind every op queued so far. Both return at once with a ticket; `src`
+     * must stay unchanged and `dst` unread until transfer_wait(ticket) has returned CZ_OK, and
+     * both should come from host_alloc (pageable memory makes the copy synchronous). Waiting
+     * on a read's ticket also covers every write queued before that read. A transfer's errors
+     * may surface only at transfer_wait (or a later op). Not while recording. NULL slots: the
+     * backend has only the synchronous tensor_write/tensor_read. */
+    cz_status (*write_async)(cz_backend *be, cz_tensor *t, const float *src, uint64_t *ticket);
+    cz_status (*read_async)(cz_backend *be, const cz_tensor *t, float *dst, uint64_t *ticket);
+    cz_status (*transfer_wait)(cz_backend *be, uint64_t ticket);
 } cz_backend_ops;
 
 /* Every backend instance starts with this header; implementations embed it first. */

@@ -43,6 +43,14 @@
  *   on_device_lost is called once (the daemon then drains and exits non-zero so that a
  *   supervisor restarts it).
  *
+ * Pipelining: where the colorizer is pipelined (a backend with asynchronous transfers), a batch
+ *   is launched and left in flight while the loop goes on; the pass in flight is collected
+ *   (and its callbacks called) right after the next batch has been launched, or as soon as no
+ *   other batch is ready, or before a control request runs. So at most two passes are on the
+ *   device, the second one's staging and upload overlap the first one's compute, and a batch
+ *   never waits for traffic that has not arrived yet. infer_seconds of such a pass runs from
+ *   its launch to its collection.
+ *
  * Out of memory: a forward pass failing with CZ_ERR_NOMEM is split in halves and each half
  *   retried, down to single images; a single image that still does not fit fails alone.
  *
@@ -103,15 +111,20 @@ struct cz_batcher {
     pthread_t thread;
     /* device thread only */
     cz_colorizer *cz;
-    cz_bjob **batch;
+    cz_bjob **batch;   /* 2 * max_batch: the halves hold the batch in flight and the next one */
     cz_cjob **cbatch;
+    /* the pipelined pass in flight (launched, not yet collected) */
+    int fl_active, fl_half, fl_handle, fl_n;
+    cz_bjob *fl_chain;
+    int64_t fl_t0;
 
     pthread_mutex_t mu;
     pthread_cond_t wake; /* the device thread waits here */
     pthread_cond_t idle; /* drain and call wait here */
     bgroup *groups;
     int depth;
-    int busy; /* jobs taken off the queue whose callbacks have not all run yet (0/1 batches) */
+    int busy; /* jobs taken off the queue whose callbacks have not all run yet (a batch, or a
+                 batch in flight) */
     int warming, draining, stop;
     bctl *ctl_head, *ctl_tail;
     int device_error;
@@ -324,21 +337,12 @@ static void check_health(cz_batcher *b) {
     if (b->opt.on_device_lost) b->opt.on_device_lost(b->opt.on_device_lost_arg, why);
 }
 
-/* One forward pass over jobs[0..n) (lock not held); fills their results and the stats. A pass
- * that runs out of memory is split in halves, each retried (a smaller batch needs less
- * scratch), down to single images. */
-static void run_pass(cz_batcher *b, cz_bjob **jobs, int n) {
-    for (int i = 0; i < n; i++) b->cbatch[i] = &jobs[i]->cjob;
-    cz_error_clear();
-    int64_t t0 = cz_now_ns();
-    cz_status s;
-    if (b->lost)
-        s = cz_error_set(CZ_ERR_UNAVAILABLE, "%s", b->device_error_msg);
-    else if (!b->cz)
-        s = cz_error_set(CZ_ERR_UNAVAILABLE, "no model loaded");
-    else
-        s = cz_colorizer_run(b->cz, b->cbatch, n);
-    int64_t t1 = cz_now_ns();
+static void run_pass(cz_batcher *b, cz_bjob **jobs, int n);
+
+/* Applies the outcome s of a forward pass over jobs[0..n) (run from t0 to t1) to the jobs and
+ * the stats (lock not held). A pass that ran out of memory is split in halves, each run again
+ * (a smaller batch needs less scratch), down to single images. */
+static void pass_done(cz_batcher *b, cz_bjob **jobs, int n, cz_status s, int64_t t0, int64_t t1) {
     char detail[256] = "";
     if (s != CZ_OK)
         copy_text(detail, sizeof detail, cz_error_detail()[0] ? cz_error_detail() : cz_strerror(s));
@@ -391,15 +395,70 @@ static void run_pass(cz_batcher *b, cz_bjob **jobs, int n) {
     pthread_mutex_unlock(&b->mu);
 }
 
-/* Runs a batch taken from the queue (lock not held), then calls the callbacks. */
-static void run_batch(cz_batcher *b, cz_bjob *chain, int n) {
-    int i = 0;
-    for (cz_bjob *j = chain; j; j = j->next_) b->batch[i++] = j;
-    run_pass(b, b->batch, n);
-    complete_chain(chain);
+/* One forward pass over jobs[0..n), start to end (lock not held). */
+static void run_pass(cz_batcher *b, cz_bjob **jobs, int n) {
+    for (int i = 0; i < n; i++) b->cbatch[i] = &jobs[i]->cjob;
+    cz_error_clear();
+    int64_t t0 = cz_now_ns();
+    cz_status s;
+    if (b->lost)
+        s = cz_error_set(CZ_ERR_UNAVAILABLE, "%s", b->device_error_msg);
+    else if (!b->cz)
+        s = cz_error_set(CZ_ERR_UNAVAILABLE, "no model loaded");
+    else
+        s = cz_colorizer_run(b->cz, b->cbatch, n);
+    pass_done(b, jobs, n, s, t0, cz_now_ns());
+}
+
+static void batch_ended(cz_batcher *b) {
     pthread_mutex_lock(&b->mu);
     b->last_batch_end_ns = cz_now_ns();
     pthread_mutex_unlock(&b->mu);
+}
+
+/* Collects the pass in flight, if any, and calls its callbacks (lock not held). */
+static void finish_inflight(cz_batcher *b) {
+    if (!b->fl_active) return;
+    b->fl_active = 0;
+    cz_error_clear();
+    cz_status s = cz_colorizer_collect(b->cz, b->fl_handle);
+    pass_done(b, b->batch + (size_t)b->fl_half * (size_t)b->opt.max_batch, b->fl_n, s, b->fl_t0, cz_now_ns());
+    complete_chain(b->fl_chain);
+    batch_ended(b);
+}
+
+/* Runs a batch taken from the queue (lock not held). Where the colorizer is pipelined the pass
+ * is launched and left in flight, and the pass launched before it (if any) is collected and
+ * completed only then: the host stages this batch and the device uploads it while the
+ * previous one computes. Otherwise (or when the launch fails: the synchronous path below then
+ * reports the error or splits a batch that ran out of memory) the pass runs start to end and
+ * its callbacks are called before this returns. */
+static void run_batch(cz_batcher *b, cz_bjob *chain, int n) {
+    int half = b->fl_active ? 1 - b->fl_half : 0;
+    cz_bjob **jobs = b->batch + (size_t)half * (size_t)b->opt.max_batch;
+    int i = 0;
+    for (cz_bjob *j = chain; j; j = j->next_) jobs[i++] = j;
+    if (!b->lost && b->cz && cz_colorizer_pipelined(b->cz)) {
+        for (i = 0; i < n; i++) b->cbatch[i] = &jobs[i]->cjob;
+        cz_error_clear();
+        int64_t t0 = cz_now_ns();
+        int handle;
+        if (cz_colorizer_launch(b->cz, b->cbatch, n, &handle) == CZ_OK) {
+            finish_inflight(b);
+            b->fl_active = 1;
+            b->fl_half = half;
+            b->fl_handle = handle;
+            b->fl_n = n;
+            b->fl_chain = chain;
+            b->fl_t0 = t0;
+            return;
+        }
+        CZ_LOGD(MOD, "launching a pass of %d images failed (%s): running it synchronously", n, cz_error_detail());
+    }
+    finish_inflight(b);
+    run_pass(b, jobs, n);
+    complete_chain(chain);
+    batch_ended(b);
 }
 
 static void *device_main(void *arg) {
@@ -410,9 +469,15 @@ static void *device_main(void *arg) {
     b->warming = 0;
     pthread_cond_broadcast(&b->idle);
     for (;;) {
-        if (b->busy) { /* callbacks of the previous step have run */
+        if (b->busy && !b->fl_active) { /* callbacks of the previous step have run */
             b->busy = 0;
             pthread_cond_broadcast(&b->idle);
+        }
+        if (b->ctl_head && b->fl_active) { /* a call may swap the model: nothing in flight then */
+            pthread_mutex_unlock(&b->mu);
+            finish_inflight(b);
+            pthread_mutex_lock(&b->mu);
+            continue;
         }
         if (b->ctl_head) {
             bctl *c = b->ctl_head;
@@ -449,6 +514,12 @@ static void *device_main(void *arg) {
             b->busy = 1;
             pthread_mutex_unlock(&b->mu);
             run_batch(b, chain, n);
+            pthread_mutex_lock(&b->mu);
+            continue;
+        }
+        if (b->fl_active) { /* nothing else is ready: answer the batch in flight now */
+            pthread_mutex_unlock(&b->mu);
+            finish_inflight(b);
             pthread_mutex_lock(&b->mu);
             continue;
         }
@@ -522,7 +593,7 @@ cz_status cz_batcher_create(cz_colorizer *cz, const cz_batcher_opts *opt, cz_bat
     if (b->opt.max_wait_us > MAX_WAIT_US_CAP) b->opt.max_wait_us = MAX_WAIT_US_CAP; /* no overflow in ns */
     b->cz = cz;
     /* a swapped-in colorizer may allow more, but batches never exceed opt.max_batch */
-    b->batch = calloc((size_t)opt->max_batch, sizeof *b->batch);
+    b->batch = calloc(2 * (size_t)opt->max_batch, sizeof *b->batch);
     b->cbatch = calloc((size_t)opt->max_batch, sizeof *b->cbatch);
     if (!b->batch || !b->cbatch) {
         free(b->batch);

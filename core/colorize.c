@@ -5,8 +5,12 @@
  *   rgb: net input = the gray sRGB of L replicated on 3 planes, scaled to [-1, 1]; the output
  *        RGB is converted to Lab and only its ab is kept, so luminance still comes from the
  *        source in both modes.
- * The batch buffers (input/output staging for one forward pass) are allocated once at create
- * for max_batch images of the largest planned size and grown when a bigger size appears. */
+ * Forward passes: each of the CZ_COLORIZER_PASSES pass slots has its own staging buffers (input
+ * and output of one batch, page-locked where the backend offers it), allocated for max_batch
+ * images of the size first run through it and grown when a bigger size appears. On a backend
+ * with asynchronous transfers (cuda) a launched pass returns at once, so the caller can stage
+ * the next batch while the device runs this one; its upload then overlaps the device's compute,
+ * and its download the next pass's. */
 #include "colorize.h"
 
 #include <stdio.h>
@@ -17,14 +21,25 @@
 
 #define AB_SCALE 110.0f
 
+/* One forward pass in flight: its staging buffers (page-locked where the backend offers it)
+ * and the jobs whose outputs it fills. */
+typedef struct cz_pass {
+    cz_host_buf in, out;
+    size_t px;        /* pixels per image the staging buffers hold */
+    size_t out_sz;    /* output values per image of the pass in flight */
+    cz_cjob **jobs;   /* max_batch entries */
+    int n, busy;
+    uint64_t ticket;
+} cz_pass;
+
 struct cz_colorizer {
     cz_backend *be;
     cz_unet *unet;
     cz_unet_arch arch;
     int max_batch;
     uint64_t checksum;
-    cz_host_buf stage_in, stage_out; /* page-locked where the backend offers it */
-    size_t stage_px; /* pixels per image the staging buffers hold */
+    cz_pass pass[CZ_COLORIZER_PASSES];
+    int next; /* the pass slot the next launch uses */
 };
 
 cz_status cz_colorizer_create(cz_backend *be, const char *weights_path, const cz_colorizer_opts *opt,
@@ -42,12 +57,22 @@ cz_status cz_colorizer_create(cz_backend *be, const char *weights_path, const cz
     }
     cz->be = be;
     cz->max_batch = opt->max_batch;
+    for (int i = 0; i < CZ_COLORIZER_PASSES; i++) {
+        cz->pass[i].jobs = calloc((size_t)opt->max_batch, sizeof *cz->pass[i].jobs);
+        if (!cz->pass[i].jobs) {
+            cz_st_close(st);
+            for (int k = 0; k < i; k++) free(cz->pass[k].jobs);
+            free(cz);
+            return cz_error_set(CZ_ERR_NOMEM, "out of memory");
+        }
+    }
     cz->checksum = cz_st_checksum(st);
     s = cz_unet_create(be, st, opt->precision, &cz->unet);
     cz_st_close(st);
     if (s != CZ_OK) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", cz_error_detail());
+        for (int i = 0; i < CZ_COLORIZER_PASSES; i++) free(cz->pass[i].jobs);
         free(cz);
         return cz_error_set(s, "%s: %s", weights_path, msg);
     }
@@ -62,9 +87,12 @@ cz_status cz_colorizer_create(cz_backend *be, const char *weights_path, const cz
 
 void cz_colorizer_destroy(cz_colorizer *cz) {
     if (!cz) return;
-    cz_unet_destroy(cz->unet);
-    cz_host_buf_free(cz->be, &cz->stage_in);
-    cz_host_buf_free(cz->be, &cz->stage_out);
+    cz_unet_destroy(cz->unet); /* waits for the device */
+    for (int i = 0; i < CZ_COLORIZER_PASSES; i++) {
+        cz_host_buf_free(cz->be, &cz->pass[i].in);
+        cz_host_buf_free(cz->be, &cz->pass[i].out);
+        free(cz->pass[i].jobs);
+    }
     free(cz);
 }
 
@@ -152,7 +180,10 @@ cz_status cz_colorizer_warm(cz_colorizer *cz, int render, int n) {
     return s;
 }
 
-cz_status cz_colorizer_run(cz_colorizer *cz, cz_cjob *const *jobs, int n) {
+int cz_colorizer_pipelined(const cz_colorizer *cz) { return cz_unet_async(cz->unet); }
+
+cz_status cz_colorizer_launch(cz_colorizer *cz, cz_cjob *const *jobs, int n, int *handle) {
+    *handle = -1;
     if (n < 1 || n > cz->max_batch)
         return cz_error_set(CZ_ERR_INVALID_ARG, "batch of %d images, expected 1..%d", n, cz->max_batch);
     int h = jobs[0]->geom.net_h, w = jobs[0]->geom.net_w;
@@ -160,22 +191,55 @@ cz_status cz_colorizer_run(cz_colorizer *cz, cz_cjob *const *jobs, int n) {
         if (jobs[i]->geom.net_h != h || jobs[i]->geom.net_w != w)
             return cz_error_set(CZ_ERR_INVALID_ARG, "batch mixes network sizes %dx%d and %dx%d", w, h,
                                 jobs[i]->geom.net_w, jobs[i]->geom.net_h);
+    cz_pass *ps = &cz->pass[cz->next];
+    if (ps->busy)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "%d forward passes are in flight already: collect one first",
+                            CZ_COLORIZER_PASSES);
     size_t px = (size_t)h * w;
-    if (px > cz->stage_px) {
+    if (px > ps->px) {
         size_t bi = px * (size_t)cz->max_batch * (size_t)cz->arch.in_ch * sizeof(float);
         size_t bo = px * (size_t)cz->max_batch * (size_t)cz->arch.out_ch * sizeof(float);
-        if (cz_host_buf_reserve(cz->be, &cz->stage_in, bi) != CZ_OK ||
-            cz_host_buf_reserve(cz->be, &cz->stage_out, bo) != CZ_OK)
+        if (cz_host_buf_reserve(cz->be, &ps->in, bi) != CZ_OK || cz_host_buf_reserve(cz->be, &ps->out, bo) != CZ_OK)
             return cz_error_set(CZ_ERR_NOMEM, "cannot allocate batch buffers for %dx%d", w, h);
-        cz->stage_px = px;
+        ps->px = px;
     }
-    float *stage_in = cz->stage_in.p, *stage_out = cz->stage_out.p;
+    float *stage_in = ps->in.p;
     CZ_TRY(cz_unet_plan(cz->unet, cz->max_batch, h, w));
-    size_t in_sz = px * (size_t)cz->arch.in_ch, out_sz = px * (size_t)cz->arch.out_ch;
+    size_t in_sz = px * (size_t)cz->arch.in_ch;
     for (int i = 0; i < n; i++) memcpy(stage_in + (size_t)i * in_sz, jobs[i]->net_in, in_sz * sizeof(float));
-    CZ_TRY(cz_unet_forward(cz->unet, n, h, w, stage_in, stage_out));
-    for (int i = 0; i < n; i++) memcpy(jobs[i]->net_out, stage_out + (size_t)i * out_sz, out_sz * sizeof(float));
+    cz_status s = cz_unet_launch(cz->unet, n, h, w, stage_in, ps->out.p, &ps->ticket);
+    if (s != CZ_OK) {
+        /* part of the pass may be queued: let it finish before the buffers are reused */
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", cz_error_detail());
+        (void)cz->be->ops->sync(cz->be);
+        return cz_error_set(s, "%s", msg);
+    }
+    memcpy(ps->jobs, jobs, (size_t)n * sizeof *jobs);
+    ps->n = n;
+    ps->out_sz = px * (size_t)cz->arch.out_ch;
+    ps->busy = 1;
+    *handle = cz->next;
+    cz->next = (cz->next + 1) % CZ_COLORIZER_PASSES;
     return CZ_OK;
+}
+
+cz_status cz_colorizer_collect(cz_colorizer *cz, int handle) {
+    if (handle < 0 || handle >= CZ_COLORIZER_PASSES || !cz->pass[handle].busy)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "collect: no forward pass %d in flight", handle);
+    cz_pass *ps = &cz->pass[handle];
+    ps->busy = 0;
+    CZ_TRY(cz_unet_wait(cz->unet, ps->ticket));
+    const float *stage_out = ps->out.p;
+    for (int i = 0; i < ps->n; i++)
+        memcpy(ps->jobs[i]->net_out, stage_out + (size_t)i * ps->out_sz, ps->out_sz * sizeof(float));
+    return CZ_OK;
+}
+
+cz_status cz_colorizer_run(cz_colorizer *cz, cz_cjob *const *jobs, int n) {
+    int handle;
+    CZ_TRY(cz_colorizer_launch(cz, jobs, n, &handle));
+    return cz_colorizer_collect(cz, handle);
 }
 
 cz_status cz_cjob_finish(const cz_colorizer *cz, const cz_cjob *job, cz_image *out) {

@@ -50,6 +50,17 @@ typedef struct cz_cjob {
 cz_status cz_cjob_prepare(const cz_colorizer *cz, const cz_image *src, int render, cz_cjob *job);
 /* Runs n jobs (all with the same net_w x net_h, n <= max_batch) through the U-Net. */
 cz_status cz_colorizer_run(cz_colorizer *cz, cz_cjob *const *jobs, int n);
+/* cz_colorizer_run in two halves (model owner thread). launch stages the jobs' inputs and
+ * starts the pass; where cz_colorizer_pipelined says so it returns before the device is done,
+ * so the caller can launch the next batch (whose upload then overlaps this one's compute)
+ * before collecting this one. collect waits for the pass and fills its jobs' net_out. At most
+ * CZ_COLORIZER_PASSES passes are in flight; collect each exactly once (a failed collect too).
+ * A failed launch leaves nothing in flight. The jobs must stay alive
+ * and unchanged until their pass is collected. */
+#define CZ_COLORIZER_PASSES 2
+cz_status cz_colorizer_launch(cz_colorizer *cz, cz_cjob *const *jobs, int n, int *handle);
+cz_status cz_colorizer_collect(cz_colorizer *cz, int handle);
+int cz_colorizer_pipelined(const cz_colorizer *cz);
 /* One forward pass of n zero images at the network size of a render x render photo, so that
  * the plans and primitives of that (n, size) exist before traffic (model owner thread); two
  * where the backend records forward passes, so that the recording exists too. */

@@ -657,6 +657,30 @@ cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, floa
     return ops->sync(be);
 }
 
+int cz_unet_async(const cz_unet *u) {
+    const cz_backend_ops *ops = u->be->ops;
+    return ops->write_async && ops->read_async && ops->transfer_wait;
+}
+
+cz_status cz_unet_launch(cz_unet *u, int n, int h, int w, const float *in, float *out, uint64_t *ticket) {
+    *ticket = 0;
+    if (!cz_unet_async(u)) return cz_unet_forward(u, n, h, w, in, out);
+    plan *p;
+    CZ_TRY(find_plan(u, n, h, w, &p));
+    cz_backend *be = u->be;
+    const cz_backend_ops *ops = be->ops;
+    cz_tensor x = cz_tensor_batch_view(p->x, n), y = cz_tensor_batch_view(p->out, n);
+    uint64_t up;
+    CZ_TRY(ops->write_async(be, &x, in, &up));
+    CZ_TRY(forward_device(u, p, n));
+    return ops->read_async(be, &y, out, ticket); /* its ticket covers the upload too */
+}
+
+cz_status cz_unet_wait(cz_unet *u, uint64_t ticket) {
+    if (!cz_unet_async(u) || ticket == 0) return CZ_OK;
+    return u->be->ops->transfer_wait(u->be, ticket);
+}
+
 cz_status cz_unet_forward_device(cz_unet *u, int n, int h, int w) {
     plan *p;
     CZ_TRY(find_plan(u, n, h, w, &p));

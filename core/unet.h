@@ -109,6 +109,16 @@ cz_status cz_unet_plan(cz_unet *u, int max_batch, int h, int w);
 /* Runs n images (NCHW fp32 host buffers: in n*in_ch*h*w values in [-1,1], out n*out_ch*h*w).
  * Requires a plan for h x w with max_batch >= n. */
 cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, float *out);
+/* cz_unet_forward in two halves, so that the host can prepare the next batch while the device
+ * runs this one. launch queues the upload, the device part and the download and returns a
+ * ticket; `in` must stay unchanged and `out` unread until cz_unet_wait(ticket) returned CZ_OK.
+ * Both should come from the backend's host_alloc (cz_host_buf). On a backend without
+ * asynchronous transfers launch runs the whole pass and wait returns at once. Passes run in
+ * launch order; a later launch may reuse the plan's activations, which the backend orders. */
+cz_status cz_unet_launch(cz_unet *u, int n, int h, int w, const float *in, float *out, uint64_t *ticket);
+cz_status cz_unet_wait(cz_unet *u, uint64_t ticket);
+/* Whether cz_unet_launch returns before the pass is done (the backend transfers asynchronously). */
+int cz_unet_async(const cz_unet *u);
 /* The device part of a forward pass alone, on whatever the h x w plan's input holds, then a
  * sync: what a batch costs without host transfers (benchmarks). Same rules as forward. */
 cz_status cz_unet_forward_device(cz_unet *u, int n, int h, int w);

@@ -10,7 +10,9 @@
  *   are cuDNN's NHWC filter format for the convolution cuDNN runs. New tensors are zeroed.
  * - Host transfers: tensor_write copies the plain NCHW fp32 host data into a device staging
  *   buffer and converts it there (layout + dtype); tensor_read does the reverse and waits for
- *   the copy. Both are synchronous for the host buffer.
+ *   the copy. Both are synchronous for the host buffer. write_async/read_async do the same on
+ *   copy streams of their own, overlapped with compute (backend_cuda_xfer.c); sync waits for
+ *   all three streams.
  * - Weight copies: a conv weight whose dtype differs from the activations' is converted once
  *   into a copy kept beside the buffer and rebuilt when the buffer's generation changed (every
  *   write through the backend bumps it: tensor_write/zero, and any op output).
@@ -294,7 +296,7 @@ static cz_status cu_sync(cz_backend *be) {
     CZ_TRY(cu_enter(b));
     CZ_TRY(cu_recording_guard(b, "sync"));
     CU_CHECK(b, cudaStreamSynchronize(b->stream));
-    return CZ_OK;
+    return cu_xfer_sync(b);
 }
 
 static int cu_view_ok(cz_backend *be, const cz_tensor *t, int c0, int nc) {
@@ -342,6 +344,8 @@ static void cu_destroy(cz_backend *be) {
     if (!b) return;
     (void)cudaSetDevice(b->device);
     if (!b->sticky && b->stream) (void)cudaStreamSynchronize(b->stream);
+    if (!b->sticky) (void)cu_xfer_sync(b);
+    cu_xfer_destroy(b);
     cdn_destroy(b);
     scratch_free(&b->ws);
     scratch_free(&b->tmp);
@@ -462,4 +466,5 @@ void cu_fill_mem_ops(cz_backend_ops *ops) {
     ops->view_ok = cu_view_ok;
     ops->health = cu_health;
     cu_fill_graph_ops(ops);
+    cu_fill_xfer_ops(ops);
 }

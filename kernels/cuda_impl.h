@@ -53,6 +53,14 @@ typedef struct cu_scratch {
     size_t bytes;
 } cu_scratch;
 
+/* A staging buffer of the asynchronous transfers and its two events (backend_cuda_xfer.c). */
+typedef struct cu_xslot {
+    cu_scratch buf;
+    cudaEvent_t copied; /* the host copy into / out of buf is done */
+    cudaEvent_t used;   /* the compute stream's conversion from / into buf is done */
+} cu_xslot;
+#define XF_SLOTS 2 /* per direction: enough for two batches in flight */
+
 typedef struct cu_backend {
     cz_backend base;
     int device;
@@ -74,6 +82,10 @@ typedef struct cu_backend {
     int sticky;      /* a sticky CUDA error happened: the instance is unusable */
     char sticky_msg[256];
     char device_name[256];
+    /* asynchronous transfers (backend_cuda_xfer.c): copy streams, made on first use */
+    cudaStream_t up, down;
+    cu_xslot xf[2][XF_SLOTS]; /* [0] uploads, [1] downloads */
+    uint64_t xf_seq[2];       /* transfers issued per direction */
 } cu_backend;
 
 /* Error conversion (backend_cuda.c). */
@@ -135,5 +147,9 @@ const char *cdn_version_string(void);
 void cu_fill_ops(cz_backend_ops *ops);
 void cu_fill_mem_ops(cz_backend_ops *ops);
 void cu_fill_graph_ops(cz_backend_ops *ops);
+void cu_fill_xfer_ops(cz_backend_ops *ops);
+/* backend_cuda_xfer.c: waits for both copy streams; frees their streams, events and buffers. */
+cz_status cu_xfer_sync(cu_backend *b);
+void cu_xfer_destroy(cu_backend *b);
 
 #endif

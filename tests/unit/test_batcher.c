@@ -3,7 +3,8 @@
  * batch, max_batch splits them, sizes batch separately, queue full answers at once, deadlines
  * expire promptly without running, drain and destroy complete every job exactly once, calls
  * run on the device thread and swap the model under load, readiness states, a failing batch,
- * and a multi-threaded stress run. Backend: CZ_TEST_BACKEND (default "auto"); the TSan build
+ * a multi-threaded stress run, and pipelined passes (launch the next batch, then collect the
+ * previous one) on a backend whose asynchronous transfers check their contract. Backend: CZ_TEST_BACKEND (default "auto"); the TSan build
  * runs it with CZ_TEST_BACKEND=ref. cmocka assertions are made on the main thread only. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1079,6 +1080,137 @@ static void test_oom_split_and_device_lost(void **state) {
     cz_backend_destroy(be);
 }
 
+/* ---- pipelining: a backend with asynchronous transfers ---- */
+
+/* The ref backend with write_async/read_async/transfer_wait that check the host side of their
+ * contract (backend.h): the transfer itself happens at once (so the ops stay in order), but a
+ * read's destination holds NaN until its ticket is waited on, and a write's source is checked
+ * at the wait to be unchanged since the write. So a colorizer or batcher that reads results
+ * early, or reuses a staging buffer before its transfer is done, gets NaN images or a failed
+ * pass. It also counts how many reads were in flight at once. */
+enum { XF_MAX = 64 };
+typedef struct xfer {
+    int is_read;
+    float *host;      /* dst of a read, src of a write */
+    float *snap;      /* read: the data; write: a copy of src */
+    size_t count;
+    uint64_t ticket;
+} xfer;
+static xfer g_xf[XF_MAX];
+static uint64_t g_xf_next;
+static int g_xf_reads_pending, g_xf_reads_max, g_xf_violations;
+static cz_backend_ops g_async_ops;
+
+static xfer *xf_new(int is_read, float *host, size_t count) {
+    for (int i = 0; i < XF_MAX; i++)
+        if (!g_xf[i].ticket) {
+            g_xf[i] = (xfer){.is_read = is_read, .host = host, .count = count, .ticket = ++g_xf_next};
+            g_xf[i].snap = malloc(count * sizeof(float));
+            return g_xf[i].snap ? &g_xf[i] : NULL;
+        }
+    return NULL;
+}
+
+static cz_status xf_write_async(cz_backend *be, cz_tensor *t, const float *src, uint64_t *ticket) {
+    xfer *x = xf_new(0, (float *)src, cz_tensor_numel(t));
+    if (!x) return cz_error_set(CZ_ERR_NOMEM, "test: too many transfers in flight");
+    memcpy(x->snap, src, x->count * sizeof(float));
+    *ticket = x->ticket;
+    return g_real_ops->tensor_write(be, t, src);
+}
+
+static cz_status xf_read_async(cz_backend *be, const cz_tensor *t, float *dst, uint64_t *ticket) {
+    xfer *x = xf_new(1, dst, cz_tensor_numel(t));
+    if (!x) return cz_error_set(CZ_ERR_NOMEM, "test: too many transfers in flight");
+    CZ_TRY(g_real_ops->tensor_read(be, t, x->snap));
+    for (size_t i = 0; i < x->count; i++) dst[i] = NAN;
+    *ticket = x->ticket;
+    if (++g_xf_reads_pending > g_xf_reads_max) g_xf_reads_max = g_xf_reads_pending;
+    return CZ_OK;
+}
+
+/* Completes every transfer up to `ticket` (tickets complete in order here). */
+static cz_status xf_wait(cz_backend *be, uint64_t ticket) {
+    (void)be;
+    if (ticket == 0 || ticket > g_xf_next) return cz_error_set(CZ_ERR_INVALID_ARG, "test: unknown ticket");
+    cz_status s = CZ_OK;
+    for (int i = 0; i < XF_MAX; i++) {
+        xfer *x = &g_xf[i];
+        if (!x->ticket || x->ticket > ticket) continue;
+        if (x->is_read) {
+            memcpy(x->host, x->snap, x->count * sizeof(float));
+            g_xf_reads_pending--;
+        } else if (memcmp(x->host, x->snap, x->count * sizeof(float)) != 0) {
+            g_xf_violations++;
+            s = cz_error_set(CZ_ERR_BACKEND, "test: a write's source changed before its transfer was done");
+        }
+        free(x->snap);
+        x->ticket = 0;
+    }
+    return s;
+}
+
+static void test_pipelined_passes(void **state) {
+    (void)state;
+    enum { N = 24 };
+    cz_backend *be;
+    assert_int_equal(cz_backend_create("ref", NULL, &be), CZ_OK);
+    g_real_ops = be->ops;
+    g_async_ops = *be->ops;
+    g_async_ops.write_async = xf_write_async;
+    g_async_ops.read_async = xf_read_async;
+    g_async_ops.transfer_wait = xf_wait;
+    be->ops = &g_async_ops;
+    g_xf_next = 0;
+    g_xf_reads_pending = g_xf_reads_max = g_xf_violations = 0;
+    cz_colorizer_opts co = {.max_batch = 2, .precision = CZ_F32};
+    cz_colorizer *cz;
+    assert_int_equal(cz_colorizer_create(be, g_w1, &co, &cz), CZ_OK);
+    assert_true(cz_colorizer_pipelined(cz));
+    /* the expected outputs: each job alone, start to end */
+    tracker tr;
+    tracker_init(&tr);
+    tjob t[N];
+    float *want[N];
+    for (int i = 0; i < N; i++) {
+        /* two network sizes, interleaved, so that passes switch plans while one is in flight */
+        assert_int_equal(tjob_prepare(&t[i], i % 2 ? 300 : 64, 48, i % 2 ? 512 : 256, 300 + (uint64_t)i, &tr), CZ_OK);
+        cz_cjob *p = &t[i].bj.cjob;
+        assert_int_equal(cz_colorizer_run(cz, &p, 1), CZ_OK);
+        want[i] = malloc(out_floats(p) * sizeof(float));
+        memcpy(want[i], p->net_out, out_floats(p) * sizeof(float));
+        memset(p->net_out, 0, out_floats(p) * sizeof(float));
+    }
+    /* all queued before the device thread looks: batches are ready back to back */
+    cz_batcher_opts o = {.max_batch = 2, .max_wait_us = 0, .max_queue = N, .warmup_render = 0, .be = be};
+    cz_batcher *b;
+    assert_int_equal(cz_batcher_create(cz, &o, &b), CZ_OK);
+    assert_int_equal(cz_batcher_call(b, noop_fn, NULL), CZ_OK);
+    for (int i = 0; i < N; i++) assert_int_equal(cz_batcher_submit(b, &t[i].bj), CZ_OK);
+    assert_int_equal(tracker_wait(&tr, N, WAIT_MS), N);
+    cz_batcher_drain(b, 0);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(t[i].bj.status, CZ_OK);
+        assert_int_equal(atomic_load(&t[i].calls), 1);
+        /* the batch does not change an image's result (ref is deterministic per image) */
+        assert_true(max_abs_diff(t[i].bj.cjob.net_out, want[i], out_floats(&t[i].bj.cjob)) == 0.0);
+    }
+    printf("pipelined: %d jobs, up to %d passes in flight, %d transfer contract violations\n", N, g_xf_reads_max,
+           g_xf_violations);
+    assert_int_equal(g_xf_violations, 0);
+    assert_int_equal(g_xf_reads_pending, 0);
+    assert_true(g_xf_reads_max >= 2); /* a pass was launched while another was in flight */
+    assert_true(g_xf_reads_max <= CZ_COLORIZER_PASSES);
+    cz_batcher_destroy(b);
+    for (int i = 0; i < N; i++) {
+        tjob_release(&t[i]);
+        free(want[i]);
+    }
+    tracker_fini(&tr);
+    be->ops = g_real_ops;
+    cz_backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_args),
@@ -1096,6 +1228,7 @@ int main(void) {
         cmocka_unit_test(test_idle_work),
         cmocka_unit_test(test_idle_grace),
         cmocka_unit_test(test_oom_split_and_device_lost),
+        cmocka_unit_test(test_pipelined_passes),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
