@@ -278,8 +278,20 @@ static cz_status warm_up(cz_batcher *b, cz_colorizer *cz, int render) {
     return s;
 }
 
+/* Warms up every render size of the options (warmup_render, then more_renders) and keeps
+ * their plans; stops at the first failure. */
 static void run_warm_up(cz_batcher *b) {
-    cz_status s = warm_up(b, b->cz, b->opt.warmup_render);
+    cz_status s = CZ_OK;
+    for (int i = -1; s == CZ_OK && i < b->opt.n_more_renders; i++) {
+        int r = i < 0 ? b->opt.warmup_render : b->opt.more_renders[i];
+        s = warm_up(b, b->cz, r);
+        /* the square plan of r: a request at r never waits for planning */
+        if (s == CZ_OK && cz_unet_has_plan(cz_colorizer_unet(b->cz), 1, r, r)) /* (none when stopped early) */
+            s = cz_unet_plan_keep(cz_colorizer_unet(b->cz), r, r);
+    }
+    if (s == CZ_OK && b->opt.n_more_renders > 0)
+        CZ_LOGI(MOD, "%d sizes planned at start: %.1f MiB of activations", cz_unet_plan_count(cz_colorizer_unet(b->cz)),
+                (double)cz_unet_plan_bytes(cz_colorizer_unet(b->cz)) / 1048576.0);
     if (s != CZ_OK) {
         char msg[200];
         copy_text(msg, sizeof msg, cz_error_detail());
@@ -355,9 +367,9 @@ static void pass_done(cz_batcher *b, cz_bjob **jobs, int n, cz_status s, int64_t
     }
     int was_lost = b->lost;
     if (s != CZ_OK) check_health(b);
-    if (s != CZ_OK && b->lost && !was_lost) {
-        /* this pass met the device's death: its jobs get what every later one gets (503), with
-         * the failing call in the message */
+    if (s != CZ_OK && b->lost && (!was_lost || s != CZ_ERR_UNAVAILABLE)) {
+        /* this pass met the device's death (or was in flight when an earlier one did): its jobs
+         * get what every later one gets (503), with the failing call in the message */
         CZ_LOGE(MOD, "forward pass of %d images failed as the device was lost: %s", n, detail);
         s = CZ_ERR_UNAVAILABLE;
         char lost_msg[256];
@@ -586,6 +598,11 @@ cz_status cz_batcher_create(cz_colorizer *cz, const cz_batcher_opts *opt, cz_bat
     if (opt->warmup_render < 0)
         return cz_error_set(CZ_ERR_INVALID_ARG, "batcher warmup_render %d is negative", opt->warmup_render);
     if (opt->warmup_render > 0) CZ_TRY(cz_render_validate(cz, opt->warmup_render));
+    if (opt->n_more_renders < 0 || opt->n_more_renders > CZ_BATCHER_MAX_RENDERS ||
+        (opt->n_more_renders > 0 && opt->warmup_render <= 0))
+        return cz_error_set(CZ_ERR_INVALID_ARG, "batcher: %d more render sizes to warm up (0..%d, and only with warmup_render)",
+                            opt->n_more_renders, CZ_BATCHER_MAX_RENDERS);
+    for (int i = 0; i < opt->n_more_renders; i++) CZ_TRY(cz_render_validate(cz, opt->more_renders[i]));
 
     cz_batcher *b = calloc(1, sizeof *b);
     if (!b) return cz_error_set(CZ_ERR_NOMEM, "batcher");

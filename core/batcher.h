@@ -44,12 +44,18 @@ struct cz_bjob {
     cz_bjob *next_;
 };
 
+#define CZ_BATCHER_MAX_RENDERS 6 /* leaves two of the U-Net's plans to sizes planned on demand */
+
 typedef struct cz_batcher_opts {
     int max_batch;        /* 1..colorizer max_batch */
     int64_t max_wait_us;  /* how long the oldest job of a group may wait for company */
     int max_queue;        /* jobs waiting, at most */
     int high_water;       /* depth at which cz_batcher_ready() reports "queue_high" */
     int warmup_render;    /* render size to warm up at start (0 = none) */
+    /* more render sizes planned and warmed up at start, after warmup_render; every size warmed
+     * up (square, max_batch images) keeps its plan: later sizes never evict it */
+    int more_renders[CZ_BATCHER_MAX_RENDERS];
+    int n_more_renders;
     int64_t idle_grace_us; /* background work starts only this long after the last forward pass */
     cz_backend *be;       /* the colorizer's backend, asked for health() after a failed pass (optional) */
     /* called once, on the device thread, when that backend reports a sticky device error */
@@ -68,8 +74,9 @@ typedef struct cz_batcher_stats {
 typedef struct cz_batcher cz_batcher;
 
 /* Starts the device thread. The batcher takes ownership of `cz` (destroyed with it). Warm-up
- * (plans and a forward pass for every batch size up to max_batch at warmup_render) runs on the
- * device thread; cz_batcher_ready() reports "warming_up" until it is done. */
+ * (plans and a forward pass for every batch size up to max_batch at warmup_render, then at
+ * each of more_renders) runs on the device thread; cz_batcher_ready() reports "warming_up"
+ * until it is done. */
 cz_status cz_batcher_create(cz_colorizer *cz, const cz_batcher_opts *opt, cz_batcher **out);
 /* Queues a job (its cjob prepared, done set). CZ_ERR_QUEUE_FULL / CZ_ERR_SHUTTING_DOWN at once
  * (the callback is then NOT called: the caller still owns the job). */

@@ -64,6 +64,9 @@ static const key_row k_keys[] = {
     {"server.max_wait_us", T_INT, F(max_wait_us), 0, 0, 10000000, "2000",
      "batching window: how long a queued image waits for others of its size"},
     {"server.max_render", T_INT, F(max_render), 0, 256, 4096, "1024", "largest render a request may ask for"},
+    {"server.plan_renders", T_STR, F(plan_renders), SZ(plan_renders), 0, 0, "",
+     "more render sizes (comma-separated, e.g. 512,1024) whose square network size is planned for "
+     "model.max_batch images and warmed up at start, besides image.render; each at most server.max_render"},
     {"server.drain_timeout_s", T_INT, F(drain_timeout_s), 0, 0, 3600, "20",
      "on SIGTERM, how long in-flight requests get to finish"},
     {"server.max_json_bytes", T_INT, F(max_json_bytes), 0, 64, 1 << 24, "65536",
@@ -211,6 +214,47 @@ cz_status cz_config_load_env(cz_config *c, char *const *envp) {
     return CZ_OK;
 }
 
+/* Parses server.plan_renders into out[0..cap) (cap may be 0: count only); -1 with the error set
+ * when malformed. */
+static int parse_plan_renders(const cz_config *c, int *out, int cap) {
+    int n = 0;
+    const char *p = c->plan_renders;
+    while (*p == ' ') p++;
+    while (*p) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 32 || v > c->max_render) {
+            cz_error_set(CZ_ERR_CONFIG, "server.plan_renders = '%s': expected comma-separated renders in 32..%d",
+                         c->plan_renders, c->max_render);
+            return -1;
+        }
+        if (n >= CZ_CFG_MAX_PLAN_RENDERS) {
+            cz_error_set(CZ_ERR_CONFIG, "server.plan_renders = '%s': at most %d renders", c->plan_renders,
+                         CZ_CFG_MAX_PLAN_RENDERS);
+            return -1;
+        }
+        if (n < cap) out[n] = (int)v;
+        n++;
+        p = end;
+        while (*p == ' ') p++;
+        if (*p == ',') {
+            p++;
+            while (*p == ' ') p++;
+            if (!*p) break;
+        } else if (*p) {
+            cz_error_set(CZ_ERR_CONFIG, "server.plan_renders = '%s': expected comma-separated renders in 32..%d",
+                         c->plan_renders, c->max_render);
+            return -1;
+        }
+    }
+    return n;
+}
+
+int cz_config_plan_renders(const cz_config *c, int *out, int cap) {
+    int n = parse_plan_renders(c, out, cap);
+    return n < 0 ? 0 : n < cap ? n : cap;
+}
+
 cz_status cz_config_validate(const cz_config *c) {
     static const char *backends[] = {"auto", "cuda", "dnnl", "ref"};
     int ok = 0;
@@ -227,6 +271,7 @@ cz_status cz_config_validate(const cz_config *c) {
     if (c->render > c->max_render)
         return cz_error_set(CZ_ERR_CONFIG, "image.render (%d) exceeds server.max_render (%d)", c->render,
                             c->max_render);
+    if (parse_plan_renders(c, NULL, 0) < 0) return CZ_ERR_CONFIG;
     const char *colon = strrchr(c->listen, ':');
     char *end = NULL;
     long port = colon ? strtol(colon + 1, &end, 10) : -1;

@@ -242,6 +242,7 @@ cz_status cz_unet_init_weights(const cz_unet_arch *a, uint64_t seed, cz_st_write
 typedef struct plan {
     int max_batch, h, w;
     uint64_t last_use;
+    int kept; /* cz_unet_plan_keep: never evicted */
     cz_tensor x, out;
     cz_tensor s[CZ_UNET_MAX_DEPTH], c[CZ_UNET_MAX_DEPTH], u[CZ_UNET_MAX_DEPTH], r;
     /* view[i]: c[i] is filled through channel views (decoder writes its half in place, ReLU of
@@ -496,12 +497,16 @@ cz_status cz_unet_plan(cz_unet *u, int max_batch, int h, int w) {
         return CZ_OK;
     }
     if (!slot && u->nplans < CZ_UNET_MAX_PLANS) slot = &u->plans[u->nplans++];
-    if (!slot) { /* evict the least recently used */
-        slot = &u->plans[0];
-        for (int i = 1; i < u->nplans; i++)
-            if (u->plans[i].last_use < slot->last_use) slot = &u->plans[i];
+    if (!slot) { /* evict the least recently used one not kept */
+        for (int i = 0; i < u->nplans; i++)
+            if (!u->plans[i].kept && (!slot || u->plans[i].last_use < slot->last_use)) slot = &u->plans[i];
+        if (!slot)
+            return cz_error_set(CZ_ERR_UNAVAILABLE, "plan %dx%d: all %d plans are kept for the sizes planned at start",
+                                w, h, CZ_UNET_MAX_PLANS);
     }
+    int kept = slot->h == h && slot->w == w && slot->kept;
     plan_free(u->be, slot);
+    slot->kept = kept;
     cz_status s = plan_build(u, slot, max_batch, h, w);
     if (s != CZ_OK) {
         plan_free(u->be, slot);
@@ -512,6 +517,27 @@ cz_status cz_unet_plan(cz_unet *u, int max_batch, int h, int w) {
     CZ_LOGD("unet", "planned batch %d at %dx%d: %.1f MiB of activations in total", max_batch, w, h,
             (double)cz_unet_plan_bytes(u) / 1048576.0);
     return CZ_OK;
+}
+
+cz_status cz_unet_plan_keep(cz_unet *u, int h, int w) {
+    for (int i = 0; i < u->nplans; i++)
+        if (u->plans[i].h == h && u->plans[i].w == w) {
+            u->plans[i].kept = 1;
+            return CZ_OK;
+        }
+    return cz_error_set(CZ_ERR_INVALID_ARG, "keep: no plan for %dx%d", w, h);
+}
+
+int cz_unet_plan_count(const cz_unet *u) {
+    int n = 0;
+    for (int i = 0; i < u->nplans; i++) n += u->plans[i].h > 0;
+    return n;
+}
+
+int cz_unet_has_plan(const cz_unet *u, int max_batch, int h, int w) {
+    for (int i = 0; i < u->nplans; i++)
+        if (u->plans[i].h == h && u->plans[i].w == w && u->plans[i].max_batch >= max_batch) return 1;
+    return 0;
 }
 
 /* The device part of the forward pass, x -> out, for a batch of n (no host transfers: this is

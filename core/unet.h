@@ -103,9 +103,16 @@ cz_backend *cz_unet_backend(const cz_unet *u);
 
 /* Plans activations for up to max_batch images of h x w (multiples of cz_unet_multiple).
  * Replaces an existing plan for the same h x w when max_batch grows. A unet keeps up to
- * CZ_UNET_MAX_PLANS plans; planning another evicts the least recently used. */
-#define CZ_UNET_MAX_PLANS 4
+ * CZ_UNET_MAX_PLANS plans; planning another evicts the least recently used one that is not
+ * kept (CZ_ERR_UNAVAILABLE when every plan is kept). */
+#define CZ_UNET_MAX_PLANS 8
 cz_status cz_unet_plan(cz_unet *u, int max_batch, int h, int w);
+/* Marks the existing h x w plan as kept: never evicted (the daemon keeps the sizes it planned
+ * at start). CZ_ERR_INVALID_ARG when there is no such plan. */
+cz_status cz_unet_plan_keep(cz_unet *u, int h, int w);
+/* Plans held now, and whether one for h x w (and at least max_batch images) is among them. */
+int cz_unet_plan_count(const cz_unet *u);
+int cz_unet_has_plan(const cz_unet *u, int max_batch, int h, int w);
 /* Runs n images (NCHW fp32 host buffers: in n*in_ch*h*w values in [-1,1], out n*out_ch*h*w).
  * Requires a plan for h x w with max_batch >= n. */
 cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, float *out);

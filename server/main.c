@@ -338,6 +338,8 @@ int main(int argc, char **argv) {
         .on_device_lost = device_lost,
         .on_device_lost_arg = &s,
     };
+    _Static_assert(CZ_CFG_MAX_PLAN_RENDERS <= CZ_BATCHER_MAX_RENDERS, "server.plan_renders exceeds the batcher's list");
+    bopt.n_more_renders = cz_config_plan_renders(&s.cfg, bopt.more_renders, CZ_BATCHER_MAX_RENDERS);
     if (cz_batcher_create(s.cz, &bopt, &s.batcher) != CZ_OK) {
         CZ_LOGE("main", "cannot start the batcher: %s", cz_error_detail());
         cz_colorizer_destroy(s.cz); /* still ours when create fails */

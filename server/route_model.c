@@ -5,7 +5,8 @@
  * A swap runs ON THE DEVICE THREAD (the backend belongs to it) in separate cz_batcher_call
  * steps, each between inference batches (and training steps): load the file aside and check
  * it has the serving model's depth, channels and colour mode (jobs already prepared by HTTP
- * threads must stay valid); one warm-up pass per batch size 1..max_batch, each its own step;
+ * threads must stay valid); one warm-up pass per batch size 1..max_batch and render planned at
+ * start (image.render and server.plan_renders), each its own step;
  * then swap it in under the model write lock. A request so waits for at most one step, not
  * for the whole swap. Any failure frees the model aside and leaves the old one serving. SIGHUP goes back to the configured file
  * and forgets the activation record.
@@ -31,6 +32,7 @@ typedef struct swap_ctx {
     long step;
     cz_colorizer *fresh; /* loaded aside, not yet serving */
     int warm_n;          /* batch size of the next warm-up pass */
+    int warm_render;     /* and its render */
     int incompatible;
     char err[700];
 } swap_ctx;
@@ -71,7 +73,10 @@ static cz_status load_aside(cz_colorizer **czp, void *arg) {
 static cz_status warm_aside(cz_colorizer **czp, void *arg) {
     (void)czp;
     swap_ctx *sc = arg;
-    cz_status st = cz_colorizer_warm(sc->fresh, sc->s->cfg.render, sc->warm_n);
+    cz_status st = cz_colorizer_warm(sc->fresh, sc->warm_render, sc->warm_n);
+    /* as the batcher's warm-up: the sizes planned at start stay planned */
+    if (st == CZ_OK && sc->warm_n == 1)
+        st = cz_unet_plan_keep(cz_colorizer_unet(sc->fresh), sc->warm_render, sc->warm_render);
     if (st != CZ_OK) snprintf(sc->err, sizeof sc->err, "warm-up of %s failed: %s", sc->path, cz_error_detail());
     return st;
 }
@@ -137,10 +142,14 @@ cz_status srv_model_swap(srv_ctx *s, const char *path, const char *job, long ste
     /* Each step is its own call: the batcher runs waiting batches between them, so a request
      * waits for at most one of these steps (a load, or one warm-up pass), never for all. */
     cz_status st = cz_batcher_call(s->batcher, load_aside, &sc);
-    for (int n = s->cfg.max_batch; st == CZ_OK && n >= 1; n--) { /* largest first, as the batcher's warm-up */
-        sc.warm_n = n;
-        st = cz_batcher_call(s->batcher, warm_aside, &sc);
-    }
+    int renders[1 + CZ_CFG_MAX_PLAN_RENDERS] = {s->cfg.render};
+    int nr = 1 + cz_config_plan_renders(&s->cfg, renders + 1, CZ_CFG_MAX_PLAN_RENDERS);
+    for (int r = 0; r < nr; r++)
+        for (int n = s->cfg.max_batch; st == CZ_OK && n >= 1; n--) { /* largest first, as the batcher's warm-up */
+            sc.warm_n = n;
+            sc.warm_render = renders[r];
+            st = cz_batcher_call(s->batcher, warm_aside, &sc);
+        }
     if (st == CZ_OK) st = cz_batcher_call_ex(s->batcher, swap_in, &sc, CZ_CALL_NO_WARMUP);
     if (sc.fresh && cz_batcher_call(s->batcher, discard_aside, &sc) != CZ_OK)
         CZ_LOGW("model", "could not free the model loaded aside (the batcher stopped)");

@@ -627,6 +627,43 @@ static void *swap_worker_main(void *arg) {
     return NULL;
 }
 
+/* Reads, on the device thread, whether the colorizer holds the plans the warm-up made. */
+typedef struct plan_probe {
+    int render[2], has[2], max_batch;
+} plan_probe;
+
+static cz_status probe_plans_fn(cz_colorizer **cz, void *arg) {
+    plan_probe *p = arg;
+    for (int i = 0; i < 2; i++) p->has[i] = cz_unet_has_plan(cz_colorizer_unet(*cz), p->max_batch, p->render[i], p->render[i]);
+    return CZ_OK;
+}
+
+/* warmup_render and more_renders are planned at start for max_batch images and kept there */
+static void test_warm_more_renders(void **state) {
+    (void)state;
+    cz_backend *be;
+    cz_batcher_opts o = {.max_batch = 2, .max_wait_us = 1000, .max_queue = 8, .warmup_render = 256,
+                         .more_renders = {512}, .n_more_renders = 1};
+    cz_batcher *b = make_batcher(&be, g_w1, 2, &o);
+    plan_probe p = {.render = {256, 512}, .max_batch = 2};
+    assert_int_equal(cz_batcher_call(b, probe_plans_fn, &p), CZ_OK); /* runs after warm-up */
+    assert_null(cz_batcher_ready(b, NULL, 0));
+    assert_int_equal(p.has[0], 1);
+    assert_int_equal(p.has[1], 1);
+    /* a job at 512 runs on the plan made at start */
+    tracker tr;
+    tracker_init(&tr);
+    tjob t;
+    assert_int_equal(tjob_prepare(&t, 400, 400, 512, 9, &tr), CZ_OK);
+    assert_int_equal(cz_batcher_submit(b, &t.bj), CZ_OK);
+    assert_int_equal(tracker_wait(&tr, 1, WAIT_MS), 1);
+    assert_int_equal(t.bj.status, CZ_OK);
+    cz_batcher_destroy(b);
+    cz_backend_destroy(be);
+    tjob_release(&t);
+    tracker_fini(&tr);
+}
+
 static void test_call_swaps_model_under_load(void **state) {
     (void)state;
     cz_backend *be, *be2;
@@ -868,6 +905,16 @@ static void test_create_args(void **state) {
     assert_int_equal(cz_batcher_create(cz, &o, &b), CZ_ERR_INVALID_ARG);
     o.max_queue = 1;
     o.warmup_render = 300;
+    assert_int_equal(cz_batcher_create(cz, &o, &b), CZ_ERR_INVALID_ARG);
+    o.warmup_render = 256; /* more renders: each a valid render, at most CZ_BATCHER_MAX_RENDERS */
+    o.more_renders[0] = 384;
+    o.n_more_renders = 1;
+    assert_int_equal(cz_batcher_create(cz, &o, &b), CZ_ERR_INVALID_ARG);
+    o.more_renders[0] = 512;
+    o.n_more_renders = CZ_BATCHER_MAX_RENDERS + 1;
+    assert_int_equal(cz_batcher_create(cz, &o, &b), CZ_ERR_INVALID_ARG);
+    o.n_more_renders = 1;
+    o.warmup_render = 0;
     assert_int_equal(cz_batcher_create(cz, &o, &b), CZ_ERR_INVALID_ARG);
     assert_int_equal(cz_batcher_create(NULL, &o, &b), CZ_ERR_INVALID_ARG);
     /* failures leave the colorizer with the caller */
@@ -1223,6 +1270,7 @@ int main(void) {
         cmocka_unit_test(test_destroy_with_queued_jobs),
         cmocka_unit_test(test_failed_batch),
         cmocka_unit_test(test_ready_warm_up),
+        cmocka_unit_test(test_warm_more_renders),
         cmocka_unit_test(test_call_swaps_model_under_load),
         cmocka_unit_test(test_stress),
         cmocka_unit_test(test_idle_work),

@@ -72,8 +72,29 @@ static void test_errors(void **state) {
     assert_int_equal(cz_config_load_file(&c, "/nonexistent/colorize.json"), CZ_ERR_CONFIG);
 }
 
+static void test_plan_renders(void **state) {
+    (void)state;
+    cz_config c;
+    cz_config_defaults(&c);
+    int r[CZ_CFG_MAX_PLAN_RENDERS];
+    assert_int_equal(cz_config_plan_renders(&c, r, CZ_CFG_MAX_PLAN_RENDERS), 0); /* default: none */
+    assert_int_equal(cz_config_set(&c, "server.plan_renders", "512, 1024,"), CZ_OK);
+    assert_int_equal(cz_config_validate(&c), CZ_OK);
+    assert_int_equal(cz_config_plan_renders(&c, r, CZ_CFG_MAX_PLAN_RENDERS), 2);
+    assert_int_equal(r[0], 512);
+    assert_int_equal(r[1], 1024);
+    const char *bad[] = {"big", "512;768", "2048" /* above server.max_render */, "16", "512,,768",
+                         "256,256,256,256,256,256,256" /* seven */};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(cz_config_set(&c, "server.plan_renders", bad[i]), CZ_OK);
+        assert_int_equal(cz_config_validate(&c), CZ_ERR_CONFIG);
+        assert_non_null(strstr(cz_error_detail(), "server.plan_renders"));
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_plan_renders),
         cmocka_unit_test(test_defaults_valid),
         cmocka_unit_test(test_layering),
         cmocka_unit_test(test_errors),

@@ -1,6 +1,7 @@
 /* test_unet.c: U-Net architecture tables, weight validation messages, forward sanity and
  * batch invariance (an image's output is bit-identical alone and inside a batch of 8) on
- * every backend available here, fp32 and bf16. */
+ * every backend available here, fp32 and bf16; on cuda, recorded (CUDA graph) forward passes
+ * against op-by-op ones and pipelined passes (two in flight) against synchronous ones. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -267,6 +268,72 @@ static void test_recordings(void **state) {
     }
 }
 
+/* Pipelined passes (cz_unet_launch / cz_unet_wait) on cuda, two in flight with their own page-
+ * locked buffers, switching between two plans: each output equals the synchronous forward
+ * pass of the same input. On the emulator the upload, compute and download streams run
+ * apart, so a missing event or a wait on the wrong stream gives stale or NaN outputs here. */
+static void test_pipelined(void **state) {
+    (void)state;
+    cz_backend *be;
+    if (cz_backend_create("cuda", NULL, &be) != CZ_OK) {
+        printf("skipped: cuda not available: %s\n", cz_error_detail());
+        return;
+    }
+    cz_unet_arch a = cz_unet_arch_default(4, CZ_COLOR_LAB);
+    a.depth = 6;
+    uint8_t *bytes;
+    cz_safetensors *st = make_weights(&a, NULL, &bytes);
+    cz_unet *u;
+    assert_int_equal(cz_unet_create(be, st, CZ_BF16, &u), CZ_OK);
+    assert_true(cz_unet_async(u));
+    const int B = 3, S[2] = {64, 128}, K = 10;
+    assert_int_equal(cz_unet_plan(u, B, S[0], S[0]), CZ_OK);
+    assert_int_equal(cz_unet_plan(u, B, S[1], S[1]), CZ_OK);
+    size_t big = (size_t)B * S[1] * S[1];
+    float *in = malloc((size_t)K * big * sizeof *in), *want = malloc((size_t)K * 2 * big * sizeof *want);
+    tu_fill_uniform(in, (size_t)K * big, 12, -1.f, 1.f);
+    cz_host_buf hin[2] = {{0}}, hout[2] = {{0}};
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(cz_host_buf_reserve(be, &hin[i], big * sizeof(float)), CZ_OK);
+        assert_int_equal(cz_host_buf_reserve(be, &hout[i], 2 * big * sizeof(float)), CZ_OK);
+    }
+    /* pass k: batch 1 + k % B, the size switching every other pass */
+    for (int k = 0; k < K; k++) {
+        int n = 1 + k % B, sz = S[(k / 2) % 2];
+        assert_int_equal(cz_unet_forward(u, n, sz, sz, in + (size_t)k * big, want + (size_t)k * 2 * big), CZ_OK);
+    }
+    uint64_t ticket[2] = {0, 0};
+    int pending[2] = {-1, -1};
+    for (int k = 0; k <= K; k++) {
+        int slot = k % 2;
+        if (k < K) {
+            int n = 1 + k % B, sz = S[(k / 2) % 2];
+            memcpy(hin[slot].p, in + (size_t)k * big, (size_t)n * sz * sz * sizeof(float));
+            assert_int_equal(cz_unet_launch(u, n, sz, sz, hin[slot].p, hout[slot].p, &ticket[slot]), CZ_OK);
+            pending[slot] = k;
+        }
+        int prev = 1 - slot; /* collect the pass before this one, after this one was launched */
+        if (pending[prev] >= 0) {
+            int j = pending[prev], n = 1 + j % B, sz = S[(j / 2) % 2];
+            assert_int_equal(cz_unet_wait(u, ticket[prev]), CZ_OK);
+            if (memcmp(hout[prev].p, want + (size_t)j * 2 * big, (size_t)n * 2 * sz * sz * sizeof(float)))
+                fail_msg("pipelined pass %d (batch %d at %d) differs from the synchronous one", j, n, sz);
+            pending[prev] = -1;
+        }
+    }
+    printf("pipelined: %d passes, two in flight, equal to synchronous ones\n", K);
+    for (int i = 0; i < 2; i++) {
+        cz_host_buf_free(be, &hin[i]);
+        cz_host_buf_free(be, &hout[i]);
+    }
+    free(in);
+    free(want);
+    cz_unet_destroy(u);
+    cz_st_close(st);
+    free(bytes);
+    cz_backend_destroy(be);
+}
+
 static void test_plan_errors(void **state) {
     (void)state;
     cz_backend *be;
@@ -287,6 +354,22 @@ static void test_plan_errors(void **state) {
     assert_int_equal(cz_unet_plan(u, 1, 32, 32), CZ_OK);
     memset(x, 0, sizeof x);
     assert_int_equal(cz_unet_forward(u, 1, 32, 32, x, y), CZ_OK);
+    /* a kept plan survives any number of other sizes; when every plan is kept, a new size is
+     * refused and the kept ones still work */
+    assert_int_equal(cz_unet_plan_keep(u, 32, 32), CZ_OK);
+    assert_int_equal(cz_unet_plan_keep(u, 64, 64), CZ_ERR_INVALID_ARG); /* not planned */
+    for (int k = 1; k <= 2 * CZ_UNET_MAX_PLANS; k++) assert_int_equal(cz_unet_plan(u, 1, 32, 32 * k + 32), CZ_OK);
+    assert_true(cz_unet_has_plan(u, 1, 32, 32));
+    assert_false(cz_unet_has_plan(u, 2, 32, 32));
+    assert_int_equal(cz_unet_plan_count(u), CZ_UNET_MAX_PLANS);
+    assert_int_equal(cz_unet_plan(u, 2, 32, 32), CZ_OK); /* grown in place: still kept */
+    for (int k = 2; k <= CZ_UNET_MAX_PLANS; k++) {
+        assert_int_equal(cz_unet_plan(u, 1, 64 * k, 32), CZ_OK);
+        assert_int_equal(cz_unet_plan_keep(u, 64 * k, 32), CZ_OK);
+    }
+    assert_int_equal(cz_unet_plan(u, 1, 96, 96), CZ_ERR_UNAVAILABLE);
+    assert_non_null(strstr(cz_error_detail(), "kept"));
+    assert_int_equal(cz_unet_forward(u, 1, 32, 32, x, y), CZ_OK);
     cz_unet_destroy(u);
     cz_unet_destroy(NULL);
     cz_backend_destroy(be);
@@ -301,6 +384,7 @@ int main(void) {
         cmocka_unit_test(test_plan_errors),
         cmocka_unit_test(test_batch_invariance),
         cmocka_unit_test(test_recordings),
+        cmocka_unit_test(test_pipelined),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
