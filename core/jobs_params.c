@@ -124,7 +124,7 @@ int cz_jobs_parse_params(const cz_jobs_opts *lim, json_t *o, jparams *p, int sto
     int have_steps = 0, have_epochs = 0, have_ngf = 0, have_init_job = 0, have_init_step = 0, have_decay = 0;
     const char *key;
     json_t *v;
-    long long x;
+    long long x = 0;
     long long max_steps = stored ? 100000000 : lim->max_steps;
     long long max_batch = stored ? 4096 : lim->max_batch, max_size = stored ? 4096 : lim->max_image_size;
     json_object_foreach(o, key, v) {

@@ -672,7 +672,7 @@ static cz_status forward_device(cz_unet *u, plan *p, int n) {
 }
 
 cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, float *out) {
-    plan *p;
+    plan *p = NULL;
     CZ_TRY(find_plan(u, n, h, w, &p));
     cz_backend *be = u->be;
     const cz_backend_ops *ops = be->ops;
@@ -691,7 +691,7 @@ int cz_unet_async(const cz_unet *u) {
 cz_status cz_unet_launch(cz_unet *u, int n, int h, int w, const float *in, float *out, uint64_t *ticket) {
     *ticket = 0;
     if (!cz_unet_async(u)) return cz_unet_forward(u, n, h, w, in, out);
-    plan *p;
+    plan *p = NULL;
     CZ_TRY(find_plan(u, n, h, w, &p));
     cz_backend *be = u->be;
     const cz_backend_ops *ops = be->ops;
@@ -708,7 +708,7 @@ cz_status cz_unet_wait(cz_unet *u, uint64_t ticket) {
 }
 
 cz_status cz_unet_forward_device(cz_unet *u, int n, int h, int w) {
-    plan *p;
+    plan *p = NULL;
     CZ_TRY(find_plan(u, n, h, w, &p));
     CZ_TRY(forward_device(u, p, n));
     return u->be->ops->sync(u->be);

@@ -162,7 +162,7 @@ static int write_scene(const char *dir, int i, int channels) {
     size_t n = 0;
     int rc = cz_image_encode(&img, CZ_FMT_PNG, 90, &png, &n) == CZ_OK ? 0 : -1;
     char path[PATH_MAX + 32];
-    snprintf(path, sizeof path, "%s/img%02d.png", dir, i);
+    if (snprintf(path, sizeof path, "%s/img%02d.png", dir, i) >= (int)sizeof path) rc = -1;
     if (!rc) rc = it_write_file(path, png, n);
     free(png);
     cz_image_free(&img);
