@@ -241,18 +241,25 @@ cz_status cz_render_merge_ab(const float *L_full, const float *ab_net, const cz_
     axis_map ax, ay;
     axis_init(&ax, g->scaled_w, g->src_w);
     axis_init(&ay, g->scaled_h, g->src_h);
+    /* every row uses the same column taps: computed once, not per pixel (4-8% of the merge's
+     * time in bench_stages) */
+    axis_taps *txs = malloc((size_t)g->src_w * sizeof *txs);
+    if (!txs) {
+        cz_image_free(out);
+        return cz_error_set(CZ_ERR_NOMEM, "merge: out of memory");
+    }
+    for (int x = 0; x < g->src_w; x++) axis_get(&ax, x, &txs[x]);
     for (int y = 0; y < g->src_h; y++) {
         axis_taps ty;
         axis_get(&ay, y, &ty);
         const float *lrow = L_full + (size_t)y * g->src_w;
         uint8_t *orow = out->px + (size_t)y * g->src_w * 3;
         for (int x = 0; x < g->src_w; x++) {
-            axis_taps tx;
-            axis_get(&ax, x, &tx);
-            float lab[3] = {lrow[x], (float)sample(a_src, nstride, &ax, &tx, &ay, &ty),
-                            (float)sample(b_src, nstride, &ax, &tx, &ay, &ty)};
+            float lab[3] = {lrow[x], (float)sample(a_src, nstride, &ax, &txs[x], &ay, &ty),
+                            (float)sample(b_src, nstride, &ax, &txs[x], &ay, &ty)};
             cz_lab_to_srgb8(lab, orow + 3 * (size_t)x);
         }
     }
+    free(txs);
     return CZ_OK;
 }
