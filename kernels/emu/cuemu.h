@@ -24,9 +24,11 @@
  * barriers, and the backend's use of the runtime and of cuDNN's documented API (copy
  * directions and sizes, which pointers reach kernels, launch shapes, descriptor wiring,
  * workspaces, graph capture rules, error paths), under ASan in CI. What it cannot: speed,
- * real cuDNN (its algorithms, numerics, and what it refuses), races between device threads
- * or between streams (all work runs in issue order), warp-level behaviour, the real device's
- * rounding of transcendental functions. */
+ * real cuDNN (its algorithms, numerics, and what it refuses), races between device threads,
+ * races between streams beyond what its stream model exposes (streams run apart and only as
+ * far as a synchronization needs, so a missing event wait reads stale data, but each op runs
+ * whole, never interleaved with another), warp-level behaviour, the real device's rounding of
+ * transcendental functions. */
 #ifndef CZ_CUEMU_H
 #define CZ_CUEMU_H
 

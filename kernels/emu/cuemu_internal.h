@@ -11,9 +11,11 @@
 
 namespace cuemu {
 
-/* Queues `work` on stream s (in order with everything queued before it). It runs at the next
- * synchronization point; if it returns an error, that error becomes sticky as a failing kernel
- * would make it on a device. Returns an error now for an invalid stream or a sticky state. */
+/* Queues `work` on stream s, after everything queued on s before it (or records it into the
+ * graph s is capturing). It runs when a synchronization needs it (see cuemu_rt.cpp); if it
+ * returns an error, that error becomes sticky as a failing kernel would make it on a device,
+ * and all queued work is discarded. Returns an error now for an invalid stream or a sticky
+ * state. */
 cudaError_t enqueue(cudaStream_t s, const char *what, std::function<cudaError_t()> work);
 
 /* Whether [p, p + bytes) lies inside one live allocation of the emulated cudaMalloc. */

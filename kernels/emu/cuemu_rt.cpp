@@ -12,23 +12,38 @@
  *   new allocation never reuses a recently freed address: a stale pointer (say, in a graph
  *   recorded before a buffer was reallocated) stays detectably dead, and ASan catches a
  *   kernel that dereferences it.
- * - Work is deferred as on a GPU: kernels, async copies and memsets queue on their stream and
- *   run only at a synchronization point (stream/event/device synchronize, stream query, the
- *   synchronous copy/memset, cudaFree). A host that reads a pinned buffer before synchronizing
- *   sees stale data. All streams share one queue in issue order, which honours every
- *   dependency the program expressed (and some it did not). Async copies from pageable host
- *   memory take the source at the call, copies into pageable memory complete before the call
- *   returns, as the CUDA documentation specifies for pageable transfers.
+ * - Work is deferred as on a GPU, and streams are independent. Kernels, async copies, memsets,
+ *   event records and event waits queue on their own stream (the null stream, cudaStreamLegacy
+ *   and cudaStreamPerThread are all the one legacy stream), each numbered in issue order. Nothing
+ *   runs until the host synchronizes, and then only what that synchronization needs: a stream
+ *   synchronize or query runs that stream; an event synchronize or query runs its stream up to the
+ *   event's last record; an async copy into pageable memory runs its stream up to the copy, so it
+ *   completes before the call returns. Before an op runs, what it depends on runs first: for a
+ *   cudaStreamWaitEvent, the stream of the record that was the event's latest when the wait was
+ *   issued, up to that record (a later re-record does not move it; a never-recorded event is no
+ *   dependency); for an op on the legacy stream, the earlier work of every other stream (the
+ *   legacy barrier, applied even to non-blocking streams: conservative); for an op on a blocking
+ *   stream, the legacy stream's earlier work. Work on another stream that nothing orders before
+ *   the synchronization does not run: a missing event wait, or a host that synchronizes the wrong
+ *   stream before reading a pinned buffer, reads stale data (0xff fill: NaN). Device-wide points
+ *   (cudaDeviceSynchronize, the synchronous cudaMemcpy and cudaMemset, cudaFree, destroying an
+ *   event or graph exec) run everything, repeatedly taking the stream whose next op was issued
+ *   last, so that independent work runs in the order least like issue order. Async copies from
+ *   pageable host memory take the source at the call.
  * - Stream capture (CUDA graphs): work issued to a capturing stream is recorded instead of
- *   queued; a launched graph queues copies of the recorded work, with the same pointers and
- *   arguments, as a real graph replays its nodes. What a capture cannot hold fails as CUDA
+ *   queued; a launched graph queues copies of the recorded work on the launch stream, with the
+ *   same pointers and arguments and new sequence numbers, as a real graph replays its nodes. One
+ *   stream is captured at a time: a capturing stream waiting on an event recorded outside the
+ *   capture (cudaErrorStreamCaptureIsolation), or another stream waiting on an event recorded
+ *   inside it (a fork), invalidates the capture. What a capture cannot hold fails as CUDA
  *   documents and invalidates it: synchronizing or querying the capturing stream, async copies
  *   to or from pageable memory, and (from the capturing thread) allocation, freeing and the
  *   synchronous copy/memset.
  * - Errors follow CUDA: a bad launch configuration is the launch's own error
  *   (cudaGetLastError); a kernel that touches memory outside a live allocation reports which
  *   argument, and the error (cudaErrorIllegalAddress) becomes sticky: every later call returns
- *   it. Last errors are per host thread.
+ *   it, and the work still queued on every stream is discarded. Last errors are per host
+ *   thread.
  * Knobs (environment, read once): CZ_CUEMU_NO_DEVICE=1 (no device: cudaGetDeviceCount fails),
  * CZ_CUEMU_MEM_MB (device memory size, default 4096: cudaMalloc beyond it returns
  * cudaErrorMemoryAllocation), CZ_CUEMU_FAULT_LAUNCH=N (the Nth kernel to run faults with a
@@ -42,6 +57,7 @@
 #include <unistd.h>
 
 #include <cstdarg>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -62,26 +78,36 @@ struct alloc_info {
     bool pinned; /* cudaMallocHost: host memory the device may also address */
 };
 
-struct op;
+struct stream_rec;
+
+/* One unit of queued work. A wait (cudaStreamWaitEvent) has no work, only a dependency. */
+struct op {
+    cudaStream_t stream; /* as the caller named it (diagnostics; graph ops take the launch stream) */
+    const char *what;
+    std::function<cudaError_t()> work;
+    uint64_t seq;            /* global issue order, given when queued; 0 inside a graph */
+    stream_rec *wait_stream; /* a wait: wait_stream must first run its ops up to wait_seq */
+    uint64_t wait_seq;
+};
 
 struct stream_rec {
     unsigned flags;
     bool capturing;
     bool invalid; /* something the capture cannot hold happened; EndCapture fails */
     std::vector<op> captured;
+    uint64_t capture_id;    /* nonzero while capturing: which capture */
+    std::deque<op> pending; /* queued, not yet run, in issue (seq) order */
 };
 
 struct event_rec {
     unsigned flags;
-    double t_ms; /* host time when the recorded work ran */
-    bool recorded;
+    double t_ms;            /* host time when the recorded work ran */
+    bool recorded;          /* a record of it has run */
+    stream_rec *rec_stream; /* its latest record issued outside a capture: (stream, seq); seq 0: none */
+    uint64_t rec_seq;
+    uint64_t capture_id; /* its latest record was captured by this capture (if still active) */
 };
 
-struct op {
-    cudaStream_t stream;
-    const char *what;
-    std::function<cudaError_t()> work;
-};
 thread_local stream_rec *t_capturing; /* the stream this thread is capturing, if any */
 
 /* The emulator's state lives on the heap and is never destroyed: a program's static destructors
@@ -91,7 +117,9 @@ std::recursive_mutex &g_mu = *new std::recursive_mutex;
 std::map<uintptr_t, alloc_info> &g_allocs = *new std::map<uintptr_t, alloc_info>; /* device and pinned memory */
 std::map<cudaStream_t, stream_rec *> &g_streams = *new std::map<cudaStream_t, stream_rec *>;
 std::map<cudaEvent_t, event_rec *> &g_events = *new std::map<cudaEvent_t, event_rec *>;
-std::deque<op> &g_queue = *new std::deque<op>;
+stream_rec &g_legacy = *new stream_rec{}; /* the legacy default stream: 0, cudaStreamLegacy, cudaStreamPerThread */
+uint64_t g_seq;                            /* the last sequence number given to a queued op */
+uint64_t g_capture_ids;
 size_t g_used;
 size_t g_cap;
 bool g_no_device;
@@ -158,23 +186,20 @@ double now_ms() {
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-/* Runs every queued operation in issue order; the first failure becomes sticky. */
-cudaError_t drain_locked() {
-    while (!g_queue.empty()) {
-        op o = std::move(g_queue.front());
-        g_queue.pop_front();
-        if (g_sticky != cudaSuccess) continue; /* a dead context runs nothing */
-        cudaError_t e = o.work();
-        if (e != cudaSuccess) {
-            report("%s failed on stream %p: %s", o.what, (void *)o.stream, cudaGetErrorString(e));
-            g_sticky = e;
-        }
-    }
-    return g_sticky;
+/* The stream record behind a handle (the three names of the legacy stream share one), or null
+ * for a handle that is not a live stream. */
+stream_rec *stream_of(cudaStream_t s) {
+    if (s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread) return &g_legacy;
+    auto it = g_streams.find(s);
+    return it == g_streams.end() ? nullptr : it->second;
 }
 
-bool valid_stream(cudaStream_t s) {
-    return s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread || g_streams.count(s);
+bool valid_stream(cudaStream_t s) { return stream_of(s) != nullptr; }
+
+/* r if it still exists. A destroyed stream ran all its work before it went, so a dependency on
+ * it is met; a new stream that reuses its address only holds work issued later (higher seq). */
+stream_rec *live(stream_rec *r) {
+    return r == &g_legacy || g_streams.count((cudaStream_t)(void *)r) ? r : nullptr;
 }
 
 stream_rec *capturing(cudaStream_t s) {
@@ -182,12 +207,99 @@ stream_rec *capturing(cudaStream_t s) {
     return it != g_streams.end() && it->second->capturing ? it->second : nullptr;
 }
 
-/* Queues o, or records it when its stream is being captured. */
-void push(op o) {
-    if (stream_rec *r = capturing(o.stream))
+stream_rec *active_capture(uint64_t id) {
+    if (id)
+        for (auto &kv : g_streams)
+            if (kv.second->capturing && kv.second->capture_id == id) return kv.second;
+    return nullptr;
+}
+
+/* Queues o on its stream with the next sequence number, or records it when its stream is being
+ * captured. Returns the sequence number (0 when captured). The caller checked the stream. */
+uint64_t push(op o) {
+    if (stream_rec *r = capturing(o.stream)) {
+        o.seq = 0;
         r->captured.push_back(std::move(o));
-    else
-        g_queue.push_back(std::move(o));
+        return 0;
+    }
+    uint64_t seq = ++g_seq;
+    o.seq = seq;
+    stream_of(o.stream)->pending.push_back(std::move(o));
+    return seq;
+}
+
+uint64_t push_work(cudaStream_t s, const char *what, std::function<cudaError_t()> work) {
+    return push(op{s, what, std::move(work), 0, nullptr, 0});
+}
+
+/* After a failure: a dead context runs nothing more, so every queued op of every stream goes. */
+void discard_pending() {
+    size_t n = g_legacy.pending.size();
+    g_legacy.pending.clear();
+    for (auto &kv : g_streams) {
+        n += kv.second->pending.size();
+        kv.second->pending.clear();
+    }
+    if (n) report("%zu queued operation(s) discarded (sticky error)", n);
+}
+
+void run_until(stream_rec *r, uint64_t upto);
+
+/* Runs the op at the front of r's queue, after what it depends on: the event a wait names; for
+ * the legacy stream, every other stream's earlier work (its barrier, applied here to all
+ * streams); for a blocking stream, the legacy stream's earlier work. Dependencies have lower
+ * sequence numbers than the op, and the op is the lowest of r's queue, so resolving them never
+ * runs r itself and the recursion ends. The first failure becomes sticky. */
+void step(stream_rec *r) {
+    const op &front = r->pending.front();
+    uint64_t seq = front.seq;
+    stream_rec *ws = front.wait_stream;
+    uint64_t wseq = front.wait_seq;
+    if (ws)
+        if (stream_rec *w = live(ws)) run_until(w, wseq);
+    if (r == &g_legacy) {
+        for (auto &kv : g_streams) run_until(kv.second, seq - 1);
+    } else if (!(r->flags & cudaStreamNonBlocking)) {
+        run_until(&g_legacy, seq - 1);
+    }
+    if (g_sticky != cudaSuccess || r->pending.empty() || r->pending.front().seq != seq) return;
+    op o = std::move(r->pending.front());
+    r->pending.pop_front();
+    if (!o.work) return; /* a wait: its dependency is met */
+    cudaError_t e = o.work();
+    if (e != cudaSuccess) {
+        report("%s failed on stream %p: %s", o.what, (void *)o.stream, cudaGetErrorString(e));
+        g_sticky = e;
+        discard_pending();
+    }
+}
+
+/* Runs r's queued ops with seq <= upto, in order, each after its dependencies. */
+void run_until(stream_rec *r, uint64_t upto) {
+    while (g_sticky == cudaSuccess && !r->pending.empty() && r->pending.front().seq <= upto) step(r);
+}
+
+/* Synchronizes one stream: all it has queued, with what that depends on, and nothing else. */
+cudaError_t run_stream(stream_rec *r) {
+    run_until(r, UINT64_MAX);
+    return g_sticky;
+}
+
+/* Synchronizes the device: runs everything queued, taking each time one op from the stream whose
+ * front op was issued LAST. Correct programs do not care about the order of independent work;
+ * running the latest first makes a missing dependency between streams show. */
+cudaError_t run_all() {
+    while (g_sticky == cudaSuccess) {
+        stream_rec *pick = nullptr;
+        auto consider = [&pick](stream_rec *r) {
+            if (!r->pending.empty() && (!pick || r->pending.front().seq > pick->pending.front().seq)) pick = r;
+        };
+        consider(&g_legacy);
+        for (auto &kv : g_streams) consider(kv.second);
+        if (!pick) break;
+        step(pick);
+    }
+    return g_sticky;
 }
 
 /* Whether the calling thread may do something a capture cannot hold; if not, invalidates its
@@ -289,7 +401,7 @@ cudaError_t enqueue(cudaStream_t s, const char *what, std::function<cudaError_t(
     guard g;
     if (g_sticky != cudaSuccess) return ret(g_sticky);
     if (!valid_stream(s)) return ret(cudaErrorInvalidResourceHandle);
-    push(op{s, what, std::move(work)});
+    push_work(s, what, std::move(work));
     return cudaSuccess;
 }
 
@@ -327,22 +439,22 @@ void launch(const launch_desc &d, ptr_args ptrs, std::function<void()> thread_bo
         return;
     }
     launch_desc dc = d;
-    push(op{d.stream, d.kernel, [dc, ptrs = std::move(ptrs), body = std::move(thread_body)]() {
-                             for (auto &pa : ptrs)
-                                 if (pa.first && !is_device(pa.first) && !is_pinned(pa.first)) {
-                                     report("kernel %s: argument %d (%p) is not device memory", dc.kernel, pa.second,
-                                            pa.first);
-                                     return cudaErrorIllegalAddress;
-                                 }
-                             bool by_count = g_fault_launch > 0 && ++g_launches == g_fault_launch;
-                             if (by_count || (!g_fault_file.empty() && access(g_fault_file.c_str(), F_OK) == 0)) {
-                                 report("kernel %s: injected fault (%s)", dc.kernel,
-                                        by_count ? "CZ_CUEMU_FAULT_LAUNCH" : "CZ_CUEMU_FAULT_FILE");
-                                 return cudaErrorIllegalAddress;
-                             }
-                             run_grid(dc, body);
-                             return cudaSuccess;
-                         }});
+    push_work(d.stream, d.kernel, [dc, ptrs = std::move(ptrs), body = std::move(thread_body)]() {
+        for (auto &pa : ptrs)
+            if (pa.first && !is_device(pa.first) && !is_pinned(pa.first)) {
+                report("kernel %s: argument %d (%p) is not device memory", dc.kernel, pa.second,
+                       pa.first);
+                return cudaErrorIllegalAddress;
+            }
+        bool by_count = g_fault_launch > 0 && ++g_launches == g_fault_launch;
+        if (by_count || (!g_fault_file.empty() && access(g_fault_file.c_str(), F_OK) == 0)) {
+            report("kernel %s: injected fault (%s)", dc.kernel,
+                   by_count ? "CZ_CUEMU_FAULT_LAUNCH" : "CZ_CUEMU_FAULT_FILE");
+            return cudaErrorIllegalAddress;
+        }
+        run_grid(dc, body);
+        return cudaSuccess;
+    });
 }
 
 } // namespace cuemu
@@ -419,6 +531,7 @@ const char *cudaGetErrorName(cudaError_t e) {
     case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureIsolation: return "cudaErrorStreamCaptureIsolation";
     case cudaErrorStreamCaptureWrongThread: return "cudaErrorStreamCaptureWrongThread";
     case cudaErrorIllegalState: return "cudaErrorIllegalState";
     default: return "cudaErrorUnknown";
@@ -438,6 +551,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
     case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
     case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureIsolation: return "dependency created on uncaptured work in another stream";
     case cudaErrorStreamCaptureWrongThread: return "attempt to terminate a thread-local capture sequence from another thread";
     case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
     default: return "unknown error";
@@ -487,7 +601,7 @@ static cudaError_t free_common(void *p, bool pinned) {
     guard g;
     if (!p) return cudaSuccess;
     if (!capture_allows(pinned ? "cudaFreeHost" : "cudaFree")) return ret(cudaErrorStreamCaptureUnsupported);
-    cudaError_t e = drain_locked(); /* freeing synchronizes the device */
+    cudaError_t e = run_all(); /* freeing synchronizes the device */
     auto it = g_allocs.find((uintptr_t)p);
     if (it == g_allocs.end() || it->second.pinned != pinned) {
         report("%s(%p): not a live %s allocation", pinned ? "cudaFreeHost" : "cudaFree", p,
@@ -545,7 +659,7 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, cudaMemcpyKind kind
     if (!capture_allows("cudaMemcpy")) return ret(cudaErrorStreamCaptureUnsupported);
     cudaError_t e = check_copy(dst, src, n, kind);
     if (e != cudaSuccess) return ret(e);
-    if ((e = drain_locked()) != cudaSuccess) return ret(e);
+    if ((e = run_all()) != cudaSuccess) return ret(e);
     memmove(dst, src, n);
     return cudaSuccess;
 }
@@ -561,27 +675,32 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMemcpyKind
     bool dst_pageable = !is_device(dst) && !is_pinned(dst);
     if ((src_pageable || dst_pageable) && !capture_allows_stream(s, "an async copy with pageable host memory"))
         return ret(cudaErrorStreamCaptureUnsupported);
-    if (dst_pageable) { /* into pageable memory: complete before returning */
-        if ((e = drain_locked()) != cudaSuccess) return ret(e);
-        memmove(dst, src, n);
-        return cudaSuccess;
+    if (dst_pageable) { /* into pageable memory: complete before returning (the stream up to the copy) */
+        uint64_t seq = push_work(s, "cudaMemcpyAsync", [dst, src, n]() {
+            if (is_device(src) ? !in_range(src, n, false) : is_pinned(src) && !in_range(src, n, true))
+                return cudaErrorIllegalAddress;
+            memmove(dst, src, n);
+            return cudaSuccess;
+        });
+        run_until(stream_of(s), seq);
+        return g_sticky == cudaSuccess ? cudaSuccess : ret(g_sticky);
     }
     if (src_pageable) { /* from pageable memory: the source is taken now */
         std::vector<unsigned char> copy((const unsigned char *)src, (const unsigned char *)src + n);
-        push(op{s, "cudaMemcpyAsync", [dst, copy = std::move(copy)]() {
-                                 if (!in_range(dst, copy.size(), false)) return cudaErrorIllegalAddress;
-                                 memcpy(dst, copy.data(), copy.size());
-                                 return cudaSuccess;
-                             }});
+        push_work(s, "cudaMemcpyAsync", [dst, copy = std::move(copy)]() {
+            if (!in_range(dst, copy.size(), false)) return cudaErrorIllegalAddress;
+            memcpy(dst, copy.data(), copy.size());
+            return cudaSuccess;
+        });
         return cudaSuccess;
     }
-    push(op{s, "cudaMemcpyAsync", [dst, src, n]() {
-                             bool dok = is_device(dst) ? in_range(dst, n, false) : in_range(dst, n, true);
-                             bool sok = is_device(src) ? in_range(src, n, false) : in_range(src, n, true);
-                             if (!dok || !sok) return cudaErrorIllegalAddress; /* freed before it ran */
-                             memmove(dst, src, n);
-                             return cudaSuccess;
-                         }});
+    push_work(s, "cudaMemcpyAsync", [dst, src, n]() {
+        bool dok = is_device(dst) ? in_range(dst, n, false) : in_range(dst, n, true);
+        bool sok = is_device(src) ? in_range(src, n, false) : in_range(src, n, true);
+        if (!dok || !sok) return cudaErrorIllegalAddress; /* freed before it ran */
+        memmove(dst, src, n);
+        return cudaSuccess;
+    });
     return cudaSuccess;
 }
 
@@ -594,11 +713,11 @@ cudaError_t cudaMemsetAsync(void *dst, int value, size_t n, cudaStream_t s) {
         report("cudaMemset of %zu bytes at %p: not inside one device allocation", n, dst);
         return ret(cudaErrorInvalidValue);
     }
-    push(op{s, "cudaMemsetAsync", [dst, value, n]() {
-                             if (!in_range(dst, n, false)) return cudaErrorIllegalAddress;
-                             memset(dst, value, n);
-                             return cudaSuccess;
-                         }});
+    push_work(s, "cudaMemsetAsync", [dst, value, n]() {
+        if (!in_range(dst, n, false)) return cudaErrorIllegalAddress;
+        memset(dst, value, n);
+        return cudaSuccess;
+    });
     return cudaSuccess;
 }
 
@@ -607,7 +726,7 @@ cudaError_t cudaMemset(void *dst, int value, size_t n) {
     if (!capture_allows("cudaMemset")) return ret(cudaErrorStreamCaptureUnsupported);
     cudaError_t e = cudaMemsetAsync(dst, value, n, nullptr);
     if (e != cudaSuccess) return e;
-    return ret(drain_locked());
+    return ret(run_all());
 }
 
 /* ---- streams, events, synchronization ---- */
@@ -616,7 +735,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
     guard g;
     if (!s) return ret(cudaErrorInvalidValue);
     if (g_sticky != cudaSuccess) return ret(g_sticky);
-    stream_rec *r = new stream_rec{flags, false, false, {}};
+    stream_rec *r = new stream_rec{flags, false, false, {}, 0, {}};
     *s = (cudaStream_t)(void *)r;
     g_streams[*s] = r;
     return cudaSuccess;
@@ -629,7 +748,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
     auto it = g_streams.find(s);
     if (it == g_streams.end()) return ret(cudaErrorInvalidResourceHandle);
     if (it->second->capturing) return ret(cudaErrorStreamCaptureUnsupported);
-    (void)drain_locked(); /* queued work still completes, as on a device */
+    (void)run_stream(it->second); /* queued work still completes, as on a device */
     delete it->second;
     g_streams.erase(it);
     return cudaSuccess;
@@ -637,26 +756,27 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
 
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
     guard g;
-    if (!valid_stream(s)) return ret(cudaErrorInvalidResourceHandle);
+    stream_rec *r = stream_of(s);
+    if (!r) return ret(cudaErrorInvalidResourceHandle);
     if (!capture_allows_stream(s, "synchronizing or querying")) return ret(cudaErrorStreamCaptureUnsupported);
-    return ret(drain_locked());
+    return ret(run_stream(r));
 }
 
 cudaError_t cudaStreamQuery(cudaStream_t s) {
-    /* the emulator makes progress only when asked: a query runs the queue, then reports done */
+    /* the emulator makes progress only when asked: a query runs the stream, then reports done */
     return cudaStreamSynchronize(s);
 }
 
 cudaError_t cudaDeviceSynchronize(void) {
     guard g;
     if (!capture_allows("cudaDeviceSynchronize")) return ret(cudaErrorStreamCaptureUnsupported);
-    return ret(drain_locked());
+    return ret(run_all());
 }
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *ev, unsigned int flags) {
     guard g;
     if (!ev) return ret(cudaErrorInvalidValue);
-    event_rec *r = new event_rec{flags, 0, false};
+    event_rec *r = new event_rec{flags, 0, false, nullptr, 0, 0};
     *ev = (cudaEvent_t)(void *)r;
     g_events[*ev] = r;
     return cudaSuccess;
@@ -668,7 +788,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t ev) {
     guard g;
     auto it = g_events.find(ev);
     if (it == g_events.end()) return ret(cudaErrorInvalidResourceHandle);
-    (void)drain_locked(); /* a queued record may still refer to it */
+    (void)run_all(); /* a queued record may still refer to it */
     delete it->second;
     g_events.erase(it);
     return cudaSuccess;
@@ -677,26 +797,60 @@ cudaError_t cudaEventDestroy(cudaEvent_t ev) {
 cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t s) {
     guard g;
     auto it = g_events.find(ev);
-    if (it == g_events.end()) return ret(cudaErrorInvalidResourceHandle);
+    if (it == g_events.end() || !valid_stream(s)) return ret(cudaErrorInvalidResourceHandle);
+    if (g_sticky != cudaSuccess) return ret(g_sticky);
     event_rec *r = it->second;
-    return enqueue(s, "cudaEventRecord", [r]() {
+    uint64_t seq = push_work(s, "cudaEventRecord", [r]() {
         r->t_ms = now_ms();
         r->recorded = true;
         return cudaSuccess;
     });
+    if (stream_rec *c = capturing(s)) {
+        r->capture_id = c->capture_id; /* a node of that graph; outside waits keep the last real record */
+    } else {
+        r->rec_stream = stream_of(s);
+        r->rec_seq = seq;
+        r->capture_id = 0;
+    }
+    return cudaSuccess;
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t ev, unsigned int flags) {
     guard g;
     (void)flags;
-    if (!g_events.count(ev) || !valid_stream(s)) return ret(cudaErrorInvalidResourceHandle);
-    return cudaSuccess; /* one queue in issue order: the recorded work already precedes */
+    auto it = g_events.find(ev);
+    if (it == g_events.end() || !valid_stream(s)) return ret(cudaErrorInvalidResourceHandle);
+    if (g_sticky != cudaSuccess) return ret(g_sticky);
+    event_rec *r = it->second;
+    stream_rec *cap = active_capture(r->capture_id); /* the capture holding its latest record, if active */
+    if (stream_rec *c = capturing(s)) {
+        if (cap == c) return cudaSuccess; /* recorded earlier in this same capture: in stream order already */
+        report("cudaStreamWaitEvent on a capturing stream for an event recorded outside its capture: the capture "
+               "is invalidated");
+        c->invalid = true;
+        return ret(cudaErrorStreamCaptureIsolation);
+    }
+    if (cap) { /* on CUDA, stream s would join that capture; the emulator captures one stream only */
+        report("cudaStreamWaitEvent on stream %p for an event recorded in an active capture (a multi-stream "
+               "capture, which the emulator does not model): the capture is invalidated",
+               (void *)s);
+        cap->invalid = true;
+        return ret(cudaErrorStreamCaptureUnsupported);
+    }
+    if (!r->rec_seq) return cudaSuccess; /* never recorded: nothing to wait for */
+    /* the dependency is the record as of now; a later cudaEventRecord does not move it */
+    push(op{s, "cudaStreamWaitEvent", {}, 0, r->rec_stream, r->rec_seq});
+    return cudaSuccess;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t ev) {
     guard g;
-    if (!g_events.count(ev)) return ret(cudaErrorInvalidResourceHandle);
-    return ret(drain_locked());
+    auto it = g_events.find(ev);
+    if (it == g_events.end()) return ret(cudaErrorInvalidResourceHandle);
+    event_rec *r = it->second;
+    if (r->rec_seq)
+        if (stream_rec *rs = live(r->rec_stream)) run_until(rs, r->rec_seq);
+    return ret(g_sticky);
 }
 
 cudaError_t cudaEventQuery(cudaEvent_t ev) { return cudaEventSynchronize(ev); }
@@ -732,6 +886,7 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode mo
     stream_rec *r = it->second;
     if (r->capturing || t_capturing) return ret(cudaErrorIllegalState);
     r->capturing = true;
+    r->capture_id = ++g_capture_ids;
     r->invalid = false;
     r->captured.clear();
     t_capturing = r;
@@ -747,6 +902,7 @@ cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *graph) {
     if (!r->capturing) return ret(cudaErrorIllegalState);
     if (t_capturing != r) return ret(cudaErrorStreamCaptureWrongThread);
     r->capturing = false;
+    r->capture_id = 0;
     t_capturing = nullptr;
     std::vector<op> ops = std::move(r->captured);
     r->captured.clear();
@@ -777,13 +933,13 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
     if (!exec) return ret(cudaErrorInvalidValue);
     if (g_sticky != cudaSuccess) return ret(g_sticky);
     if (!valid_stream(s)) return ret(cudaErrorInvalidResourceHandle);
-    for (const op &o : exec->ops) push(op{s, o.what, o.work});
+    for (const op &o : exec->ops) push_work(s, o.what, o.work);
     return cudaSuccess;
 }
 
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
     guard g;
-    (void)drain_locked(); /* a launched graph finishes first, as on a device */
+    (void)run_all(); /* a launched graph finishes first, as on a device */
     delete exec;
     return cudaSuccess;
 }

@@ -2,7 +2,9 @@
 # emu_check.sh [--build] [BUILD_DIR]: the GPU check without a GPU. Runs tests/gpu/check.sh
 # steps 1-3 on a CZ_CUDA=EMU build (default build-cuemu: the `cuda` backend compiled with the
 # host compiler against the CPU emulator in kernels/emu), the batcher, training and U-Net unit
-# tests with the emulated device as their `auto` backend, then the failure path only an
+# tests with the emulated device as their `auto` backend (test_unet also runs pipelined passes:
+# upload, compute and download streams), the emulator's own stream-model test, step 4's
+# programs end to end at tiny sizes, then the failure path only an
 # emulator can provoke on demand: a sticky device error in the middle of serving (the request
 # gets 503 with a JSON body, and the daemon exits with status 3 so that a supervisor restarts
 # it). (Splitting a batch that runs out of device memory is tested in
@@ -18,7 +20,8 @@ build=0
 [ "${1:-}" = --build ] && { build=1; shift; }
 BUILD=${1:-build-cuemu}
 case $BUILD in /*) ;; *) BUILD=$PWD/$BUILD ;; esac
-targets=(colorize colorized test_ops test_unet_golden test_train_golden test_batcher test_train test_unet bench_layers)
+targets=(colorize colorized test_ops test_unet_golden test_train_golden test_batcher test_train test_unet bench_layers
+  test_cuemu_streams)
 if [ $build = 1 ]; then
   cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCZ_CUDA=EMU -DCZ_WERROR=ON -DCZ_SANITIZE=ON \
     > "$BUILD.configure.log" 2>&1 || { cat "$BUILD.configure.log"; exit 1; }
@@ -57,10 +60,19 @@ for t in test_batcher test_train test_unet; do
 done
 
 echo
+echo "=== emulator: its own stream model (streams run apart, event waits, legacy barrier, sticky errors)"
+if "$BUILD/tests/test_cuemu_streams" > "$WORK/streams.log" 2>&1; then
+  echo "ok   test_cuemu_streams ($(grep -c '^ok' "$WORK/streams.log") checks)"
+else
+  fail=1; echo "FAIL test_cuemu_streams (log below)"; grep -v '^ok' "$WORK/streams.log" | tail -20
+fi
+
+echo
 echo "=== emulator: step 4's programs run end to end on cuda (tiny sizes; the numbers mean nothing)"
 if "$BUILD/colorize" bench --backend cuda --ngf 4 --size 256 --batch 1,2 --precision fp32,bf16 --min-time 0 --json \
-     > "$WORK/bench.jsonl" 2> "$WORK/bench.err" && [ "$(grep -c '"device_images_per_s"' "$WORK/bench.jsonl")" = 4 ]; then
-  echo "ok   colorize bench --backend cuda: 4 rows with the device-only figure"
+     > "$WORK/bench.jsonl" 2> "$WORK/bench.err" && [ "$(grep -c '"device_images_per_s"' "$WORK/bench.jsonl")" = 4 ] &&
+     [ "$(grep -c '"pipelined_images_per_s"' "$WORK/bench.jsonl")" = 4 ]; then
+  echo "ok   colorize bench --backend cuda: 4 rows with the device-only and pipelined figures"
 else
   fail=1; echo "FAIL colorize bench --backend cuda"; tail -5 "$WORK/bench.err"; cat "$WORK/bench.jsonl"
 fi
