@@ -122,8 +122,11 @@ model_args=()
 post() { # post PORT IMAGE OUT
   curl -s -o "$3" -w "%{http_code}" -F "image=@$2" "http://127.0.0.1:$1/colorize?format=png"
 }
+render=${CZ_GPU_RENDER:-256}
+# the bf16 daemon also plans (and warms up) twice the render at start: server.plan_renders
 if start_daemon gpu --backend cuda --precision fp32 --max-batch 8 "${model_args[@]}" &&
-   start_daemon gpu16 --backend cuda --precision bf16 --max-batch 8 "${model_args[@]}" &&
+   start_daemon gpu16 --backend cuda --precision bf16 --max-batch 8 "${model_args[@]}" \
+     --set "server.plan_renders=$((2 * render))" &&
    start_daemon cpu --backend dnnl --precision fp32 "${model_args[@]}"; then
   grep -q '"cuda"' "$WORK/gpu.err" && echo "(gpu daemon log mentions cuda)"
   for i in 0 1; do
@@ -137,6 +140,15 @@ if start_daemon gpu --backend cuda --precision fp32 --max-batch 8 "${model_args[
     $PY tests/gpu/png_diff.py "$WORK/alone_gpu16_$i.png" "$WORK/alone_cpu_$i.png" --max-abs 24 --mean-abs 1.5 &&
       ok "image $i: cuda bf16 == dnnl fp32 within 24/255 (mean 1.5)" || bad "image $i: cuda bf16 vs dnnl fp32"
   done
+  curl -sf "http://127.0.0.1:$port_gpu16/readyz" > /dev/null &&
+    ok "bf16 daemon ready after planning renders $render and $((2 * render)) at start" ||
+    { bad "bf16 daemon not ready after planning at start"; tail -5 "$WORK/gpu16.err"; }
+  if [ $((2 * render % 256)) = 0 ]; then # the API's renders are multiples of 256
+    code=$(curl -s -o "$WORK/big16.png" -w "%{http_code}" -F "image=@${imgs[0]}" \
+      "http://127.0.0.1:$port_gpu16/colorize?format=png&render=$((2 * render))")
+    [ "$code" = 200 ] && ok "bf16 daemon: render $((2 * render)) (planned at start) answers 200" ||
+      bad "bf16 daemon: render $((2 * render)): HTTP $code"
+  fi
   for d in gpu gpu16; do
     eval "p=\$port_$d"
     # 24 concurrent uploads (both images interleaved): batched by the daemon, each must equal
