@@ -7,12 +7,14 @@
 #
 #   1. parity: test_ops runs every op of the cuda backend (forward and backward) against the ref
 #      oracle in fp32, bf16 and fp16 (rel. error < 1e-4 / 2e-2, NaN never passes, batch views bit
-#      for bit), once with cuDNN and once with the direct-convolution fallback forced;
+#      for bit), once with cuDNN and once with the direct-convolution fallback forced; then
+#      test_unet: batch invariance, CUDA-graph recordings and pipelined passes on cuda;
 #   2. PyTorch: test_unet_golden (whole generator) and test_train_golden (a full pix2pix step:
 #      losses, every gradient, five steps of losses) against PyTorch fixtures from the same
 #      weights, now including the cuda backend; plus torch on this GPU against the same fixture;
 #   3. serving: colorized --backend cuda on 127.0.0.1:0, concurrent curl uploads, outputs against
-#      a CPU (dnnl) daemon within tolerance, batched == alone byte for byte;
+#      a CPU (dnnl) daemon within tolerance, batched == alone byte for byte (pipelined passes),
+#      a second render planned at start (server.plan_renders);
 #   4. speed: one table of our forward img/s (batch 1/16/64/256, ngf 64 and 32, bf16), batch-1
 #      latency and training img/s (batch 16/64) beside PyTorch (tests/bench/torch_gpu_bench.py)
 #      measured in the same run, with the ratio; then bench_layers' per-layer times and roofline
@@ -72,6 +74,23 @@ parity() { # parity LABEL [ENV...]
 }
 parity cudnn
 parity naive COLORIZE_CUDA_NAIVE=1
+
+# test_unet on cuda: batch invariance (an image alone == inside a batch, bit for bit, through
+# real cuDNN's algorithm choice), recorded (CUDA graph) passes == op by op, pipelined passes
+# (upload / compute / download streams, two in flight) == synchronous ones
+if [ -x "$BIN/test_unet" ]; then
+  timeout 120 "$BIN/test_unet" > "$WORK/test_unet.log" 2>&1; rc=$?
+  grep -E "cuda|^recordings|^pipelined|skipped" "$WORK/test_unet.log" | grep -v '^{' | head -10
+  if [ $rc -eq 0 ] && grep -q "batch invariance ok: cuda" "$WORK/test_unet.log" &&
+     grep -q "^recordings bf16" "$WORK/test_unet.log" && grep -q "^pipelined: " "$WORK/test_unet.log"; then
+    ok "test_unet on cuda: batch invariance, recordings, pipelined passes"
+  else
+    bad "test_unet on cuda (exit $rc, log $WORK/test_unet.log)"; grep -E "FAIL|ERROR|LINE" "$WORK/test_unet.log" | head
+  fi
+  cp "$WORK/test_unet.log" "$RESULTS/" 2>/dev/null
+else
+  echo "warn: no $BIN/test_unet in the bundle: recordings and pipelined passes not checked (see tests/gpu/README.md)"
+fi
 
 # --------------------------------------------------------------------------------- 2. PyTorch
 step "2. generator and training step against PyTorch fixtures (same weights)"

@@ -15,7 +15,8 @@ if ! "$BUILD/colorize" bench --backend cuda --ngf 4 --size 64 --batch 1 --precis
 fi
 BIN=$(mktemp -d /tmp/cz_gpu_bin.XXXXXX)
 trap 'rm -rf "$BIN"' EXIT
-for b in colorize colorized tests/test_ops tests/test_unet_golden tests/test_train_golden tests/bench/bench_layers; do
+for b in colorize colorized tests/test_ops tests/test_unet_golden tests/test_train_golden tests/bench/bench_layers \
+  tests/test_unet; do
   [ -e "$BUILD/$b" ] && ln -s "$BUILD/$b" "$BIN/$(basename "$b")"
 done
 CZ_GPU_BIN=$BIN bash "$HERE/check.sh"
