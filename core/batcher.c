@@ -279,12 +279,19 @@ static cz_status warm_up(cz_batcher *b, cz_colorizer *cz, int render) {
 }
 
 /* Warms up every render size of the options (warmup_render, then more_renders) and keeps
- * their plans; stops at the first failure. */
+ * their plans; stops at the first failure. Running out of memory at one of more_renders is
+ * not a failure: that render and the ones after it are left to be planned on first use. */
 static void run_warm_up(cz_batcher *b) {
     cz_status s = CZ_OK;
     for (int i = -1; s == CZ_OK && i < b->opt.n_more_renders; i++) {
         int r = i < 0 ? b->opt.warmup_render : b->opt.more_renders[i];
         s = warm_up(b, b->cz, r);
+        if (s == CZ_ERR_NOMEM && i >= 0) {
+            CZ_LOGW(MOD, "render %d does not fit in memory at start (%s): renders from it on are planned on first use",
+                    r, cz_error_detail());
+            s = CZ_OK;
+            break;
+        }
         /* the square plan of r: a request at r never waits for planning */
         if (s == CZ_OK && cz_unet_has_plan(cz_colorizer_unet(b->cz), 1, r, r)) /* (none when stopped early) */
             s = cz_unet_plan_keep(cz_colorizer_unet(b->cz), r, r);

@@ -53,7 +53,8 @@ typedef struct cz_batcher_opts {
     int high_water;       /* depth at which cz_batcher_ready() reports "queue_high" */
     int warmup_render;    /* render size to warm up at start (0 = none) */
     /* more render sizes planned and warmed up at start, after warmup_render; every size warmed
-     * up (square, max_batch images) keeps its plan: later sizes never evict it */
+     * up (square, max_batch images) keeps its plan: later sizes never evict it. One of these
+     * that runs out of memory ends the list there (logged; planned on first use instead). */
     int more_renders[CZ_BATCHER_MAX_RENDERS];
     int n_more_renders;
     int64_t idle_grace_us; /* background work starts only this long after the last forward pass */

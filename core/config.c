@@ -64,9 +64,11 @@ static const key_row k_keys[] = {
     {"server.max_wait_us", T_INT, F(max_wait_us), 0, 0, 10000000, "2000",
      "batching window: how long a queued image waits for others of its size"},
     {"server.max_render", T_INT, F(max_render), 0, 256, 4096, "1024", "largest render a request may ask for"},
-    {"server.plan_renders", T_STR, F(plan_renders), SZ(plan_renders), 0, 0, "",
-     "more render sizes (comma-separated, e.g. 512,1024) whose square network size is planned for "
-     "model.max_batch images and warmed up at start, besides image.render; each at most server.max_render"},
+    {"server.plan_renders", T_STR, F(plan_renders), SZ(plan_renders), 0, 0, "auto",
+     "more render sizes (comma-separated, e.g. 512,1024; empty: none) whose square network size is planned "
+     "for model.max_batch images and warmed up at start, besides image.render; each at most server.max_render. "
+     "auto: on a GPU every render a request may ask for (multiples of 2^depth up to server.max_render, at most 6), "
+     "none on a CPU backend"},
     {"server.drain_timeout_s", T_INT, F(drain_timeout_s), 0, 0, 3600, "20",
      "on SIGTERM, how long in-flight requests get to finish"},
     {"server.max_json_bytes", T_INT, F(max_json_bytes), 0, 64, 1 << 24, "65536",
@@ -220,6 +222,7 @@ static int parse_plan_renders(const cz_config *c, int *out, int cap) {
     int n = 0;
     const char *p = c->plan_renders;
     while (*p == ' ') p++;
+    if (!strcmp(p, "auto")) return 0; /* resolved by cz_config_plan_renders */
     while (*p) {
         char *end;
         long v = strtol(p, &end, 10);
@@ -250,9 +253,25 @@ static int parse_plan_renders(const cz_config *c, int *out, int cap) {
     return n;
 }
 
-int cz_config_plan_renders(const cz_config *c, int *out, int cap) {
-    int n = parse_plan_renders(c, out, cap);
-    return n < 0 ? 0 : n < cap ? n : cap;
+int cz_config_plan_renders(const cz_config *c, int device, int multiple, int *out, int cap, int *truncated) {
+    *truncated = 0;
+    const char *p = c->plan_renders;
+    while (*p == ' ') p++;
+    if (strcmp(p, "auto") != 0) {
+        int n = parse_plan_renders(c, out, cap);
+        return n < 0 ? 0 : n < cap ? n : cap;
+    }
+    int n = 0;
+    if (!device || multiple < 1) return 0;
+    for (int r = multiple; r <= c->max_render; r += multiple) {
+        if (r == c->render) continue;
+        if (n == cap) {
+            *truncated = 1;
+            break;
+        }
+        out[n++] = r;
+    }
+    return n;
 }
 
 cz_status cz_config_validate(const cz_config *c) {

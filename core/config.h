@@ -43,7 +43,7 @@ typedef struct cz_config {
     int queue_high_water;      /* /readyz fails at this depth */
     int max_wait_us;           /* batching window: how long a job waits for company */
     int max_render;            /* largest `render` a request may ask for */
-    char plan_renders[64];     /* more renders planned + warmed at start: "512,1024" ("" = none) */
+    char plan_renders[64];     /* more renders planned + warmed at start: "512,1024", "" (none) or "auto" */
     int drain_timeout_s;       /* SIGTERM: time in-flight requests get to finish */
     int max_json_bytes;        /* JSON request bodies (admin API), at most */
     /* admin */
@@ -76,10 +76,14 @@ cz_status cz_config_load_env(cz_config *c, char *const *envp);
 cz_status cz_config_set(cz_config *c, const char *key, const char *value);
 /* Checks cross-field rules (e.g. names of backend/precision); call after all sources. */
 cz_status cz_config_validate(const cz_config *c);
-/* The renders of server.plan_renders, parsed into out[0..cap); returns how many (validate
- * has checked them: integers in 32..server.max_render, at most CZ_CFG_MAX_PLAN_RENDERS). */
+/* The renders server.plan_renders asks to plan at start besides image.render, into out[0..cap);
+ * returns how many. A list is taken as written (validate has checked it: integers in
+ * 32..server.max_render, at most CZ_CFG_MAX_PLAN_RENDERS). "auto": where `device` (a GPU
+ * backend) every multiple of `multiple` (the model's 2^depth) up to server.max_render except
+ * image.render, ascending, and *truncated = 1 when that list was longer than cap; none on a CPU
+ * backend. */
 #define CZ_CFG_MAX_PLAN_RENDERS 6
-int cz_config_plan_renders(const cz_config *c, int *out, int cap);
+int cz_config_plan_renders(const cz_config *c, int device, int multiple, int *out, int cap, int *truncated);
 /* Prints every key with type, range, default and help to `f` (a FILE *). */
 void cz_config_print_help(void *f);
 /* Serializes the effective configuration as a JSON object text (malloc'd). */

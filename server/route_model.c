@@ -143,7 +143,8 @@ cz_status srv_model_swap(srv_ctx *s, const char *path, const char *job, long ste
      * waits for at most one of these steps (a load, or one warm-up pass), never for all. */
     cz_status st = cz_batcher_call(s->batcher, load_aside, &sc);
     int renders[1 + CZ_CFG_MAX_PLAN_RENDERS] = {s->cfg.render};
-    int nr = 1 + cz_config_plan_renders(&s->cfg, renders + 1, CZ_CFG_MAX_PLAN_RENDERS);
+    memcpy(renders + 1, s->plan_renders, (size_t)s->n_plan_renders * sizeof *renders);
+    int nr = 1 + s->n_plan_renders;
     for (int r = 0; r < nr; r++)
         for (int n = s->cfg.max_batch; st == CZ_OK && n >= 1; n--) { /* largest first, as the batcher's warm-up */
             sc.warm_n = n;

@@ -29,6 +29,9 @@ typedef struct srv_ctx {
     cz_backend *be;          /* used only on the device thread once the batcher runs */
     const char *backend_name;
     cz_batcher *batcher;
+    /* renders planned at start besides cfg.render (server.plan_renders resolved; fixed) */
+    int plan_renders[CZ_CFG_MAX_PLAN_RENDERS];
+    int n_plan_renders;
 
     /* The model in service. HTTP threads hold the read lock around cz_cjob_prepare and
      * cz_cjob_finish (they read its architecture); a reload swaps it under the write lock. */

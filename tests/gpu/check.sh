@@ -142,8 +142,9 @@ post() { # post PORT IMAGE OUT
   curl -s -o "$3" -w "%{http_code}" -F "image=@$2" "http://127.0.0.1:$1/colorize?format=png"
 }
 render=${CZ_GPU_RENDER:-256}
-# the bf16 daemon also plans (and warms up) twice the render at start: server.plan_renders
-if start_daemon gpu --backend cuda --precision fp32 --max-batch 8 "${model_args[@]}" &&
+# the bf16 daemon also plans (and warms up) twice the render at start (server.plan_renders; the
+# default, auto, would plan every render up to server.max_render: slower to start here)
+if start_daemon gpu --backend cuda --precision fp32 --max-batch 8 "${model_args[@]}" --set server.plan_renders= &&
    start_daemon gpu16 --backend cuda --precision bf16 --max-batch 8 "${model_args[@]}" \
      --set "server.plan_renders=$((2 * render))" &&
    start_daemon cpu --backend dnnl --precision fp32 "${model_args[@]}"; then

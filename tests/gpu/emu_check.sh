@@ -94,7 +94,7 @@ start() { # start NAME ENV... -- ARGS... ; sets port
   while [ "$1" != -- ]; do envs+=("$1"); shift; done
   shift
   env "${envs[@]}" "$BUILD/colorized" --listen 127.0.0.1:0 --port-file "$WORK/$name.port" --log-level warn \
-    --backend cuda --model "$WORK/tiny.safetensors" --set image.render=64 "$@" \
+    --backend cuda --model "$WORK/tiny.safetensors" --set image.render=64 --set server.plan_renders= "$@" \
     > "$WORK/$name.out" 2> "$WORK/$name.err" &
   pid=$!
   pids+=("$pid")

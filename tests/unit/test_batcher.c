@@ -1043,10 +1043,13 @@ static atomic_int g_fault_max_n;   /* conv2d on more images than this: CZ_ERR_NO
 static atomic_int g_fault_dead;    /* non-zero: device lost */
 static atomic_int g_fault_lost_calls;
 
+static atomic_int g_fault_max_h;   /* conv2d on images taller than this: CZ_ERR_NOMEM */
+
 static cz_status fault_conv2d(cz_backend *be, const cz_tensor *x, const cz_tensor *w, const cz_tensor *bias,
                               const cz_conv_params *p, cz_tensor *y) {
     if (atomic_load(&g_fault_dead)) return cz_error_set(CZ_ERR_BACKEND, "injected: illegal address");
     if (x->n > atomic_load(&g_fault_max_n)) return cz_error_set(CZ_ERR_NOMEM, "injected: %d images do not fit", x->n);
+    if (x->h > atomic_load(&g_fault_max_h)) return cz_error_set(CZ_ERR_NOMEM, "injected: height %d does not fit", x->h);
     return g_real_ops->conv2d(be, x, w, bias, p, y);
 }
 
@@ -1071,6 +1074,7 @@ static void test_oom_split_and_device_lost(void **state) {
     g_fault_ops.health = fault_health;
     be->ops = &g_fault_ops;
     atomic_store(&g_fault_max_n, 1000);
+    atomic_store(&g_fault_max_h, 1 << 20);
     atomic_store(&g_fault_dead, 0);
     atomic_store(&g_fault_lost_calls, 0);
     cz_colorizer_opts co = {.max_batch = 4, .precision = CZ_F32};
@@ -1123,6 +1127,49 @@ static void test_oom_split_and_device_lost(void **state) {
     for (int i = 0; i < 2; i++) tjob_release(&u[i]);
     tracker_fini(&tr);
     cz_batcher_destroy(b);
+    be->ops = g_real_ops;
+    cz_backend_destroy(be);
+}
+
+/* A render planned at start that does not fit in memory is left to be planned on first use:
+ * the batcher is ready and serves the renders that fit; a request at the big one fails alone
+ * with CZ_ERR_NOMEM (503 out_of_memory in the daemon). */
+static void test_warm_render_out_of_memory(void **state) {
+    (void)state;
+    cz_backend *be;
+    assert_int_equal(cz_backend_create("ref", NULL, &be), CZ_OK);
+    g_real_ops = be->ops;
+    g_fault_ops = *be->ops;
+    g_fault_ops.conv2d = fault_conv2d;
+    be->ops = &g_fault_ops;
+    atomic_store(&g_fault_max_n, 1000);
+    atomic_store(&g_fault_max_h, 256);
+    atomic_store(&g_fault_dead, 0);
+    cz_colorizer_opts co = {.max_batch = 2, .precision = CZ_F32};
+    cz_colorizer *cz;
+    assert_int_equal(cz_colorizer_create(be, g_w1, &co, &cz), CZ_OK);
+    cz_batcher_opts o = {.max_batch = 2, .max_wait_us = 1000, .max_queue = 8, .warmup_render = 256,
+                         .more_renders = {512, 768}, .n_more_renders = 2, .be = be};
+    cz_batcher *b;
+    assert_int_equal(cz_batcher_create(cz, &o, &b), CZ_OK);
+    plan_probe p = {.render = {256, 768}, .max_batch = 2};
+    assert_int_equal(cz_batcher_call(b, probe_plans_fn, &p), CZ_OK); /* after warm-up */
+    assert_null(cz_batcher_ready(b, NULL, 0));
+    assert_int_equal(p.has[0], 1);
+    assert_int_equal(p.has[1], 0); /* the list stopped at 512 */
+    tracker tr;
+    tracker_init(&tr);
+    tjob t[2];
+    assert_int_equal(tjob_prepare(&t[0], 200, 150, 256, 21, &tr), CZ_OK);
+    assert_int_equal(tjob_prepare(&t[1], 400, 300, 512, 22, &tr), CZ_OK);
+    for (int i = 0; i < 2; i++) assert_int_equal(cz_batcher_submit(b, &t[i].bj), CZ_OK);
+    assert_int_equal(tracker_wait(&tr, 2, WAIT_MS), 2);
+    assert_int_equal(t[0].bj.status, CZ_OK);
+    assert_int_equal(t[1].bj.status, CZ_ERR_NOMEM);
+    assert_null(cz_batcher_ready(b, NULL, 0));
+    cz_batcher_destroy(b);
+    for (int i = 0; i < 2; i++) tjob_release(&t[i]);
+    tracker_fini(&tr);
     be->ops = g_real_ops;
     cz_backend_destroy(be);
 }
@@ -1276,6 +1323,7 @@ int main(void) {
         cmocka_unit_test(test_idle_work),
         cmocka_unit_test(test_idle_grace),
         cmocka_unit_test(test_oom_split_and_device_lost),
+        cmocka_unit_test(test_warm_render_out_of_memory),
         cmocka_unit_test(test_pipelined_passes),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -76,13 +76,27 @@ static void test_plan_renders(void **state) {
     (void)state;
     cz_config c;
     cz_config_defaults(&c);
-    int r[CZ_CFG_MAX_PLAN_RENDERS];
-    assert_int_equal(cz_config_plan_renders(&c, r, CZ_CFG_MAX_PLAN_RENDERS), 0); /* default: none */
+    int r[CZ_CFG_MAX_PLAN_RENDERS], trunc;
+    /* default auto: every other render a request may ask for on a GPU, none on a CPU */
+    assert_int_equal(cz_config_plan_renders(&c, 0, 256, r, CZ_CFG_MAX_PLAN_RENDERS, &trunc), 0);
+    assert_int_equal(cz_config_plan_renders(&c, 1, 256, r, CZ_CFG_MAX_PLAN_RENDERS, &trunc), 3);
+    assert_int_equal(trunc, 0);
+    assert_int_equal(r[0], 512);
+    assert_int_equal(r[2], 1024);
+    assert_int_equal(cz_config_set(&c, "server.max_render", "4096"), CZ_OK);
+    assert_int_equal(cz_config_plan_renders(&c, 1, 256, r, CZ_CFG_MAX_PLAN_RENDERS, &trunc), 6);
+    assert_int_equal(trunc, 1);
+    assert_int_equal(r[5], 1792);
+    assert_int_equal(cz_config_set(&c, "server.max_render", "1024"), CZ_OK);
+    /* a list is taken as written, GPU or not; empty: none */
     assert_int_equal(cz_config_set(&c, "server.plan_renders", "512, 1024,"), CZ_OK);
     assert_int_equal(cz_config_validate(&c), CZ_OK);
-    assert_int_equal(cz_config_plan_renders(&c, r, CZ_CFG_MAX_PLAN_RENDERS), 2);
+    assert_int_equal(cz_config_plan_renders(&c, 0, 256, r, CZ_CFG_MAX_PLAN_RENDERS, &trunc), 2);
     assert_int_equal(r[0], 512);
     assert_int_equal(r[1], 1024);
+    assert_int_equal(cz_config_set(&c, "server.plan_renders", ""), CZ_OK);
+    assert_int_equal(cz_config_validate(&c), CZ_OK);
+    assert_int_equal(cz_config_plan_renders(&c, 1, 256, r, CZ_CFG_MAX_PLAN_RENDERS, &trunc), 0);
     const char *bad[] = {"big", "512;768", "2048" /* above server.max_render */, "16", "512,,768",
                          "256,256,256,256,256,256,256" /* seven */};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
