@@ -67,7 +67,7 @@ static const key_row k_keys[] = {
     {"server.plan_renders", T_STR, F(plan_renders), SZ(plan_renders), 0, 0, "auto",
      "more render sizes (comma-separated, e.g. 512,1024; empty: none) whose square network size is planned "
      "for model.max_batch images and warmed up at start, besides image.render; each at most server.max_render. "
-     "auto: on a GPU every render a request may ask for (multiples of 2^depth up to server.max_render, at most 6), "
+     "auto: on a GPU every render a request may ask for (multiples of 256 up to server.max_render, at most 6), "
      "none on a CPU backend"},
     {"server.drain_timeout_s", T_INT, F(drain_timeout_s), 0, 0, 3600, "20",
      "on SIGTERM, how long in-flight requests get to finish"},
@@ -263,8 +263,8 @@ int cz_config_plan_renders(const cz_config *c, int device, int multiple, int *ou
     }
     int n = 0;
     if (!device || multiple < 1) return 0;
-    for (int r = multiple; r <= c->max_render; r += multiple) {
-        if (r == c->render) continue;
+    for (int r = CZ_RENDER_STEP; r <= c->max_render; r += CZ_RENDER_STEP) {
+        if (r == c->render || r % multiple) continue; /* planned already / not a render of this model */
         if (n == cap) {
             *truncated = 1;
             break;

@@ -79,10 +79,12 @@ cz_status cz_config_validate(const cz_config *c);
 /* The renders server.plan_renders asks to plan at start besides image.render, into out[0..cap);
  * returns how many. A list is taken as written (validate has checked it: integers in
  * 32..server.max_render, at most CZ_CFG_MAX_PLAN_RENDERS). "auto": where `device` (a GPU
- * backend) every multiple of `multiple` (the model's 2^depth) up to server.max_render except
+ * backend) every render a request may ask for (multiples of CZ_RENDER_STEP up to
+ * server.max_render) that is a multiple of `multiple` (the model's 2^depth), except
  * image.render, ascending, and *truncated = 1 when that list was longer than cap; none on a CPU
  * backend. */
 #define CZ_CFG_MAX_PLAN_RENDERS 6
+#define CZ_RENDER_STEP 256 /* a request's `render` is a multiple of this (server/body.c) */
 int cz_config_plan_renders(const cz_config *c, int device, int multiple, int *out, int cap, int *truncated);
 /* Prints every key with type, range, default and help to `f` (a FILE *). */
 void cz_config_print_help(void *f);

@@ -24,6 +24,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "config.h"
+
 /* ---- small helpers ---- */
 
 static void set_msg(char *msg, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -407,10 +409,11 @@ int srv_param_quality(const char *value, int *out, char *msg, size_t msg_cap) {
 int srv_param_render(const char *value, int max_render, int *out, char *msg, size_t msg_cap) {
     if (!value) return 0;
     long r = parse_uint(value, 6);
-    if (r < 256 || r > max_render || r % 256 != 0) {
+    if (r < CZ_RENDER_STEP || r > max_render || r % CZ_RENDER_STEP != 0) {
         char v[64];
         printable(v, sizeof v, value);
-        set_msg(msg, msg_cap, "render: expected a multiple of 256 from 256 to %d, got '%s'", max_render, v);
+        set_msg(msg, msg_cap, "render: expected a multiple of %d from %d to %d, got '%s'", CZ_RENDER_STEP,
+                CZ_RENDER_STEP, max_render, v);
         return -1;
     }
     *out = (int)r;

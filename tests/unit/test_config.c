@@ -87,6 +87,11 @@ static void test_plan_renders(void **state) {
     assert_int_equal(cz_config_plan_renders(&c, 1, 256, r, CZ_CFG_MAX_PLAN_RENDERS, &trunc), 6);
     assert_int_equal(trunc, 1);
     assert_int_equal(r[5], 1792);
+    /* a deeper model (renders multiples of 512) gets only its own renders */
+    assert_int_equal(cz_config_plan_renders(&c, 1, 512, r, CZ_CFG_MAX_PLAN_RENDERS, &trunc), 6);
+    assert_int_equal(r[0], 512);
+    assert_int_equal(r[1], 1024);
+    assert_int_equal(r[5], 3072);
     assert_int_equal(cz_config_set(&c, "server.max_render", "1024"), CZ_OK);
     /* a list is taken as written, GPU or not; empty: none */
     assert_int_equal(cz_config_set(&c, "server.plan_renders", "512, 1024,"), CZ_OK);
