@@ -57,24 +57,21 @@ cz_status cz_colorizer_create(cz_backend *be, const char *weights_path, const cz
     }
     cz->be = be;
     cz->max_batch = opt->max_batch;
-    for (int i = 0; i < CZ_COLORIZER_PASSES; i++) {
-        cz->pass[i].jobs = calloc((size_t)opt->max_batch, sizeof *cz->pass[i].jobs);
-        if (!cz->pass[i].jobs) {
-            cz_st_close(st);
-            for (int k = 0; k < i; k++) free(cz->pass[k].jobs);
-            free(cz);
-            return cz_error_set(CZ_ERR_NOMEM, "out of memory");
-        }
-    }
     cz->checksum = cz_st_checksum(st);
     s = cz_unet_create(be, st, opt->precision, &cz->unet);
     cz_st_close(st);
     if (s != CZ_OK) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", cz_error_detail());
-        for (int i = 0; i < CZ_COLORIZER_PASSES; i++) free(cz->pass[i].jobs);
         free(cz);
         return cz_error_set(s, "%s: %s", weights_path, msg);
+    }
+    for (int i = 0; i < CZ_COLORIZER_PASSES; i++) {
+        cz->pass[i].jobs = calloc((size_t)opt->max_batch, sizeof *cz->pass[i].jobs);
+        if (!cz->pass[i].jobs) {
+            cz_colorizer_destroy(cz); /* frees what exists so far */
+            return cz_error_set(CZ_ERR_NOMEM, "out of memory");
+        }
     }
     cz->arch = *cz_unet_get_arch(cz->unet);
     CZ_LOGI("colorize", "loaded %s: U-Net ngf %d depth %d %s, %zu parameters, checksum %016llx, backend %s %s",

@@ -216,13 +216,19 @@ cz_status cz_config_load_env(cz_config *c, char *const *envp) {
     return CZ_OK;
 }
 
-/* Parses server.plan_renders into out[0..cap) (cap may be 0: count only); -1 with the error set
- * when malformed. */
+static int plan_renders_auto(const cz_config *c) {
+    const char *p = c->plan_renders;
+    while (*p == ' ') p++;
+    return !strcmp(p, "auto");
+}
+
+/* Parses a server.plan_renders list into out[0..cap) (cap may be 0: count only); -1 with the
+ * error set when malformed. "auto" is resolved by cz_config_plan_renders. */
 static int parse_plan_renders(const cz_config *c, int *out, int cap) {
+    if (plan_renders_auto(c)) return 0;
     int n = 0;
     const char *p = c->plan_renders;
     while (*p == ' ') p++;
-    if (!strcmp(p, "auto")) return 0; /* resolved by cz_config_plan_renders */
     while (*p) {
         char *end;
         long v = strtol(p, &end, 10);
@@ -255,9 +261,7 @@ static int parse_plan_renders(const cz_config *c, int *out, int cap) {
 
 int cz_config_plan_renders(const cz_config *c, int device, int multiple, int *out, int cap, int *truncated) {
     *truncated = 0;
-    const char *p = c->plan_renders;
-    while (*p == ' ') p++;
-    if (strcmp(p, "auto") != 0) {
+    if (!plan_renders_auto(c)) {
         int n = parse_plan_renders(c, out, cap);
         return n < 0 ? 0 : n < cap ? n : cap;
     }

@@ -1064,8 +1064,8 @@ static void fault_lost(void *arg, const char *why) {
     atomic_fetch_add(&g_fault_lost_calls, 1);
 }
 
-static void test_oom_split_and_device_lost(void **state) {
-    (void)state;
+/* A ref backend with the fault-injecting ops, no fault armed yet; fault_backend_destroy undoes it. */
+static cz_backend *fault_backend_create(void) {
     cz_backend *be;
     assert_int_equal(cz_backend_create("ref", NULL, &be), CZ_OK);
     g_real_ops = be->ops;
@@ -1077,6 +1077,17 @@ static void test_oom_split_and_device_lost(void **state) {
     atomic_store(&g_fault_max_h, 1 << 20);
     atomic_store(&g_fault_dead, 0);
     atomic_store(&g_fault_lost_calls, 0);
+    return be;
+}
+
+static void fault_backend_destroy(cz_backend *be) {
+    be->ops = g_real_ops;
+    cz_backend_destroy(be);
+}
+
+static void test_oom_split_and_device_lost(void **state) {
+    (void)state;
+    cz_backend *be = fault_backend_create();
     cz_colorizer_opts co = {.max_batch = 4, .precision = CZ_F32};
     cz_colorizer *cz;
     assert_int_equal(cz_colorizer_create(be, g_w1, &co, &cz), CZ_OK);
@@ -1127,8 +1138,7 @@ static void test_oom_split_and_device_lost(void **state) {
     for (int i = 0; i < 2; i++) tjob_release(&u[i]);
     tracker_fini(&tr);
     cz_batcher_destroy(b);
-    be->ops = g_real_ops;
-    cz_backend_destroy(be);
+    fault_backend_destroy(be);
 }
 
 /* A render planned at start that does not fit in memory is left to be planned on first use:
@@ -1136,15 +1146,8 @@ static void test_oom_split_and_device_lost(void **state) {
  * with CZ_ERR_NOMEM (503 out_of_memory in the daemon). */
 static void test_warm_render_out_of_memory(void **state) {
     (void)state;
-    cz_backend *be;
-    assert_int_equal(cz_backend_create("ref", NULL, &be), CZ_OK);
-    g_real_ops = be->ops;
-    g_fault_ops = *be->ops;
-    g_fault_ops.conv2d = fault_conv2d;
-    be->ops = &g_fault_ops;
-    atomic_store(&g_fault_max_n, 1000);
+    cz_backend *be = fault_backend_create();
     atomic_store(&g_fault_max_h, 256);
-    atomic_store(&g_fault_dead, 0);
     cz_colorizer_opts co = {.max_batch = 2, .precision = CZ_F32};
     cz_colorizer *cz;
     assert_int_equal(cz_colorizer_create(be, g_w1, &co, &cz), CZ_OK);
@@ -1170,8 +1173,7 @@ static void test_warm_render_out_of_memory(void **state) {
     cz_batcher_destroy(b);
     for (int i = 0; i < 2; i++) tjob_release(&t[i]);
     tracker_fini(&tr);
-    be->ops = g_real_ops;
-    cz_backend_destroy(be);
+    fault_backend_destroy(be);
 }
 
 /* ---- pipelining: a backend with asynchronous transfers ---- */
