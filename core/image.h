@@ -92,6 +92,12 @@ cz_status cz_image_apply_orientation(cz_image *img, int orientation);
 void cz_srgb8_to_lab(const uint8_t rgb[3], float lab[3]);
 /* Lab -> sRGB 8-bit, gamut-clipped. */
 void cz_lab_to_srgb8(const float lab[3], uint8_t rgb[3]);
+/* n pixels from L, a, b planes -> interleaved 8-bit RGB, byte-identical to cz_lab_to_srgb8 on
+ * each pixel and several times faster (a float path with a double fallback; image_color.c). */
+void cz_lab_row_to_srgb8(const float *L, const float *a, const float *b, size_t n, uint8_t *rgb);
+/* For tests: the row path's largest |float - double| linear-light error on `lab`, as a fraction
+ * of the bound it assumes (0 where the float path is not tried), and whether it took it. */
+float cz_lab_row_fast_error(const float lab[3], int *fast);
 /* Float sRGB in [0,1] <-> Lab (for rgb-mode models). */
 void cz_srgbf_to_lab(const float rgb[3], float lab[3]);
 void cz_lab_to_srgbf(const float lab[3], float rgb[3]);
@@ -116,6 +122,9 @@ cz_status cz_render_geom_compute(int src_w, int src_h, int render, int multiple,
  * antialiasing when upsampling; area-averaging when downsampling by more than 2x is
  * acceptable as long as it is documented in the implementation). */
 void cz_resize_plane(const float *src, int sw, int sh, float *dst, int dw, int dh);
+/* The same resize computed one output pixel at a time: bit-identical to cz_resize_plane, slower;
+ * the reference cz_resize_plane is tested against. */
+void cz_resize_plane_pixelwise(const float *src, int sw, int sh, float *dst, int dw, int dh);
 /* Reflect padding (like numpy 'reflect': edge not repeated) of a sw x sh plane into a
  * dw x dh plane at (ox, oy). Requires pads smaller than the source side, otherwise repeats
  * the reflection (handles any size). */

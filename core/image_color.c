@@ -35,13 +35,19 @@ static const double k_m[3][3] = {{0.4124564, 0.3575761, 0.1804375},
                                  {0.2126729, 0.7151522, 0.0721750},
                                  {0.0193339, 0.1191920, 0.9503041}};
 
-enum { CODE_LUT = 4096 };
+enum { CODE_LUT = 4096, CODE_CELLS = 16384 };
+static const double k_cell_margin = 1.2e-5; /* above the in-gamut 2.5 * k_raw_err */
 
 static struct {
     double minv[3][3];  /* exact inverse of k_m, so the round trip is exact */
     double lin[256];    /* 8-bit code -> linear light */
     double thr[255];    /* thr[k]: smallest linear value whose nearest code is k + 1 */
     uint8_t code_at[CODE_LUT + 1]; /* code of linear value i / CODE_LUT (a lower bound) */
+    float minv_f[3][3]; /* minv and thr rounded to float, for the fast row path */
+    float thr_f[256];   /* thr_f[255] = 2: a sentinel above every in-gamut value */
+    int16_t code_exact[CODE_CELLS + 1]; /* the code of every v in the cell, when one code, else -1 */
+    int16_t code_cell[CODE_CELLS + 1]; /* the code of every v in [i, i + 1) / CODE_CELLS when all
+                                          of them are k_cell_margin clear of the thresholds, else -1 */
 } g_tab;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
@@ -66,6 +72,22 @@ static void build_tables(void) {
         }
     for (int k = 0; k < 256; k++) g_tab.lin[k] = srgb_decode(k / 255.0);
     for (int k = 0; k < 255; k++) g_tab.thr[k] = srgb_decode((k + 0.5) / 255.0);
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) g_tab.minv_f[i][j] = (float)g_tab.minv[i][j];
+    for (int k = 0; k < 255; k++) g_tab.thr_f[k] = (float)g_tab.thr[k];
+    g_tab.thr_f[255] = 2.0f;
+    for (int i = 0, c = 0; i <= CODE_CELLS; i++) {
+        double lo = (double)i / CODE_CELLS, hi = (double)(i + 1) / CODE_CELLS;
+        while (c < 255 && lo >= g_tab.thr[c]) c++;
+        g_tab.code_exact[i] = (int16_t)(c == 255 || hi <= g_tab.thr[c] ? c : -1);
+    }
+    for (int i = 0, c = 0; i <= CODE_CELLS; i++) {
+        double lo = (double)i / CODE_CELLS, hi = (double)(i + 1) / CODE_CELLS;
+        while (c < 255 && lo >= g_tab.thr_f[c]) c++;
+        int clear = (c == 255 || hi <= (double)g_tab.thr_f[c] - k_cell_margin) &&
+                    (c == 0 || lo >= (double)g_tab.thr_f[c - 1] + k_cell_margin);
+        g_tab.code_cell[i] = (int16_t)(clear ? c : -1);
+    }
     for (int i = 0, c = 0; i <= CODE_LUT; i++) {
         double v = (double)i / CODE_LUT;
         while (c < 255 && v >= g_tab.thr[c]) c++;
@@ -92,6 +114,8 @@ static inline double y_to_L(double y) { return 116.0 * lab_f(y) - 16.0; }
 static inline uint8_t linear_to_code(double v) {
     if (!(v > 0.0)) return 0; /* also NaN */
     if (v >= 1.0) return 255;
+    int cc = g_tab.code_exact[(int)(v * CODE_CELLS)];
+    if (cc >= 0) return (uint8_t)cc;
     int c = g_tab.code_at[(int)(v * CODE_LUT)];
     while (c < 255 && v >= g_tab.thr[c]) c++;
     return (uint8_t)c;
@@ -175,6 +199,169 @@ void cz_lab_to_srgb8(const float lab[3], uint8_t rgb[3]) {
     double lin[3];
     lab_to_linear_clipped(lab, lin);
     for (int i = 0; i < 3; i++) rgb[i] = linear_to_code(lin[i]);
+}
+
+/* ---- the fast row path (cz_lab_row_to_srgb8) ----
+ * Pass 1 is lab_to_linear_clipped in float, branch-free so that the compiler vectorizes it (and
+ * on x86-64 a second, AVX2 copy of it is picked at run time), for L in [0, 100] and |a|, |b| <= 128.
+ * It also bounds how far its result can be from the double one: k_raw_err on the unclipped linear
+ * values (terms under 4 in magnitude, a few roundings each; test_image_color measures the real
+ * error and checks it stays well under the bound), and for a clipped colour k_raw_err * (1 + 2 / d),
+ * d being the smallest distance from gray to an out-of-range channel (the desaturation factor
+ * divides by it). A pixel is left to the double path (err < 0) outside that box or when a channel
+ * lies within k_raw_err of 0 or 1 before clipping, where the double path's in/out-of-gamut
+ * decision could differ.
+ * Pass 2 turns each channel into its code with one table lookup (code_cell) when no threshold is
+ * within 2.5 bounds of it, with the exact thresholds when one is near but not that near, and sends
+ * the pixel to the double path otherwise. So the row function is byte-identical to
+ * cz_lab_to_srgb8 (also tested on a million pixels), about 3x faster on typical colours. */
+static const float k_raw_err = 4e-6f;
+enum { ROW_CHUNK = 256 };
+
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#define CZ_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CZ_SIMD_CLONES
+#endif
+
+/* Pass 1 is written with GCC/Clang vector extensions, 8 lanes, so that it is vectorized on any
+ * target (two SSE halves on baseline x86-64, one AVX register in the AVX2 clone). Comparisons give
+ * lane masks of all ones or zeros; vsel picks by mask. */
+/* the vector helpers are static, so no ABI boundary is crossed; GCC reports this at the end of the
+ * file, hence no pop */
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+static inline v8f vsel(v8i m, v8f x, v8f y) { return (v8f)((m & (v8i)x) | (~m & (v8i)y)); }
+static inline v8f vsplat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
+
+/* One channel's part of the gamut decision. */
+static inline void chan_gamut(v8f v, v8f gray, v8i *inside, v8i *edge, v8f *t, v8f *dmin) {
+    const v8f e = vsplat(k_raw_err), one = vsplat(1.0f), zero = vsplat(0.0f);
+    *inside &= (v >= e) & (v <= one - e);
+    *edge |= ((v > -e) & (v < e)) | ((v > one - e) & (v < one + e));
+    v8i over = v > one, under = v < zero;
+    v8f d = vsel(over, v - gray, vsel(under, gray - v, vsplat(2.0f)));
+    v8f r = vsel(over, one - gray, gray) / d;
+    *t = vsel((over | under) & (r < *t), r, *t);
+    *dmin = vsel(d < *dmin, d, *dmin);
+}
+
+static inline v8f chan_clipped(v8f v, v8f gray, v8f t, v8i inside) {
+    const v8f one = vsplat(1.0f), zero = vsplat(0.0f);
+    v8f c = vsel(t > zero, gray + t * (v - gray), gray);
+    c = vsel(c < zero, zero, vsel(c > one, one, c));
+    return vsel(inside, v, c);
+}
+
+/* Pass 1 over ROW_CHUNK pixels (the caller pads a short chunk): clipped linear RGB into lin (3
+ * planes of ROW_CHUNK) and the error bound into err, or err = -1 where the double path must
+ * decide. */
+CZ_SIMD_CLONES static void lab_chunk_linear_f(const float *L, const float *A, const float *B, const float *mi,
+                                              float *lin, float *err) {
+    const v8f e = vsplat(k_raw_err), one = vsplat(1.0f), zero = vsplat(0.0f);
+    const v8f eps = vsplat((float)(216.0 / 24389.0)), ik = vsplat((float)(27.0 / 24389.0));
+    const v8f c16 = vsplat(16.0f), c116 = vsplat(116.0f);
+    const v8f kg = vsplat((float)(1.0 / (0.2126729 + 0.7151522 + 0.0721750))); /* 1 / sum of k_m's Y row */
+    for (int i = 0; i < ROW_CHUNK; i += 8) {
+        v8f l0, a0, b0;
+        memcpy(&l0, L + i, sizeof l0);
+        memcpy(&a0, A + i, sizeof a0);
+        memcpy(&b0, B + i, sizeof b0);
+        v8i box = (l0 >= zero) & (l0 <= vsplat(100.0f)) & (a0 >= vsplat(-128.0f)) & (a0 <= vsplat(128.0f)) &
+                  (b0 >= vsplat(-128.0f)) & (b0 <= vsplat(128.0f)); /* false for NaN */
+        v8f l = vsel(box, l0, vsplat(50.0f)), a = vsel(box, a0, zero), b = vsel(box, b0, zero);
+        v8f fy = (l + c16) * vsplat(1.0f / 116.0f);
+        v8f y = vsel(l > vsplat(8.0f), fy * fy * fy, l * ik);
+        v8f fx = fy + a * vsplat(1.0f / 500.0f), fz = fy - b * vsplat(1.0f / 200.0f);
+        v8f x3 = fx * fx * fx, z3 = fz * fz * fz;
+        v8f x = vsplat((float)k_xn) * vsel(x3 > eps, x3, (c116 * fx - c16) * ik);
+        v8f z = vsplat((float)k_zn) * vsel(z3 > eps, z3, (c116 * fz - c16) * ik);
+        v8i gray_in = (a == zero) & (b == zero);
+        v8f r0 = vsel(gray_in, y, vsplat(mi[0]) * x + vsplat(mi[1]) * y + vsplat(mi[2]) * z);
+        v8f r1 = vsel(gray_in, y, vsplat(mi[3]) * x + vsplat(mi[4]) * y + vsplat(mi[5]) * z);
+        v8f r2 = vsel(gray_in, y, vsplat(mi[6]) * x + vsplat(mi[7]) * y + vsplat(mi[8]) * z);
+        v8f gray = y * kg;
+        gray = vsel(gray > one, one, gray);
+        v8i inside = box | ~box, edge = box & ~box; /* all ones, all zeros */
+        v8f t = one, dmin = vsplat(2.0f);
+        chan_gamut(r0, gray, &inside, &edge, &t, &dmin);
+        chan_gamut(r1, gray, &inside, &edge, &t, &dmin);
+        chan_gamut(r2, gray, &inside, &edge, &t, &dmin);
+        t = vsel(t < zero, zero, t);
+        v8f o0 = chan_clipped(r0, gray, t, inside), o1 = chan_clipped(r1, gray, t, inside),
+            o2 = chan_clipped(r2, gray, t, inside);
+        v8f bound = vsel(inside, e, e * (one + vsplat(2.0f) / dmin));
+        v8f er = vsel(box & ~edge, bound, vsplat(-1.0f));
+        memcpy(lin + i, &o0, sizeof o0);
+        memcpy(lin + ROW_CHUNK + i, &o1, sizeof o1);
+        memcpy(lin + 2 * ROW_CHUNK + i, &o2, sizeof o2);
+        memcpy(err + i, &er, sizeof er);
+    }
+}
+
+/* The code of linear value v in [0, 1], or -1 when a threshold is within m of it. Most values
+ * take one lookup: v * CODE_CELLS is exact (a power of two), so v lies in the cell it indexes. */
+static inline int code_fast(float v, float m) {
+    int c = g_tab.code_cell[(int)(v * (float)CODE_CELLS)];
+    if (c >= 0 && m <= (float)k_cell_margin) return c;
+    c = g_tab.code_at[(int)(v * (float)CODE_LUT)];
+    while (v >= g_tab.thr_f[c]) c++; /* thr_f[255] = 2 stops it */
+    if (g_tab.thr_f[c] - v < m) return -1;
+    if (c > 0 && v - g_tab.thr_f[c - 1] < m) return -1;
+    return c;
+}
+
+void cz_lab_row_to_srgb8(const float *L, const float *a, const float *b, size_t n, uint8_t *rgb) {
+    tables_ready();
+    float lin[3 * ROW_CHUNK], err[ROW_CHUNK], pad[3][ROW_CHUNK];
+    for (size_t base = 0; base < n; base += ROW_CHUNK) {
+        int m = n - base < ROW_CHUNK ? (int)(n - base) : ROW_CHUNK;
+        if (m == ROW_CHUNK) {
+            lab_chunk_linear_f(L + base, a + base, b + base, &g_tab.minv_f[0][0], lin, err);
+        } else { /* the short last chunk, padded with gray */
+            memset(pad, 0, sizeof pad);
+            memcpy(pad[0], L + base, (size_t)m * sizeof *L);
+            memcpy(pad[1], a + base, (size_t)m * sizeof *a);
+            memcpy(pad[2], b + base, (size_t)m * sizeof *b);
+            lab_chunk_linear_f(pad[0], pad[1], pad[2], &g_tab.minv_f[0][0], lin, err);
+        }
+        for (int i = 0; i < m; i++) {
+            uint8_t *o = rgb + 3 * (base + i);
+            if (err[i] >= 0.0f) {
+                float mg = 2.5f * err[i];
+                int c0 = code_fast(lin[i], mg), c1 = code_fast(lin[ROW_CHUNK + i], mg),
+                    c2 = code_fast(lin[2 * ROW_CHUNK + i], mg);
+                if ((c0 | c1 | c2) >= 0) {
+                    o[0] = (uint8_t)c0;
+                    o[1] = (uint8_t)c1;
+                    o[2] = (uint8_t)c2;
+                    continue;
+                }
+            }
+            double dl[3];
+            lab_to_linear_clipped((const float[3]){L[base + i], a[base + i], b[base + i]}, dl);
+            for (int k = 0; k < 3; k++) o[k] = linear_to_code(dl[k]);
+        }
+    }
+}
+
+float cz_lab_row_fast_error(const float lab[3], int *fast) {
+    tables_ready();
+    uint8_t rgb[3];
+    cz_lab_row_to_srgb8(&lab[0], &lab[1], &lab[2], 1, rgb);
+    float lin[3 * ROW_CHUNK], err[ROW_CHUNK], pad[3][ROW_CHUNK] = {{lab[0]}, {lab[1]}, {lab[2]}};
+    lab_chunk_linear_f(pad[0], pad[1], pad[2], &g_tab.minv_f[0][0], lin, err);
+    *fast = 0;
+    if (err[0] < 0.0f) return 0.0f;
+    float mg = 2.5f * err[0];
+    *fast = (code_fast(lin[0], mg) | code_fast(lin[ROW_CHUNK], mg) | code_fast(lin[2 * ROW_CHUNK], mg)) >= 0;
+    double ref[3], worst = 0.0;
+    lab_to_linear_clipped(lab, ref);
+    for (int i = 0; i < 3; i++)
+        if (fabs((double)lin[i * ROW_CHUNK] - ref[i]) > worst) worst = fabs((double)lin[i * ROW_CHUNK] - ref[i]);
+    return (float)(worst / err[0]);
 }
 
 void cz_srgbf_to_lab(const float rgb[3], float lab[3]) {

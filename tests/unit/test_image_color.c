@@ -354,6 +354,153 @@ static void test_merge_luminance_promise(void **state) {
     assert_int_equal(cz_render_merge_ab(&x, &x, &bad, &out), CZ_ERR_INVALID_ARG);
 }
 
+/* cz_lab_row_to_srgb8 must be byte-identical to cz_lab_to_srgb8, whichever path (float or
+ * double fallback) each pixel takes, and its float path must stay well inside its margin. */
+static void test_lab_row_matches_scalar(void **state) {
+    (void)state;
+    enum { N = 1 << 20 };
+    float *L = malloc(N * sizeof(float)), *a = malloc(N * sizeof(float)), *b = malloc(N * sizeof(float));
+    uint8_t *got = malloc(3 * (size_t)N);
+    assert_non_null(L);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_non_null(got);
+    uint64_t rs = 2024;
+    const float specials[] = {0.0f, -0.0f, 8.0f, 100.0f, 1e-30f, -1e-3f, 100.001f, 128.0f, -128.0f,
+                              128.5f, 1e30f, INFINITY, -INFINITY, NAN};
+    const int ns = (int)(sizeof specials / sizeof specials[0]);
+    for (int i = 0; i < N; i++) {
+        double u = (double)(tu_rand_u64(&rs) >> 11) * 0x1p-53;
+        double v = (double)(tu_rand_u64(&rs) >> 11) * 0x1p-53;
+        double w = (double)(tu_rand_u64(&rs) >> 11) * 0x1p-53;
+        switch (i % 5) {
+        case 0: /* anywhere in the box and a little beyond */
+            L[i] = (float)(u * 104 - 2);
+            a[i] = (float)(v * 270 - 135);
+            b[i] = (float)(w * 270 - 135);
+            break;
+        case 1: /* what a network predicts: moderate chroma */
+            L[i] = (float)(u * 100);
+            a[i] = (float)(v * 60 - 30);
+            b[i] = (float)(w * 60 - 30);
+            break;
+        case 2: /* grays and near-grays, including L on the sRGB code thresholds */
+            L[i] = (float)(u * 100);
+            a[i] = (i & 8) ? 0.0f : (float)(v * 1e-3 - 5e-4);
+            b[i] = (i & 16) ? 0.0f : (float)(w * 1e-3 - 5e-4);
+            break;
+        case 3: { /* L within a few float steps of the L of a gray code threshold */
+            uint8_t lo[3] = {(uint8_t)(u * 255), (uint8_t)(u * 255), (uint8_t)(u * 255)};
+            uint8_t hi[3] = {(uint8_t)(lo[0] + 1), (uint8_t)(lo[0] + 1), (uint8_t)(lo[0] + 1)};
+            float la[3], lb[3];
+            cz_srgb8_to_lab(lo, la);
+            cz_srgb8_to_lab(hi, lb);
+            float mid = 0.5f * (la[0] + lb[0]);
+            int steps = (int)(v * 64) - 32;
+            L[i] = mid;
+            for (int k = 0; k < (steps < 0 ? -steps : steps); k++)
+                L[i] = nextafterf(L[i], steps < 0 ? -1.0f : 101.0f);
+            a[i] = b[i] = 0.0f;
+            break;
+        }
+        default: /* special values in any position */
+            L[i] = (i & 1) ? specials[(int)(u * ns)] : (float)(u * 100);
+            a[i] = (i & 2) ? specials[(int)(v * ns)] : (float)(v * 40 - 20);
+            b[i] = (i & 4) ? specials[(int)(w * ns)] : (float)(w * 40 - 20);
+            break;
+        }
+    }
+    cz_lab_row_to_srgb8(L, a, b, N, got);
+    long fast = 0, in_box = 0;
+    float worst = 0.0f;
+    for (int i = 0; i < N; i++) {
+        uint8_t want[3];
+        cz_lab_to_srgb8((const float[3]){L[i], a[i], b[i]}, want);
+        if (memcmp(want, got + 3 * (size_t)i, 3))
+            fail_msg("pixel %d Lab (%.9g, %.9g, %.9g): row %u,%u,%u, scalar %u,%u,%u", i, (double)L[i],
+                     (double)a[i], (double)b[i], got[3 * i], got[3 * i + 1], got[3 * i + 2], want[0], want[1],
+                     want[2]);
+        int f;
+        float e = cz_lab_row_fast_error((const float[3]){L[i], a[i], b[i]}, &f);
+        if (i % 5 == 1) {
+            in_box++;
+            fast += f;
+        }
+        if (e > worst) worst = e;
+    }
+    print_message("lab row: %d pixels byte-identical to the scalar conversion; float path on %.1f%% of "
+                  "moderate-chroma pixels; worst float error %.2f of its assumed bound\n",
+                  N, 100.0 * fast / in_box, (double)worst);
+    /* codes are only trusted 2.5 bounds away from a threshold: the error must stay under half a
+     * bound to leave that a wide safety factor */
+    if (worst > 0.5f) fail_msg("float path error reached %.3g of its assumed bound", (double)worst);
+    /* the float path must carry most typical pixels, or the row function is just slower (the rest
+     * are out of gamut, near black or white, or near a code threshold) */
+    if (fast < in_box * 6 / 10) fail_msg("float path taken on only %ld of %ld typical pixels", fast, in_box);
+    free(L);
+    free(a);
+    free(b);
+    free(got);
+}
+
+/* The row resampler against the pixel-at-a-time reference: bilinear up and down (<= 2x), exact
+ * copies, area reductions on either axis, one-pixel sides. Bit-identical, not just close. */
+static void test_resize_rows_match_pixelwise(void **state) {
+    (void)state;
+    const int dims[][4] = {{64, 48, 300, 200}, {256, 256, 256, 256}, {300, 200, 170, 101}, {1000, 30, 37, 29},
+                           {17, 500, 400, 9},  {1, 1, 5, 7},         {7, 1, 1, 3},        {513, 257, 64, 64},
+                           {3, 90, 90, 3}};
+    for (size_t k = 0; k < sizeof dims / sizeof dims[0]; k++) {
+        int sw = dims[k][0], sh = dims[k][1], dw = dims[k][2], dh = dims[k][3];
+        float *src = malloc(sizeof(float) * sw * sh);
+        float *x = malloc(sizeof(float) * dw * dh), *y = malloc(sizeof(float) * dw * dh);
+        tu_fill_uniform(src, (size_t)sw * sh, 31 + k, -110.0f, 110.0f);
+        cz_resize_plane(src, sw, sh, x, dw, dh);
+        cz_resize_plane_pixelwise(src, sw, sh, y, dw, dh);
+        if (memcmp(x, y, sizeof(float) * dw * dh))
+            fail_msg("%dx%d -> %dx%d: row resampler differs from the pixel-wise one", sw, sh, dw, dh);
+        free(src);
+        free(x);
+        free(y);
+    }
+}
+
+/* The merge against its definition, pixel by pixel: crop, pixel-wise resize of both ab planes
+ * to the source size, cz_lab_to_srgb8 with the source's L. */
+static void test_merge_matches_pixelwise(void **state) {
+    (void)state;
+    const int dims[][3] = {{300, 200, 64}, {256, 256, 256}, {200, 333, 256}, {20, 10, 256}, {1001, 3, 128}, {1, 1, 64}};
+    for (size_t k = 0; k < sizeof dims / sizeof dims[0]; k++) {
+        int w = dims[k][0], h = dims[k][1];
+        cz_render_geom g;
+        assert_int_equal(cz_render_geom_compute(w, h, dims[k][2], 64, &g), CZ_OK);
+        size_t plane = (size_t)g.net_w * g.net_h, n = (size_t)w * h, sc = (size_t)g.scaled_w * g.scaled_h;
+        float *L = malloc(sizeof(float) * n), *ab = malloc(2 * plane * sizeof(float));
+        float *crop = malloc(sizeof(float) * sc), *up = malloc(2 * n * sizeof(float));
+        tu_fill_uniform(L, n, 7 + k, 0.0f, 100.0f);
+        /* half the cases with chroma a network gives, half far out of gamut */
+        tu_fill_uniform(ab, 2 * plane, 70 + k, k & 1 ? -110.0f : -25.0f, k & 1 ? 110.0f : 25.0f);
+        for (int c = 0; c < 2; c++) {
+            cz_crop_plane(ab + c * plane, g.net_w, crop, g.scaled_w, g.scaled_h, g.off_x, g.off_y);
+            cz_resize_plane_pixelwise(crop, g.scaled_w, g.scaled_h, up + c * n, w, h);
+        }
+        cz_image out;
+        assert_int_equal(cz_render_merge_ab(L, ab, &g, &out), CZ_OK);
+        for (size_t i = 0; i < n; i++) {
+            uint8_t want[3];
+            cz_lab_to_srgb8((const float[3]){L[i], up[i], up[n + i]}, want);
+            if (memcmp(want, out.px + 3 * i, 3))
+                fail_msg("%dx%d render %d pixel %zu: merge %u,%u,%u, pixel-wise %u,%u,%u", w, h, dims[k][2], i,
+                         out.px[3 * i], out.px[3 * i + 1], out.px[3 * i + 2], want[0], want[1], want[2]);
+        }
+        cz_image_free(&out);
+        free(L);
+        free(ab);
+        free(crop);
+        free(up);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_known_lab_values),
@@ -367,6 +514,9 @@ int main(void) {
         cmocka_unit_test(test_resize),
         cmocka_unit_test(test_render_input_and_gray_merge),
         cmocka_unit_test(test_merge_luminance_promise),
+        cmocka_unit_test(test_lab_row_matches_scalar),
+        cmocka_unit_test(test_resize_rows_match_pixelwise),
+        cmocka_unit_test(test_merge_matches_pixelwise),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
