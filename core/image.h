@@ -95,6 +95,8 @@ void cz_lab_to_srgb8(const float lab[3], uint8_t rgb[3]);
 /* n pixels from L, a, b planes -> interleaved 8-bit RGB, byte-identical to cz_lab_to_srgb8 on
  * each pixel and several times faster (a float path with a double fallback; image_color.c). */
 void cz_lab_row_to_srgb8(const float *L, const float *a, const float *b, size_t n, uint8_t *rgb);
+/* The cube root the Lab conversions use, for t > k_eps = 216/24389 (and any finite t > 0). */
+double cz_cbrt_pos(double t);
 /* For tests: the row path's largest |float - double| linear-light error on `lab`, as a fraction
  * of the bound it assumes (0 where the float path is not tried), and whether it took it. */
 float cz_lab_row_fast_error(const float lab[3], int *fast);

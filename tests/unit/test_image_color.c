@@ -354,6 +354,22 @@ static void test_merge_luminance_promise(void **state) {
     assert_int_equal(cz_render_merge_ab(&x, &x, &bad, &out), CZ_ERR_INVALID_ARG);
 }
 
+/* The conversions' own cube root against libm's, over the whole range the conversions use it on
+ * (t in (216/24389, 1.1]) and beyond it. */
+static void test_cbrt_pos(void **state) {
+    (void)state;
+    uint64_t rs = 99;
+    double worst = 0.0;
+    for (int i = 0; i < 2000000; i++) {
+        double u = (double)(tu_rand_u64(&rs) >> 11) * 0x1p-53;
+        double t = i < 1500000 ? 216.0 / 24389.0 + u * 1.1 : ldexp(0.5 + u, (int)(i % 200) - 100);
+        double r = cbrt(t), e = fabs(cz_cbrt_pos(t) - r) / (r * 0x1p-52);
+        if (e > worst) worst = e;
+    }
+    print_message("cbrt_pos: worst %.2f ulp from libm over 2M values\n", worst);
+    if (worst > 4.0) fail_msg("cbrt_pos is %.2f ulp from libm's cbrt", worst);
+}
+
 /* cz_lab_row_to_srgb8 must be byte-identical to cz_lab_to_srgb8, whichever path (float or
  * double fallback) each pixel takes, and its float path must stay well inside its margin. */
 static void test_lab_row_matches_scalar(void **state) {
@@ -514,6 +530,7 @@ int main(void) {
         cmocka_unit_test(test_resize),
         cmocka_unit_test(test_render_input_and_gray_merge),
         cmocka_unit_test(test_merge_luminance_promise),
+        cmocka_unit_test(test_cbrt_pos),
         cmocka_unit_test(test_lab_row_matches_scalar),
         cmocka_unit_test(test_resize_rows_match_pixelwise),
         cmocka_unit_test(test_merge_matches_pixelwise),
