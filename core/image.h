@@ -97,9 +97,10 @@ void cz_lab_to_srgb8(const float lab[3], uint8_t rgb[3]);
 void cz_lab_row_to_srgb8(const float *L, const float *a, const float *b, size_t n, uint8_t *rgb);
 /* The cube root the Lab conversions use, for t > k_eps = 216/24389 (and any finite t > 0). */
 double cz_cbrt_pos(double t);
-/* For tests: the row path's largest |float - double| linear-light error on `lab`, as a fraction
- * of the bound it assumes (0 where the float path is not tried), and whether it took it. */
-float cz_lab_row_fast_error(const float lab[3], int *fast);
+/* For tests: over n pixels, the row path's largest |float - double| linear-light error as a
+ * fraction of the bound it assumes (pixels it leaves to the double path aside), and in *fast how
+ * many pixels it finishes in float. */
+float cz_lab_row_fast_error(const float *L, const float *a, const float *b, size_t n, size_t *fast);
 /* Float sRGB in [0,1] <-> Lab (for rgb-mode models). */
 void cz_srgbf_to_lab(const float rgb[3], float lab[3]);
 void cz_lab_to_srgbf(const float lab[3], float rgb[3]);

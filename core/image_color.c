@@ -366,21 +366,32 @@ void cz_lab_row_to_srgb8(const float *L, const float *a, const float *b, size_t 
     }
 }
 
-float cz_lab_row_fast_error(const float lab[3], int *fast) {
+float cz_lab_row_fast_error(const float *L, const float *a, const float *b, size_t n, size_t *fast) {
     tables_ready();
-    uint8_t rgb[3];
-    cz_lab_row_to_srgb8(&lab[0], &lab[1], &lab[2], 1, rgb);
-    float lin[3 * ROW_CHUNK], err[ROW_CHUNK], pad[3][ROW_CHUNK] = {{lab[0]}, {lab[1]}, {lab[2]}};
-    lab_chunk_linear_f(pad[0], pad[1], pad[2], &g_tab.minv_f[0][0], lin, err);
+    float lin[3 * ROW_CHUNK], err[ROW_CHUNK], pad[3][ROW_CHUNK];
+    double worst = 0.0;
     *fast = 0;
-    if (err[0] < 0.0f) return 0.0f;
-    float mg = 2.5f * err[0];
-    *fast = (code_fast(lin[0], mg) | code_fast(lin[ROW_CHUNK], mg) | code_fast(lin[2 * ROW_CHUNK], mg)) >= 0;
-    double ref[3], worst = 0.0;
-    lab_to_linear_clipped(lab, ref);
-    for (int i = 0; i < 3; i++)
-        if (fabs((double)lin[i * ROW_CHUNK] - ref[i]) > worst) worst = fabs((double)lin[i * ROW_CHUNK] - ref[i]);
-    return (float)(worst / err[0]);
+    for (size_t base = 0; base < n; base += ROW_CHUNK) {
+        int m = n - base < ROW_CHUNK ? (int)(n - base) : ROW_CHUNK;
+        memset(pad, 0, sizeof pad);
+        memcpy(pad[0], L + base, (size_t)m * sizeof *L);
+        memcpy(pad[1], a + base, (size_t)m * sizeof *a);
+        memcpy(pad[2], b + base, (size_t)m * sizeof *b);
+        lab_chunk_linear_f(pad[0], pad[1], pad[2], &g_tab.minv_f[0][0], lin, err);
+        for (int i = 0; i < m; i++) {
+            if (err[i] < 0.0f) continue;
+            float mg = 2.5f * err[i];
+            *fast += (code_fast(lin[i], mg) | code_fast(lin[ROW_CHUNK + i], mg) |
+                      code_fast(lin[2 * ROW_CHUNK + i], mg)) >= 0;
+            double ref[3];
+            lab_to_linear_clipped((const float[3]){pad[0][i], pad[1][i], pad[2][i]}, ref);
+            for (int k = 0; k < 3; k++) {
+                double e = fabs((double)lin[k * ROW_CHUNK + i] - ref[k]) / err[i];
+                if (e > worst) worst = e;
+            }
+        }
+    }
+    return (float)worst;
 }
 
 void cz_srgbf_to_lab(const float rgb[3], float lab[3]) {
