@@ -88,7 +88,9 @@ static const key_row k_keys[] = {
      "largest `image_size` a job may ask for"},
     {"train.keep_checkpoints", T_INT, F(train_keep_checkpoints), 0, 0, 1000, "5",
      "checkpoints a job keeps by default (newest N plus the best; 0 = all)"},
-    {"train.workers", T_INT, F(train_workers), 0, 1, 64, "2", "image decode threads of a running job"},
+    {"train.workers", T_INT, F(train_workers), 0, 0, 64, "0",
+     "image decode threads of a running job; 0 = auto: on a GPU one per online CPU less two (2..16), on a CPU "
+     "backend 2"},
     {"train.keep_jobs", T_INT, F(train_keep_jobs), 0, 0, 100000, "100",
      "finished jobs kept on disk, with their checkpoints and samples (0 = all); older ones are deleted"},
     {"train.idle_grace_ms", T_INT, F(train_idle_grace_ms), 0, 0, 60000, "100",

@@ -97,8 +97,14 @@ void cz_trainer_config_default(cz_trainer_config *c) {
     c->checkpoint_every = 5000;
     c->sample_images = 4;
     c->val_max_images = 64;
-    c->workers = 2;
+    c->workers = 0;
     c->init = CZ_TRAIN_INIT_AUTO;
+}
+
+int cz_trainer_auto_workers(const cz_backend *be) {
+    if (!be || strcmp(be->ops->name, "cuda") != 0) return 2;
+    long n = sysconf(_SC_NPROCESSORS_ONLN) - 2;
+    return n < 2 ? 2 : n > 16 ? 16 : (int)n;
 }
 
 const char *cz_trainer_missing_op(const cz_backend *be) {
@@ -481,7 +487,7 @@ static cz_status build(cz_trainer *t, const cz_trainer_config *c) {
     dc.mode = t->arch.mode;
     dc.image_size = t->size;
     dc.batch_size = t->nb;
-    if (c->workers) dc.workers = c->workers;
+    dc.workers = c->workers ? c->workers : cz_trainer_auto_workers(t->be);
     dc.seed = t->seed;
     CZ_TRY(cz_dataset_open(&dc, &t->ds));
     CZ_TRY(cz_dataset_batch_alloc(t->ds, &t->tb));
@@ -512,9 +518,11 @@ static cz_status build(cz_trainer *t, const cz_trainer_config *c) {
     CZ_TRY(open_log(t, "losses.jsonl", 0, &t->losses_f));
     CZ_TRY(open_log(t, "val.jsonl", 1, &t->val_f));
     CZ_TRY(write_state(t));
-    CZ_LOGI(MOD, "run: %s, %zu train / %zu val images, ngf %d depth %d, %dx%d batch %d, steps %ld..%ld, backend %s",
+    CZ_LOGI(MOD,
+            "run: %s, %zu train / %zu val images, ngf %d depth %d, %dx%d batch %d, steps %ld..%ld, backend %s, "
+            "%d decode threads",
             resume ? "resumed" : "new", ntrain, cz_dataset_val_count(t->ds), t->arch.ngf, t->arch.depth, t->size,
-            t->size, t->nb, t->step, t->total, t->be->ops->name);
+            t->size, t->nb, t->step, t->total, t->be->ops->name, dc.workers);
     return CZ_OK;
 }
 

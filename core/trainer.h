@@ -111,7 +111,7 @@ typedef struct cz_trainer_config {
     long sample_every;      /* 0 = validate_every (sheets are made during validation) */
     int sample_images;      /* rows in a sample sheet (4) */
     int val_max_images;     /* validation images per validation (64; 0 = all) */
-    int workers;            /* decode threads (2) */
+    int workers;            /* decode threads; 0 = cz_trainer_auto_workers (the default) */
     cz_dtype precision;     /* activations: CZ_F32, or CZ_BF16 (mixed precision, fp32 master weights) */
     long max_total_steps;   /* 0 = none; else a run whose total (from steps or epochs) is larger is refused */
     cz_train_init init;     /* SCRATCH unless init_path is given (then AUTO by default) */
@@ -175,6 +175,11 @@ size_t cz_trainer_vals(cz_trainer *t, cz_val_record *out, size_t cap);
 
 /* The backend ops a training run needs that `be` leaves NULL: the first missing op's name,
  * or NULL when all are there. */
+/* The decode threads a run gets when its config says 0: on a GPU backend one per online CPU
+ * less two (the device thread and the HTTP or main thread), between 2 and 16, since the GPU
+ * steps far faster than two threads decode; on a CPU backend 2, since the step itself wants the
+ * cores. */
+int cz_trainer_auto_workers(const cz_backend *be);
 const char *cz_trainer_missing_op(const cz_backend *be);
 
 #endif

@@ -9,7 +9,8 @@
  *   - cancel stops within one step and leaves a checkpoint;
  *   - a non-finite loss fails with CZ_ERR_NONFINITE and keeps the last good checkpoint;
  *   - an unwritable out dir (at create, and mid-run) fails with CZ_ERR_IO, no crash;
- *   - a backend missing a training op is refused up front with the op named. */
+ *   - a backend missing a training op is refused up front with the op named;
+ *   - workers = 0 (the default) picks 2 decode threads on a CPU backend, more on cuda. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -358,8 +359,24 @@ static void test_bad_config(void **state) {
     assert_int_equal(cz_trainer_create(g_be, &c, &t), CZ_ERR_NOT_FOUND);
 }
 
+/* workers = 0 picks the decode threads from the backend: 2 on a CPU backend, one per online CPU
+ * less two (2..16) on cuda. */
+static void test_auto_workers(void **state) {
+    (void)state;
+    assert_int_equal(cz_trainer_auto_workers(g_be), 2);
+    cz_backend_ops ops = {.name = "cuda"};
+    cz_backend gpu = {.ops = &ops};
+    long n = sysconf(_SC_NPROCESSORS_ONLN) - 2;
+    int want = n < 2 ? 2 : n > 16 ? 16 : (int)n;
+    assert_int_equal(cz_trainer_auto_workers(&gpu), want);
+    cz_trainer_config c;
+    cz_trainer_config_default(&c);
+    assert_int_equal(c.workers, 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_auto_workers),
         cmocka_unit_test(test_run_records_everything), cmocka_unit_test(test_resume_is_exact),
         cmocka_unit_test(test_cancel),                 cmocka_unit_test(test_nonfinite),
         cmocka_unit_test(test_unwritable),             cmocka_unit_test(test_missing_op),
