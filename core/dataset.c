@@ -16,10 +16,13 @@
  * thread timing. Epoch permutations are computed per index (a 4-round Feistel network over
  * the next even power of two, cycle-walked into [0, n)): nothing per epoch is stored.
  *
- * Decode -> load size: the 8-bit image is first box-averaged by an integer factor k (chosen
- * so both sides stay >= 2 x load) while it is converted to float planes, one channel at a
- * time, which keeps the scratch memory small for large photos; cz_resize_plane then stretches
- * to load x load (area or bilinear, see image_geom.c).
+ * Decode -> load size: a JPEG is decoded at the smallest DCT scale of 1/8, 1/4, 1/2 that keeps
+ * both sides >= 2 x load (libjpeg's scaled IDCT: a 4000x3000 photo decodes at 1/4 for S = 256;
+ * see bench_loader for what it saves). The 8-bit image is then box-averaged by
+ * an integer factor k (chosen so both sides stay >= 2 x load; 1 for most JPEGs after the scaled
+ * decode) while it is converted to float planes, one channel at a time, which keeps the scratch
+ * memory small for large photos; cz_resize_plane then stretches to load x load (area or
+ * bilinear, see image_geom.c).
  *
  * Grayscale test: on a grid of at most ~64k pixels, a pixel is colourful when its channel
  * spread max - min exceeds 12 levels; fewer than 1% colourful pixels means gray (this keeps
@@ -389,16 +392,23 @@ static cz_status to_load_size(const cz_image *img, int load, scratch *sc) {
     }
     const float inv = 1.0f / (float)(k * k);
     for (int c = 0; c < 3; c++) {
-        for (int y = 0; y < h; y++)
+        for (int y = 0; y < h; y++) {
+            float *dst = sc->plane + (size_t)y * w;
+            const uint8_t *row = img->px + (size_t)y * k * img->width * 3 + c;
+            if (k == 1) { /* no reduction: a straight conversion */
+                for (int x = 0; x < w; x++) dst[x] = (float)row[3 * (size_t)x];
+                continue;
+            }
             for (int x = 0; x < w; x++) {
                 unsigned sum = 0;
                 for (int dy = 0; dy < k; dy++) {
-                    const uint8_t *p = img->px + ((size_t)(y * k + dy) * img->width + (size_t)x * k) * 3 + c;
+                    const uint8_t *p = row + ((size_t)dy * img->width + (size_t)x * k) * 3;
                     for (int dx = 0; dx < k; dx++)
                         sum += p[3 * dx];
                 }
-                sc->plane[(size_t)y * w + x] = (float)sum * inv;
+                dst[x] = (float)sum * inv;
             }
+        }
         cz_resize_plane(sc->plane, w, h, sc->rs + (size_t)c * load * load, load, load);
     }
     return CZ_OK;
@@ -446,7 +456,9 @@ static int load_sample(cz_dataset *ds, uint32_t file, scratch *sc, int cx, int c
     size_t len = 0;
     cz_image img = {0};
     cz_status s = cz_file_read(ds->files[file].real, ds->cfg.max_file_bytes, &data, &len);
-    if (s == CZ_OK) s = cz_image_decode(data, len, &ds->cfg.limits, &img, NULL);
+    /* a JPEG much larger than load x load is decoded at a reduced DCT scale: a large photo then
+     * costs a fraction of a full decode (same 2 x load floor as the box reduction below) */
+    if (s == CZ_OK) s = cz_image_decode_reduced(data, len, &ds->cfg.limits, 2 * ds->load, &img, NULL);
     free(data);
     if (s != CZ_OK) {
         count_skip(ds, file, FILE_BAD, cz_error_detail());

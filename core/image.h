@@ -54,6 +54,14 @@ cz_image_format cz_image_format_parse(const char *name);
  * CZ_ERR_TOO_MANY_PIXELS, CZ_ERR_EMPTY_IMAGE, CZ_ERR_NOMEM; the error detail says what. */
 cz_status cz_image_decode(const void *data, size_t len, const cz_image_limits *lim,
                           cz_image *out, cz_image_format *fmt);
+/* As cz_image_decode, but a JPEG larger than needed is decoded at a reduced scale 1/8, 1/4 or
+ * 1/2 (libjpeg's DCT-domain scaling: each output pixel averages its share of the source, and
+ * the decode costs a fraction of a full one): the smallest that keeps both sides at least
+ * `min_side` (sides ceil(side * N / 8)). A PNG, a JPEG with a side already under min_side, and
+ * min_side <= 0 decode at full size. The pixel limits apply to the file's own size. For callers
+ * that shrink the image anyway (the training loader). */
+cz_status cz_image_decode_reduced(const void *data, size_t len, const cz_image_limits *lim,
+                                  int min_side, cz_image *out, cz_image_format *fmt);
 /* Reads only the header: dimensions (after EXIF orientation) without decoding pixels. */
 cz_status cz_image_probe(const void *data, size_t len, const cz_image_limits *lim, int *width,
                          int *height, cz_image_format *fmt);
@@ -66,6 +74,8 @@ void cz_image_free(cz_image *img); /* frees px, zeroes the struct; NULL-safe */
 /* ---- per-format entry points (cz_image_decode / _probe / _encode dispatch to these) ----
  * `lim` may be NULL (defaults); a field <= 0 also means its default. */
 cz_status cz_jpeg_decode(const void *data, size_t len, const cz_image_limits *lim, cz_image *out);
+cz_status cz_jpeg_decode_reduced(const void *data, size_t len, const cz_image_limits *lim, int min_side,
+                                 cz_image *out);
 cz_status cz_jpeg_probe(const void *data, size_t len, const cz_image_limits *lim, int *width,
                         int *height);
 cz_status cz_jpeg_encode(const cz_image *img, int quality, uint8_t **out, size_t *out_len);

@@ -134,8 +134,8 @@ static cz_status identify(const void *data, size_t len, cz_image_format *f) {
                         len > 1 ? p[1] : 0, len > 2 ? p[2] : 0, len > 3 ? p[3] : 0);
 }
 
-cz_status cz_image_decode(const void *data, size_t len, const cz_image_limits *lim,
-                          cz_image *out, cz_image_format *fmt) {
+cz_status cz_image_decode_reduced(const void *data, size_t len, const cz_image_limits *lim,
+                                  int min_side, cz_image *out, cz_image_format *fmt) {
     if (fmt) *fmt = CZ_FMT_UNKNOWN;
     if (!out) return cz_error_set(CZ_ERR_INVALID_ARG, "cz_image_decode: NULL output");
     memset(out, 0, sizeof *out);
@@ -143,8 +143,13 @@ cz_status cz_image_decode(const void *data, size_t len, const cz_image_limits *l
     cz_status s = identify(data, len, &f);
     if (fmt) *fmt = f;
     if (s != CZ_OK) return s;
-    return f == CZ_FMT_JPEG ? cz_jpeg_decode(data, len, lim, out)
+    return f == CZ_FMT_JPEG ? cz_jpeg_decode_reduced(data, len, lim, min_side, out)
                             : cz_png_decode(data, len, lim, out);
+}
+
+cz_status cz_image_decode(const void *data, size_t len, const cz_image_limits *lim,
+                          cz_image *out, cz_image_format *fmt) {
+    return cz_image_decode_reduced(data, len, lim, 0, out, fmt);
 }
 
 cz_status cz_image_probe(const void *data, size_t len, const cz_image_limits *lim, int *width,

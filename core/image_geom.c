@@ -122,6 +122,8 @@ typedef struct {
     axis_map ax, ay;
     int dw, span;
     axis_taps *txs; /* dw column taps */
+    double *wx;     /* their weights, flattened: column x's start at wx[woff[x]] */
+    size_t *woff;
     double *ring;   /* span rows of dw horizontal results */
     double *acc;    /* dw: the output row being summed */
     int *key;       /* source row held by each ring slot, -1 for none */
@@ -129,6 +131,8 @@ typedef struct {
 
 static void rr_free(row_resampler *r) {
     free(r->txs);
+    free(r->wx);
+    free(r->woff);
     free(r->ring);
     free(r->acc);
     free(r->key);
@@ -146,14 +150,27 @@ static int rr_init(row_resampler *r, int sw, int sh, int dw, int dh) {
         if (t.last - t.first + 1 > r->span) r->span = t.last - t.first + 1;
     }
     r->txs = malloc((size_t)dw * sizeof *r->txs);
+    r->woff = malloc(((size_t)dw + 1) * sizeof *r->woff);
     r->ring = malloc((size_t)r->span * (size_t)dw * sizeof *r->ring);
     r->acc = malloc((size_t)dw * sizeof *r->acc);
     r->key = malloc((size_t)r->span * sizeof *r->key);
-    if (!r->txs || !r->ring || !r->acc || !r->key) {
+    if (!r->txs || !r->woff || !r->ring || !r->acc || !r->key) {
         rr_free(r);
         return 0;
     }
-    for (int x = 0; x < dw; x++) axis_get(&r->ax, x, &r->txs[x]);
+    r->woff[0] = 0;
+    for (int x = 0; x < dw; x++) {
+        axis_get(&r->ax, x, &r->txs[x]);
+        r->woff[x + 1] = r->woff[x] + (size_t)(r->txs[x].last - r->txs[x].first + 1);
+    }
+    r->wx = malloc(r->woff[dw] * sizeof *r->wx);
+    if (!r->wx) {
+        rr_free(r);
+        return 0;
+    }
+    for (int x = 0; x < dw; x++)
+        for (int i = r->txs[x].first; i <= r->txs[x].last; i++)
+            r->wx[r->woff[x] + (size_t)(i - r->txs[x].first)] = tap_weight(&r->ax, &r->txs[x], i);
     for (int k = 0; k < r->span; k++) r->key[k] = -1;
     return 1;
 }
@@ -165,12 +182,12 @@ static const double *rr_hrow(row_resampler *r, const float *src, size_t sstride,
     if (r->key[slot] == j) return h;
     const float *row = src + (size_t)j * sstride;
     for (int x = 0; x < r->dw; x++) {
-        const axis_taps *t = &r->txs[x];
+        const double *w = r->wx + r->woff[x];
+        const float *src_x = row + r->txs[x].first;
+        const int taps = (int)(r->woff[x + 1] - r->woff[x]);
         double acc = 0.0;
-        for (int i = t->first; i <= t->last; i++) {
-            double wx = tap_weight(&r->ax, t, i);
-            if (wx != 0.0) acc += wx * row[i];
-        }
+        for (int i = 0; i < taps; i++)
+            if (w[i] != 0.0) acc += w[i] * src_x[i];
         h[x] = acc;
     }
     r->key[slot] = j;

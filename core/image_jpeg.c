@@ -172,8 +172,25 @@ cz_status cz_jpeg_probe(const void *data, size_t len, const cz_image_limits *lim
 
 static inline uint8_t mul255(unsigned a, unsigned b) { return (uint8_t)((a * b + 127) / 255); }
 
-cz_status cz_jpeg_decode(const void *data, size_t len, const cz_image_limits *lim,
-                         cz_image *out) {
+/* The smallest N of 1, 2, 4 whose N/8 scale keeps both sides at least min_side, 8 if none.
+ * libjpeg-turbo has SIMD inverse DCTs for these scales only; the others (3/8, 6/8, ...) go
+ * through generic C code that makes the decode slower than a full-size one (bench_loader). */
+static int reduced_scale(JDIMENSION w, JDIMENSION h, int min_side) {
+    if (min_side <= 0) return 8;
+    for (int n = 1; n < 8; n *= 2) {
+        unsigned long long sw = ((unsigned long long)w * (unsigned)n + 7) / 8;
+        unsigned long long sh = ((unsigned long long)h * (unsigned)n + 7) / 8;
+        if (sw >= (unsigned long long)min_side && sh >= (unsigned long long)min_side) return n;
+    }
+    return 8;
+}
+
+cz_status cz_jpeg_decode(const void *data, size_t len, const cz_image_limits *lim, cz_image *out) {
+    return cz_jpeg_decode_reduced(data, len, lim, 0, out);
+}
+
+cz_status cz_jpeg_decode_reduced(const void *data, size_t len, const cz_image_limits *lim, int min_side,
+                                 cz_image *out) {
     struct jpeg_decompress_struct ci;
     jpeg_guard g;
     uint8_t *volatile px = NULL;
@@ -225,12 +242,16 @@ cz_status cz_jpeg_decode(const void *data, size_t len, const cz_image_limits *li
     }
     }
     const int orientation = exif_orientation_of(&ci);
+    const int scale = reduced_scale(ci.image_width, ci.image_height, min_side);
+    const JDIMENSION want_w = (ci.image_width * (JDIMENSION)scale + 7) / 8;
+    const JDIMENSION want_h = (ci.image_height * (JDIMENSION)scale + 7) / 8;
+    ci.scale_num = (unsigned)scale;
+    ci.scale_denom = 8;
 
     g.phase = 1;
     (void)jpeg_start_decompress(&ci);
     const int w = (int)ci.output_width, h = (int)ci.output_height;
-    if (ci.output_components != (cmyk ? 4 : outc) || w != (int)ci.image_width ||
-        h != (int)ci.image_height) {
+    if (ci.output_components != (cmyk ? 4 : outc) || ci.output_width != want_w || ci.output_height != want_h) {
         jpeg_destroy_decompress(&ci);
         return cz_error_set(CZ_ERR_INTERNAL, "JPEG: unexpected output layout %dx%dx%d", w, h,
                             ci.output_components);

@@ -946,6 +946,82 @@ static void test_fuzz_mutations(void **state) {
     free(px);
 }
 
+/* cz_image_decode_reduced: the smallest of 1/8, 1/4, 1/2 that keeps both sides >= min_side, pixels
+ * close to a 2x2 box average of the full decode at N = 4, EXIF orientation still applied, and
+ * full size for PNG, for min_side <= 0 and when no reduction fits. */
+static void test_jpeg_decode_reduced(void **state) {
+    (void)state;
+    const int w = 1024, h = 768;
+    uint8_t *px = smooth_rgb(w, h);
+    jpeg_opts o = k_default_opts;
+    o.quality = 95;
+    size_t len;
+    uint8_t *enc = make_jpeg(px, w, h, 3, &o, &len);
+    cz_image full, red;
+    assert_int_equal(cz_image_decode(enc, len, NULL, &full, NULL), CZ_OK);
+    const struct { int min_side, w, h; } cases[] = {
+        {0, 1024, 768}, {-5, 1024, 768}, {1, 128, 96}, {96, 128, 96}, {97, 256, 192},
+        {300, 512, 384}, {385, 1024, 768}, {5000, 1024, 768},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cz_image_format f;
+        assert_int_equal(cz_image_decode_reduced(enc, len, NULL, cases[i].min_side, &red, &f), CZ_OK);
+        assert_int_equal(f, CZ_FMT_JPEG);
+        if (red.width != cases[i].w || red.height != cases[i].h)
+            fail_msg("min_side %d: %dx%d, expected %dx%d", cases[i].min_side, red.width, red.height, cases[i].w,
+                     cases[i].h);
+        assert_int_equal(red.channels, 3);
+        if (cases[i].min_side == 300) { /* N = 4: against the 2x2 box average of the full decode */
+            double sum = 0;
+            int worst = 0;
+            for (int y = 0; y < red.height; y++)
+                for (int x = 0; x < red.width; x++)
+                    for (int c = 0; c < 3; c++) {
+                        int acc = 0;
+                        for (int dy = 0; dy < 2; dy++)
+                            for (int dx = 0; dx < 2; dx++)
+                                acc += full.px[((size_t)(2 * y + dy) * w + 2 * x + dx) * 3 + c];
+                        int d = abs(red.px[((size_t)y * red.width + x) * 3 + c] - (acc + 2) / 4);
+                        sum += d;
+                        if (d > worst) worst = d;
+                    }
+            double mean = sum / ((double)red.width * red.height * 3);
+            print_message("reduced 1/2 decode vs 2x2 box of the full one: mean |d| %.3f, max %d\n", mean, worst);
+            assert_true(mean < 1.0);
+            assert_true(worst <= 8);
+        }
+        cz_image_free(&red);
+    }
+    cz_image_free(&full);
+    free(enc);
+
+    /* gray, with EXIF orientation 6 (rotated: the upright image is 48 x 64 at N = 4 of 96 x 128 raw) */
+    uint8_t *g = calloc((size_t)128 * 96, 1);
+    for (int i = 0; i < 128 * 96; i++) g[i] = (uint8_t)(i % 128);
+    uint8_t app1[64];
+    o.app1 = app1;
+    o.app1_len = exif_block(app1, 6, 0);
+    enc = make_jpeg(g, 128, 96, 1, &o, &len);
+    assert_int_equal(cz_image_decode_reduced(enc, len, NULL, 40, &red, NULL), CZ_OK);
+    assert_int_equal(red.width, 48);
+    assert_int_equal(red.height, 64);
+    assert_int_equal(red.channels, 1);
+    cz_image_free(&red);
+    free(enc);
+    free(g);
+
+    /* PNG: never reduced */
+    cz_image img = {.width = 300, .height = 200, .channels = 3, .px = smooth_rgb(300, 200)};
+    uint8_t *png = encode_or_die(&img, CZ_FMT_PNG, &len);
+    assert_int_equal(cz_image_decode_reduced(png, len, NULL, 10, &red, NULL), CZ_OK);
+    assert_int_equal(red.width, 300);
+    assert_int_equal(red.height, 200);
+    cz_image_free(&red);
+    free(png);
+    free(img.px);
+    free(px);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sniff_and_names),
@@ -961,6 +1037,7 @@ int main(void) {
         cmocka_unit_test(test_jpeg_progressive_and_scan_cap),
         cmocka_unit_test(test_jpeg_truncated),
         cmocka_unit_test(test_jpeg_limits_from_header),
+        cmocka_unit_test(test_jpeg_decode_reduced),
         cmocka_unit_test(test_exif_parser),
         cmocka_unit_test(test_apply_orientation),
         cmocka_unit_test(test_jpeg_exif_orientation),
