@@ -337,8 +337,27 @@ static cz_status list_tree(const char *dir, const char *prefix, size_t max, list
 typedef struct scratch {
     float *plane; /* box-reduced channel */
     size_t plane_cap;
-    float *rs; /* 3 x load x load */
+    float *rs;    /* 3 x load x load */
+    uint8_t *row; /* one sample row, 8-bit RGB interleaved (3 x S) */
+    float *lab;   /* its L, a and b planes (3 x S) */
 } scratch;
+
+/* 1 when the per-thread buffers are allocated, 0 when out of memory. */
+static int scratch_open(const cz_dataset *ds, scratch *sc) {
+    memset(sc, 0, sizeof *sc);
+    sc->rs = malloc(3 * (size_t)ds->load * ds->load * sizeof(float));
+    sc->row = malloc(3 * (size_t)ds->S);
+    sc->lab = malloc(3 * (size_t)ds->S * sizeof(float));
+    return sc->rs && sc->row && sc->lab;
+}
+
+static void scratch_close(scratch *sc) {
+    free(sc->plane);
+    free(sc->rs);
+    free(sc->row);
+    free(sc->lab);
+    memset(sc, 0, sizeof *sc);
+}
 
 static void count_skip(cz_dataset *ds, uint32_t file, int kind, const char *why) {
     uint8_t cur = atomic_load(&ds->fstate[file]);
@@ -418,34 +437,45 @@ static inline float clampf(float v, float lo, float hi) {
     return v < lo ? lo : v > hi ? hi : v;
 }
 
+/* v clamped to [0, 255] and rounded half to even, as lrintf does, without the libm call: adding
+ * and subtracting 1.5 * 2^23 leaves the nearest integer in float arithmetic (|v| < 2^22). */
+static inline uint8_t round_u8(float v) {
+    v = clampf(v, 0.f, 255.f);
+    return (uint8_t)(int)((v + 12582912.0f) - 12582912.0f);
+}
+
 /* Writes one S x S sample from the stretched planes: window at (cx, cy), mirrored if flip.
  * The resized values are rounded to 8 bits first, as the reference's PIL pipeline does, which
- * also lets the conversion use the table-driven cz_srgb8_to_lab. */
-static void emit_sample(const cz_dataset *ds, const float *rs, int cx, int cy, int flip, float *A, float *B) {
+ * also lets the conversion use the table-driven sRGB -> Lab (a row at a time in lab mode). */
+static void emit_sample(const cz_dataset *ds, scratch *sc, int cx, int cy, int flip, float *A, float *B) {
     const int S = ds->S, load = ds->load;
+    const float *rs = sc->rs;
     const size_t plane = (size_t)S * S, lp = (size_t)load * load;
-    for (int y = 0; y < S; y++)
+    float *L = sc->lab, *a = L + S, *b = a + S;
+    for (int y = 0; y < S; y++) {
         for (int x = 0; x < S; x++) {
             const size_t si = (size_t)(cy + y) * load + (size_t)(cx + (flip ? S - 1 - x : x));
-            const size_t o = (size_t)y * S + x;
-            uint8_t rgb[3];
-            float lab[3];
-            for (int c = 0; c < 3; c++)
-                rgb[c] = (uint8_t)lrintf(clampf(rs[c * lp + si], 0.f, 255.f));
-            cz_srgb8_to_lab(rgb, lab);
-            if (ds->cfg.mode == CZ_COLOR_LAB) {
-                A[o] = lab[0] / 50.0f - 1.0f;
-                B[o] = clampf(lab[1] / AB_SCALE, -1.f, 1.f);
-                B[plane + o] = clampf(lab[2] / AB_SCALE, -1.f, 1.f);
-            } else {
-                float gl[3] = {lab[0], 0.f, 0.f}, g[3];
-                cz_lab_to_srgbf(gl, g);
-                for (int c = 0; c < 3; c++) {
-                    A[c * plane + o] = g[0] * 2.0f - 1.0f;
-                    B[c * plane + o] = (float)rgb[c] * (2.0f / 255.0f) - 1.0f;
-                }
+            for (int c = 0; c < 3; c++) sc->row[3 * x + c] = round_u8(rs[c * lp + si]);
+        }
+        cz_srgb8_row_to_lab(sc->row, (size_t)S, L, a, b);
+        const size_t o = (size_t)y * S;
+        if (ds->cfg.mode == CZ_COLOR_LAB) {
+            for (int x = 0; x < S; x++) {
+                A[o + x] = L[x] / 50.0f - 1.0f;
+                B[o + x] = clampf(a[x] / AB_SCALE, -1.f, 1.f);
+                B[plane + o + x] = clampf(b[x] / AB_SCALE, -1.f, 1.f);
+            }
+            continue;
+        }
+        for (int x = 0; x < S; x++) { /* rgb: the gray sRGB of L in, the colour out */
+            float gl[3] = {L[x], 0.f, 0.f}, g[3];
+            cz_lab_to_srgbf(gl, g);
+            for (int c = 0; c < 3; c++) {
+                A[c * plane + o + x] = g[0] * 2.0f - 1.0f;
+                B[c * plane + o + x] = (float)sc->row[3 * x + c] * (2.0f / 255.0f) - 1.0f;
             }
         }
+    }
 }
 
 /* Produces the sample of `file`; returns 1 on success, 0 when the file is skipped. */
@@ -477,7 +507,7 @@ static int load_sample(cz_dataset *ds, uint32_t file, scratch *sc, int cx, int c
     }
     uint8_t unk = FILE_UNKNOWN;
     atomic_compare_exchange_strong(&ds->fstate[file], &unk, (uint8_t)FILE_OK);
-    emit_sample(ds, sc->rs, cx, cy, flip, A, B);
+    emit_sample(ds, sc, cx, cy, flip, A, B);
     return 1;
 }
 
@@ -485,8 +515,8 @@ static int load_sample(cz_dataset *ds, uint32_t file, scratch *sc, int cx, int c
 
 static void *worker_main(void *arg) {
     cz_dataset *ds = arg;
-    scratch sc = {0};
-    sc.rs = malloc(3 * (size_t)ds->load * ds->load * sizeof(float));
+    scratch sc;
+    const int have_scratch = scratch_open(ds, &sc);
     const uint64_t n = ds->ntrain;
     const int span = ds->load - ds->S + 1;
     for (;;) {
@@ -506,7 +536,7 @@ static void *worker_main(void *arg) {
         uint64_t r = mix64(epoch_key(ds->cfg.seed, epoch) ^ mix64(0x5eed0000ULL + file));
         cz_sample_info info = {file, (int64_t)epoch, (int)(r % (uint64_t)span),
                                (int)((r >> 20) % (uint64_t)span), ds->cfg.no_flip ? 0 : (int)((r >> 63) & 1)};
-        int ok = sc.rs && load_sample(ds, file, &sc, info.crop_x, info.crop_y, info.flipped, sl->A, sl->B);
+        int ok = have_scratch && load_sample(ds, file, &sc, info.crop_x, info.crop_y, info.flipped, sl->A, sl->B);
 
         pthread_mutex_lock(&ds->mu);
         sl->info = info;
@@ -515,8 +545,7 @@ static void *worker_main(void *arg) {
         if (p == ds->consumed) pthread_cond_signal(&ds->cv_ready);
         pthread_mutex_unlock(&ds->mu);
     }
-    free(sc.plane);
-    free(sc.rs);
+    scratch_close(&sc);
     return NULL;
 }
 
@@ -797,9 +826,11 @@ cz_status cz_dataset_val_batch(cz_dataset *ds, size_t *cursor, cz_batch *b) {
     if (b->size != ds->S || b->a_ch != ds->a_ch || b->b_ch != ds->b_ch)
         return cz_error_set(CZ_ERR_SHAPE, "cz_dataset_val_batch: batch not allocated for this dataset");
     const size_t asz = (size_t)ds->a_ch * ds->S * ds->S, bsz = (size_t)ds->b_ch * ds->S * ds->S;
-    scratch sc = {0};
-    sc.rs = malloc(3 * (size_t)ds->load * ds->load * sizeof(float));
-    if (!sc.rs) return cz_error_set(CZ_ERR_NOMEM, "dataset: out of memory");
+    scratch sc;
+    if (!scratch_open(ds, &sc)) {
+        scratch_close(&sc);
+        return cz_error_set(CZ_ERR_NOMEM, "dataset: out of memory");
+    }
     const int c = (ds->load - ds->S) / 2;
     b->n = 0;
     while (b->n < b->cap && *cursor < ds->nval) {
@@ -809,8 +840,7 @@ cz_status cz_dataset_val_batch(cz_dataset *ds, size_t *cursor, cz_batch *b) {
         b->info[b->n++] = (cz_sample_info){file, -1, c, c, 0};
         atomic_fetch_add(&ds->val_served, 1);
     }
-    free(sc.plane);
-    free(sc.rs);
+    scratch_close(&sc);
     return CZ_OK;
 }
 

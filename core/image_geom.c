@@ -122,7 +122,8 @@ typedef struct {
     axis_map ax, ay;
     int dw, span;
     axis_taps *txs; /* dw column taps */
-    double *wx;     /* their weights, flattened: column x's start at wx[woff[x]] */
+    double *wx;     /* their non-zero weights, flattened: column x's are wx[woff[x] .. woff[x + 1]) */
+    int *ix;        /* and the source columns they weigh */
     size_t *woff;
     double *ring;   /* span rows of dw horizontal results */
     double *acc;    /* dw: the output row being summed */
@@ -132,6 +133,7 @@ typedef struct {
 static void rr_free(row_resampler *r) {
     free(r->txs);
     free(r->wx);
+    free(r->ix);
     free(r->woff);
     free(r->ring);
     free(r->acc);
@@ -158,19 +160,29 @@ static int rr_init(row_resampler *r, int sw, int sh, int dw, int dh) {
         rr_free(r);
         return 0;
     }
-    r->woff[0] = 0;
+    size_t taps = 0;
     for (int x = 0; x < dw; x++) {
         axis_get(&r->ax, x, &r->txs[x]);
-        r->woff[x + 1] = r->woff[x] + (size_t)(r->txs[x].last - r->txs[x].first + 1);
+        taps += (size_t)(r->txs[x].last - r->txs[x].first + 1);
     }
-    r->wx = malloc(r->woff[dw] * sizeof *r->wx);
-    if (!r->wx) {
+    r->wx = malloc((taps ? taps : 1) * sizeof *r->wx);
+    r->ix = malloc((taps ? taps : 1) * sizeof *r->ix);
+    if (!r->wx || !r->ix) {
         rr_free(r);
         return 0;
     }
-    for (int x = 0; x < dw; x++)
-        for (int i = r->txs[x].first; i <= r->txs[x].last; i++)
-            r->wx[r->woff[x] + (size_t)(i - r->txs[x].first)] = tap_weight(&r->ax, &r->txs[x], i);
+    /* zero weights are dropped here, as sample skips them */
+    r->woff[0] = 0;
+    for (int x = 0; x < dw; x++) {
+        size_t k = r->woff[x];
+        for (int i = r->txs[x].first; i <= r->txs[x].last; i++) {
+            double w = tap_weight(&r->ax, &r->txs[x], i);
+            if (w == 0.0) continue;
+            r->wx[k] = w;
+            r->ix[k++] = i;
+        }
+        r->woff[x + 1] = k;
+    }
     for (int k = 0; k < r->span; k++) r->key[k] = -1;
     return 1;
 }
@@ -182,12 +194,8 @@ static const double *rr_hrow(row_resampler *r, const float *src, size_t sstride,
     if (r->key[slot] == j) return h;
     const float *row = src + (size_t)j * sstride;
     for (int x = 0; x < r->dw; x++) {
-        const double *w = r->wx + r->woff[x];
-        const float *src_x = row + r->txs[x].first;
-        const int taps = (int)(r->woff[x + 1] - r->woff[x]);
         double acc = 0.0;
-        for (int i = 0; i < taps; i++)
-            if (w[i] != 0.0) acc += w[i] * src_x[i];
+        for (size_t k = r->woff[x]; k < r->woff[x + 1]; k++) acc += r->wx[k] * row[r->ix[k]];
         h[x] = acc;
     }
     r->key[slot] = j;
