@@ -376,7 +376,8 @@ static void test_cbrt_pos(void **state) {
 }
 
 /* cz_srgb8_row_to_lab against cz_srgb8_to_lab on every one of the 2^24 8-bit colours, bit for
- * bit (rows of 65,536 and, for the scalar tail, of 65,535 pixels). */
+ * bit (rows of 65,536 and, for the scalar tail, of 65,535 pixels), and cz_image_lightness's L of
+ * colour pixels against the rows' L. */
 static void test_srgb8_row_exhaustive(void **state) {
     (void)state;
     enum { ROW = 65536 };
@@ -393,6 +394,11 @@ static void test_srgb8_row_exhaustive(void **state) {
             rgb[3 * i + 2] = (uint8_t)i;
         }
         size_t n = r & 1 ? ROW - 1 : ROW; /* odd rows leave a tail for the scalar path */
+        cz_srgb8_row_to_lab(rgb, n, L, a, b);
+        /* and cz_image_lightness (its own vector path) gives the same L */
+        cz_image img = {.width = (int)n, .height = 1, .channels = 3, .px = rgb};
+        assert_int_equal(cz_image_lightness(&img, a), CZ_OK);
+        if (memcmp(a, L, n * sizeof(float))) fail_msg("row %d: cz_image_lightness differs from the Lab rows' L", r);
         cz_srgb8_row_to_lab(rgb, n, L, a, b);
         for (size_t i = 0; i < n; i++) {
             float want[3];
