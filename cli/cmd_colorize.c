@@ -14,6 +14,7 @@
 #include "cli.h"
 #include "colorize.h"
 #include "fileio.h"
+#include "host_pool.h"
 #include "image.h"
 #include "log.h"
 
@@ -240,16 +241,22 @@ int cz_cmd_colorize(int argc, char **argv) {
         return 1;
     }
     int batch = cfg.max_batch < nfiles ? cfg.max_batch : nfiles;
-    cz_colorizer_opts co = {.max_batch = batch, .precision = (cz_dtype)cz_dtype_parse(cfg.precision)};
+    /* on a device that finishes jobs itself, page-locked memory for them (server.pinned_mb) */
+    cz_host_pool *pool = NULL;
+    if (be->ops->merge_lab && cfg.pinned_mb > 0 && cz_host_pool_create(be, (size_t)cfg.pinned_mb << 20, &pool) != CZ_OK)
+        CZ_LOGW("cli", "server.pinned_mb: %s; the CPU finishes every image", cz_error_detail());
+    cz_colorizer_opts co = {.max_batch = batch, .precision = (cz_dtype)cz_dtype_parse(cfg.precision), .pool = pool};
     cz_colorizer *cz = NULL;
     if (cz_colorizer_create(be, cfg.model_path, &co, &cz) != CZ_OK) {
         fprintf(stderr, "colorize: %s\n", cz_error_detail());
+        cz_host_pool_destroy(pool);
         cz_backend_destroy(be);
         return 1;
     }
     if (cz_render_validate(cz, cfg.render) != CZ_OK) {
         fprintf(stderr, "colorize: %s\n", cz_error_detail());
         cz_colorizer_destroy(cz);
+        cz_host_pool_destroy(pool);
         cz_backend_destroy(be);
         return 2;
     }
@@ -270,6 +277,7 @@ int cz_cmd_colorize(int argc, char **argv) {
     double el = cli_now() - r.prog.t0;
     CZ_LOGI("cli", "%d of %d images colorized in %.2f s", nfiles - r.failures, nfiles, el);
     cz_colorizer_destroy(cz);
+    cz_host_pool_destroy(pool); /* every job has been released */
     cz_backend_destroy(be);
     return r.failures ? 1 : 0;
 }

@@ -87,6 +87,15 @@ static inline int cz_tensor_is_view(const cz_tensor *t) {
     return t->c_store != 0 && (t->c_store != t->c || t->c_off != 0);
 }
 
+/* One image of a batch finished on the device (merge_lab below). */
+typedef struct cz_merge_item {
+    const float *L;       /* full-resolution lightness, src_w * src_h floats, [0, 100] */
+    uint8_t *rgb;         /* out: src_w * src_h interleaved 8-bit RGB */
+    int src_w, src_h;     /* the source image */
+    int scaled_w, scaled_h; /* the scaled image inside the network plane ... */
+    int off_x, off_y;     /* ... and where it sits */
+} cz_merge_item;
+
 typedef enum cz_act { CZ_ACT_NONE = 0, CZ_ACT_RELU = 1, CZ_ACT_LRELU = 2, CZ_ACT_TANH = 3 } cz_act;
 
 /* Square kernels; kernel size comes from the weight tensor. `act` is applied after the bias
@@ -235,6 +244,19 @@ typedef struct cz_backend_ops {
     cz_status (*write_async)(cz_backend *be, cz_tensor *t, const float *src, uint64_t *ticket);
     cz_status (*read_async)(cz_backend *be, const cz_tensor *t, float *dst, uint64_t *ticket);
     cz_status (*transfer_wait)(cz_backend *be, uint64_t ticket);
+
+    /* Finishing colorizations on the device, so that the host neither converts nor upsamples.
+     * For image i of `ab` (the network's output: a batch view of n images, channels a and b at
+     * the network size): multiply by ab_scale, crop items[i]'s scaled image, upsample it
+     * bilinearly to the source size and convert it with items[i].L to 8-bit sRGB in
+     * items[i].rgb, byte-identical to cz_render_merge_ab on the same ab values (the exact
+     * arithmetic is shared through lab_exact.h). Bilinear only: scaled_w <= 2 * src_w and
+     * scaled_h <= 2 * src_h (beyond that the host's area averaging applies). Queued like
+     * read_async, behind every op queued so far: returns a ticket at once; L must stay
+     * unchanged and rgb unread until transfer_wait(ticket), which also covers every write queued
+     * before. L and rgb should come from host_alloc. Not while recording. NULL: the host merges. */
+    cz_status (*merge_lab)(cz_backend *be, const cz_tensor *ab, const cz_merge_item *items, int n,
+                           float ab_scale, uint64_t *ticket);
 } cz_backend_ops;
 
 /* Every backend instance starts with this header; implementations embed it first. */

@@ -10,13 +10,20 @@
  * images of the size first run through it and grown when a bigger size appears. On a backend
  * with asynchronous transfers (cuda) a launched pass returns at once, so the caller can stage
  * the next batch while the device runs this one; its upload then overlaps the device's compute,
- * and its download the next pass's. */
+ * and its download the next pass's.
+ * Device finish: on a backend with merge_lab, a lab model and a pool, jobs whose L and RGB got a
+ * pool block at prepare are finished by the device when the whole batch has one: the pass
+ * uploads the input, runs the U-Net, and merge_lab uploads each L, upsamples and converts on
+ * the device and downloads the RGB, all queued behind each other; no ab comes back. A batch
+ * with any job outside the pool takes the host path (ab downloaded, merged on the HTTP thread),
+ * so a full pool costs speed, never a result. Both paths give the same bytes (lab_exact.h). */
 #include "colorize.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "host_pool.h"
 #include "log.h"
 
 #define AB_SCALE 110.0f
@@ -25,6 +32,8 @@
  * and the jobs whose outputs it fills. */
 typedef struct cz_pass {
     cz_host_buf in, out;
+    cz_merge_item *items; /* max_batch entries: the device-finish descriptions */
+    int device;           /* the pass in flight finishes its jobs on the device */
     size_t px;        /* pixels per image the staging buffers hold */
     size_t out_sz;    /* output values per image of the pass in flight */
     cz_cjob **jobs;   /* max_batch entries */
@@ -38,6 +47,7 @@ struct cz_colorizer {
     cz_unet_arch arch;
     int max_batch;
     uint64_t checksum;
+    cz_host_pool *pool; /* opts.pool, where the backend finishes on the device; else NULL */
     cz_pass pass[CZ_COLORIZER_PASSES];
     int next; /* the pass slot the next launch uses */
 };
@@ -68,12 +78,15 @@ cz_status cz_colorizer_create(cz_backend *be, const char *weights_path, const cz
     }
     for (int i = 0; i < CZ_COLORIZER_PASSES; i++) {
         cz->pass[i].jobs = calloc((size_t)opt->max_batch, sizeof *cz->pass[i].jobs);
-        if (!cz->pass[i].jobs) {
+        cz->pass[i].items = calloc((size_t)opt->max_batch, sizeof *cz->pass[i].items);
+        if (!cz->pass[i].jobs || !cz->pass[i].items) {
             cz_colorizer_destroy(cz); /* frees what exists so far */
             return cz_error_set(CZ_ERR_NOMEM, "out of memory");
         }
     }
     cz->arch = *cz_unet_get_arch(cz->unet);
+    if (opt->pool && be->ops->merge_lab && cz->arch.mode == CZ_COLOR_LAB && cz_unet_async(cz->unet))
+        cz->pool = opt->pool;
     CZ_LOGI("colorize", "loaded %s: U-Net ngf %d depth %d %s, %zu parameters, checksum %016llx, backend %s %s",
             weights_path, cz->arch.ngf, cz->arch.depth, cz_color_mode_name(cz->arch.mode),
             cz_unet_param_count(&cz->arch), (unsigned long long)cz->checksum, be->ops->name,
@@ -89,6 +102,7 @@ void cz_colorizer_destroy(cz_colorizer *cz) {
         cz_host_buf_free(cz->be, &cz->pass[i].in);
         cz_host_buf_free(cz->be, &cz->pass[i].out);
         free(cz->pass[i].jobs);
+        free(cz->pass[i].items);
     }
     free(cz);
 }
@@ -108,7 +122,10 @@ cz_status cz_render_validate(const cz_colorizer *cz, int render) {
 
 void cz_cjob_release(cz_cjob *job) {
     if (!job) return;
-    free(job->L_full);
+    if (job->pool_block)
+        cz_host_pool_free(job->pool, job->pool_block); /* L_full and rgb live in it */
+    else
+        free(job->L_full);
     free(job->net_in);
     free(job->net_out);
     memset(job, 0, sizeof *job);
@@ -123,7 +140,18 @@ cz_status cz_cjob_prepare(const cz_colorizer *cz, const cz_image *src, int rende
     const cz_render_geom *g = &job->geom;
     size_t full = (size_t)src->width * src->height, net = (size_t)g->net_w * g->net_h;
     job->src_channels = src->channels;
-    job->L_full = malloc(full * sizeof(float));
+    if (cz->pool && g->scaled_w <= 2 * g->src_w && g->scaled_h <= 2 * g->src_h) {
+        /* one block: L (floats), then the RGB the device will write */
+        size_t l_bytes = (full * sizeof(float) + CZ_HOST_POOL_ALIGN - 1) / CZ_HOST_POOL_ALIGN * CZ_HOST_POOL_ALIGN;
+        void *blk = cz_host_pool_alloc(cz->pool, l_bytes + 3 * full);
+        if (blk) {
+            job->pool = cz->pool;
+            job->pool_block = blk;
+            job->L_full = blk;
+            job->rgb = (uint8_t *)blk + l_bytes;
+        }
+    }
+    if (!job->L_full) job->L_full = malloc(full * sizeof(float));
     job->net_in = malloc(net * (size_t)cz->arch.in_ch * sizeof(float));
     job->net_out = malloc(net * (size_t)cz->arch.out_ch * sizeof(float));
     if (!job->L_full || !job->net_in || !job->net_out) {
@@ -204,7 +232,25 @@ cz_status cz_colorizer_launch(cz_colorizer *cz, cz_cjob *const *jobs, int n, int
     CZ_TRY(cz_unet_plan(cz->unet, cz->max_batch, h, w));
     size_t in_sz = px * (size_t)cz->arch.in_ch;
     for (int i = 0; i < n; i++) memcpy(stage_in + (size_t)i * in_sz, jobs[i]->net_in, in_sz * sizeof(float));
-    cz_status s = cz_unet_launch(cz->unet, n, h, w, stage_in, ps->out.p, &ps->ticket);
+    int device = cz->pool != NULL;
+    for (int i = 0; i < n; i++) {
+        device = device && jobs[i]->rgb;
+        jobs[i]->rgb_ready = 0;
+    }
+    cz_status s;
+    if (device) {
+        cz_tensor ab;
+        s = cz_unet_launch_device(cz->unet, n, h, w, stage_in, &ab);
+        for (int i = 0; s == CZ_OK && i < n; i++) {
+            const cz_render_geom *g = &jobs[i]->geom;
+            ps->items[i] = (cz_merge_item){.L = jobs[i]->L_full, .rgb = jobs[i]->rgb, .src_w = g->src_w,
+                                           .src_h = g->src_h, .scaled_w = g->scaled_w, .scaled_h = g->scaled_h,
+                                           .off_x = g->off_x, .off_y = g->off_y};
+        }
+        if (s == CZ_OK) s = cz->be->ops->merge_lab(cz->be, &ab, ps->items, n, AB_SCALE, &ps->ticket);
+    } else {
+        s = cz_unet_launch(cz->unet, n, h, w, stage_in, ps->out.p, &ps->ticket);
+    }
     if (s != CZ_OK) {
         /* part of the pass may be queued: let it finish before the buffers are reused */
         char msg[512];
@@ -215,6 +261,7 @@ cz_status cz_colorizer_launch(cz_colorizer *cz, cz_cjob *const *jobs, int n, int
     memcpy(ps->jobs, jobs, (size_t)n * sizeof *jobs);
     ps->n = n;
     ps->out_sz = px * (size_t)cz->arch.out_ch;
+    ps->device = device;
     ps->busy = 1;
     *handle = cz->next;
     cz->next = (cz->next + 1) % CZ_COLORIZER_PASSES;
@@ -227,6 +274,10 @@ cz_status cz_colorizer_collect(cz_colorizer *cz, int handle) {
     cz_pass *ps = &cz->pass[handle];
     ps->busy = 0;
     CZ_TRY(cz_unet_wait(cz->unet, ps->ticket));
+    if (ps->device) {
+        for (int i = 0; i < ps->n; i++) ps->jobs[i]->rgb_ready = 1;
+        return CZ_OK;
+    }
     const float *stage_out = ps->out.p;
     for (int i = 0; i < ps->n; i++)
         memcpy(ps->jobs[i]->net_out, stage_out + (size_t)i * ps->out_sz, ps->out_sz * sizeof(float));
@@ -241,6 +292,11 @@ cz_status cz_colorizer_run(cz_colorizer *cz, cz_cjob *const *jobs, int n) {
 
 cz_status cz_cjob_finish(const cz_colorizer *cz, const cz_cjob *job, cz_image *out) {
     const cz_render_geom *g = &job->geom;
+    if (job->rgb_ready) { /* the device did the merge */
+        CZ_TRY(cz_image_alloc(out, g->src_w, g->src_h, 3));
+        memcpy(out->px, job->rgb, (size_t)g->src_w * g->src_h * 3);
+        return CZ_OK;
+    }
     size_t net = (size_t)g->net_w * g->net_h;
     float *ab = malloc(2 * net * sizeof(float));
     if (!ab) return cz_error_set(CZ_ERR_NOMEM, "out of memory");

@@ -16,9 +16,15 @@
 #include "image.h"
 #include "unet.h"
 
+struct cz_host_pool;
+
 typedef struct cz_colorizer_opts {
     int max_batch;      /* images per forward pass (planned at this size) */
     cz_dtype precision; /* fp32 or bf16 (backend permitting) */
+    /* Optional (NULL: none): page-locked job memory. On a backend that finishes on the device
+     * (merge_lab) with a lab model, a job whose L and RGB fit in it is finished by the device:
+     * the host then neither upsamples nor converts it (see cz_cjob_finish). Not owned. */
+    struct cz_host_pool *pool;
 } cz_colorizer_opts;
 
 typedef struct cz_colorizer cz_colorizer;
@@ -43,10 +49,18 @@ typedef struct cz_cjob {
     int src_channels;
     float *L_full;  /* src_w * src_h, Lab L of the source */
     float *net_in;  /* in_ch planes of net_w * net_h */
-    float *net_out; /* out_ch planes of net_w * net_h, filled by run */
+    float *net_out; /* out_ch planes of net_w * net_h, filled by run (host finish) */
+    /* device finish: the colorized RGB (src_w * src_h * 3), in the same pool block as L_full;
+     * NULL when the job is finished on the host */
+    uint8_t *rgb;
+    int rgb_ready;  /* set by run when the device finished the job into rgb */
+    struct cz_host_pool *pool;
+    void *pool_block;
 } cz_cjob;
 
-/* Computes L, geometry and the network input for `src` at `render`. */
+/* Computes L, geometry and the network input for `src` at `render`. With a pool (opts) and a
+ * device that finishes (merge_lab), L and the RGB output go in one pool block when one fits
+ * and the scaling is bilinear (the scaled image at most twice the source per axis). */
 cz_status cz_cjob_prepare(const cz_colorizer *cz, const cz_image *src, int render, cz_cjob *job);
 /* Runs n jobs (all with the same net_w x net_h, n <= max_batch) through the U-Net. */
 cz_status cz_colorizer_run(cz_colorizer *cz, cz_cjob *const *jobs, int n);
@@ -65,7 +79,8 @@ int cz_colorizer_pipelined(const cz_colorizer *cz);
  * the plans and primitives of that (n, size) exist before traffic (model owner thread); two
  * where the backend records forward passes, so that the recording exists too. */
 cz_status cz_colorizer_warm(cz_colorizer *cz, int render, int n);
-/* Builds the colorized RGB image from a job that has run. */
+/* Builds the colorized RGB image from a job that has run: a copy of the device's result where
+ * the device finished it (rgb_ready), else the merge on this thread. Byte-identical either way. */
 cz_status cz_cjob_finish(const cz_colorizer *cz, const cz_cjob *job, cz_image *out);
 void cz_cjob_release(cz_cjob *job); /* frees buffers; NULL-safe; the struct may be reused */
 

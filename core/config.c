@@ -69,6 +69,11 @@ static const key_row k_keys[] = {
      "for model.max_batch images and warmed up at start, besides image.render; each at most server.max_render. "
      "auto: on a GPU every render a request may ask for (multiples of 256 up to server.max_render, at most 6), "
      "none on a CPU backend"},
+    {"server.pinned_mb", T_INT, F(pinned_mb), 0, 0, 1 << 20, "512",
+     "page-locked host memory (MiB) for the jobs the GPU finishes (cuda, lab models): their full-resolution L "
+     "goes up and their RGB comes back by DMA, and the CPU neither upsamples nor converts them (7 bytes per "
+     "source pixel while a job is queued); a job that finds none free is finished on the CPU; 0: the CPU "
+     "finishes every job"},
     {"server.drain_timeout_s", T_INT, F(drain_timeout_s), 0, 0, 3600, "20",
      "on SIGTERM, how long in-flight requests get to finish"},
     {"server.max_json_bytes", T_INT, F(max_json_bytes), 0, 64, 1 << 24, "65536",

@@ -44,6 +44,7 @@ typedef struct cz_config {
     int max_wait_us;           /* batching window: how long a job waits for company */
     int max_render;            /* largest `render` a request may ask for */
     char plan_renders[64];     /* more renders planned + warmed at start: "512,1024", "" (none) or "auto" */
+    int pinned_mb;             /* page-locked arena for jobs the GPU finishes (MiB; 0: the host finishes all) */
     int drain_timeout_s;       /* SIGTERM: time in-flight requests get to finish */
     int max_json_bytes;        /* JSON request bodies (admin API), at most */
     /* admin */

@@ -108,6 +108,10 @@ void cz_lab_to_srgb8(const float lab[3], uint8_t rgb[3]);
 /* n pixels from L, a, b planes -> interleaved 8-bit RGB, byte-identical to cz_lab_to_srgb8 on
  * each pixel and several times faster (a float path with a double fallback; image_color.c). */
 void cz_lab_row_to_srgb8(const float *L, const float *a, const float *b, size_t n, uint8_t *rgb);
+/* The tables of lab_exact.h the host conversions use (built on first use, immutable), for a
+ * device that must give the same bytes (the cuda backend copies them once). */
+struct cz_lab_exact_tab;
+const struct cz_lab_exact_tab *cz_lab_exact_tables(void);
 /* The cube root the Lab conversions use, for t > k_eps = 216/24389 (and any finite t > 0). */
 double cz_cbrt_pos(double t);
 /* For tests: over n pixels, the row path's largest |float - double| linear-light error as a

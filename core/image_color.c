@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "image.h"
+#include "lab_exact.h"
 
 /* The vectorized row functions get a second, AVX2 copy on x86-64 picked at run time (not under
  * the sanitizers, whose builds stay plain). */
@@ -41,7 +42,6 @@
 static const double k_xn = 0.95047, k_yn = 1.0, k_zn = 1.08883;
 static const double k_eps = 216.0 / 24389.0;
 static const double k_kappa = 24389.0 / 27.0;
-static const double k_inv_kappa = 27.0 / 24389.0; /* hot paths multiply, never divide */
 static const double k_m[3][3] = {{0.4124564, 0.3575761, 0.1804375},
                                  {0.2126729, 0.7151522, 0.0721750},
                                  {0.0193339, 0.1191920, 0.9503041}};
@@ -50,9 +50,8 @@ enum { CODE_LUT = 4096, CODE_CELLS = 16384 };
 static const double k_cell_margin = 1.2e-5; /* above the in-gamut 2.5 * k_raw_err */
 
 static struct {
-    double minv[3][3];  /* exact inverse of k_m, so the round trip is exact */
+    cz_lab_exact_tab lx; /* minv (exact inverse of k_m, so the round trip is exact), ysum, thr */
     double lin[256];    /* 8-bit code -> linear light */
-    double thr[255];    /* thr[k]: smallest linear value whose nearest code is k + 1 */
     uint8_t code_at[CODE_LUT + 1]; /* code of linear value i / CODE_LUT (a lower bound) */
     float minv_f[3][3]; /* minv and thr rounded to float, for the fast row path */
     float thr_f[256];   /* thr_f[255] = 2: a sentinel above every in-gamut value */
@@ -79,18 +78,19 @@ static void build_tables(void) {
         for (int j = 0; j < 3; j++) {
             /* cofactor of (j, i) over det: the adjugate */
             int r0 = (j + 1) % 3, r1 = (j + 2) % 3, c0 = (i + 1) % 3, c1 = (i + 2) % 3;
-            g_tab.minv[i][j] = (m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0]) / det;
+            g_tab.lx.minv[i][j] = (m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0]) / det;
         }
     for (int k = 0; k < 256; k++) g_tab.lin[k] = srgb_decode(k / 255.0);
-    for (int k = 0; k < 255; k++) g_tab.thr[k] = srgb_decode((k + 0.5) / 255.0);
+    for (int k = 0; k < 255; k++) g_tab.lx.thr[k] = srgb_decode((k + 0.5) / 255.0);
+    g_tab.lx.ysum = k_m[1][0] + k_m[1][1] + k_m[1][2];
     for (int i = 0; i < 3; i++)
-        for (int j = 0; j < 3; j++) g_tab.minv_f[i][j] = (float)g_tab.minv[i][j];
-    for (int k = 0; k < 255; k++) g_tab.thr_f[k] = (float)g_tab.thr[k];
+        for (int j = 0; j < 3; j++) g_tab.minv_f[i][j] = (float)g_tab.lx.minv[i][j];
+    for (int k = 0; k < 255; k++) g_tab.thr_f[k] = (float)g_tab.lx.thr[k];
     g_tab.thr_f[255] = 2.0f;
     for (int i = 0, c = 0; i <= CODE_CELLS; i++) {
         double lo = (double)i / CODE_CELLS, hi = (double)(i + 1) / CODE_CELLS;
-        while (c < 255 && lo >= g_tab.thr[c]) c++;
-        g_tab.code_exact[i] = (int16_t)(c == 255 || hi <= g_tab.thr[c] ? c : -1);
+        while (c < 255 && lo >= g_tab.lx.thr[c]) c++;
+        g_tab.code_exact[i] = (int16_t)(c == 255 || hi <= g_tab.lx.thr[c] ? c : -1);
     }
     for (int i = 0, c = 0; i <= CODE_CELLS; i++) {
         double lo = (double)i / CODE_CELLS, hi = (double)(i + 1) / CODE_CELLS;
@@ -101,7 +101,7 @@ static void build_tables(void) {
     }
     for (int i = 0, c = 0; i <= CODE_LUT; i++) {
         double v = (double)i / CODE_LUT;
-        while (c < 255 && v >= g_tab.thr[c]) c++;
+        while (c < 255 && v >= g_tab.lx.thr[c]) c++;
         g_tab.code_at[i] = (uint8_t)c;
     }
 }
@@ -129,13 +129,13 @@ static inline double cbrt_pos(double t) {
 
 double cz_cbrt_pos(double t) { return cbrt_pos(t); }
 
-static inline double lab_f(double t) {
-    return t > k_eps ? cbrt_pos(t) : (k_kappa * t + 16.0) / 116.0;
+const cz_lab_exact_tab *cz_lab_exact_tables(void) {
+    tables_ready();
+    return &g_tab.lx;
 }
 
-static inline double lab_finv(double f) {
-    double f3 = f * f * f;
-    return f3 > k_eps ? f3 : (116.0 * f - 16.0) * k_inv_kappa;
+static inline double lab_f(double t) {
+    return t > k_eps ? cbrt_pos(t) : (k_kappa * t + 16.0) / 116.0;
 }
 
 static inline double y_to_L(double y) { return 116.0 * lab_f(y) - 16.0; }
@@ -149,7 +149,7 @@ static inline uint8_t linear_to_code(double v) {
     int cc = g_tab.code_exact[(int)(v * CODE_CELLS)];
     if (cc >= 0) return (uint8_t)cc;
     int c = g_tab.code_at[(int)(v * CODE_LUT)];
-    while (c < 255 && v >= g_tab.thr[c]) c++;
+    while (c < 255 && v >= g_tab.lx.thr[c]) c++;
     return (uint8_t)c;
 }
 
@@ -164,60 +164,13 @@ static void linear_to_lab(const double lin[3], float lab[3]) {
     lab[2] = (float)(200.0 * (fy - fz));
 }
 
-/* Lab -> linear RGB without clipping. a = b = 0 gives exactly R = G = B = Y. */
-static void lab_to_linear_raw(double L, double a, double b, double rgb[3]) {
-    double fy = (L + 16.0) * (1.0 / 116.0);
-    double y = k_yn * (L > k_kappa * k_eps ? fy * fy * fy : L * k_inv_kappa);
-    if (a == 0.0 && b == 0.0) {
-        rgb[0] = rgb[1] = rgb[2] = y;
-        return;
-    }
-    double x = k_xn * lab_finv(fy + a * (1.0 / 500.0));
-    double z = k_zn * lab_finv(fy - b * (1.0 / 200.0));
-    for (int i = 0; i < 3; i++)
-        rgb[i] = g_tab.minv[i][0] * x + g_tab.minv[i][1] * y + g_tab.minv[i][2] * z;
+/* The exact Lab -> linear RGB of the merge (lab_exact.h, shared with the GPU kernel). */
+static inline void lab_to_linear_clipped(const float lab[3], double rgb[3]) {
+    cz_lx_linear_clipped(&g_tab.lx, lab[0], lab[1], lab[2], rgb);
 }
 
-static inline double finite_or_zero(float v) { return isfinite(v) ? (double)v : 0.0; }
-
-/* Lab -> linear RGB in [0,1]. Out-of-gamut colours are moved along the straight line (in
- * linear RGB) toward the gray of the same luminance Y, as far as needed and no further:
- * luminance is linear in RGB, so every point of that line has the same Y, hence the same L.
- * The largest in-gamut step is found in closed form, per channel. */
-static void lab_to_linear_clipped(const float lab[3], double rgb[3]) {
-    double L = finite_or_zero(lab[0]);
-    double a = finite_or_zero(lab[1]), b = finite_or_zero(lab[2]);
-    if (L < 0.0) L = 0.0;
-    if (L > 100.0) L = 100.0;
-    lab_to_linear_raw(L, a, b, rgb);
-    const double tol = 1e-12;
-    if (rgb[0] >= -tol && rgb[0] <= 1.0 + tol && rgb[1] >= -tol && rgb[1] <= 1.0 + tol &&
-        rgb[2] >= -tol && rgb[2] <= 1.0 + tol) {
-        for (int i = 0; i < 3; i++) rgb[i] = rgb[i] < 0.0 ? 0.0 : rgb[i] > 1.0 ? 1.0 : rgb[i];
-        return;
-    }
-    double fy = (L + 16.0) * (1.0 / 116.0);
-    double y = L > k_kappa * k_eps ? fy * fy * fy : L * k_inv_kappa;
-    double gray = y / (k_m[1][0] + k_m[1][1] + k_m[1][2]); /* R=G=B with luminance y */
-    if (gray > 1.0) gray = 1.0;
-    double t = 1.0;
-    for (int i = 0; i < 3; i++) {
-        double v = rgb[i];
-        if (!isfinite(v)) {
-            t = 0.0;
-        } else if (v > 1.0) {
-            double r = (1.0 - gray) / (v - gray);
-            if (r < t) t = r;
-        } else if (v < 0.0) {
-            double r = gray / (gray - v);
-            if (r < t) t = r;
-        }
-    }
-    if (t < 0.0) t = 0.0;
-    for (int i = 0; i < 3; i++) {
-        double v = t > 0.0 ? gray + t * (rgb[i] - gray) : gray;
-        rgb[i] = v < 0.0 ? 0.0 : v > 1.0 ? 1.0 : v;
-    }
+static inline void lab_to_linear_raw(double L, double a, double b, double rgb[3]) {
+    cz_lx_linear_raw(&g_tab.lx, L, a, b, rgb);
 }
 
 void cz_srgb8_to_lab(const uint8_t rgb[3], float lab[3]) {
@@ -481,7 +434,7 @@ float cz_lab_row_fast_error(const float *L, const float *a, const float *b, size
 void cz_srgbf_to_lab(const float rgb[3], float lab[3]) {
     double lin[3];
     for (int i = 0; i < 3; i++) {
-        double c = finite_or_zero(rgb[i]);
+        double c = cz_lx_finite_or_zero(rgb[i]);
         c = c < 0.0 ? 0.0 : c > 1.0 ? 1.0 : c; /* inputs outside [0,1] are clamped */
         lin[i] = srgb_decode(c);
     }

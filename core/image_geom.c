@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "image.h"
+#include "lab_exact.h"
 
 typedef struct {
     int sn, dn;
@@ -68,20 +69,7 @@ static inline void axis_get(const axis_map *a, int d, axis_taps *t) {
         t->inv = 1.0 / (t->x1 - t->x0);
         return;
     }
-    double c = (d + 0.5) * a->scale - 0.5;
-    if (c < 0.0) c = 0.0;
-    if (c > a->sn - 1) c = a->sn - 1;
-    int i0 = (int)c;
-    double f = c - i0;
-    t->first = i0;
-    t->last = i0 + 1 < a->sn ? i0 + 1 : i0;
-    if (t->last == t->first) {
-        t->w0 = 1.0;
-        t->w1 = 0.0;
-    } else {
-        t->w0 = 1.0 - f;
-        t->w1 = f;
-    }
+    cz_lx_bilinear(d, a->sn, a->dn, &t->first, &t->last, &t->w0, &t->w1); /* shared with the GPU merge */
 }
 
 static inline double tap_weight(const axis_map *a, const axis_taps *t, int i) {

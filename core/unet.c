@@ -702,6 +702,21 @@ cz_status cz_unet_launch(cz_unet *u, int n, int h, int w, const float *in, float
     return ops->read_async(be, &y, out, ticket); /* its ticket covers the upload too */
 }
 
+cz_status cz_unet_launch_device(cz_unet *u, int n, int h, int w, const float *in, cz_tensor *out) {
+    memset(out, 0, sizeof *out);
+    if (!cz_unet_async(u))
+        return cz_error_set(CZ_ERR_UNSUPPORTED, "backend '%s' has no asynchronous transfers", u->be->ops->name);
+    plan *p = NULL;
+    CZ_TRY(find_plan(u, n, h, w, &p));
+    cz_backend *be = u->be;
+    cz_tensor x = cz_tensor_batch_view(p->x, n);
+    uint64_t up;
+    CZ_TRY(be->ops->write_async(be, &x, in, &up));
+    CZ_TRY(forward_device(u, p, n));
+    *out = cz_tensor_batch_view(p->out, n);
+    return CZ_OK;
+}
+
 cz_status cz_unet_wait(cz_unet *u, uint64_t ticket) {
     if (!cz_unet_async(u) || ticket == 0) return CZ_OK;
     return u->be->ops->transfer_wait(u->be, ticket);

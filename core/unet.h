@@ -124,6 +124,12 @@ cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, floa
  * launch order; a later launch may reuse the plan's activations, which the backend orders. */
 cz_status cz_unet_launch(cz_unet *u, int n, int h, int w, const float *in, float *out, uint64_t *ticket);
 cz_status cz_unet_wait(cz_unet *u, uint64_t ticket);
+/* cz_unet_launch without the download, for output consumed on the device (merge_lab): queues the
+ * upload of `in` and the device part, and gives the output's batch view in *out (valid until the
+ * next pass at this size is queued; ops queued after this call see the pass's result). `in`
+ * stays the caller's until a later transfer's ticket that covers it has been waited on.
+ * Asynchronous backends only (CZ_ERR_UNSUPPORTED otherwise). */
+cz_status cz_unet_launch_device(cz_unet *u, int n, int h, int w, const float *in, cz_tensor *out);
 /* Whether cz_unet_launch returns before the pass is done (the backend transfers asynchronously). */
 int cz_unet_async(const cz_unet *u);
 /* The device part of a forward pass alone, on whatever the h x w plan's input holds, then a

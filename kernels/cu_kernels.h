@@ -123,6 +123,19 @@ int cuk_conv_bwd_data_naive(const cuk_conv *p, const void *wt, const void *dy, v
 int cuk_conv_bwd_filter_naive(const cuk_conv *p, const void *x, const void *dy, void *dw, int accumulate,
                               cuk_stream s);
 
+/* ---- merge.cu: the final colorization merge (backend.h merge_lab) ---- */
+/* The tables of core/lab_exact.h, in device memory (a copy of the host's cz_lab_exact_tables()). */
+struct cz_lab_exact_tab;
+/* rgb (src_w * src_h interleaved 8-bit RGB, device) <- image `img` of ab (NHWC, 2 channels, dt,
+ * net_h x net_w per image) times ab_scale, cropped to the scaled_w x scaled_h block at
+ * (off_x, off_y), upsampled bilinearly to src_w x src_h and converted with L (src_w * src_h
+ * floats, device): byte-identical to the host's cz_render_merge_ab (see merge.cu). Bilinear
+ * only: the caller ensures scaled_w <= 2 * src_w, scaled_h <= 2 * src_h and that the block
+ * lies inside the plane. */
+int cuk_merge_lab(const void *ab, int dt, int img, int net_h, int net_w, float ab_scale, const float *L, int src_w,
+                  int src_h, int scaled_w, int scaled_h, int off_x, int off_y, const struct cz_lab_exact_tab *tab,
+                  unsigned char *rgb, cuk_stream s);
+
 #ifdef __cplusplus
 }
 #endif

@@ -61,6 +61,16 @@ typedef struct cu_xslot {
 } cu_xslot;
 #define XF_SLOTS 2 /* per direction: enough for two batches in flight */
 
+/* A device buffer of merge_lab (backend_cuda_xfer.c): the call's L planes (floats), then its rgb
+ * outputs (bytes), and the events that order its three stages. */
+typedef struct cu_mslot {
+    cu_scratch buf;
+    cudaEvent_t loaded; /* up: the L planes are in buf */
+    cudaEvent_t merged; /* compute: the kernels have written the rgb outputs */
+    cudaEvent_t done;   /* down: the rgb outputs are on the host (buf is free again) */
+} cu_mslot;
+#define MG_SLOTS 2 /* enough for two batches in flight */
+
 typedef struct cu_backend {
     cz_backend base;
     int device;
@@ -86,6 +96,11 @@ typedef struct cu_backend {
     cudaStream_t up, down;
     cu_xslot xf[2][XF_SLOTS]; /* [0] uploads, [1] downloads */
     uint64_t xf_seq[2];       /* transfers issued per direction */
+    /* merge_lab (backend_cuda_xfer.c): slots used in turn, and the lab_exact.h tables on the
+     * device (copied on the first merge, never reallocated) */
+    cu_mslot mg[MG_SLOTS];
+    uint64_t mg_seq; /* merges issued */
+    void *lab_tab;
 } cu_backend;
 
 /* Error conversion (backend_cuda.c). */
@@ -148,7 +163,8 @@ void cu_fill_ops(cz_backend_ops *ops);
 void cu_fill_mem_ops(cz_backend_ops *ops);
 void cu_fill_graph_ops(cz_backend_ops *ops);
 void cu_fill_xfer_ops(cz_backend_ops *ops);
-/* backend_cuda_xfer.c: waits for both copy streams; frees their streams, events and buffers. */
+/* backend_cuda_xfer.c (which also fills merge_lab): waits for both copy streams; frees their
+ * streams, events and buffers, the merge slots and the device copy of the merge tables. */
 cz_status cu_xfer_sync(cu_backend *b);
 void cu_xfer_destroy(cu_backend *b);
 

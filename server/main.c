@@ -302,8 +302,15 @@ int main(int argc, char **argv) {
         return 1;
     }
     s.backend_name = s.be->ops->name;
+    if (s.be->ops->merge_lab && s.cfg.pinned_mb > 0) { /* before the device thread: host_alloc is its */
+        if (cz_host_pool_create(s.be, (size_t)s.cfg.pinned_mb << 20, &s.pool) == CZ_OK)
+            CZ_LOGI("main", "jobs are finished on the device, with %d MiB of page-locked memory (server.pinned_mb)",
+                    s.cfg.pinned_mb);
+        else
+            CZ_LOGW("main", "server.pinned_mb: %s; every job is finished on the CPU", cz_error_detail());
+    }
     int prec = cz_dtype_parse(s.cfg.precision);
-    cz_colorizer_opts co = {.max_batch = s.cfg.max_batch, .precision = (cz_dtype)(prec < 0 ? 0 : prec)};
+    cz_colorizer_opts co = {.max_batch = s.cfg.max_batch, .precision = (cz_dtype)(prec < 0 ? 0 : prec), .pool = s.pool};
     const char *initial = srv_model_initial_path(&s);
     if (cz_colorizer_create(s.be, initial, &co, &s.cz) != CZ_OK && initial != s.cfg.model_path) {
         CZ_LOGW("main", "the activated checkpoint %s does not load (%s); serving model.path", initial, cz_error_detail());
@@ -392,6 +399,7 @@ int main(int argc, char **argv) {
     drain(&s);
     cz_batcher_destroy(s.batcher); /* joins the device thread, destroys the model */
     cz_jobs_close(s.jobs);         /* a running job shows as interrupted; its trainer goes */
+    cz_host_pool_destroy(s.pool);  /* every request is gone, and with it its job's block */
     cz_backend_destroy(s.be);
     free(s.model_json);
     pthread_rwlock_destroy(&s.cz_lock);

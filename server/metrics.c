@@ -55,6 +55,7 @@ static atomic_uint_fast64_t g_requests[SRV_ROUTE_COUNT][CODE_MAX - CODE_MIN + 1]
 static hist g_duration[SRV_ROUTE_COUNT];
 static atomic_uint_fast64_t g_bytes_in, g_bytes_out;
 static atomic_uint_fast64_t g_rejections[SRV_REJ_COUNT];
+static atomic_uint_fast64_t g_finished[2]; /* host, device */
 static hist g_batch, g_infer;
 static pthread_mutex_t g_batch_mu = PTHREAD_MUTEX_INITIALIZER;
 static int64_t g_last_batch_start;
@@ -67,6 +68,10 @@ void srv_metrics_request(srv_route r, int code, double seconds, uint64_t bytes_i
     hist_observe(&g_duration[r], k_dur_bounds, NB(k_dur_bounds), seconds, (uint64_t)(seconds * 1e9));
     atomic_fetch_add_explicit(&g_bytes_in, bytes_in, memory_order_relaxed);
     atomic_fetch_add_explicit(&g_bytes_out, bytes_out, memory_order_relaxed);
+}
+
+void srv_metrics_finished(int on_device) {
+    atomic_fetch_add_explicit(&g_finished[on_device ? 1 : 0], 1, memory_order_relaxed);
 }
 
 void srv_metrics_reject(srv_reject why) {
@@ -196,6 +201,21 @@ char *srv_metrics_render(const srv_metrics_gauges *g, size_t *len) {
     for (int i = 0; i < SRV_REJ_COUNT; i++)
         sb_printf(&b, "colorize_rejections_total{reason=\"%s\"} %llu\n", k_reasons[i],
                   (unsigned long long)atomic_load(&g_rejections[i]));
+
+    sb_printf(&b, "# HELP colorize_finished_total Images upsampled and converted, by where.\n"
+                  "# TYPE colorize_finished_total counter\n"
+                  "colorize_finished_total{where=\"device\"} %llu\n"
+                  "colorize_finished_total{where=\"host\"} %llu\n",
+              (unsigned long long)atomic_load(&g_finished[1]), (unsigned long long)atomic_load(&g_finished[0]));
+    sb_printf(&b, "# HELP colorize_pinned_bytes The page-locked job arena (server.pinned_mb).\n"
+                  "# TYPE colorize_pinned_bytes gauge\n"
+                  "colorize_pinned_bytes{state=\"capacity\"} %llu\n"
+                  "colorize_pinned_bytes{state=\"in_use\"} %llu\n"
+                  "colorize_pinned_bytes{state=\"peak\"} %llu\n"
+                  "# HELP colorize_pinned_misses_total Jobs that found no room in the arena (finished on the host).\n"
+                  "# TYPE colorize_pinned_misses_total counter\n"
+                  "colorize_pinned_misses_total %llu\n",
+              g->pinned_capacity, g->pinned_in_use, g->pinned_peak, g->pinned_misses);
 
     sb_printf(&b, "# HELP colorize_queue_depth Inference jobs waiting for the device.\n"
                   "# TYPE colorize_queue_depth gauge\n"

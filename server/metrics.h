@@ -10,6 +10,11 @@
  *   colorize_model_info{ngf,depth,...}              gauge = 1
  *   colorize_train_jobs{status}, colorize_train_images_per_second  gauges;
  *   colorize_train_steps_total                      counter
+ *   colorize_finished_total{where}                  counter: images finished (upsampled and
+ *                                                   converted) on the "device" or the "host"
+ *   colorize_pinned_bytes{state}                    gauges: the page-locked job arena's
+ *                                                   capacity, in_use and peak (0 without one)
+ *   colorize_pinned_misses_total                    counter: jobs that found no room in it
  * Counters and histogram buckets are lock-free atomics, so any thread may record; the
  * exposition text is built on demand by the /metrics handler. Tested end to end by the
  * integration tests (tests/integration/) and by hand with curl. */
@@ -51,6 +56,8 @@ void srv_metrics_reject(srv_reject why);
 /* Records the batch a job ran in. Jobs of one batch share t_start_ns; only the first job
  * seen for a given start time is counted, so each batch is observed once. */
 void srv_metrics_batch(int64_t t_start_ns, int64_t t_end_ns, int batch_size);
+/* Records one image finished on the device (on_device) or the host. */
+void srv_metrics_finished(int on_device);
 
 /* Values sampled at scrape time by the caller. */
 typedef struct srv_metrics_gauges {
@@ -63,6 +70,8 @@ typedef struct srv_metrics_gauges {
     int train_jobs[6];
     unsigned long long train_steps_total;
     double train_images_per_s;
+    /* the page-locked job arena (zeroes without one) */
+    unsigned long long pinned_capacity, pinned_in_use, pinned_peak, pinned_misses;
 } srv_metrics_gauges;
 
 /* Renders the exposition text (malloc'd, *len bytes); NULL when out of memory. */

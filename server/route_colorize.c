@@ -224,18 +224,29 @@ static enum MHD_Result finish_job(srv_ctx *s, struct MHD_Connection *c, srv_req 
     int64_t t0 = cz_now_ns();
     cz_image out;
     memset(&out, 0, sizeof out);
-    pthread_rwlock_rdlock(&s->cz_lock);
-    cz_status st = cz_cjob_finish(s->cz, &job->cjob, &out);
-    pthread_rwlock_unlock(&s->cz_lock);
-    cz_cjob_release(&job->cjob); /* the batcher is done with it; free early */
-    if (st != CZ_OK) {
-        snprintf(msg, sizeof msg, "building the output failed: %s", cz_error_detail());
-        return srv_send_error(c, req, 500, "internal_error", msg, 0, NULL);
+    cz_status st = CZ_OK;
+    const int on_device = job->cjob.rgb_ready;
+    if (on_device) { /* the device merged it: encode straight from the job's page-locked block */
+        out = (cz_image){.width = job->cjob.geom.src_w, .height = job->cjob.geom.src_h, .channels = 3,
+                         .px = job->cjob.rgb};
+    } else {
+        pthread_rwlock_rdlock(&s->cz_lock);
+        st = cz_cjob_finish(s->cz, &job->cjob, &out);
+        pthread_rwlock_unlock(&s->cz_lock);
+        cz_cjob_release(&job->cjob); /* the batcher is done with it; free early */
+        if (st != CZ_OK) {
+            snprintf(msg, sizeof msg, "building the output failed: %s", cz_error_detail());
+            return srv_send_error(c, req, 500, "internal_error", msg, 0, NULL);
+        }
     }
+    srv_metrics_finished(on_device);
     uint8_t *enc = NULL;
     size_t enc_len = 0;
     st = cz_image_encode(&out, wk->out_fmt, wk->quality, &enc, &enc_len);
-    cz_image_free(&out);
+    if (on_device)
+        cz_cjob_release(&job->cjob); /* out pointed into its block */
+    else
+        cz_image_free(&out);
     if (st != CZ_OK) {
         snprintf(msg, sizeof msg, "encoding the output failed: %s", cz_error_detail());
         return srv_send_error(c, req, 500, "internal_error", msg, 0, NULL);

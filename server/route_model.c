@@ -47,7 +47,8 @@ static double now_s(void) {
 static cz_status load_aside(cz_colorizer **czp, void *arg) {
     swap_ctx *sc = arg;
     srv_ctx *s = sc->s;
-    cz_colorizer_opts co = {.max_batch = s->cfg.max_batch, .precision = (cz_dtype)cz_dtype_parse(s->cfg.precision)};
+    cz_colorizer_opts co = {.max_batch = s->cfg.max_batch, .precision = (cz_dtype)cz_dtype_parse(s->cfg.precision),
+                            .pool = s->pool};
     cz_status st = cz_colorizer_create(s->be, sc->path, &co, &sc->fresh);
     if (st != CZ_OK) {
         snprintf(sc->err, sizeof sc->err, "%s", cz_error_detail());

@@ -136,6 +136,14 @@ enum MHD_Result srv_route_metrics(srv_ctx *s, struct MHD_Connection *c, srv_req 
         g.train_steps_total = js.steps_total;
         g.train_images_per_s = js.images_per_s;
     }
+    if (s->pool) {
+        cz_host_pool_stats ps;
+        cz_host_pool_get_stats(s->pool, &ps);
+        g.pinned_capacity = ps.capacity;
+        g.pinned_in_use = ps.in_use;
+        g.pinned_peak = ps.peak;
+        g.pinned_misses = ps.misses;
+    }
     size_t len = 0;
     char *text = srv_metrics_render(&g, &len);
     if (!text) return srv_send_error(c, req, 500, "internal_error", "out of memory rendering metrics", 0, NULL);

@@ -19,6 +19,7 @@
 #include "batcher.h"
 #include "colorize.h"
 #include "config.h"
+#include "host_pool.h"
 #include "image.h"
 #include "jobs.h"
 #include "metrics.h"
@@ -37,6 +38,9 @@ typedef struct srv_ctx {
      * cz_cjob_finish (they read its architecture); a reload swaps it under the write lock. */
     pthread_rwlock_t cz_lock;
     cz_colorizer *cz;
+    /* page-locked job memory for jobs the device finishes (server.pinned_mb); NULL where the
+     * backend cannot finish on the device. Thread-safe; outlives every request. */
+    cz_host_pool *pool;
 
     /* /model and colorize_model_info snapshot, replaced on load/swap under model_mu, with
      * where the model in service came from (a file, or a training job's checkpoint). */

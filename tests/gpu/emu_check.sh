@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # emu_check.sh [--build] [BUILD_DIR]: the GPU check without a GPU. Runs tests/gpu/check.sh
 # steps 1-3 on a CZ_CUDA=EMU build (default build-cuemu: the `cuda` backend compiled with the
-# host compiler against the CPU emulator in kernels/emu), the batcher, training and U-Net unit
-# tests with the emulated device as their `auto` backend (test_unet also runs pipelined passes:
-# upload, compute and download streams), the emulator's own stream-model test, step 4's
+# host compiler against the CPU emulator in kernels/emu), the batcher, training, U-Net and
+# colorizer unit tests with the emulated device as their `auto` backend (test_unet also runs
+# pipelined passes: upload, compute and download streams; test_colorize compares jobs finished
+# on the device with the host's), the emulator's own stream-model test, step 4's
 # programs end to end at tiny sizes, then the failure path only an
 # emulator can provoke on demand: a sticky device error in the middle of serving (the request
 # gets 503 with a JSON body, and the daemon exits with status 3 so that a supervisor restarts
@@ -21,7 +22,7 @@ build=0
 BUILD=${1:-build-cuemu}
 case $BUILD in /*) ;; *) BUILD=$PWD/$BUILD ;; esac
 targets=(colorize colorized test_ops test_unet_golden test_train_golden test_batcher test_train test_unet bench_layers
-  test_cuemu_streams)
+  test_cuemu_streams test_colorize)
 if [ $build = 1 ]; then
   cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCZ_CUDA=EMU -DCZ_WERROR=ON -DCZ_SANITIZE=ON \
     > "$BUILD.configure.log" 2>&1 || { cat "$BUILD.configure.log"; exit 1; }
@@ -49,9 +50,10 @@ CZ_GPU_BIN=$WORK CZ_GPU_SKIP_BENCH=1 CZ_GPU_MODEL=$WORK/tiny.safetensors CZ_GPU_
   bash tests/gpu/check.sh || fail=1
 
 echo
-echo "=== emulator: the batcher, training and U-Net unit tests on the emulated device (auto = cuda here;"
-echo "    test_unet compares recorded (CUDA graph) forward passes with op-by-op ones)"
-for t in test_batcher test_train test_unet; do
+echo "=== emulator: the batcher, training, U-Net and colorizer unit tests on the emulated device (auto = cuda"
+echo "    here; test_unet compares recorded (CUDA graph) forward passes with op-by-op ones, test_colorize jobs"
+echo "    finished on the device with the host's)"
+for t in test_batcher test_train test_unet test_colorize; do
   if CZ_SOURCE_DIR=$PWD "$BUILD/tests/$t" > "$WORK/$t.log" 2>&1 && grep -q '"module":"cuda"' "$WORK/$t.log"; then
     echo "ok   $t on the emulated cuda backend ($(grep -c '\[       OK \]' "$WORK/$t.log") tests)"
   else

@@ -488,7 +488,10 @@ static void test_metrics(void **state) {
                  {"colorize_http_request_bytes_total", "counter"},
                  {"colorize_http_response_bytes_total", "counter"},
                  {"colorize_model_info", "gauge"},
-                 {"colorize_ready", "gauge"}};
+                 {"colorize_ready", "gauge"},
+                 {"colorize_finished_total", "counter"},
+                 {"colorize_pinned_bytes", "gauge"},
+                 {"colorize_pinned_misses_total", "counter"}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         char type_line[160], sample[160];
         snprintf(type_line, sizeof type_line, "# TYPE %s %s\n", names[i].name, names[i].type);
@@ -513,6 +516,7 @@ static void test_metrics(void **state) {
     double bout0 = it_metric_sum(m0, "colorize_http_response_bytes_total", NULL, NULL);
     double bat0 = it_metric_sum(m0, "colorize_batch_size_count", NULL, NULL);
     double inf0 = it_metric_sum(m0, "colorize_inference_seconds_count", NULL, NULL);
+    double fin0 = it_metric_sum(m0, "colorize_finished_total", NULL, NULL);
 
     size_t n;
     uint8_t *png = it_make_image(50, 40, 1, 41, CZ_FMT_PNG, &n);
@@ -559,6 +563,8 @@ static void test_metrics(void **state) {
     it_check(bat1 >= bat0 + 1 && inf1 >= inf0 + 1,
              "batch_size and inference_seconds histograms counted the batches (%.0f -> %.0f, %.0f -> %.0f)",
              bat0, bat1, inf0, inf1);
+    double fin1 = it_metric_sum(m1, "colorize_finished_total", NULL, NULL);
+    it_check(fin1 >= fin0 + 3, "colorize_finished_total counted the 3 images (%.0f -> %.0f)", fin0, fin1);
     {
         char code_lbl[64];
         snprintf(code_lbl, sizeof code_lbl, "code=\"415\"");

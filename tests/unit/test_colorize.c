@@ -1,6 +1,10 @@
 /* test_colorize.c: the whole job pipeline (prepare -> run -> finish) on small untrained
  * models in both colour modes: output size equals input size, output luminance equals input
- * luminance, batched jobs equal single jobs, bad batches and render sizes are refused. */
+ * luminance, batched jobs equal single jobs, bad batches and render sizes are refused; and, on
+ * a backend that finishes on the device (merge_lab: cuda, and the emulator in
+ * tests/gpu/emu_check.sh), jobs finished on the device give the same bytes as on the host, a
+ * batch with a job outside the pool (area scaling, or a full pool) is finished on the host,
+ * and every pool block comes back. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +17,7 @@
 
 #include "backend.h"
 #include "colorize.h"
+#include "host_pool.h"
 #include "safetensors.h"
 #include "testutil.h"
 #include "unet.h"
@@ -147,11 +152,111 @@ static void test_bad_weights_path(void **state) {
     cz_backend_destroy(be);
 }
 
+/* The device finish against the host finish, byte for byte, in fp32 and (where the backend has
+ * it) bf16. */
+static void test_device_finish(void **state) {
+    (void)state;
+    char *path = write_weights(CZ_COLOR_LAB, 8);
+    cz_backend *be;
+    assert_int_equal(cz_backend_create("auto", NULL, &be), CZ_OK);
+    if (!be->ops->merge_lab) {
+        print_message("skipped: backend %s does not finish on the device (no merge_lab)\n", be->ops->name);
+        cz_backend_destroy(be);
+        unlink(path);
+        free(path);
+        return;
+    }
+    /* 0..2 fit the pool and scale bilinearly; 3 (64x64 at render 256) needs area averaging */
+    const int dims[4][3] = {{301, 187, 1}, {120, 260, 3}, {600, 500, 3}, {64, 64, 1}};
+    cz_image src[4];
+    for (int i = 0; i < 4; i++) make_image(&src[i], dims[i][0], dims[i][1], dims[i][2], 10 + (uint64_t)i);
+    const cz_dtype dts[2] = {CZ_F32, CZ_BF16};
+    for (int d = 0; d < 2; d++) {
+        cz_host_pool *pool;
+        assert_int_equal(cz_host_pool_create(be, 16 << 20, &pool), CZ_OK);
+        cz_colorizer *host, *dev;
+        cz_colorizer_opts o = {.max_batch = 3, .precision = dts[d]};
+        if (cz_colorizer_create(be, path, &o, &host) != CZ_OK) { /* bf16 unsupported here */
+            print_message("skipped %s: %s\n", cz_dtype_name(dts[d]), cz_error_detail());
+            cz_host_pool_destroy(pool);
+            continue;
+        }
+        o.pool = pool;
+        assert_int_equal(cz_colorizer_create(be, path, &o, &dev), CZ_OK);
+        cz_cjob hj[4], dj[4];
+        for (int i = 0; i < 4; i++) {
+            assert_int_equal(cz_cjob_prepare(host, &src[i], 256, &hj[i]), CZ_OK);
+            assert_int_equal(cz_cjob_prepare(dev, &src[i], 256, &dj[i]), CZ_OK);
+            assert_null(hj[i].rgb);
+            if ((i < 3) != (dj[i].rgb != NULL)) fail_msg("image %d: pool block %p", i, (void *)dj[i].rgb);
+        }
+        cz_cjob *hp[3] = {&hj[0], &hj[1], &hj[2]}, *dp[3] = {&dj[0], &dj[1], &dj[2]};
+        assert_int_equal(cz_colorizer_run(host, hp, 3), CZ_OK);
+        assert_int_equal(cz_colorizer_run(dev, dp, 3), CZ_OK);
+        cz_cjob *hq[1] = {&hj[3]}, *dq[2] = {&dj[3], &dj[0]}; /* a mixed batch: host path for both */
+        assert_int_equal(cz_colorizer_run(host, hq, 1), CZ_OK);
+        assert_int_equal(cz_colorizer_run(dev, dq, 2), CZ_OK);
+        for (int i = 0; i < 4; i++) { /* the mixed batch re-ran image 0 on the host */
+            assert_int_equal(dj[i].rgb_ready, i == 1 || i == 2);
+            assert_int_equal(hj[i].rgb_ready, 0);
+        }
+        cz_cjob *dr[3] = {&dj[2], &dj[1], &dj[0]}; /* all in the pool again: device */
+        assert_int_equal(cz_colorizer_run(dev, dr, 3), CZ_OK);
+        for (int i = 0; i < 4; i++) {
+            assert_int_equal(dj[i].rgb_ready, i < 3);
+            cz_image a = {0}, b = {0};
+            assert_int_equal(cz_cjob_finish(host, &hj[i], &a), CZ_OK);
+            assert_int_equal(cz_cjob_finish(dev, &dj[i], &b), CZ_OK);
+            assert_int_equal(a.width, b.width);
+            assert_int_equal(a.height, b.height);
+            size_t bytes = (size_t)a.width * a.height * 3, diff = 0;
+            for (size_t k = 0; k < bytes; k++) diff += a.px[k] != b.px[k];
+            if (diff)
+                fail_msg("%s image %d (%dx%d, %s): %zu of %zu bytes differ", cz_dtype_name(dts[d]), i, a.width,
+                         a.height, i < 3 ? "device" : "host", diff, bytes);
+            cz_image_free(&a);
+            cz_image_free(&b);
+        }
+        /* a pool too small for the 600x500 image: that job, and so its batch, finish on the host */
+        cz_host_pool *tiny;
+        assert_int_equal(cz_host_pool_create(be, 1 << 20, &tiny), CZ_OK);
+        cz_colorizer *dev2;
+        o.pool = tiny;
+        assert_int_equal(cz_colorizer_create(be, path, &o, &dev2), CZ_OK);
+        cz_cjob t2;
+        assert_int_equal(cz_cjob_prepare(dev2, &src[2], 256, &t2), CZ_OK);
+        assert_null(t2.rgb);
+        cz_host_pool_stats st;
+        cz_host_pool_get_stats(tiny, &st);
+        assert_int_equal(st.misses, 1);
+        cz_cjob_release(&t2);
+        cz_colorizer_destroy(dev2);
+        cz_host_pool_destroy(tiny);
+        for (int i = 0; i < 4; i++) {
+            cz_cjob_release(&hj[i]);
+            cz_cjob_release(&dj[i]);
+        }
+        cz_host_pool_get_stats(pool, &st);
+        assert_int_equal(st.in_use, 0);
+        print_message("%s: 3 images finished on the device equal the host's, byte for byte; %llu pool blocks, "
+                      "all returned\n",
+                      cz_dtype_name(dts[d]), (unsigned long long)st.allocs);
+        cz_colorizer_destroy(host);
+        cz_colorizer_destroy(dev);
+        cz_host_pool_destroy(pool);
+    }
+    for (int i = 0; i < 4; i++) cz_image_free(&src[i]);
+    cz_backend_destroy(be);
+    unlink(path);
+    free(path);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lab_mode),
         cmocka_unit_test(test_rgb_mode),
         cmocka_unit_test(test_bad_weights_path),
+        cmocka_unit_test(test_device_finish),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

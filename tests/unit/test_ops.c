@@ -14,6 +14,13 @@
  *       storage element outside the view must keep the pattern written first; other ops must
  *       refuse views. ref itself has no view_ok and refuses views in every op.
  *   (c) ref backward ops against central finite differences.
+ *   (d) merge_lab (the final colorization merge on the device), for every backend that has it,
+ *       in fp32, bf16 and fp16 where supported: byte for byte against the host's
+ *       cz_render_merge_ab on the ab values tensor_read gives (so half-type rounding is the same
+ *       on both sides), a batch of 3 at 256x256 (from a 4-image tensor) and one at 512x256,
+ *       several merges in flight, ab rewritten between them (a merge reads what was queued
+ *       before it, not after), and the invalid arguments it must refuse. Backends without it
+ *       (ref, dnnl: the host merges) print a skip line.
  * Dtype convention in (b): activations and conv weights use the dtype under test; per-channel
  * vectors (bias, BatchNorm parameters and statistics) and the Adam state are fp32.
  * Prints one line per (backend, dtype, op, shape). */
@@ -29,6 +36,7 @@
 #include <time.h>
 
 #include "backend.h"
+#include "image.h"
 #include "testutil.h"
 
 #define TOL_F32 1e-4
@@ -1971,6 +1979,235 @@ static void test_ref_speed(void **state) {
     cz_backend_destroy(be);
 }
 
+/* ========================================================================================== */
+/* (d) merge_lab against cz_render_merge_ab                                                    */
+
+#define MERGE_SCALE 110.0f
+
+/* One image's inputs and the host's expected bytes. */
+typedef struct merge_img {
+    cz_render_geom g;
+    cz_host_buf L, rgb;
+    uint8_t *want; /* src_w * src_h * 3 */
+} merge_img;
+
+static void merge_img_free(cz_backend *be, merge_img *m) {
+    cz_host_buf_free(be, &m->L);
+    cz_host_buf_free(be, &m->rgb);
+    free(m->want);
+    m->want = NULL;
+}
+
+/* L in [0, 100], with exact 0 and 100 among the values. */
+static void merge_fill_L(float *L, size_t px, uint64_t seed) {
+    tu_fill_uniform(L, px, seed, 0.0f, 100.0f);
+    for (size_t i = 0; i < px; i++) {
+        if (i % 97 == 0) L[i] = 0.0f;
+        if (i % 89 == 1) L[i] = 100.0f;
+    }
+}
+
+/* The host's bytes for image i of `ab_read` (tensor_read of a (cap, 2, h, w) tensor). */
+static void merge_expect(const float *ab_read, int i, merge_img *m) {
+    const cz_render_geom *g = &m->g;
+    size_t plane = (size_t)g->net_w * (size_t)g->net_h;
+    float *ab = hbuf(2 * plane);
+    for (size_t k = 0; k < 2 * plane; k++) ab[k] = ab_read[(size_t)i * 2 * plane + k] * MERGE_SCALE;
+    cz_image img;
+    OK(cz_render_merge_ab((const float *)m->L.p, ab, g, &img));
+    assert_int_equal(img.width, g->src_w);
+    assert_int_equal(img.height, g->src_h);
+    size_t bytes = (size_t)g->src_w * (size_t)g->src_h * 3;
+    free(m->want);
+    m->want = malloc(bytes);
+    assert_non_null(m->want);
+    memcpy(m->want, img.px, bytes);
+    cz_image_free(&img);
+    free(ab);
+}
+
+static cz_merge_item merge_item_of(const merge_img *m) {
+    cz_merge_item it = {(const float *)m->L.p, (uint8_t *)m->rgb.p, m->g.src_w, m->g.src_h,
+                        m->g.scaled_w,         m->g.scaled_h,      m->g.off_x, m->g.off_y};
+    return it;
+}
+
+/* Bytes that differ between the device's and the host's images, with the first one in msg. */
+static size_t merge_diff(const merge_img *m, char *msg, size_t msz) {
+    size_t bytes = (size_t)m->g.src_w * (size_t)m->g.src_h * 3, bad = 0;
+    const uint8_t *got = (const uint8_t *)m->rgb.p;
+    for (size_t k = 0; k < bytes; k++)
+        if (got[k] != m->want[k]) {
+            if (!bad)
+                snprintf(msg, msz, "first at pixel (%zu, %zu) channel %zu: %u, host %u", k / 3 % (size_t)m->g.src_w,
+                         k / 3 / (size_t)m->g.src_w, k % 3, got[k], m->want[k]);
+            bad++;
+        }
+    return bad;
+}
+
+/* Sets up image m of geometry (src_w, src_h, render, multiple): L, and rgb poisoned. */
+static void merge_img_init(cz_backend *be, merge_img *m, int src_w, int src_h, int render, uint64_t seed) {
+    memset(m, 0, sizeof *m);
+    OK(cz_render_geom_compute(src_w, src_h, render, 256, &m->g));
+    size_t px = (size_t)src_w * (size_t)src_h;
+    OK(cz_host_buf_reserve(be, &m->L, px * sizeof(float)));
+    OK(cz_host_buf_reserve(be, &m->rgb, px * 3));
+    merge_fill_L((float *)m->L.p, px, seed);
+    memset(m->rgb.p, 0xa5, px * 3);
+}
+
+/* The refusals: each returns CZ_ERR_INVALID_ARG. Returns the number that did not. */
+static int merge_refusals(cz_backend *be, cz_tensor *ab, const merge_img *m, char *msg, size_t msz) {
+    cz_tensor ab3 = {0};
+    OK(cz_tensor_alloc(be, &ab3, ab->dtype, CZ_ROLE_ACT, 1, 3, ab->h, ab->w));
+    const cz_merge_item good = merge_item_of(m);
+    cz_merge_item bad[12];
+    const char *what[12];
+    int nb = 0;
+#define MERGE_BAD(label, field, value)                                                              \
+    do {                                                                                            \
+        bad[nb] = good;                                                                             \
+        bad[nb].field = value;                                                                      \
+        what[nb++] = label;                                                                         \
+    } while (0)
+    /* scaled more than twice the source (area averaging: the host's) */
+    MERGE_BAD("scaled_w > 2 src_w", src_w, (good.scaled_w - 1) / 2);
+    MERGE_BAD("scaled_h > 2 src_h", src_h, (good.scaled_h - 1) / 2);
+    MERGE_BAD("scaled image past the right edge", off_x, ab->w - good.scaled_w + 1);
+    MERGE_BAD("scaled image past the bottom", off_y, ab->h - good.scaled_h + 1);
+    MERGE_BAD("negative off_x", off_x, -1);
+    MERGE_BAD("src_w 0", src_w, 0);
+    MERGE_BAD("scaled_h 0", scaled_h, 0);
+    MERGE_BAD("L NULL", L, NULL);
+    MERGE_BAD("rgb NULL", rgb, NULL);
+#undef MERGE_BAD
+    int failed = 0;
+    uint64_t ticket = 0;
+    msg[0] = 0;
+    for (int k = 0; k < nb; k++) {
+        cz_status st = be->ops->merge_lab(be, ab, &bad[k], 1, MERGE_SCALE, &ticket);
+        if (st != CZ_ERR_INVALID_ARG && !failed++)
+            snprintf(msg, msz, "%s: %s, not invalid-arg", what[k], cz_strerror(st));
+    }
+    /* the call's own arguments; a bad item after a good one */
+    cz_merge_item many[5] = {good, good, good, good, good}, two[2] = {good, bad[0]};
+    const char *clabel[7] = {"items NULL", "n 0", "n > ab->n", "ab NULL", "ab with 3 channels", "ticket NULL",
+                             "bad second item"};
+    cz_status cst[7];
+    cst[0] = be->ops->merge_lab(be, ab, NULL, 1, MERGE_SCALE, &ticket);
+    cst[1] = be->ops->merge_lab(be, ab, many, 0, MERGE_SCALE, &ticket);
+    cst[2] = be->ops->merge_lab(be, ab, many, ab->n + 1, MERGE_SCALE, &ticket);
+    cst[3] = be->ops->merge_lab(be, NULL, many, 1, MERGE_SCALE, &ticket);
+    cst[4] = be->ops->merge_lab(be, &ab3, many, 1, MERGE_SCALE, &ticket);
+    cst[5] = be->ops->merge_lab(be, ab, many, 1, MERGE_SCALE, NULL);
+    cst[6] = be->ops->merge_lab(be, ab, two, 2, MERGE_SCALE, &ticket);
+    for (int k = 0; k < 7; k++)
+        if (cst[k] != CZ_ERR_INVALID_ARG && !failed++)
+            snprintf(msg, msz, "%s: %s, not invalid-arg", clabel[k], cz_strerror(cst[k]));
+    cz_tensor_free(be, &ab3);
+    return failed;
+}
+
+/* One dtype on `be`: returns the number of failed checks (printing a line for each). */
+static int merge_dtype(cz_backend *be, cz_dtype dt) {
+    const char *tag = be->ops->name, *dn = cz_dtype_name(dt);
+    int failed = 0;
+    char msg[256];
+    /* batch A: three images at net 256x256, from a 4-image tensor; batch B: one at 512x256 */
+    const int srcA[3][2] = {{300, 200}, {256, 256}, {130, 97}};
+    merge_img A[3], A2[3], B;
+    for (int i = 0; i < 3; i++) {
+        merge_img_init(be, &A[i], srcA[i][0], srcA[i][1], 256, 100 + (uint64_t)i);
+        merge_img_init(be, &A2[i], srcA[i][0], srcA[i][1], 256, 200 + (uint64_t)i);
+        assert_int_equal(A[i].g.net_w, 256);
+        assert_int_equal(A[i].g.net_h, 256);
+    }
+    merge_img_init(be, &B, 1000, 400, 512, 300);
+    assert_int_equal(B.g.net_w, 512);
+    assert_int_equal(B.g.net_h, 256);
+    cz_tensor abA = {0}, abB = {0};
+    size_t nA = numel4(4, 2, 256, 256), nB = numel4(1, 2, 256, 512);
+    float *srcA1 = hrand(nA, 11 + (uint64_t)dt, -1.0f, 1.0f), *srcA2 = hrand(nA, 22 + (uint64_t)dt, -1.0f, 1.0f);
+    float *srcB = hrand(nB, 33 + (uint64_t)dt, -1.0f, 1.0f);
+    put(be, &abA, dt, CZ_ROLE_ACT, 4, 2, 256, 256, srcA1);
+    put(be, &abB, dt, CZ_ROLE_ACT, 1, 2, 256, 512, srcB);
+    float *readA1 = get(be, &abA), *readB = get(be, &abB);
+    /* queued in one go: A from the first contents, B, then ab rewritten and A again (the merge
+     * slots are reused and the rewrite must come after the first merge's reads) */
+    cz_merge_item itA[3], itA2[3], itB = merge_item_of(&B);
+    for (int i = 0; i < 3; i++) itA[i] = merge_item_of(&A[i]), itA2[i] = merge_item_of(&A2[i]);
+    uint64_t tA = 0, tB = 0, tA2 = 0;
+    OK(be->ops->merge_lab(be, &abA, itA, 3, MERGE_SCALE, &tA));
+    OK(be->ops->merge_lab(be, &abB, &itB, 1, MERGE_SCALE, &tB));
+    OK(be->ops->tensor_write(be, &abA, srcA2));
+    OK(be->ops->merge_lab(be, &abA, itA2, 3, MERGE_SCALE, &tA2));
+    OK(be->ops->transfer_wait(be, tA2));
+    OK(be->ops->transfer_wait(be, tB));
+    OK(be->ops->transfer_wait(be, tA));
+    float *readA2 = get(be, &abA);
+    for (int i = 0; i < 3; i++) {
+        merge_expect(readA1, i, &A[i]);
+        merge_expect(readA2, i, &A2[i]);
+    }
+    merge_expect(readB, 0, &B);
+    merge_img *all[7] = {&A[0], &A[1], &A[2], &B, &A2[0], &A2[1], &A2[2]};
+    size_t bytes = 0;
+    for (int k = 0; k < 7; k++) {
+        merge_img *m = all[k];
+        size_t bad = merge_diff(m, msg, sizeof msg);
+        bytes += (size_t)m->g.src_w * (size_t)m->g.src_h * 3;
+        printf("[%s %s] merge_lab %4dx%-4d (scaled %dx%d at %d,%d of %dx%d)%s: %s %s\n", tag, dn, m->g.src_w,
+               m->g.src_h, m->g.scaled_w, m->g.scaled_h, m->g.off_x, m->g.off_y, m->g.net_w, m->g.net_h,
+               k >= 4 ? ", ab rewritten" : "", bad ? "FAIL" : "ok", bad ? msg : "");
+        if (bad) {
+            printf("    %zu of %zu bytes differ from cz_render_merge_ab\n", bad,
+                   (size_t)m->g.src_w * (size_t)m->g.src_h * 3);
+            failed++;
+        }
+    }
+    printf("[%s %s] merge_lab: %zu bytes of 7 images compared with cz_render_merge_ab\n", tag, dn, bytes);
+    int r = merge_refusals(be, &abA, &A[2], msg, sizeof msg);
+    printf("[%s %s] merge_lab refusals (invalid-arg): %s %s\n", tag, dn, r ? "FAIL" : "ok", msg);
+    failed += r;
+    free(srcA1), free(srcA2), free(srcB), free(readA1), free(readA2), free(readB);
+    cz_tensor_free(be, &abA), cz_tensor_free(be, &abB);
+    for (int i = 0; i < 3; i++) merge_img_free(be, &A[i]), merge_img_free(be, &A2[i]);
+    merge_img_free(be, &B);
+    return failed;
+}
+
+static void test_backend_merge_lab(void **state) {
+    (void)state;
+    int failed = 0, tested = 0;
+    const char *const *names = cz_backend_names();
+    for (int i = 0; names[i]; i++) {
+        cz_backend *be = NULL;
+        if (cz_backend_create(names[i], NULL, &be) != CZ_OK) {
+            printf("merge_lab: %s not available (%s)\n", names[i], cz_error_detail());
+            continue;
+        }
+        if (!be->ops->merge_lab) {
+            printf("merge_lab: skipped: %s has no merge_lab (the host merges)\n", names[i]);
+            cz_backend_destroy(be);
+            continue;
+        }
+        assert_non_null(be->ops->transfer_wait);
+        const cz_dtype dts[3] = {CZ_F32, CZ_BF16, CZ_F16};
+        for (int d = 0; d < 3; d++) {
+            if (!be->ops->supports(be, dts[d])) {
+                printf("merge_lab: %s %s not supported\n", names[i], cz_dtype_name(dts[d]));
+                continue;
+            }
+            failed += merge_dtype(be, dts[d]);
+            tested++;
+        }
+        cz_backend_destroy(be);
+    }
+    printf("merge_lab: %d backend/dtype pair(s) tested, %d failure(s)\n", tested, failed);
+    assert_int_equal(failed, 0);
+}
+
 int main(void) {
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -1985,6 +2222,7 @@ int main(void) {
         cmocka_unit_test(test_ref_elementwise_grads), cmocka_unit_test(test_ref_adam),
         cmocka_unit_test(test_ref_speed),         cmocka_unit_test(test_backend_parity),
         cmocka_unit_test(test_ref_refuses_views), cmocka_unit_test(test_backend_views),
+        cmocka_unit_test(test_backend_merge_lab),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     clock_gettime(CLOCK_MONOTONIC, &t1);
