@@ -14,7 +14,8 @@
 #      weights, now including the cuda backend; plus torch on this GPU against the same fixture;
 #   3. serving: colorized --backend cuda on 127.0.0.1:0, concurrent curl uploads, outputs against
 #      a CPU (dnnl) daemon within tolerance, batched == alone byte for byte (pipelined passes),
-#      a second render planned at start (server.plan_renders);
+#      a second render planned at start (server.plan_renders), jobs finished on the GPU (the
+#      default) == finished on the host (server.pinned_mb=0) byte for byte;
 #   4. speed: one table of our forward img/s (batch 1/16/64/256, ngf 64 and 32, bf16), batch-1
 #      latency and training img/s (batch 16/64) beside PyTorch (tests/bench/torch_gpu_bench.py)
 #      measured in the same run, with the ratio; then bench_layers' per-layer times and roofline
@@ -144,13 +145,17 @@ post() { # post PORT IMAGE OUT
 render=${CZ_GPU_RENDER:-256}
 # the bf16 daemon also plans (and warms up) twice the render at start (server.plan_renders; the
 # default, auto, would plan every render up to server.max_render: slower to start here)
+# gpu and gpu16 finish jobs on the GPU (server.pinned_mb, default on); gpuh is gpu with the host
+# finishing every job (pinned_mb=0): the two must give the same bytes (core/lab_exact.h)
 if start_daemon gpu --backend cuda --precision fp32 --max-batch 8 "${model_args[@]}" --set server.plan_renders= &&
    start_daemon gpu16 --backend cuda --precision bf16 --max-batch 8 "${model_args[@]}" \
      --set "server.plan_renders=$((2 * render))" &&
+   start_daemon gpuh --backend cuda --precision fp32 --max-batch 8 "${model_args[@]}" --set server.plan_renders= \
+     --set server.pinned_mb=0 &&
    start_daemon cpu --backend dnnl --precision fp32 "${model_args[@]}"; then
   grep -q '"cuda"' "$WORK/gpu.err" && echo "(gpu daemon log mentions cuda)"
   for i in 0 1; do
-    for d in gpu gpu16 cpu; do
+    for d in gpu gpu16 gpuh cpu; do
       eval "p=\$port_$d"
       code=$(post "$p" "${imgs[$i]}" "$WORK/alone_${d}_$i.png")
       [ "$code" = 200 ] || bad "$d alone image $i: HTTP $code"
@@ -159,7 +164,17 @@ if start_daemon gpu --backend cuda --precision fp32 --max-batch 8 "${model_args[
       ok "image $i: cuda fp32 == dnnl fp32 within 3/255 (mean 0.05)" || bad "image $i: cuda fp32 vs dnnl fp32"
     $PY tests/gpu/png_diff.py "$WORK/alone_gpu16_$i.png" "$WORK/alone_cpu_$i.png" --max-abs 24 --mean-abs 1.5 &&
       ok "image $i: cuda bf16 == dnnl fp32 within 24/255 (mean 1.5)" || bad "image $i: cuda bf16 vs dnnl fp32"
+    cmp -s "$WORK/alone_gpu_$i.png" "$WORK/alone_gpuh_$i.png" &&
+      ok "image $i: finished on the GPU == finished on the host, byte for byte" ||
+      { bad "image $i: GPU finish differs from the host finish"
+        $PY tests/gpu/png_diff.py "$WORK/alone_gpu_$i.png" "$WORK/alone_gpuh_$i.png" --max-abs 255 --mean-abs 255; }
   done
+  fin() { # fin PORT WHERE: colorize_finished_total{where=WHERE}
+    curl -s "http://127.0.0.1:$1/metrics" | awk -v w="where=\"$2\"" 'index($0, "colorize_finished_total{" w "}") == 1 {print $2}'
+  }
+  fd=$(fin "$port_gpu" device); fh=$(fin "$port_gpuh" host)
+  [ "${fd%.*}" = 2 ] && [ "${fh%.*}" = 2 ] && ok "the cuda daemon finished its 2 images on the device, the pinned_mb=0 one on the host" ||
+    bad "finished on the device: ${fd:-?} (want 2), on the host with pinned_mb=0: ${fh:-?} (want 2)"
   curl -sf "http://127.0.0.1:$port_gpu16/readyz" > /dev/null &&
     ok "bf16 daemon ready after planning renders $render and $((2 * render)) at start" ||
     { bad "bf16 daemon not ready after planning at start"; tail -5 "$WORK/gpu16.err"; }
@@ -187,9 +202,19 @@ if start_daemon gpu --backend cuda --precision fp32 --max-batch 8 "${model_args[
     [ $same -eq 24 ] && ok "$d: 24 concurrent requests, batched == alone byte for byte" ||
       { bad "$d: only $same/24 concurrent results equal the alone ones"
         $PY tests/gpu/png_diff.py "$WORK/batch_${d}_0.png" "$WORK/alone_${d}_0.png" --max-abs 255 --mean-abs 255; }
-    curl -s "http://127.0.0.1:$p/metrics" | grep -E "batch_size|batches_total" | head -4
+    curl -s "http://127.0.0.1:$p/metrics" | grep -E "batch_size|batches_total|finished_total|pinned_bytes" | head -8
   done
   curl -sf "http://127.0.0.1:$port_gpu/readyz" > /dev/null && ok "cuda daemon still ready" || bad "cuda daemon not ready"
+  # whether finishing on the GPU pays off end to end: requests/s of 1024x768 JPEGs at 32 in
+  # flight, finished on the GPU (gpu) and on the host (gpuh); printed, not asserted
+  if [ -x "$BIN/loadgen" ] && [ "${CZ_GPU_SKIP_BENCH:-0}" != 1 ]; then
+    for d in gpu gpuh; do
+      eval "p=\$port_$d"
+      echo "-- loadgen, 1024x768 JPEG in and out, daemon $d ($([ $d = gpu ] && echo "finish on the GPU" || echo "finish on the host, pinned_mb=0")):"
+      timeout 60 "$BIN/loadgen" --url "http://127.0.0.1:$p" --concurrency 32 --requests 256 --time-limit 15 \
+        --size 1024x768 2>&1 | tail -3
+    done
+  fi
 fi
 cleanup; pids=()
 
