@@ -35,9 +35,6 @@
 #else
 #define CZ_SIMD_CLONES
 #endif
-/* the vector helpers are static, so no ABI boundary is crossed; GCC reports this at the end of the
- * file, hence no pop */
-#pragma GCC diagnostic ignored "-Wpsabi"
 
 static const double k_xn = 0.95047, k_yn = 1.0, k_zn = 1.08883;
 static const double k_eps = 216.0 / 24389.0;
@@ -169,10 +166,6 @@ static inline void lab_to_linear_clipped(const float lab[3], double rgb[3]) {
     cz_lx_linear_clipped(&g_tab.lx, lab[0], lab[1], lab[2], rgb);
 }
 
-static inline void lab_to_linear_raw(double L, double a, double b, double rgb[3]) {
-    cz_lx_linear_raw(&g_tab.lx, L, a, b, rgb);
-}
-
 void cz_srgb8_to_lab(const uint8_t rgb[3], float lab[3]) {
     tables_ready();
     double lin[3] = {g_tab.lin[rgb[0]], g_tab.lin[rgb[1]], g_tab.lin[rgb[2]]};
@@ -188,10 +181,13 @@ typedef int64_t v4l __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16)));
 typedef int32_t v4i __attribute__((vector_size(16)));
 
-static inline v4d v4d_splat(double x) { return (v4d){x, x, x, x}; }
-static inline v4d v4d_sel(v4l m, v4d x, v4d y) { return (v4d)((m & (v4l)x) | (~m & (v4l)y)); }
+/* Vectors never pass by value between functions here: compilers warn (GCC) or refuse (clang 14)
+ * when a 32-byte vector crosses a call in code built without AVX. Macros and pointers instead. */
+#define V4D_SPLAT(x) ((v4d){(x), (x), (x), (x)})
+#define V4D_SEL(m, x, y) ((v4d)(((m) & (v4l)(x)) | (~(m) & (v4l)(y))))
 
-static inline v4d cbrt_pos_v(v4d t) {
+static inline void cbrt_pos_v(const v4d *tp, v4d *out) {
+    const v4d t = *tp;
     v4f tf = __builtin_convertvector(t, v4f);
     v4i i;
     memcpy(&i, &tf, sizeof i);
@@ -202,11 +198,13 @@ static inline v4d cbrt_pos_v(v4d t) {
         v4d r3 = r * r * r;
         r = r * (r3 + 2.0 * t) / (2.0 * r3 + t);
     }
-    return r;
+    *out = r;
 }
 
-static inline v4d lab_f_v(v4d t) {
-    return v4d_sel(t > v4d_splat(k_eps), cbrt_pos_v(t), (k_kappa * t + 16.0) / 116.0);
+static inline void lab_f_v(const v4d *tp, v4d *out) {
+    v4d c;
+    cbrt_pos_v(tp, &c);
+    *out = V4D_SEL(*tp > V4D_SPLAT(k_eps), c, (k_kappa * *tp + 16.0) / 116.0);
 }
 
 CZ_SIMD_CLONES static void srgb8_quads_to_lab(const uint8_t *rgb, size_t quads, float *L, float *A, float *B) {
@@ -218,9 +216,12 @@ CZ_SIMD_CLONES static void srgb8_quads_to_lab(const uint8_t *rgb, size_t quads, 
         v4d x = k_m[0][0] * l0 + k_m[0][1] * l1 + k_m[0][2] * l2;
         v4d y = k_m[1][0] * l0 + k_m[1][1] * l1 + k_m[1][2] * l2;
         v4d z = k_m[2][0] * l0 + k_m[2][1] * l1 + k_m[2][2] * l2;
-        v4d fx = lab_f_v(x / k_xn), fy = lab_f_v(y / k_yn), fz = lab_f_v(z / k_zn);
+        v4d tx = x / k_xn, ty = y / k_yn, tz = z / k_zn, fx, fy, fz;
+        lab_f_v(&tx, &fx);
+        lab_f_v(&ty, &fy);
+        lab_f_v(&tz, &fz);
         v4d l = 116.0 * fy - 16.0;
-        l = v4d_sel(l > 100.0, v4d_splat(100.0), v4d_sel(l < 0.0, v4d_splat(0.0), l));
+        l = V4D_SEL(l > 100.0, V4D_SPLAT(100.0), V4D_SEL(l < 0.0, V4D_SPLAT(0.0), l));
         v4f lf = __builtin_convertvector(l, v4f);
         v4f af = __builtin_convertvector(500.0 * (fx - fy), v4f);
         v4f bf = __builtin_convertvector(200.0 * (fy - fz), v4f);
@@ -238,8 +239,10 @@ CZ_SIMD_CLONES static void srgb8_quads_lightness(const uint8_t *rgb, size_t quad
         v4d l1 = {g_tab.lin[p[1]], g_tab.lin[p[4]], g_tab.lin[p[7]], g_tab.lin[p[10]]};
         v4d l2 = {g_tab.lin[p[2]], g_tab.lin[p[5]], g_tab.lin[p[8]], g_tab.lin[p[11]]};
         v4d y = k_m[1][0] * l0 + k_m[1][1] * l1 + k_m[1][2] * l2;
-        v4d l = 116.0 * lab_f_v(y / k_yn) - 16.0;
-        v4f lf = __builtin_convertvector(v4d_sel(l > 100.0, v4d_splat(100.0), l), v4f);
+        v4d ty = y / k_yn, fy;
+        lab_f_v(&ty, &fy);
+        v4d l = 116.0 * fy - 16.0;
+        v4f lf = __builtin_convertvector(V4D_SEL(l > 100.0, V4D_SPLAT(100.0), l), v4f);
         memcpy(L + 4 * q, &lf, sizeof lf);
     }
 }
@@ -285,15 +288,16 @@ enum { ROW_CHUNK = 256 };
 
 /* Pass 1 is written with GCC/Clang vector extensions, 8 lanes, so that it is vectorized on any
  * target (two SSE halves on baseline x86-64, one AVX register in the AVX2 clone). Comparisons give
- * lane masks of all ones or zeros; vsel picks by mask. */
+ * lane masks of all ones or zeros; vsel picks by mask (macros: see V4D_SEL). */
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 
-static inline v8f vsel(v8i m, v8f x, v8f y) { return (v8f)((m & (v8i)x) | (~m & (v8i)y)); }
-static inline v8f vsplat(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
+#define vsel(m, x, y) ((v8f)(((m) & (v8i)(x)) | (~(m) & (v8i)(y))))
+#define vsplat(x) ((v8f){(x), (x), (x), (x), (x), (x), (x), (x)})
 
 /* One channel's part of the gamut decision. */
-static inline void chan_gamut(v8f v, v8f gray, v8i *inside, v8i *edge, v8f *t, v8f *dmin) {
+static inline void chan_gamut(const v8f *vp, const v8f *grayp, v8i *inside, v8i *edge, v8f *t, v8f *dmin) {
+    const v8f v = *vp, gray = *grayp;
     const v8f e = vsplat(k_raw_err), one = vsplat(1.0f), zero = vsplat(0.0f);
     *inside &= (v >= e) & (v <= one - e);
     *edge |= ((v > -e) & (v < e)) | ((v > one - e) & (v < one + e));
@@ -304,11 +308,13 @@ static inline void chan_gamut(v8f v, v8f gray, v8i *inside, v8i *edge, v8f *t, v
     *dmin = vsel(d < *dmin, d, *dmin);
 }
 
-static inline v8f chan_clipped(v8f v, v8f gray, v8f t, v8i inside) {
+/* *out = the channel *vp after the clip (unchanged where inside) */
+static inline void chan_clipped(const v8f *vp, const v8f *grayp, const v8f *tp, const v8i *inside, v8f *out) {
+    const v8f v = *vp, gray = *grayp, t = *tp;
     const v8f one = vsplat(1.0f), zero = vsplat(0.0f);
     v8f c = vsel(t > zero, gray + t * (v - gray), gray);
     c = vsel(c < zero, zero, vsel(c > one, one, c));
-    return vsel(inside, v, c);
+    *out = vsel(*inside, v, c);
 }
 
 /* Pass 1 over ROW_CHUNK pixels (the caller pads a short chunk): clipped linear RGB into lin (3
@@ -342,12 +348,14 @@ CZ_SIMD_CLONES static void lab_chunk_linear_f(const float *L, const float *A, co
         gray = vsel(gray > one, one, gray);
         v8i inside = box | ~box, edge = box & ~box; /* all ones, all zeros */
         v8f t = one, dmin = vsplat(2.0f);
-        chan_gamut(r0, gray, &inside, &edge, &t, &dmin);
-        chan_gamut(r1, gray, &inside, &edge, &t, &dmin);
-        chan_gamut(r2, gray, &inside, &edge, &t, &dmin);
+        chan_gamut(&r0, &gray, &inside, &edge, &t, &dmin);
+        chan_gamut(&r1, &gray, &inside, &edge, &t, &dmin);
+        chan_gamut(&r2, &gray, &inside, &edge, &t, &dmin);
         t = vsel(t < zero, zero, t);
-        v8f o0 = chan_clipped(r0, gray, t, inside), o1 = chan_clipped(r1, gray, t, inside),
-            o2 = chan_clipped(r2, gray, t, inside);
+        v8f o0, o1, o2;
+        chan_clipped(&r0, &gray, &t, &inside, &o0);
+        chan_clipped(&r1, &gray, &t, &inside, &o1);
+        chan_clipped(&r2, &gray, &t, &inside, &o2);
         v8f bound = vsel(inside, e, e * (one + vsplat(2.0f) / dmin));
         v8f er = vsel(box & ~edge, bound, vsplat(-1.0f));
         memcpy(lin + i, &o0, sizeof o0);
