@@ -15,8 +15,8 @@
  * and reused by every output row that reads it) with the same operations in the same order as
  * the pixel-at-a-time version, which is kept as the reference (cz_resize_plane_pixelwise) and
  * as the fallback when its few row buffers cannot be allocated. The merge converts each output
- * row with cz_lab_row_to_srgb8. Both are byte-identical to the pixel-wise path and several
- * times faster (bench_stages).
+ * row with cz_lab_row_to_srgb8. Both are byte-identical to the pixel-wise path; the upsampling
+ * is 4-8x faster and the whole merge about 2x (bench_stages, 256x256 to 4000x3000 photos).
  *
  * Reflect padding follows numpy 'reflect' (the edge pixel is not repeated) and keeps
  * reflecting for pads wider than the source (index folded with period 2*(n-1)); a 1-pixel
