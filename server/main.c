@@ -304,8 +304,8 @@ int main(int argc, char **argv) {
     s.backend_name = s.be->ops->name;
     if (s.be->ops->merge_lab && s.cfg.pinned_mb > 0) { /* before the device thread: host_alloc is its */
         if (cz_host_pool_create(s.be, (size_t)s.cfg.pinned_mb << 20, &s.pool) == CZ_OK)
-            CZ_LOGI("main", "jobs are finished on the device, with %d MiB of page-locked memory (server.pinned_mb)",
-                    s.cfg.pinned_mb);
+            CZ_LOGI("main", "lab-model jobs are finished on the device, with %d MiB of page-locked memory "
+                    "(server.pinned_mb)", s.cfg.pinned_mb);
         else
             CZ_LOGW("main", "server.pinned_mb: %s; every job is finished on the CPU", cz_error_detail());
     }
