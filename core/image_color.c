@@ -385,20 +385,28 @@ static inline int code_fast(float v, float m) {
     return c;
 }
 
+/* Pass 1 over the m <= ROW_CHUNK pixels at L, a, b (a short chunk is padded with zeros
+ * in `pad` first). */
+static void chunk_pass1(const float *L, const float *a, const float *b, int m, float (*pad)[ROW_CHUNK],
+                        float *lin, float *err) {
+    if (m < ROW_CHUNK) {
+        memset(pad, 0, 3 * sizeof *pad);
+        memcpy(pad[0], L, (size_t)m * sizeof *L);
+        memcpy(pad[1], a, (size_t)m * sizeof *a);
+        memcpy(pad[2], b, (size_t)m * sizeof *b);
+        L = pad[0];
+        a = pad[1];
+        b = pad[2];
+    }
+    lab_chunk_linear_f(L, a, b, &g_tab.minv_f[0][0], lin, err);
+}
+
 void cz_lab_row_to_srgb8(const float *L, const float *a, const float *b, size_t n, uint8_t *rgb) {
     tables_ready();
     float lin[3 * ROW_CHUNK], err[ROW_CHUNK], pad[3][ROW_CHUNK];
     for (size_t base = 0; base < n; base += ROW_CHUNK) {
         int m = n - base < ROW_CHUNK ? (int)(n - base) : ROW_CHUNK;
-        if (m == ROW_CHUNK) {
-            lab_chunk_linear_f(L + base, a + base, b + base, &g_tab.minv_f[0][0], lin, err);
-        } else { /* the short last chunk, padded with gray */
-            memset(pad, 0, sizeof pad);
-            memcpy(pad[0], L + base, (size_t)m * sizeof *L);
-            memcpy(pad[1], a + base, (size_t)m * sizeof *a);
-            memcpy(pad[2], b + base, (size_t)m * sizeof *b);
-            lab_chunk_linear_f(pad[0], pad[1], pad[2], &g_tab.minv_f[0][0], lin, err);
-        }
+        chunk_pass1(L + base, a + base, b + base, m, pad, lin, err);
         for (int i = 0; i < m; i++) {
             uint8_t *o = rgb + 3 * (base + i);
             if (err[i] >= 0.0f) {
@@ -426,18 +434,14 @@ float cz_lab_row_fast_error(const float *L, const float *a, const float *b, size
     *fast = 0;
     for (size_t base = 0; base < n; base += ROW_CHUNK) {
         int m = n - base < ROW_CHUNK ? (int)(n - base) : ROW_CHUNK;
-        memset(pad, 0, sizeof pad);
-        memcpy(pad[0], L + base, (size_t)m * sizeof *L);
-        memcpy(pad[1], a + base, (size_t)m * sizeof *a);
-        memcpy(pad[2], b + base, (size_t)m * sizeof *b);
-        lab_chunk_linear_f(pad[0], pad[1], pad[2], &g_tab.minv_f[0][0], lin, err);
+        chunk_pass1(L + base, a + base, b + base, m, pad, lin, err);
         for (int i = 0; i < m; i++) {
             if (err[i] < 0.0f) continue;
             float mg = 2.5f * err[i];
             *fast += (code_fast(lin[i], mg) | code_fast(lin[ROW_CHUNK + i], mg) |
                       code_fast(lin[2 * ROW_CHUNK + i], mg)) >= 0;
             double ref[3];
-            lab_to_linear_clipped((const float[3]){pad[0][i], pad[1][i], pad[2][i]}, ref);
+            lab_to_linear_clipped((const float[3]){L[base + i], a[base + i], b[base + i]}, ref);
             for (int k = 0; k < 3; k++) {
                 double e = fabs((double)lin[k * ROW_CHUNK + i] - ref[k]) / err[i];
                 if (e > worst) worst = e;

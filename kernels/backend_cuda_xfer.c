@@ -23,7 +23,7 @@
  * event. When the slot has been reused since, that event belongs to a later transfer on the
  * same stream, which completes after the one asked for: waiting on it is longer than needed,
  * never too short.
- * A staging buffer grows with cudaMalloc/cudaFree (cudaFree waits for the device, so no
+ * A staging buffer grows with cudaMalloc/cudaFree (grow(): cudaFree waits for the device, so no
  * transfer still uses the old one).
  *
  * merge_lab (the final merge of a batch of colorizations, kernels/merge.cu) is a third kind of
@@ -59,6 +59,19 @@ static cu_xslot *xslot(cu_backend *b, int down, uint64_t seq) {
     return &b->xf[down][(seq - 1) % XF_SLOTS];
 }
 
+/* A staging or merge buffer at least `bytes` large. cudaFree waits for the device, so nothing
+ * queued still uses the old one. (Not cu_scratch_get: these buffers are never recorded, so
+ * growing them must not make recordings stale.) */
+static cz_status grow(cu_backend *b, cu_scratch *buf, size_t bytes) {
+    if (buf->bytes >= bytes) return CZ_OK;
+    if (buf->p) CU_CHECK(b, cudaFree(buf->p));
+    buf->p = NULL;
+    buf->bytes = 0;
+    CU_CHECK(b, cudaMalloc(&buf->p, bytes));
+    buf->bytes = bytes;
+    return CZ_OK;
+}
+
 /* The next slot of a direction, its staging buffer at least `bytes` large. */
 static cz_status take_slot(cu_backend *b, int down, size_t bytes, cu_xslot **out, uint64_t *seq) {
     uint64_t s = b->xf_seq[down] + 1;
@@ -67,13 +80,7 @@ static cz_status take_slot(cu_backend *b, int down, size_t bytes, cu_xslot **out
         CU_CHECK(b, cudaEventCreateWithFlags(&x->copied, cudaEventDisableTiming));
         CU_CHECK(b, cudaEventCreateWithFlags(&x->used, cudaEventDisableTiming));
     }
-    if (x->buf.bytes < bytes) {
-        if (x->buf.p) CU_CHECK(b, cudaFree(x->buf.p)); /* waits for the device */
-        x->buf.p = NULL;
-        x->buf.bytes = 0;
-        CU_CHECK(b, cudaMalloc(&x->buf.p, bytes));
-        x->buf.bytes = bytes;
-    }
+    CZ_TRY(grow(b, &x->buf, bytes));
     b->xf_seq[down] = s;
     *out = x;
     *seq = s;
@@ -161,13 +168,7 @@ static cz_status take_mslot(cu_backend *b, size_t bytes, cu_mslot **out, uint64_
     if (!m->loaded) CU_CHECK(b, cudaEventCreateWithFlags(&m->loaded, cudaEventDisableTiming));
     if (!m->merged) CU_CHECK(b, cudaEventCreateWithFlags(&m->merged, cudaEventDisableTiming));
     if (!m->done) CU_CHECK(b, cudaEventCreateWithFlags(&m->done, cudaEventDisableTiming));
-    if (m->buf.bytes < bytes) {
-        if (m->buf.p) CU_CHECK(b, cudaFree(m->buf.p)); /* waits for the device */
-        m->buf.p = NULL;
-        m->buf.bytes = 0;
-        CU_CHECK(b, cudaMalloc(&m->buf.p, bytes));
-        m->buf.bytes = bytes;
-    }
+    CZ_TRY(grow(b, &m->buf, bytes));
     b->mg_seq = s;
     *out = m;
     *seq = s;

@@ -48,6 +48,7 @@
 #include <unistd.h>
 
 #include "dataset.h"
+#include "bench_util.h"
 #include "image.h"
 #include "log.h"
 
@@ -56,12 +57,6 @@
 #define MAX_FILES 100000
 #define PART_RUNS 1000
 #define PART_MIN_S 0.3
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ---- temporary directory, removed by cleanup() ---- */
 
@@ -84,57 +79,26 @@ static void cleanup(void) {
     g_dir[0] = 0;
 }
 
-static void fail(const char *what, cz_status s) {
-    fflush(stdout);
-    fprintf(stderr, "bench_loader: %s failed: %s (%s)\n", what, cz_strerror(s), cz_error_detail());
-    cleanup();
-    exit(1);
-}
-#define CHECK(what, expr)                  \
-    do {                                   \
-        cz_status st_ = (expr);            \
-        if (st_ != CZ_OK) fail(what, st_); \
-    } while (0)
-
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "bench_loader: out of memory (%zu bytes)\n", n);
-        cleanup();
-        exit(1);
-    }
-    return p;
-}
-
 /* ---- synthetic photos ---- */
-
-static uint64_t rng_next(uint64_t *s) { /* SplitMix64 */
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static uint8_t clamp8(int v) { return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v); }
 
 /* Deterministic colour picture: per-channel gradients in different directions, a soft radial
  * shape whose centre moves with the seed, and uniform noise of +-6 levels. */
 static void synth_image(cz_image *img, int w, int h, uint64_t seed) {
-    CHECK("cz_image_alloc", cz_image_alloc(img, w, h, 3));
+    BU_CHECK("cz_image_alloc", cz_image_alloc(img, w, h, 3));
     uint64_t s = seed;
-    const double cx = 0.3 + 0.4 * (double)(rng_next(&s) % 1000) / 1000.0;
-    const double cy = 0.3 + 0.4 * (double)(rng_next(&s) % 1000) / 1000.0;
+    const double cx = 0.3 + 0.4 * (double)(bu_rng(&s) % 1000) / 1000.0;
+    const double cy = 0.3 + 0.4 * (double)(bu_rng(&s) % 1000) / 1000.0;
     for (int y = 0; y < h; y++) {
         double fy = (double)y / (h > 1 ? h - 1 : 1);
         for (int x = 0; x < w; x++) {
             double fx = (double)x / (w > 1 ? w - 1 : 1);
             double r = sqrt((fx - cx) * (fx - cx) + (fy - cy) * (fy - cy));
             double blob = 60.0 * cos(9.0 * r);
-            uint64_t z = rng_next(&s);
+            uint64_t z = bu_rng(&s);
             uint8_t *p = img->px + ((size_t)y * w + x) * 3;
-            p[0] = clamp8((int)(30 + 180 * fx + blob) + (int)(z % 13) - 6);
-            p[1] = clamp8((int)(50 + 150 * fy + 0.5 * blob) + (int)((z >> 8) % 13) - 6);
-            p[2] = clamp8((int)(200 - 120 * fx * fy - blob) + (int)((z >> 16) % 13) - 6);
+            p[0] = bu_clamp8((int)(30 + 180 * fx + blob) + (int)(z % 13) - 6);
+            p[1] = bu_clamp8((int)(50 + 150 * fy + 0.5 * blob) + (int)((z >> 8) % 13) - 6);
+            p[2] = bu_clamp8((int)(200 - 120 * fx * fy - blob) + (int)((z >> 16) % 13) - 6);
         }
     }
 }
@@ -165,7 +129,7 @@ static void make_files(int nfiles, int w, int h, uint8_t **first, size_t *first_
         size_t len = 0;
         cz_status s = cz_image_encode(&img, CZ_FMT_JPEG, JPEG_QUALITY, &jpeg, &len);
         cz_image_free(&img);
-        if (s != CZ_OK) fail("cz_image_encode", s);
+        if (s != CZ_OK) bu_fail("cz_image_encode", s);
         char p[96];
         file_path(p, sizeof p, i);
         g_nfiles = i + 1; /* count it before writing so cleanup() removes a partial file */
@@ -181,15 +145,7 @@ static void make_files(int nfiles, int w, int h, uint8_t **first, size_t *first_
 
 /* ---- parts: median of single calls ---- */
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median_ms(double *t, int n) {
-    qsort(t, (size_t)n, sizeof *t, cmp_double);
-    return 1e3 * (n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]));
-}
+static double median_ms(double *t, int n) { return 1e3 * bu_median(t, n); }
 
 static volatile float g_sink; /* keeps the Lab loop from being optimized away */
 
@@ -199,9 +155,9 @@ static double time_decode(const uint8_t *jpeg, size_t len, const cz_image_limits
     for (int k = -1; k < 5 || (spent < PART_MIN_S && k < PART_RUNS); k++) { /* k = -1: warm-up */
         cz_image img;
         memset(&img, 0, sizeof img);
-        double t0 = now_s();
-        CHECK("cz_image_decode", cz_image_decode(jpeg, len, lim, &img, NULL));
-        double dt = now_s() - t0;
+        double t0 = bu_now_s();
+        BU_CHECK("cz_image_decode", cz_image_decode(jpeg, len, lim, &img, NULL));
+        double dt = bu_now_s() - t0;
         cz_image_free(&img);
         if (k < 0) continue;
         t[n++] = dt;
@@ -214,7 +170,7 @@ static double time_decode(const uint8_t *jpeg, size_t len, const cz_image_limits
 static double time_lab(const uint8_t *jpeg, size_t len, const cz_image_limits *lim, int S, double *t) {
     cz_image img;
     memset(&img, 0, sizeof img);
-    CHECK("cz_image_decode", cz_image_decode(jpeg, len, lim, &img, NULL));
+    BU_CHECK("cz_image_decode", cz_image_decode(jpeg, len, lim, &img, NULL));
     if (img.channels != 3) {
         fprintf(stderr, "bench_loader: the synthetic photo decoded to %d channels\n", img.channels);
         cz_image_free(&img);
@@ -222,18 +178,18 @@ static double time_lab(const uint8_t *jpeg, size_t len, const cz_image_limits *l
         exit(1);
     }
     const size_t npx = (size_t)S * S, src = (size_t)img.width * img.height;
-    uint8_t *rgb = xmalloc(3 * npx);
+    uint8_t *rgb = bu_xmalloc(3 * npx);
     for (size_t i = 0; i < npx; i++)
         memcpy(rgb + 3 * i, img.px + 3 * (i % src), 3);
     cz_image_free(&img);
-    float *lab = xmalloc(3 * npx * sizeof(float));
+    float *lab = bu_xmalloc(3 * npx * sizeof(float));
     int n = 0;
     double spent = 0;
     for (int k = -1; k < 5 || (spent < PART_MIN_S && k < PART_RUNS); k++) {
-        double t0 = now_s();
+        double t0 = bu_now_s();
         for (size_t i = 0; i < npx; i++)
             cz_srgb8_to_lab(rgb + 3 * i, lab + 3 * i);
-        double dt = now_s() - t0;
+        double dt = bu_now_s() - t0;
         g_sink = lab[3 * (npx / 2)];
         if (k < 0) continue;
         t[n++] = dt;
@@ -264,7 +220,7 @@ static void bench_row(const opts *o, int workers) {
     cfg.workers = workers;
     cfg.seed = 1;
     cz_dataset *ds = NULL;
-    CHECK("cz_dataset_open", cz_dataset_open(&cfg, &ds));
+    BU_CHECK("cz_dataset_open", cz_dataset_open(&cfg, &ds));
     if (cz_dataset_train_count(ds) != (size_t)o->files) {
         fprintf(stderr, "bench_loader: %zu training files listed, %d written\n", cz_dataset_train_count(ds),
                 o->files);
@@ -276,23 +232,23 @@ static void bench_row(const opts *o, int workers) {
     cz_status s = cz_dataset_batch_alloc(ds, &b);
     if (s != CZ_OK) {
         cz_dataset_destroy(ds);
-        fail("cz_dataset_batch_alloc", s);
+        bu_fail("cz_dataset_batch_alloc", s);
     }
     s = cz_dataset_next_batch(ds, &b); /* warm-up */
     cz_dataset_stats st0, st1;
     cz_dataset_get_stats(ds, &st0);
-    const double t0 = now_s();
+    const double t0 = bu_now_s();
     double t1 = t0;
     uint64_t batches = 0;
     while (s == CZ_OK && (batches < (uint64_t)o->min_batches || t1 - t0 < o->min_s)) {
         s = cz_dataset_next_batch(ds, &b);
-        t1 = now_s();
+        t1 = bu_now_s();
         batches += s == CZ_OK;
     }
     cz_dataset_get_stats(ds, &st1);
     cz_batch_free(&b);
     cz_dataset_destroy(ds);
-    if (s != CZ_OK) fail("cz_dataset_next_batch", s);
+    if (s != CZ_OK) bu_fail("cz_dataset_next_batch", s);
 
     const size_t skipped = st1.skipped_unreadable + st1.skipped_gray;
     const double secs = t1 - t0;
@@ -341,24 +297,6 @@ static void usage(FILE *f) {
             "Training samples per second the data loader delivers, per worker count.\n");
 }
 
-static void cpu_model(char *buf, size_t n) {
-    snprintf(buf, n, "unknown CPU");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f) return;
-    char line[512];
-    while (fgets(line, sizeof line, f)) {
-        if (strncmp(line, "model name", 10)) continue;
-        const char *v = strchr(line, ':');
-        if (!v) break;
-        v++;
-        while (*v == ' ' || *v == '\t') v++;
-        size_t len = strcspn(v, "\r\n");
-        snprintf(buf, n, "%.*s", (int)len, v);
-        break;
-    }
-    fclose(f);
-}
-
 /* Whole decimal number in [lo, hi]; -1 when malformed or out of range. */
 static long parse_int(const char *v, long lo, long hi) {
     char *end;
@@ -393,6 +331,7 @@ static int parse_size(const char *v, int *w, int *h) {
 }
 
 int main(int argc, char **argv) {
+    bu_init("bench_loader", cleanup);
     int wl[MAX_WORKER_COUNTS] = {1, 2}, nw = 2;
     opts o;
     memset(&o, 0, sizeof o);
@@ -455,7 +394,7 @@ int main(int argc, char **argv) {
     cz_log_set_level(CZ_LOG_WARN); /* keep the loader's info lines out; skip warnings still show */
 
     char cpu[256];
-    cpu_model(cpu, sizeof cpu);
+    bu_cpu_model(cpu, sizeof cpu);
     o.cpu = cpu;
     const long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     cz_image_limits lim;
@@ -464,7 +403,7 @@ int main(int argc, char **argv) {
     uint8_t *first = NULL;
     size_t first_len = 0;
     make_files(o.files, o.width, o.height, &first, &first_len);
-    double *t = xmalloc((PART_RUNS + 8) * sizeof(double));
+    double *t = bu_xmalloc((PART_RUNS + 8) * sizeof(double));
     o.dec_ms = time_decode(first, first_len, &lim, t);
     o.lab_ms = time_lab(first, first_len, &lim, o.image_size, t);
     free(t);

@@ -52,6 +52,7 @@
 
 #include "backend.h"
 #include "colorize.h"
+#include "bench_util.h"
 #include "image.h"
 #include "safetensors.h"
 #include "unet.h"
@@ -61,39 +62,11 @@
 #define MAX_SIZES 16
 #define MAX_RUNS 200000
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static char g_weights[64]; /* temporary weights file, removed by cleanup() */
 
 static void cleanup(void) {
     if (g_weights[0]) unlink(g_weights);
     g_weights[0] = 0;
-}
-
-static void fail(const char *what, cz_status s) {
-    fflush(stdout);
-    fprintf(stderr, "bench_stages: %s failed: %s (%s)\n", what, cz_strerror(s), cz_error_detail());
-    cleanup();
-    exit(1);
-}
-#define CHECK(what, expr)                 \
-    do {                                  \
-        cz_status st_ = (expr);           \
-        if (st_ != CZ_OK) fail(what, st_); \
-    } while (0)
-
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "bench_stages: out of memory (%zu bytes)\n", n);
-        cleanup();
-        exit(1);
-    }
-    return p;
 }
 
 /* ---- timing: median of single calls ---- */
@@ -142,68 +115,68 @@ static double run_stage(const ctx *c, stage s) {
     case ST_PNG_DEC: {
         const uint8_t *d = s == ST_JPEG_DEC ? c->jpeg : c->png;
         size_t n = s == ST_JPEG_DEC ? c->jpeg_len : c->png_len;
-        t0 = now_s();
-        CHECK("cz_image_decode", cz_image_decode(d, n, c->lim, &img, NULL));
-        t1 = now_s();
+        t0 = bu_now_s();
+        BU_CHECK("cz_image_decode", cz_image_decode(d, n, c->lim, &img, NULL));
+        t1 = bu_now_s();
         cz_image_free(&img);
         break;
     }
     case ST_PREPARE: {
         cz_cjob job;
-        t0 = now_s();
-        CHECK("cz_cjob_prepare", cz_cjob_prepare(c->cz, c->src, c->render, &job));
-        t1 = now_s();
+        t0 = bu_now_s();
+        BU_CHECK("cz_cjob_prepare", cz_cjob_prepare(c->cz, c->src, c->render, &job));
+        t1 = bu_now_s();
         cz_cjob_release(&job);
         break;
     }
     case ST_LIGHTNESS:
-        t0 = now_s();
-        CHECK("cz_image_lightness", cz_image_lightness(c->src, c->L_scratch));
-        t1 = now_s();
+        t0 = bu_now_s();
+        BU_CHECK("cz_image_lightness", cz_image_lightness(c->src, c->L_scratch));
+        t1 = bu_now_s();
         break;
     case ST_FINISH:
-        t0 = now_s();
-        CHECK("cz_cjob_finish", cz_cjob_finish(c->cz, c->job, &img));
-        t1 = now_s();
+        t0 = bu_now_s();
+        BU_CHECK("cz_cjob_finish", cz_cjob_finish(c->cz, c->job, &img));
+        t1 = bu_now_s();
         cz_image_free(&img);
         break;
     case ST_MERGE:
-        t0 = now_s();
-        CHECK("cz_render_merge_ab", cz_render_merge_ab(c->job->L_full, c->ab_net, &c->job->geom, &img));
-        t1 = now_s();
+        t0 = bu_now_s();
+        BU_CHECK("cz_render_merge_ab", cz_render_merge_ab(c->job->L_full, c->ab_net, &c->job->geom, &img));
+        t1 = bu_now_s();
         cz_image_free(&img);
         break;
     case ST_LAB2RGB: {
         const cz_render_geom *g = &c->job->geom;
         size_t n = (size_t)g->src_w * g->src_h;
         const float *L = c->job->L_full;
-        t0 = now_s();
+        t0 = bu_now_s();
         for (size_t i = 0; i < n; i++) {
             float lab[3] = {L[i], c->a_full[i], c->b_full[i]};
             cz_lab_to_srgb8(lab, c->rgb_scratch + 3 * i);
         }
-        t1 = now_s();
+        t1 = bu_now_s();
         g_sink = c->rgb_scratch[3 * (n / 2)];
         break;
     }
     case ST_UPSAMPLE: {
         const cz_render_geom *g = &c->job->geom;
         size_t plane = (size_t)g->net_w * g->net_h;
-        t0 = now_s();
+        t0 = bu_now_s();
         cz_crop_plane(c->ab_net, g->net_w, c->crop_scratch, g->scaled_w, g->scaled_h, g->off_x, g->off_y);
         cz_resize_plane(c->crop_scratch, g->scaled_w, g->scaled_h, c->a_scratch, g->src_w, g->src_h);
         cz_crop_plane(c->ab_net + plane, g->net_w, c->crop_scratch, g->scaled_w, g->scaled_h, g->off_x,
                       g->off_y);
         cz_resize_plane(c->crop_scratch, g->scaled_w, g->scaled_h, c->b_scratch, g->src_w, g->src_h);
-        t1 = now_s();
+        t1 = bu_now_s();
         break;
     }
     case ST_JPEG_ENC: {
         uint8_t *out = NULL;
         size_t len = 0;
-        t0 = now_s();
-        CHECK("cz_image_encode", cz_image_encode(c->result, CZ_FMT_JPEG, JPEG_QUALITY, &out, &len));
-        t1 = now_s();
+        t0 = bu_now_s();
+        BU_CHECK("cz_image_encode", cz_image_encode(c->result, CZ_FMT_JPEG, JPEG_QUALITY, &out, &len));
+        t1 = bu_now_s();
         free(out);
         break;
     }
@@ -211,11 +184,6 @@ static double run_stage(const ctx *c, stage s) {
         break;
     }
     return t1 - t0;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 /* Median ms of single calls: one warm-up, then at least 3 calls and until min_s of calls. */
@@ -228,27 +196,16 @@ static double time_stage(const ctx *c, stage s, double min_s, double *scratch, i
         scratch[n++] = t;
         spent += t;
     }
-    qsort(scratch, (size_t)n, sizeof *scratch, cmp_double);
     if (runs) *runs = n;
-    double med = n % 2 ? scratch[n / 2] : 0.5 * (scratch[n / 2 - 1] + scratch[n / 2]);
-    return med * 1e3;
+    return bu_median(scratch, n) * 1e3;
 }
 
 /* ---- inputs ---- */
 
-static uint64_t rng_next(uint64_t *s) { /* SplitMix64 */
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static uint8_t clamp8(int v) { return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v); }
-
 /* Deterministic test picture: per-channel gradients in different directions, a soft radial
  * shape, and uniform noise of +-6 levels. */
 static void synth_image(cz_image *img, int w, int h, int ch, uint64_t seed) {
-    CHECK("cz_image_alloc", cz_image_alloc(img, w, h, ch));
+    BU_CHECK("cz_image_alloc", cz_image_alloc(img, w, h, ch));
     uint64_t s = seed;
     for (int y = 0; y < h; y++) {
         double fy = (double)y / (h > 1 ? h - 1 : 1);
@@ -256,14 +213,14 @@ static void synth_image(cz_image *img, int w, int h, int ch, uint64_t seed) {
             double fx = (double)x / (w > 1 ? w - 1 : 1);
             double r = sqrt((fx - 0.6) * (fx - 0.6) + (fy - 0.4) * (fy - 0.4));
             double blob = 60.0 * cos(9.0 * r);
-            uint64_t z = rng_next(&s);
+            uint64_t z = bu_rng(&s);
             uint8_t *p = img->px + ((size_t)y * w + x) * ch;
             if (ch == 1) {
-                p[0] = clamp8((int)(40 + 150 * fx + 30 * fy + blob) + (int)(z % 13) - 6);
+                p[0] = bu_clamp8((int)(40 + 150 * fx + 30 * fy + blob) + (int)(z % 13) - 6);
             } else {
-                p[0] = clamp8((int)(30 + 180 * fx + blob) + (int)(z % 13) - 6);
-                p[1] = clamp8((int)(50 + 150 * fy + 0.5 * blob) + (int)((z >> 8) % 13) - 6);
-                p[2] = clamp8((int)(200 - 120 * fx * fy - blob) + (int)((z >> 16) % 13) - 6);
+                p[0] = bu_clamp8((int)(30 + 180 * fx + blob) + (int)(z % 13) - 6);
+                p[1] = bu_clamp8((int)(50 + 150 * fy + 0.5 * blob) + (int)((z >> 8) % 13) - 6);
+                p[2] = bu_clamp8((int)(200 - 120 * fx * fy - blob) + (int)((z >> 16) % 13) - 6);
             }
         }
     }
@@ -286,8 +243,8 @@ static char *write_weights(void) {
     cz_unet_arch a = cz_unet_arch_default(4, CZ_COLOR_LAB);
     a.depth = 8;
     cz_st_writer *w = NULL;
-    CHECK("cz_st_writer_create", cz_st_writer_create(&w));
-    CHECK("cz_unet_init_weights", cz_unet_init_weights(&a, 1, w));
+    BU_CHECK("cz_st_writer_create", cz_st_writer_create(&w));
+    BU_CHECK("cz_unet_init_weights", cz_unet_init_weights(&a, 1, w));
     snprintf(g_weights, sizeof g_weights, "/tmp/cz_bench_stages_XXXXXX");
     int fd = mkstemp(g_weights);
     if (fd < 0) {
@@ -296,27 +253,9 @@ static char *write_weights(void) {
         exit(1);
     }
     close(fd);
-    CHECK("cz_st_writer_save", cz_st_writer_save(w, g_weights));
+    BU_CHECK("cz_st_writer_save", cz_st_writer_save(w, g_weights));
     cz_st_writer_destroy(w);
     return g_weights;
-}
-
-static void cpu_model(char *buf, size_t n) {
-    snprintf(buf, n, "unknown CPU");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f) return;
-    char line[512];
-    while (fgets(line, sizeof line, f)) {
-        if (strncmp(line, "model name", 10)) continue;
-        const char *v = strchr(line, ':');
-        if (!v) break;
-        v++;
-        while (*v == ' ' || *v == '\t') v++;
-        size_t len = strcspn(v, "\r\n");
-        snprintf(buf, n, "%.*s", (int)len, v);
-        break;
-    }
-    fclose(f);
 }
 
 /* JSON string body: the CPU name with quotes and backslashes escaped. */
@@ -350,34 +289,34 @@ static void bench_row(const opts *o, int w, int h, int ch) {
     c.lim = o->lim;
     c.render = o->render;
     uint8_t *jpeg = NULL, *png = NULL;
-    CHECK("cz_image_encode jpeg", cz_image_encode(&src, CZ_FMT_JPEG, JPEG_QUALITY, &jpeg, &c.jpeg_len));
-    CHECK("cz_image_encode png", cz_image_encode(&src, CZ_FMT_PNG, 0, &png, &c.png_len));
+    BU_CHECK("cz_image_encode jpeg", cz_image_encode(&src, CZ_FMT_JPEG, JPEG_QUALITY, &jpeg, &c.jpeg_len));
+    BU_CHECK("cz_image_encode png", cz_image_encode(&src, CZ_FMT_PNG, 0, &png, &c.png_len));
     c.jpeg = jpeg;
     c.png = png;
 
     cz_cjob job;
-    CHECK("cz_cjob_prepare", cz_cjob_prepare(o->cz, &src, o->render, &job));
+    BU_CHECK("cz_cjob_prepare", cz_cjob_prepare(o->cz, &src, o->render, &job));
     fill_ab(&job);
     c.job = &job;
     const cz_render_geom *g = &job.geom;
     size_t full = (size_t)w * h, net = (size_t)g->net_w * g->net_h;
-    float *ab_net = xmalloc(2 * net * sizeof(float));
+    float *ab_net = bu_xmalloc(2 * net * sizeof(float));
     for (size_t i = 0; i < 2 * net; i++) ab_net[i] = job.net_out[i] * 110.0f; /* colorize.c's AB_SCALE */
     c.ab_net = ab_net;
-    c.L_scratch = xmalloc(full * sizeof(float));
-    c.crop_scratch = xmalloc((size_t)g->scaled_w * g->scaled_h * sizeof(float));
-    c.a_scratch = xmalloc(full * sizeof(float));
-    c.b_scratch = xmalloc(full * sizeof(float));
-    c.rgb_scratch = xmalloc(full * 3);
+    c.L_scratch = bu_xmalloc(full * sizeof(float));
+    c.crop_scratch = bu_xmalloc((size_t)g->scaled_w * g->scaled_h * sizeof(float));
+    c.a_scratch = bu_xmalloc(full * sizeof(float));
+    c.b_scratch = bu_xmalloc(full * sizeof(float));
+    c.rgb_scratch = bu_xmalloc(full * 3);
     /* full-resolution ab for the lab>rgb stage: one upsample pass made now, untimed */
-    float *a_full = xmalloc(full * sizeof(float)), *b_full = xmalloc(full * sizeof(float));
+    float *a_full = bu_xmalloc(full * sizeof(float)), *b_full = bu_xmalloc(full * sizeof(float));
     run_stage(&c, ST_UPSAMPLE);
     memcpy(a_full, c.a_scratch, full * sizeof(float));
     memcpy(b_full, c.b_scratch, full * sizeof(float));
     c.a_full = a_full;
     c.b_full = b_full;
     cz_image result;
-    CHECK("cz_cjob_finish", cz_cjob_finish(o->cz, &job, &result));
+    BU_CHECK("cz_cjob_finish", cz_cjob_finish(o->cz, &job, &result));
     c.result = &result;
 
     double ms[ST_COUNT];
@@ -458,6 +397,7 @@ static int parse_sizes(const char *v, int *ws, int *hs, int cap) {
 }
 
 int main(int argc, char **argv) {
+    bu_init("bench_stages", cleanup);
     int ws[MAX_SIZES] = {256, 1024, 2048, 4000}, hs[MAX_SIZES] = {256, 768, 1536, 3000}, nsizes = 4;
     int chans[2] = {1, 3}, nch = 2;
     opts o;
@@ -504,21 +444,21 @@ int main(int argc, char **argv) {
     }
 
     char cpu[256];
-    cpu_model(cpu, sizeof cpu);
+    bu_cpu_model(cpu, sizeof cpu);
     o.cpu = cpu;
     cz_image_limits lim;
     cz_image_limits_default(&lim);
     o.lim = &lim;
-    o.scratch = xmalloc(MAX_RUNS * sizeof(double));
+    o.scratch = bu_xmalloc(MAX_RUNS * sizeof(double));
 
     cz_backend *be = NULL;
-    CHECK("cz_backend_create(ref)", cz_backend_create("ref", NULL, &be));
+    BU_CHECK("cz_backend_create(ref)", cz_backend_create("ref", NULL, &be));
     const char *wpath = write_weights();
     cz_colorizer_opts copt = {.max_batch = 1, .precision = CZ_F32};
     cz_colorizer *cz = NULL;
-    CHECK("cz_colorizer_create", cz_colorizer_create(be, wpath, &copt, &cz));
+    BU_CHECK("cz_colorizer_create", cz_colorizer_create(be, wpath, &copt, &cz));
     cleanup(); /* the colorizer has read the file */
-    CHECK("--render", cz_render_validate(cz, o.render));
+    BU_CHECK("--render", cz_render_validate(cz, o.render));
     o.cz = cz;
 
     if (!o.json) {
