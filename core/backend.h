@@ -96,6 +96,17 @@ typedef struct cz_merge_item {
     int off_x, off_y;     /* ... and where it sits */
 } cz_merge_item;
 
+/* One parameter of a multi-tensor Adam step (adam_multi below): the same four tensors as
+ * adam_step's. */
+typedef struct cz_adam_item {
+    cz_tensor *param;
+    const cz_tensor *grad;
+    cz_tensor *m, *v;
+} cz_adam_item;
+
+/* Loss slots of loss_queue / loss_read / adam_multi below. */
+#define CZ_LOSS_SLOTS 8
+
 typedef enum cz_act { CZ_ACT_NONE = 0, CZ_ACT_RELU = 1, CZ_ACT_LRELU = 2, CZ_ACT_TANH = 3 } cz_act;
 
 /* Square kernels; kernel size comes from the weight tensor. `act` is applied after the bias
@@ -257,6 +268,20 @@ typedef struct cz_backend_ops {
      * before. L and rgb should come from host_alloc. Not while recording. NULL: the host merges. */
     cz_status (*merge_lab)(cz_backend *be, const cz_tensor *ab, const cz_merge_item *items, int n,
                            float ab_scale, uint64_t *ticket);
+
+    /* Training steps that wait for the device once instead of once per loss (all three or
+     * none). loss_queue queues the same mean as bce_logits_fwd(a, target) (b NULL) or l1_fwd(a,
+     * b) into the backend's loss slot `slot` (0 <= slot < CZ_LOSS_SLOTS, 0.0 until first
+     * written) and returns at once. loss_read waits for every op queued so far and copies slots
+     * [0, n) to out. adam_multi queues adam_step on each of the n items (same arithmetic), all
+     * of them skipped (params and moments untouched) when a slot whose bit is set in `gate`
+     * holds a NaN or Inf at that point of the queue: a step can go on without reading its
+     * losses and still never apply a non-finite one. Not while recording. NULL: use
+     * bce_logits_fwd, l1_fwd and adam_step. */
+    cz_status (*loss_queue)(cz_backend *be, int slot, const cz_tensor *a, const cz_tensor *b, float target);
+    cz_status (*loss_read)(cz_backend *be, double *out, int n);
+    cz_status (*adam_multi)(cz_backend *be, const cz_adam_item *items, int n, float lr, float beta1, float beta2,
+                            float eps, int t, unsigned gate);
 } cz_backend_ops;
 
 /* Every backend instance starts with this header; implementations embed it first. */

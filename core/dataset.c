@@ -572,15 +572,30 @@ void cz_dataset_config_default(cz_dataset_config *c) {
     cz_image_limits_default(&c->limits);
 }
 
-cz_status cz_batch_alloc(cz_batch *b, int cap, int size, int a_ch, int b_ch) {
+static void *batch_mem_alloc(const cz_batch_mem *m, size_t bytes) {
+    return m->alloc ? m->alloc(m->ctx, bytes) : malloc(bytes);
+}
+
+static void batch_mem_release(const cz_batch_mem *m, void *p) {
+    if (!p) return;
+    if (m->release)
+        m->release(m->ctx, p);
+    else
+        free(p);
+}
+
+cz_status cz_batch_alloc_in(cz_batch *b, int cap, int size, int a_ch, int b_ch, const cz_batch_mem *mem) {
     if (!b) return cz_error_set(CZ_ERR_INVALID_ARG, "cz_batch_alloc: NULL batch");
     memset(b, 0, sizeof *b);
     if (cap < 1 || size < 1 || a_ch < 1 || b_ch < 1)
         return cz_error_set(CZ_ERR_INVALID_ARG, "cz_batch_alloc: bad shape %d x %d x %d/%d", cap, size, a_ch,
                             b_ch);
+    if (mem && (!mem->alloc) != (!mem->release))
+        return cz_error_set(CZ_ERR_INVALID_ARG, "cz_batch_alloc: an allocator needs both alloc and release");
+    if (mem) b->mem = *mem;
     const size_t plane = (size_t)size * size;
-    b->A = malloc((size_t)cap * a_ch * plane * sizeof(float));
-    b->B = malloc((size_t)cap * b_ch * plane * sizeof(float));
+    b->A = batch_mem_alloc(&b->mem, (size_t)cap * a_ch * plane * sizeof(float));
+    b->B = batch_mem_alloc(&b->mem, (size_t)cap * b_ch * plane * sizeof(float));
     b->info = calloc((size_t)cap, sizeof *b->info);
     if (!b->A || !b->B || !b->info) {
         cz_batch_free(b);
@@ -593,18 +608,24 @@ cz_status cz_batch_alloc(cz_batch *b, int cap, int size, int a_ch, int b_ch) {
     return CZ_OK;
 }
 
+cz_status cz_batch_alloc(cz_batch *b, int cap, int size, int a_ch, int b_ch) {
+    return cz_batch_alloc_in(b, cap, size, a_ch, b_ch, NULL);
+}
+
 void cz_batch_free(cz_batch *b) {
     if (!b) return;
-    free(b->A);
-    free(b->B);
+    batch_mem_release(&b->mem, b->A);
+    batch_mem_release(&b->mem, b->B);
     free(b->info);
     memset(b, 0, sizeof *b);
 }
 
-cz_status cz_dataset_batch_alloc(const cz_dataset *ds, cz_batch *b) {
+cz_status cz_dataset_batch_alloc_in(const cz_dataset *ds, cz_batch *b, const cz_batch_mem *mem) {
     if (!ds) return cz_error_set(CZ_ERR_INVALID_ARG, "cz_dataset_batch_alloc: NULL dataset");
-    return cz_batch_alloc(b, ds->cfg.batch_size, ds->S, ds->a_ch, ds->b_ch);
+    return cz_batch_alloc_in(b, ds->cfg.batch_size, ds->S, ds->a_ch, ds->b_ch, mem);
 }
+
+cz_status cz_dataset_batch_alloc(const cz_dataset *ds, cz_batch *b) { return cz_dataset_batch_alloc_in(ds, b, NULL); }
 
 #define REQUIRE(cond, ...)                                                        \
     do {                                                                          \

@@ -70,17 +70,29 @@ typedef struct cz_sample_info {
     int flipped;
 } cz_sample_info;
 
+/* Where a batch's A and B live: an allocator of the caller's (the trainer passes its backend's
+ * page-locked host memory, so that uploads overlap compute). All zero: malloc/free. */
+typedef struct cz_batch_mem {
+    void *(*alloc)(void *ctx, size_t bytes); /* NULL on failure */
+    void (*release)(void *ctx, void *p);
+    void *ctx;
+} cz_batch_mem;
+
 typedef struct cz_batch {
     int n, cap;     /* samples filled, capacity */
     int size;       /* S */
     int a_ch, b_ch; /* 1, 2 (lab) or 3, 3 (rgb) */
     float *A, *B;   /* cap x a_ch x S x S, cap x b_ch x S x S */
     cz_sample_info *info;
+    cz_batch_mem mem; /* how A and B were allocated */
 } cz_batch;
 
-/* A batch sized for the dataset's mode, S and batch size. Free with cz_batch_free. */
+/* A batch sized for the dataset's mode, S and batch size. Free with cz_batch_free. The _in
+ * forms take A and B from `mem` (NULL: malloc). */
 cz_status cz_dataset_batch_alloc(const cz_dataset *ds, cz_batch *b);
+cz_status cz_dataset_batch_alloc_in(const cz_dataset *ds, cz_batch *b, const cz_batch_mem *mem);
 cz_status cz_batch_alloc(cz_batch *b, int cap, int size, int a_ch, int b_ch);
+cz_status cz_batch_alloc_in(cz_batch *b, int cap, int size, int a_ch, int b_ch, const cz_batch_mem *mem);
 void cz_batch_free(cz_batch *b); /* NULL-safe, zeroes the struct */
 
 /* Lists the files, splits them and starts the workers. Errors: CZ_ERR_INVALID_ARG /

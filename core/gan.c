@@ -20,6 +20,12 @@ struct cz_gan {
     cz_tensor gfake; /* d(loss_G)/d(fake) */
     cz_tensor ga;    /* scratch for the condition's half of d(D input), discarded */
     cz_tensor dlog;  /* d(loss)/d(logits) */
+    int queued;             /* the backend has loss_queue, loss_read and adam_multi */
+    double host_loss[CZ_LOSS_SLOTS]; /* otherwise: the step's losses, computed as it goes */
+    int in_flight;          /* begun, not ended */
+    int staged_n;           /* images uploaded by cz_gan_stage for the next step, 0 none */
+    uint64_t tickets[2];    /* and their transfers */
+    int n_tickets;
 };
 
 cz_gan_config cz_gan_config_default(void) {
@@ -44,6 +50,7 @@ static void free_plan(cz_gan *gan) {
     cz_tensor_free(gan->be, &gan->ga);
     cz_tensor_free(gan->be, &gan->dlog);
     gan->max_batch = gan->h = gan->w = 0;
+    gan->staged_n = gan->n_tickets = 0; /* (freeing waited for the device) */
 }
 
 void cz_gan_destroy(cz_gan *gan) {
@@ -117,6 +124,7 @@ cz_status cz_gan_create(cz_backend *be, const cz_gan_config *cfg, const cz_unet_
     if (!gan) return cz_error_set(CZ_ERR_NOMEM, "gan: out of memory");
     gan->be = be;
     gan->cfg = c;
+    gan->queued = o->loss_queue && o->loss_read && o->adam_multi;
     cz_status s = create_parts(gan, arch, init);
     if (s != CZ_OK) {
         cz_gan_destroy(gan);
@@ -149,66 +157,174 @@ cz_status cz_gan_plan(cz_gan *gan, int max_batch, int h, int w) {
     return CZ_OK;
 }
 
-/* D(cat(cond, color)) -> mean BCE against `target`; dlog = scale * d(loss)/d(logits). */
+/* The step's losses, one loss slot each (backend.h loss_queue). g_l1 is the raw mean, before
+ * lambda. The optimizers' gates: D's update needs both D losses finite, G's all four. */
+enum { SL_D_FAKE, SL_D_REAL, SL_G_GAN, SL_G_L1, SL_N };
+#define GATE_D ((1u << SL_D_FAKE) | (1u << SL_D_REAL))
+#define GATE_G (GATE_D | (1u << SL_G_GAN) | (1u << SL_G_L1))
+_Static_assert(SL_N <= CZ_LOSS_SLOTS, "more losses than loss slots");
+static const char *const slot_name[SL_N] = {"D_fake", "D_real", "G_GAN", "G_L1"};
+
+/* A loss into its slot: queued where the backend can, else computed now into host_loss. */
+static cz_status loss(cz_gan *gan, int slot, const cz_tensor *x, const cz_tensor *y, float target) {
+    cz_backend *be = gan->be;
+    if (gan->queued) return be->ops->loss_queue(be, slot, x, y, target);
+    double *out = &gan->host_loss[slot];
+    return y ? be->ops->l1_fwd(be, x, y, out) : be->ops->bce_logits_fwd(be, x, target, out);
+}
+
+/* D(cat(cond, color)) -> mean BCE against `target` into `slot`; dlog = scale * d(loss)/d(logits). */
 static cz_status d_eval(cz_gan *gan, int n, const cz_tensor *cond, const cz_tensor *color, float target,
-                        float scale, double *loss, cz_tensor *dlog) {
+                        float scale, int slot, cz_tensor *dlog) {
     cz_backend *be = gan->be;
     cz_tensor xin = cz_tensor_batch_view(*cz_patchgan_input(gan->d), n);
     CZ_TRY(be->ops->concat(be, cond, color, &xin));
     const cz_tensor *logits;
     CZ_TRY(cz_patchgan_forward(gan->d, n, &logits));
-    CZ_TRY(be->ops->bce_logits_fwd(be, logits, target, loss));
+    CZ_TRY(loss(gan, slot, logits, NULL, target));
     return be->ops->bce_logits_bwd(be, logits, target, scale, dlog);
 }
 
-static cz_status finite_or_fail(const char *what, double v, long step) {
-    if (isfinite(v)) return CZ_OK;
-    return cz_error_set(CZ_ERR_NONFINITE, "step %ld: %s is %g", step, what, v);
+/* The reported value of slot i (G_L1 times lambda, as the loss it is). */
+static double slot_value(const cz_gan *gan, int i, const double *v) {
+    return i == SL_G_L1 ? v[i] * (double)gan->cfg.lambda_l1 : v[i];
 }
 
-cz_status cz_gan_step(cz_gan *gan, int n, const float *A, const float *B, cz_gan_losses *losses) {
+/* The first non-finite loss among slots [from, to) of v, as CZ_ERR_NONFINITE; CZ_OK if none. */
+static cz_status first_nonfinite(const cz_gan *gan, const double *v, int from, int to, long step) {
+    for (int i = from; i < to; i++) {
+        double x = slot_value(gan, i, v);
+        if (!isfinite(x)) return cz_error_set(CZ_ERR_NONFINITE, "step %ld: %s is %g", step, slot_name[i], x);
+    }
+    return CZ_OK;
+}
+
+/* On a synchronous backend the losses are known at once: stop before the optimizer step they
+ * would feed, as the gated update does on the device. */
+static cz_status check_now(const cz_gan *gan, int from, int to, long step) {
+    return gan->queued ? CZ_OK : first_nonfinite(gan, gan->host_loss, from, to, step);
+}
+
+static cz_status check_batch(const cz_gan *gan, int n, const char *what) {
     if (!gan->max_batch || n < 1 || n > gan->max_batch)
-        return cz_error_set(CZ_ERR_INVALID_ARG, "gan step: batch %d not planned (max %d)", n, gan->max_batch);
+        return cz_error_set(CZ_ERR_INVALID_ARG, "gan %s: batch %d not planned (max %d)", what, n, gan->max_batch);
+    return CZ_OK;
+}
+
+/* Forgets the staged batch once its copies are done. */
+static cz_status drop_staged(cz_gan *gan) {
+    gan->staged_n = 0;
+    while (gan->n_tickets > 0) {
+        cz_status s = gan->be->ops->transfer_wait(gan->be, gan->tickets[gan->n_tickets - 1]);
+        gan->n_tickets--;
+        CZ_TRY(s);
+    }
+    return CZ_OK;
+}
+
+cz_status cz_gan_stage(cz_gan *gan, int n, const float *A, const float *B) {
+    CZ_TRY(check_batch(gan, n, "stage"));
+    if (!A || !B) return cz_error_set(CZ_ERR_INVALID_ARG, "gan stage: A or B is NULL");
+    cz_backend *be = gan->be;
+    const cz_backend_ops *ops = be->ops;
+    cz_tensor a = cz_tensor_batch_view(*cz_unet_train_input(gan->g), n), b = cz_tensor_batch_view(gan->b, n);
+    CZ_TRY(drop_staged(gan));
+    if (ops->write_async && ops->transfer_wait) {
+        /* copies on the upload stream now; the conversions queue behind the step in flight */
+        CZ_TRY(ops->write_async(be, &a, A, &gan->tickets[0]));
+        gan->n_tickets = 1;
+        CZ_TRY(ops->write_async(be, &b, B, &gan->tickets[1]));
+        gan->n_tickets = 2;
+    } else {
+        CZ_TRY(ops->tensor_write(be, &a, A));
+        CZ_TRY(ops->tensor_write(be, &b, B));
+    }
+    gan->staged_n = n;
+    return CZ_OK;
+}
+
+cz_status cz_gan_step_begin(cz_gan *gan, int n, const float *A, const float *B) {
+    CZ_TRY(check_batch(gan, n, "step"));
+    if (gan->in_flight) return cz_error_set(CZ_ERR_INVALID_ARG, "gan step: the previous step was not ended");
     cz_backend *be = gan->be;
     const cz_backend_ops *ops = be->ops;
     const long t = gan->steps + 1;
-    cz_gan_losses L = {0};
     cz_tensor a = cz_tensor_batch_view(*cz_unet_train_input(gan->g), n);
     cz_tensor b = cz_tensor_batch_view(gan->b, n), dlog = cz_tensor_batch_view(gan->dlog, n);
-    CZ_TRY(ops->tensor_write(be, &a, A));
-    CZ_TRY(ops->tensor_write(be, &b, B));
+    if (A || B) {
+        if (!A || !B) return cz_error_set(CZ_ERR_INVALID_ARG, "gan step: A or B is NULL");
+        CZ_TRY(drop_staged(gan)); /* its copies still read the caller's buffers */
+        CZ_TRY(ops->tensor_write(be, &a, A));
+        CZ_TRY(ops->tensor_write(be, &b, B));
+    } else {
+        if (gan->staged_n != n)
+            return cz_error_set(CZ_ERR_INVALID_ARG, "gan step: no staged batch of %d images (staged: %d)", n,
+                                gan->staged_n);
+        /* waiting for the copies lets the caller reuse its buffers once this returns; after a
+         * step in flight they are long done */
+        CZ_TRY(drop_staged(gan));
+    }
 
     const cz_tensor *fake;
     CZ_TRY(cz_unet_train_forward(gan->g, n, 1, cz_gan_step_seed(gan->cfg.seed, t), &fake));
 
     /* ---- D step: 0.5 * (BCE(D(A, fake), 0) + BCE(D(A, B), 1)) */
-    CZ_TRY(d_eval(gan, n, &a, fake, 0.f, 0.5f, &L.d_fake, &dlog));
+    CZ_TRY(d_eval(gan, n, &a, fake, 0.f, 0.5f, SL_D_FAKE, &dlog));
     CZ_TRY(cz_patchgan_backward(gan->d, &dlog, CZ_GRAD_OVERWRITE, NULL));
-    CZ_TRY(d_eval(gan, n, &a, &b, 1.f, 0.5f, &L.d_real, &dlog));
+    CZ_TRY(d_eval(gan, n, &a, &b, 1.f, 0.5f, SL_D_REAL, &dlog));
     CZ_TRY(cz_patchgan_backward(gan->d, &dlog, CZ_GRAD_ACCUMULATE, NULL));
-    CZ_TRY(finite_or_fail("D_fake", L.d_fake, t));
-    CZ_TRY(finite_or_fail("D_real", L.d_real, t));
-    CZ_TRY(cz_adam_step(gan->opt_d));
+    CZ_TRY(check_now(gan, SL_D_FAKE, SL_D_REAL + 1, t));
+    CZ_TRY(cz_adam_step_gated(gan->opt_d, GATE_D));
 
     /* ---- G step: BCE(D(A, fake), 1) + lambda * mean|fake - B|, D's parameters untouched */
     const cz_tensor *dx;
-    CZ_TRY(d_eval(gan, n, &a, fake, 1.f, 1.f, &L.g_gan, &dlog));
+    CZ_TRY(d_eval(gan, n, &a, fake, 1.f, 1.f, SL_G_GAN, &dlog));
     CZ_TRY(cz_patchgan_backward(gan->d, &dlog, CZ_GRAD_NONE, &dx));
-    double l1;
-    CZ_TRY(ops->l1_fwd(be, fake, &b, &l1));
-    L.g_l1 = l1 * (double)gan->cfg.lambda_l1;
-    CZ_TRY(finite_or_fail("G_GAN", L.g_gan, t));
-    CZ_TRY(finite_or_fail("G_L1", L.g_l1, t));
+    CZ_TRY(loss(gan, SL_G_L1, fake, &b, 0.f));
+    CZ_TRY(check_now(gan, SL_G_GAN, SL_G_L1 + 1, t));
     cz_tensor gf = cz_tensor_batch_view(gan->gfake, n), ga = cz_tensor_batch_view(gan->ga, n);
     CZ_TRY(ops->l1_bwd(be, fake, &b, gan->cfg.lambda_l1, &gf));
     /* gf += the color half of d(D input); the condition half goes to (zeroed) scratch */
     CZ_TRY(ops->tensor_zero(be, &ga));
     CZ_TRY(ops->concat_bwd(be, dx, &ga, &gf, 1));
     CZ_TRY(cz_unet_train_backward(gan->g, &gf, CZ_GRAD_OVERWRITE));
-    CZ_TRY(cz_adam_step(gan->opt_g));
+    CZ_TRY(cz_adam_step_gated(gan->opt_g, GATE_G));
+    gan->in_flight = 1;
+    return CZ_OK;
+}
+
+cz_status cz_gan_step_end(cz_gan *gan, cz_gan_losses *losses) {
+    if (!gan->in_flight) return cz_error_set(CZ_ERR_INVALID_ARG, "gan step end: no step in flight");
+    gan->in_flight = 0;
+    cz_backend *be = gan->be;
+    const long t = gan->steps + 1;
+    double v[SL_N];
+    if (gan->queued) {
+        CZ_TRY(be->ops->loss_read(be, v, SL_N));
+        /* the device skipped the updates a non-finite loss would have fed: take their counts back */
+        int d_bad = first_nonfinite(gan, v, SL_D_FAKE, SL_D_REAL + 1, t) != CZ_OK;
+        int g_bad = d_bad || first_nonfinite(gan, v, SL_G_GAN, SL_G_L1 + 1, t) != CZ_OK;
+        if (d_bad) cz_adam_rewind(gan->opt_d);
+        if (g_bad) cz_adam_rewind(gan->opt_g);
+        CZ_TRY(first_nonfinite(gan, v, 0, SL_N, t));
+    } else {
+        memcpy(v, gan->host_loss, sizeof v);
+        CZ_TRY(be->ops->sync(be));
+    }
     gan->steps = t;
-    if (losses) *losses = L;
-    return ops->sync(be);
+    if (losses) {
+        losses->d_fake = slot_value(gan, SL_D_FAKE, v);
+        losses->d_real = slot_value(gan, SL_D_REAL, v);
+        losses->g_gan = slot_value(gan, SL_G_GAN, v);
+        losses->g_l1 = slot_value(gan, SL_G_L1, v);
+    }
+    return CZ_OK;
+}
+
+cz_status cz_gan_step(cz_gan *gan, int n, const float *A, const float *B, cz_gan_losses *losses) {
+    if (!A || !B) return cz_error_set(CZ_ERR_INVALID_ARG, "gan step: A or B is NULL");
+    CZ_TRY(cz_gan_step_begin(gan, n, A, B));
+    return cz_gan_step_end(gan, losses);
 }
 
 cz_status cz_gan_save(cz_gan *gan, cz_st_writer *w) {

@@ -20,9 +20,10 @@
  * number give the same result on a backend; the generator's dropout seed for step t (1-based)
  * is cz_gan_step_seed(seed, t) = seed + t * 0xD1B54A32D192ED03 (mod 2^64), levels derived by
  * cz_unet_train_level_seed.
- * Errors: a non-finite loss returns CZ_ERR_NONFINITE before the optimizer step it would
- * feed (a D loss: nothing updated; a G loss: D already updated, G not). The model should then
- * be reloaded from a checkpoint.
+ * Errors: a non-finite loss returns CZ_ERR_NONFINITE and the optimizer step it would feed does
+ * not happen (a D loss: no parameter or moment updated; a G loss: D already updated, G not).
+ * BatchNorm running statistics and gradients are not covered. The model should then be
+ * reloaded from a checkpoint.
  *
  * Threading: one thread at a time (the backend's owner). Tested by tests/unit/test_train.c
  * (overfitting, non-finite detection, determinism) and tests/unit/test_train_golden.c
@@ -67,8 +68,25 @@ cz_status cz_gan_create(cz_backend *be, const cz_gan_config *cfg, const cz_unet_
 void cz_gan_destroy(cz_gan *gan);
 /* Plans G and D for up to max_batch images of h x w. */
 cz_status cz_gan_plan(cz_gan *gan, int max_batch, int h, int w);
-/* One step on n images (n <= max_batch): A is n*in_ch*h*w floats, B n*out_ch*h*w. */
+/* One step on n images (n <= max_batch): A is n*in_ch*h*w floats, B n*out_ch*h*w.
+ * cz_gan_step_begin then cz_gan_step_end. */
 cz_status cz_gan_step(cz_gan *gan, int n, const float *A, const float *B, cz_gan_losses *losses);
+/* A step in two halves, so that the host prepares the next batch while the device trains on
+ * this one. begin queues the whole step on n images: A and B as for cz_gan_step, or both NULL
+ * for the batch cz_gan_stage uploaded; it may return before the device is done. end waits for
+ * it, reads the losses (on a backend with loss_queue, the step's one wait) and advances the
+ * step count. On a synchronous backend a non-finite loss fails begin; on a queued one the
+ * device skips the optimizer steps it would feed (backend.h adam_multi) and end reports it:
+ * either way CZ_ERR_NONFINITE as described above, and the step count stays. Between begin and
+ * end only cz_gan_stage may be called. */
+cz_status cz_gan_step_begin(cz_gan *gan, int n, const float *A, const float *B);
+cz_status cz_gan_step_end(cz_gan *gan, cz_gan_losses *losses);
+/* Queues the upload of the batch the next cz_gan_step_begin(gan, n, NULL, NULL) trains on, so
+ * that it overlaps the step in flight (ordered after it on the device). A and B as for
+ * cz_gan_step; from the backend's host_alloc (page-locked) for a copy that really overlaps,
+ * and unchanged until that begin returns. It overwrites the generator's input: nothing else may
+ * use it (validation) between stage and that begin. */
+cz_status cz_gan_stage(cz_gan *gan, int n, const float *A, const float *B);
 /* Sets both optimizers' learning rate (e.g. from cz_lr_linear). */
 void cz_gan_set_lr(cz_gan *gan, float lr);
 long cz_gan_steps(const cz_gan *gan);

@@ -115,7 +115,9 @@ struct cz_adam {
     int n;
     cz_adam_config cfg;
     int t;
-    cz_tensor *m, *v; /* per parameter; unallocated for buffers */
+    cz_tensor *m, *v;    /* per parameter; unallocated for buffers */
+    cz_adam_item *items; /* the learnable parameters, for adam_multi */
+    int n_items;
 };
 
 cz_adam_config cz_adam_config_default(void) {
@@ -139,7 +141,8 @@ cz_status cz_adam_create(cz_backend *be, cz_param *params, int n, const cz_adam_
     a->cfg = c;
     a->m = calloc((size_t)(n ? n : 1), sizeof *a->m);
     a->v = calloc((size_t)(n ? n : 1), sizeof *a->v);
-    cz_status s = a->m && a->v ? CZ_OK : cz_error_set(CZ_ERR_NOMEM, "adam: out of memory");
+    a->items = calloc((size_t)(n ? n : 1), sizeof *a->items);
+    cz_status s = a->m && a->v && a->items ? CZ_OK : cz_error_set(CZ_ERR_NOMEM, "adam: out of memory");
     for (int i = 0; i < n && s == CZ_OK; i++) {
         const cz_tensor *pv = &params[i].value;
         if (!cz_param_learnable(&params[i])) continue;
@@ -147,6 +150,8 @@ cz_status cz_adam_create(cz_backend *be, cz_param *params, int n, const cz_adam_
         if (s == CZ_OK) s = be->ops->tensor_zero(be, &a->m[i]);
         if (s == CZ_OK) s = cz_tensor_alloc(be, &a->v[i], CZ_F32, pv->role, pv->n, pv->c, pv->h, pv->w);
         if (s == CZ_OK) s = be->ops->tensor_zero(be, &a->v[i]);
+        if (s == CZ_OK)
+            a->items[a->n_items++] = (cz_adam_item){&params[i].value, &params[i].grad, &a->m[i], &a->v[i]};
     }
     if (s != CZ_OK) {
         cz_adam_destroy(a);
@@ -164,6 +169,7 @@ void cz_adam_destroy(cz_adam *a) {
     }
     free(a->m);
     free(a->v);
+    free(a->items);
     free(a);
 }
 
@@ -177,6 +183,20 @@ cz_status cz_adam_step(cz_adam *a) {
     }
     a->t = t;
     return CZ_OK;
+}
+
+cz_status cz_adam_step_gated(cz_adam *a, unsigned gate) {
+    if (!a->be->ops->adam_multi) return cz_adam_step(a);
+    int t = a->t + 1;
+    if (a->n_items)
+        CZ_TRY(a->be->ops->adam_multi(a->be, a->items, a->n_items, a->cfg.lr, a->cfg.beta1, a->cfg.beta2, a->cfg.eps,
+                                      t, gate));
+    a->t = t;
+    return CZ_OK;
+}
+
+void cz_adam_rewind(cz_adam *a) {
+    if (a->t > 0) a->t--;
 }
 
 void cz_adam_set_lr(cz_adam *a, float lr) { a->cfg.lr = lr; }

@@ -79,6 +79,13 @@ cz_status cz_adam_create(cz_backend *be, cz_param *params, int n, const cz_adam_
 void cz_adam_destroy(cz_adam *a);
 /* One update of every learnable parameter from its grad, at the current lr. */
 cz_status cz_adam_step(cz_adam *a);
+/* The same update queued as one backend call where the backend has adam_multi, skipped on the
+ * device (params and moments untouched) when a loss slot whose bit is set in `gate` holds a
+ * non-finite value (backend.h). Without adam_multi it is cz_adam_step, and the caller checks
+ * its losses before. The step count advances either way; cz_adam_rewind takes it back for a
+ * step the device skipped. */
+cz_status cz_adam_step_gated(cz_adam *a, unsigned gate);
+void cz_adam_rewind(cz_adam *a);
 void cz_adam_set_lr(cz_adam *a, float lr);
 float cz_adam_get_lr(const cz_adam *a);
 int cz_adam_steps(const cz_adam *a); /* updates done so far (t) */

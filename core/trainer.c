@@ -42,6 +42,7 @@ struct cz_trainer {
     cz_gan *gan;
     cz_dataset *ds;
     cz_batch tb, vb;
+    long staged; /* step number whose batch cz_gan_stage uploaded during the previous step, 0 none */
     cz_unet_arch arch;
     int size, nb;
     long total;
@@ -424,6 +425,16 @@ static cz_status check_config(const cz_trainer_config *c) {
     return CZ_OK;
 }
 
+static void *batch_host_alloc(void *ctx, size_t bytes) {
+    cz_backend *be = ctx;
+    return be->ops->host_alloc(be, bytes);
+}
+
+static void batch_host_free(void *ctx, void *p) {
+    cz_backend *be = ctx;
+    be->ops->host_free(be, p);
+}
+
 static cz_status build(cz_trainer *t, const cz_trainer_config *c) {
     cz_safetensors *st = NULL, *gonly = NULL;
     const cz_safetensors *init = NULL;
@@ -490,7 +501,11 @@ static cz_status build(cz_trainer *t, const cz_trainer_config *c) {
     dc.workers = c->workers ? c->workers : cz_trainer_auto_workers(t->be);
     dc.seed = t->seed;
     CZ_TRY(cz_dataset_open(&dc, &t->ds));
-    CZ_TRY(cz_dataset_batch_alloc(t->ds, &t->tb));
+    /* training batches in the backend's page-locked memory, so that their upload overlaps the
+     * step before (cz_gan_stage) */
+    cz_batch_mem mem = {0};
+    if (t->be->ops->host_alloc && t->be->ops->host_free) mem = (cz_batch_mem){batch_host_alloc, batch_host_free, t->be};
+    CZ_TRY(cz_dataset_batch_alloc_in(t->ds, &t->tb, &mem));
     CZ_TRY(cz_dataset_batch_alloc(t->ds, &t->vb));
     size_t ntrain = cz_dataset_train_count(t->ds);
     if (!total && c->epochs > 0) total = (long)ceil(c->epochs * (double)ntrain / t->nb);
@@ -560,9 +575,9 @@ cz_status cz_trainer_create(cz_backend *be, const cz_trainer_config *cfg, cz_tra
 void cz_trainer_destroy(cz_trainer *t) {
     if (!t) return;
     cz_dataset_destroy(t->ds);
+    cz_gan_destroy(t->gan); /* first: it waits for uploads still reading tb */
     cz_batch_free(&t->tb);
     cz_batch_free(&t->vb);
-    cz_gan_destroy(t->gan);
     if (t->losses_f) fclose(t->losses_f);
     if (t->val_f) fclose(t->val_f);
     free(t->pred);
@@ -739,6 +754,43 @@ cz_status cz_trainer_finish(cz_trainer *t) {
     return finish_as(t, t->step >= t->total ? CZ_TRAIN_SUCCEEDED : CZ_TRAIN_CANCELLED);
 }
 
+/* The training batch of step number `no` (1-based) into tb. */
+static cz_status next_batch(cz_trainer *t, long no) {
+    CZ_TRY(cz_dataset_next_batch(t->ds, &t->tb));
+    if (t->cfg.test_nan_at_step && t->cfg.test_nan_at_step == no) t->tb.B[0] = NAN;
+    return CZ_OK;
+}
+
+/* Whether step `no` ends the run or is followed by validation or a checkpoint (which run the
+ * generator on its input tensor, so no batch may be staged in it across them). */
+static int stops_after(const cz_trainer *t, long no) {
+    const cz_trainer_config *c = &t->cfg;
+    return no >= t->total || (c->validate_every && no % c->validate_every == 0) ||
+           (c->checkpoint_every && no % c->checkpoint_every == 0);
+}
+
+/* One training step, with the next step's batch read and uploaded while the device trains on
+ * this one (cz_gan_stage). */
+static cz_status train_step(cz_trainer *t, cz_gan_losses *L) {
+    const long no = t->step + 1;
+    cz_status s;
+    if (t->staged == no) {
+        s = cz_gan_step_begin(t->gan, t->nb, NULL, NULL);
+    } else {
+        s = next_batch(t, no);
+        if (s == CZ_OK) s = cz_gan_step_begin(t->gan, t->nb, t->tb.A, t->tb.B);
+    }
+    t->staged = 0;
+    if (s != CZ_OK) return s;
+    if (!stops_after(t, no) && !atomic_load(&t->cancel)) {
+        s = next_batch(t, no + 1);
+        if (s == CZ_OK) s = cz_gan_stage(t->gan, t->nb, t->tb.A, t->tb.B);
+        if (s == CZ_OK) t->staged = no + 1;
+    }
+    cz_status e = cz_gan_step_end(t->gan, L); /* ends the step even when staging failed */
+    return s != CZ_OK ? s : e;
+}
+
 cz_status cz_trainer_step(cz_trainer *t) {
     if (t->status != CZ_TRAIN_RUNNING) return t->final_status;
     if (atomic_load(&t->cancel) || t->step >= t->total) return cz_trainer_finish(t);
@@ -746,11 +798,8 @@ cz_status cz_trainer_step(cz_trainer *t) {
     if (c->lr_decay_steps)
         cz_gan_set_lr(t->gan, cz_lr_linear(c->lr, t->step, t->total - c->lr_decay_steps, c->lr_decay_steps));
     double t0 = now_s();
-    cz_status s = cz_dataset_next_batch(t->ds, &t->tb);
-    if (s != CZ_OK) return fail(t, s);
-    if (c->test_nan_at_step && c->test_nan_at_step == t->step + 1) t->tb.B[0] = NAN;
     cz_gan_losses L;
-    s = cz_gan_step(t->gan, t->nb, t->tb.A, t->tb.B, &L);
+    cz_status s = train_step(t, &L);
     if (s != CZ_OK) return fail(t, s);
     double dt = now_s() - t0;
     cz_train_record r = {cz_gan_steps(t->gan), (long)t->tb.info[t->nb - 1].epoch, L, dt > 0 ? t->nb / dt : 0};

@@ -260,6 +260,9 @@ static cz_status cu_tensor_write(cz_backend *be, cz_tensor *t, const float *src)
     void *stage;
     CZ_TRY(cu_scratch_get(b, &b->tmp, n * sizeof(float), &stage));
     CU_CHECK(b, cudaMemcpyAsync(stage, src, n * sizeof(float), cudaMemcpyHostToDevice, b->stream));
+    /* The caller may reuse src when this returns. From page-locked memory (host_alloc) the copy
+     * above is still queued, so wait for it (write_async is the call that does not wait). */
+    CU_CHECK(b, cudaStreamSynchronize(b->stream));
     CUK_CHECK(b, cuk_nchw_f32_to_nhwc(stage, cu_dev(t), t->dtype, t->n, t->c, t->h, t->w, b->stream));
     cu_touch(t);
     return CZ_OK;
@@ -351,6 +354,7 @@ static void cu_destroy(cz_backend *be) {
     scratch_free(&b->tmp);
     scratch_free(&b->tmp2);
     scratch_free(&b->red);
+    if (b->loss_dev) cudaFree(b->loss_dev);
     if (b->stream) cudaStreamDestroy(b->stream);
     free(b);
 }

@@ -627,9 +627,110 @@ static cz_status cu_adam_step(cz_backend *be, cz_tensor *param, const cz_tensor 
     return CZ_OK;
 }
 
+/* ---- queued losses and the gated multi-tensor Adam (backend.h loss_queue) ---- */
+
+/* The loss slots, zeroed on first use. */
+static cz_status loss_slots(cu_backend *b, const char *op) {
+    if (b->loss_dev) return CZ_OK;
+    CZ_TRY(cu_recording_guard(b, op));
+    CU_CHECK(b, cudaMalloc((void **)&b->loss_dev, CZ_LOSS_SLOTS * sizeof(double)));
+    CU_CHECK(b, cudaMemsetAsync(b->loss_dev, 0, CZ_LOSS_SLOTS * sizeof(double), b->stream));
+    return CZ_OK;
+}
+
+static cz_status cu_loss_queue(cz_backend *be, int slot, const cz_tensor *a, const cz_tensor *bt, float target) {
+    cu_backend *b = BE(be);
+    const char *op = "loss_queue";
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_recording_guard(b, op));
+    if (slot < 0 || slot >= CZ_LOSS_SLOTS)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: slot %d outside 0..%d", op, slot, CZ_LOSS_SLOTS - 1);
+    CZ_TRY(cu_check(op, "a", a));
+    if (bt) {
+        CZ_TRY(cu_check(op, "b", bt));
+        CZ_TRY(cu_expect_same(op, "b", bt, a));
+    } else if (!isfinite(target)) {
+        return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: target is not finite", op);
+    }
+    CZ_TRY(loss_slots(b, op));
+    size_t n = cz_tensor_numel(a), part = cuk_sum_scratch(n);
+    void *p;
+    CZ_TRY(cu_scratch_get(b, &b->red, part, &p));
+    CUK_CHECK(b, cuk_loss_sum(bt ? 1 : 0, cu_dev(a), a->dtype, bt ? cu_dev(bt) : NULL, dt_opt(bt), target, n, p,
+                              b->loss_dev + slot, b->stream));
+    b->loss_count[slot] = (double)n;
+    return CZ_OK;
+}
+
+static cz_status cu_loss_read(cz_backend *be, double *out, int n) {
+    cu_backend *b = BE(be);
+    const char *op = "loss_read";
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_recording_guard(b, op));
+    if (!out || n < 0 || n > CZ_LOSS_SLOTS)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: %d slots (0..%d) into %p", op, n, CZ_LOSS_SLOTS, (void *)out);
+    CZ_TRY(loss_slots(b, op));
+    double sums[CZ_LOSS_SLOTS];
+    CU_CHECK(b, cudaMemcpyAsync(sums, b->loss_dev, sizeof sums, cudaMemcpyDeviceToHost, b->stream));
+    CU_CHECK(b, cudaStreamSynchronize(b->stream));
+    for (int i = 0; i < n; i++) out[i] = b->loss_count[i] > 0 ? sums[i] / b->loss_count[i] : 0.0;
+    return CZ_OK;
+}
+
+static cz_status cu_adam_multi(cz_backend *be, const cz_adam_item *items, int n, float lr, float beta1, float beta2,
+                               float eps, int t, unsigned gate) {
+    cu_backend *b = BE(be);
+    const char *op = "adam_multi";
+    CZ_TRY(cu_enter(b));
+    if (n < 0 || (n > 0 && !items)) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: %d items", op, n);
+    if (t < 1) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: step %d must be >= 1", op, t);
+    if (CZ_LOSS_SLOTS < 32 && (gate >> CZ_LOSS_SLOTS))
+        return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: gate 0x%x names slots past %d", op, gate, CZ_LOSS_SLOTS - 1);
+    for (int i = 0; i < n; i++) {
+        const cz_adam_item *it = &items[i];
+        CZ_TRY(cu_check(op, "param", it->param));
+        CZ_TRY(cu_check(op, "grad", it->grad));
+        CZ_TRY(cu_check(op, "m", it->m));
+        CZ_TRY(cu_check(op, "v", it->v));
+        CZ_TRY(cu_expect_same(op, "grad", it->grad, it->param));
+        CZ_TRY(cu_expect_same(op, "m", it->m, it->param));
+        CZ_TRY(cu_expect_same(op, "v", it->v, it->param));
+        CZ_TRY(expect_f32(op, "param", it->param));
+        CZ_TRY(expect_f32(op, "m", it->m));
+        CZ_TRY(expect_f32(op, "v", it->v));
+    }
+    CZ_TRY(loss_slots(b, op));
+    double b1 = beta1, b2 = beta2;
+    double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
+    for (int i0 = 0; i0 < n; i0 += CUK_ADAM_MAX) {
+        cuk_adam_list l;
+        memset(&l, 0, sizeof l);
+        l.n = n - i0 < CUK_ADAM_MAX ? n - i0 : CUK_ADAM_MAX;
+        for (int j = 0; j < l.n; j++) {
+            const cz_adam_item *it = &items[i0 + j];
+            l.param[j] = cu_dev(it->param);
+            l.grad[j] = cu_dev(it->grad);
+            l.gdt[j] = (int)it->grad->dtype;
+            l.m[j] = cu_dev(it->m);
+            l.v[j] = cu_dev(it->v);
+            l.count[j] = cz_tensor_numel(it->param);
+        }
+        CUK_CHECK(b, cuk_adam_multi(&l, (double)lr, b1, b2, (double)eps, bc1, bc2, b->loss_dev, gate, b->stream));
+    }
+    for (int i = 0; i < n; i++) {
+        cu_touch(items[i].param);
+        cu_touch(items[i].m);
+        cu_touch(items[i].v);
+    }
+    return CZ_OK;
+}
+
 void cu_fill_ops(cz_backend_ops *ops) {
     memset(ops, 0, sizeof *ops);
     cu_fill_mem_ops(ops);
+    ops->loss_queue = cu_loss_queue;
+    ops->loss_read = cu_loss_read;
+    ops->adam_multi = cu_adam_multi;
     ops->conv2d = cu_conv2d;
     ops->deconv2d = cu_deconv2d;
     ops->bn_infer = cu_bn_infer;

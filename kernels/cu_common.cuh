@@ -44,6 +44,13 @@ static __device__ __forceinline__ void cuk_st(void *p, int dt, size_t i, float v
 /* Stores a double with the ref backend's rounding (double -> float -> dtype). */
 static __device__ __forceinline__ void cuk_st_d(void *p, int dt, size_t i, double v) { cuk_st(p, dt, i, (float)v); }
 
+/* Whether x is neither NaN nor infinite (the host compiler's C++ library spells it std::). */
+#ifdef CZ_CUDA_EMU
+static __device__ __forceinline__ bool cuk_finite(double x) { return std::isfinite(x); }
+#else
+static __device__ __forceinline__ bool cuk_finite(double x) { return isfinite(x); }
+#endif
+
 #define CUK_THREADS 256
 
 /* Blocks for a grid-stride loop over `count` elements. */

@@ -111,6 +111,21 @@ int cuk_l1_bwd(const void *a, int adt, const void *b, int bdt, double k, void *d
 /* ---- adam.cu ---- */
 int cuk_adam(float *param, const void *grad, int gdt, float *m, float *v, size_t count, double lr, double b1, double b2,
              double eps, double bc1, double bc2, cuk_stream s);
+/* The same update on up to CUK_ADAM_MAX tensors in one launch (passed by value, well under the
+ * 4 KiB kernel-parameter limit). Skipped altogether when any gate[k] whose bit k is set in
+ * `mask` is NaN or Inf (gate: device doubles, may be NULL when mask is 0). */
+#define CUK_ADAM_MAX 32
+typedef struct cuk_adam_list {
+    int n;
+    float *param[CUK_ADAM_MAX];
+    const void *grad[CUK_ADAM_MAX];
+    float *m[CUK_ADAM_MAX];
+    float *v[CUK_ADAM_MAX];
+    size_t count[CUK_ADAM_MAX];
+    int gdt[CUK_ADAM_MAX];
+} cuk_adam_list;
+int cuk_adam_multi(const cuk_adam_list *l, double lr, double b1, double b2, double eps, double bc1, double bc2,
+                   const double *gate, unsigned mask, cuk_stream s);
 
 /* ---- conv_naive.cu: direct convolutions, the fallback when cuDNN has no algorithm ---- */
 /* Convolution in cuDNN's terms: x (n, c, h, w), filter (k, c, r, r) stored KRSC, y (n, k, oh, ow),

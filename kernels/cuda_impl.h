@@ -101,6 +101,10 @@ typedef struct cu_backend {
     cu_mslot mg[MG_SLOTS];
     uint64_t mg_seq; /* merges issued */
     void *lab_tab;
+    /* loss_queue's slots (backend_cuda_ops.c): sums on the device, made zero on first use, and
+     * the element count of each slot's last loss (its mean = sum / count, taken at loss_read) */
+    double *loss_dev;
+    double loss_count[CZ_LOSS_SLOTS];
 } cu_backend;
 
 /* Error conversion (backend_cuda.c). */

@@ -21,6 +21,11 @@
  *       several merges in flight, ab rewritten between them (a merge reads what was queued
  *       before it, not after), and the invalid arguments it must refuse. Backends without it
  *       (ref, dnnl: the host merges) print a skip line.
+ *   (e) loss_queue / loss_read / adam_multi, for every backend that has them, in fp32 and bf16:
+ *       queued losses equal bce_logits_fwd / l1_fwd bit for bit with several in flight;
+ *       adam_multi on 40 parameters of varied sizes equals adam_step on each, bit for bit, over
+ *       two steps; a NaN or Inf in a gated slot leaves every parameter and moment as it was,
+ *       a finite gate updates all of them; and the invalid arguments they must refuse.
  * Dtype convention in (b): activations and conv weights use the dtype under test; per-channel
  * vectors (bias, BatchNorm parameters and statistics) and the Adam state are fp32.
  * Prints one line per (backend, dtype, op, shape). */
@@ -2208,6 +2213,169 @@ static void test_backend_merge_lab(void **state) {
     assert_int_equal(failed, 0);
 }
 
+/* ----------------------------------------------------------------------------------------- */
+/* (e) queued losses and the gated multi-tensor Adam (loss_queue, loss_read, adam_multi)      */
+/* ----------------------------------------------------------------------------------------- */
+
+#define QA_N 40 /* more than one launch's worth on cuda (CUK_ADAM_MAX 32) */
+
+typedef struct qa_param {
+    cz_tensor p, g, m, v;
+} qa_param;
+
+/* Parameters of varied sizes (a few elements to a few thousand), gradient dtype `gdt`. */
+static void qa_params(cz_backend *be, qa_param *q, int n, cz_dtype gdt, uint64_t seed) {
+    for (int i = 0; i < n; i++) {
+        int c = 1 + (i * 7) % 13, h = 1 + (i % 5), w = 1 + (i * 3) % 41;
+        size_t k = numel4(2, c, h, w);
+        float *pv = hrand(k, seed + 4 * (uint64_t)i, -1, 1), *gv = hrand(k, seed + 4 * (uint64_t)i + 1, -1, 1);
+        float *mv = hrand(k, seed + 4 * (uint64_t)i + 2, -0.1f, 0.1f), *vv = hrand(k, seed + 4 * (uint64_t)i + 3, 0, 0.1f);
+        put(be, &q[i].p, CZ_F32, CZ_ROLE_CONV_W, 2, c, h, w, pv);
+        put(be, &q[i].g, gdt, CZ_ROLE_CONV_W, 2, c, h, w, gv);
+        put(be, &q[i].m, CZ_F32, CZ_ROLE_CONV_W, 2, c, h, w, mv);
+        put(be, &q[i].v, CZ_F32, CZ_ROLE_CONV_W, 2, c, h, w, vv);
+        free(pv), free(gv), free(mv), free(vv);
+    }
+}
+
+static void qa_free(cz_backend *be, qa_param *q, int n) {
+    for (int i = 0; i < n; i++) {
+        cz_tensor_free(be, &q[i].p), cz_tensor_free(be, &q[i].g);
+        cz_tensor_free(be, &q[i].m), cz_tensor_free(be, &q[i].v);
+    }
+}
+
+/* Number of parameters whose p, m or v differ (bitwise) between the two sets. */
+static int qa_differ(cz_backend *be, const qa_param *a, const qa_param *b, int n) {
+    int bad = 0;
+    for (int i = 0; i < n; i++) {
+        const cz_tensor *ta[3] = {&a[i].p, &a[i].m, &a[i].v}, *tb[3] = {&b[i].p, &b[i].m, &b[i].v};
+        int differ = 0;
+        for (int k = 0; k < 3; k++) {
+            float *x = get(be, ta[k]), *y = get(be, tb[k]);
+            differ |= memcmp(x, y, cz_tensor_numel(ta[k]) * sizeof *x) != 0;
+            free(x), free(y);
+        }
+        bad += differ;
+    }
+    return bad;
+}
+
+static int queued_dtype(cz_backend *be, cz_dtype dt) {
+    const char *tag = be->ops->name, *dn = cz_dtype_name(dt);
+    int failed = 0;
+    /* losses: queued == the synchronous op, bit for bit, several in flight */
+    cz_tensor x, y, z;
+    float *xv = hrand(numel4(3, 1, 30, 30), 501, -4, 4), *yv = hrand(numel4(3, 2, 17, 19), 502, -1, 1);
+    float *zv = hrand(numel4(3, 2, 17, 19), 503, -1, 1);
+    put(be, &x, dt, CZ_ROLE_ACT, 3, 1, 30, 30, xv);
+    put(be, &y, dt, CZ_ROLE_ACT, 3, 2, 17, 19, yv);
+    put(be, &z, dt, CZ_ROLE_ACT, 3, 2, 17, 19, zv);
+    double want[4], got[CZ_LOSS_SLOTS + 1];
+    OK(be->ops->bce_logits_fwd(be, &x, 0.f, &want[0]));
+    OK(be->ops->bce_logits_fwd(be, &x, 1.f, &want[1]));
+    OK(be->ops->l1_fwd(be, &y, &z, &want[2]));
+    OK(be->ops->l1_fwd(be, &z, &y, &want[3]));
+    OK(be->ops->loss_queue(be, 2, &y, &z, 0.f));
+    OK(be->ops->loss_queue(be, 0, &x, NULL, 0.f));
+    OK(be->ops->loss_queue(be, 1, &x, NULL, 1.f));
+    OK(be->ops->loss_queue(be, 3, &z, &y, 0.f));
+    OK(be->ops->loss_read(be, got, 4));
+    int lbad = 0;
+    for (int i = 0; i < 4; i++) lbad += got[i] != want[i];
+    printf("[%s %s] loss_queue/loss_read: bce(0) %.9g bce(1) %.9g l1 %.9g %.9g: %s\n", tag, dn, got[0], got[1], got[2],
+           got[3], lbad ? "FAIL (differs from bce_logits_fwd / l1_fwd)" : "ok");
+    failed += lbad != 0;
+    /* refusals */
+    cz_status r[5] = {be->ops->loss_queue(be, -1, &x, NULL, 0.f), be->ops->loss_queue(be, CZ_LOSS_SLOTS, &x, NULL, 0.f),
+                      be->ops->loss_queue(be, 0, &y, &x, 0.f), be->ops->loss_queue(be, 0, &x, NULL, NAN),
+                      be->ops->loss_read(be, got, CZ_LOSS_SLOTS + 1)};
+    const cz_status want_r[5] = {CZ_ERR_INVALID_ARG, CZ_ERR_INVALID_ARG, CZ_ERR_SHAPE, CZ_ERR_INVALID_ARG,
+                                 CZ_ERR_INVALID_ARG};
+    int rbad = 0;
+    for (int i = 0; i < 5; i++) rbad += r[i] != want_r[i];
+    printf("[%s %s] loss_queue refusals: %s\n", tag, dn, rbad ? "FAIL" : "ok");
+    failed += rbad != 0;
+
+    /* adam_multi == adam_step on each parameter, bit for bit, over two steps */
+    qa_param *a = calloc(QA_N, sizeof *a), *b = calloc(QA_N, sizeof *b);
+    cz_adam_item *items = calloc(QA_N, sizeof *items);
+    assert_true(a && b && items);
+    qa_params(be, a, QA_N, dt, 600);
+    qa_params(be, b, QA_N, dt, 600);
+    for (int i = 0; i < QA_N; i++) items[i] = (cz_adam_item){&b[i].p, &b[i].g, &b[i].m, &b[i].v};
+    for (int t = 1; t <= 2; t++) {
+        for (int i = 0; i < QA_N; i++)
+            OK(be->ops->adam_step(be, &a[i].p, &a[i].g, &a[i].m, &a[i].v, 2e-4f, 0.5f, 0.999f, 1e-8f, t));
+        OK(be->ops->adam_multi(be, items, QA_N, 2e-4f, 0.5f, 0.999f, 1e-8f, t, 0x3)); /* slots 0, 1: finite */
+    }
+    int abad = qa_differ(be, a, b, QA_N);
+    printf("[%s %s] adam_multi == adam_step on %d parameters, 2 steps, finite gate: %s\n", tag, dn, QA_N,
+           abad ? "FAIL" : "ok");
+    failed += abad != 0;
+    /* a non-finite loss in a gated slot leaves everything as it was; an ungated one does not */
+    float nanv = NAN, infv = INFINITY;
+    cz_tensor one = {0}, zero;
+    OK(cz_tensor_alloc(be, &one, dt, CZ_ROLE_ACT, 1, 1, 1, 1));
+    put(be, &zero, dt, CZ_ROLE_ACT, 1, 1, 1, 1, NULL);
+    OK(be->ops->tensor_write(be, &one, &nanv));
+    OK(be->ops->loss_queue(be, 5, &one, NULL, 1.f));
+    OK(be->ops->tensor_write(be, &one, &infv));
+    OK(be->ops->loss_queue(be, 6, &one, &zero, 0.f)); /* |Inf - 0| */
+    OK(be->ops->adam_multi(be, items, QA_N, 2e-4f, 0.5f, 0.999f, 1e-8f, 3, 1u << 5));
+    OK(be->ops->adam_multi(be, items, QA_N, 2e-4f, 0.5f, 0.999f, 1e-8f, 3, (1u << 6) | 1u));
+    int gbad = qa_differ(be, a, b, QA_N);
+    OK(be->ops->loss_read(be, got, 7));
+    int slots_bad = !isnan(got[5]) || !(got[6] > 0 && isinf(got[6])) || got[2] != want[2];
+    printf("[%s %s] adam_multi gated on NaN (slot 5 = %g) and Inf (slot 6 = %g): %d of %d parameters changed: %s\n", tag,
+           dn, got[5], got[6], gbad, QA_N, gbad || slots_bad ? "FAIL" : "ok");
+    failed += gbad != 0 || slots_bad;
+    OK(be->ops->adam_multi(be, items, QA_N, 2e-4f, 0.5f, 0.999f, 1e-8f, 3, 1u << 2));
+    int moved = qa_differ(be, a, b, QA_N);
+    printf("[%s %s] adam_multi gated on a finite slot: %d of %d parameters changed: %s\n", tag, dn, moved, QA_N,
+           moved == QA_N ? "ok" : "FAIL");
+    failed += moved != QA_N;
+    cz_status ar[2] = {be->ops->adam_multi(be, items, QA_N, 2e-4f, 0.5f, 0.999f, 1e-8f, 0, 0),
+                       be->ops->adam_multi(be, items, QA_N, 2e-4f, 0.5f, 0.999f, 1e-8f, 4, 1u << CZ_LOSS_SLOTS)};
+    int arbad = ar[0] != CZ_ERR_INVALID_ARG || ar[1] != CZ_ERR_INVALID_ARG;
+    printf("[%s %s] adam_multi refusals (step 0, gate past the slots): %s\n", tag, dn, arbad ? "FAIL" : "ok");
+    failed += arbad;
+    qa_free(be, a, QA_N), qa_free(be, b, QA_N);
+    free(a), free(b), free(items), free(xv), free(yv), free(zv);
+    cz_tensor_free(be, &x), cz_tensor_free(be, &y), cz_tensor_free(be, &z), cz_tensor_free(be, &one);
+    cz_tensor_free(be, &zero);
+    return failed;
+}
+
+static void test_backend_queued_training(void **state) {
+    (void)state;
+    int failed = 0, tested = 0;
+    const char *const *names = cz_backend_names();
+    for (int i = 0; names[i]; i++) {
+        cz_backend *be = NULL;
+        if (cz_backend_create(names[i], NULL, &be) != CZ_OK) {
+            printf("queued training ops: %s not available (%s)\n", names[i], cz_error_detail());
+            continue;
+        }
+        const cz_backend_ops *o = be->ops;
+        assert_true((o->loss_queue != NULL) == (o->loss_read != NULL) && (o->loss_read != NULL) == (o->adam_multi != NULL));
+        if (!o->loss_queue) {
+            printf("queued training ops: skipped: %s has none (training reads each loss)\n", names[i]);
+            cz_backend_destroy(be);
+            continue;
+        }
+        const cz_dtype dts[2] = {CZ_F32, CZ_BF16};
+        for (int d = 0; d < 2; d++) {
+            if (!o->supports(be, dts[d])) continue;
+            failed += queued_dtype(be, dts[d]);
+            tested++;
+        }
+        cz_backend_destroy(be);
+    }
+    printf("queued training ops: %d backend/dtype pair(s) tested, %d failure(s)\n", tested, failed);
+    assert_int_equal(failed, 0);
+}
+
 int main(void) {
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -2222,7 +2390,7 @@ int main(void) {
         cmocka_unit_test(test_ref_elementwise_grads), cmocka_unit_test(test_ref_adam),
         cmocka_unit_test(test_ref_speed),         cmocka_unit_test(test_backend_parity),
         cmocka_unit_test(test_ref_refuses_views), cmocka_unit_test(test_backend_views),
-        cmocka_unit_test(test_backend_merge_lab),
+        cmocka_unit_test(test_backend_merge_lab), cmocka_unit_test(test_backend_queued_training),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     clock_gettime(CLOCK_MONOTONIC, &t1);

@@ -9,7 +9,9 @@
  *     within 3e-2 of fp32, and a bf16 run overfits a batch too;
  *   - pix2pix steps: G_L1 falls when overfitting one tiny batch for 30 steps, two runs with
  *     one seed agree bit for bit, a checkpoint resumes to the same next step, and a NaN or
- *     Inf in the batch gives CZ_ERR_NONFINITE without touching D's weights. */
+ *     Inf in the batch gives CZ_ERR_NONFINITE without touching D's weights;
+ *   - step halves (begin / stage / end) on every backend that starts here, cuda included where
+ *     there is one (its queued losses and gated optimizer steps): see test_step_halves. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -417,6 +419,95 @@ static void test_nonfinite(void **state) {
     cz_backend_destroy(be);
 }
 
+/* The optimizer step counts a checkpoint records (opt_d. and opt_g.adam_step). */
+static void adam_counts(cz_gan *gan, int *d, int *g) {
+    cz_st_writer *w;
+    assert_int_equal(cz_st_writer_create(&w), CZ_OK);
+    assert_int_equal(cz_gan_save(gan, w), CZ_OK);
+    cz_safetensors *ck = writer_to_st(w);
+    cz_st_writer_destroy(w);
+    *d = atoi(cz_st_meta(ck, "opt_d.adam_step"));
+    *g = atoi(cz_st_meta(ck, "opt_g.adam_step"));
+    cz_st_close(ck);
+}
+
+/* Step halves on every backend that starts here (ref and dnnl compute losses as they go; cuda,
+ * on a GPU or the emulator, queues them and gates the optimizer steps on the device):
+ *  - three steps on three different batches, each uploaded with cz_gan_stage while the step
+ *    before is in flight, give exactly the losses of plain cz_gan_step (a staged upload that
+ *    overtook the step in flight would change them);
+ *  - a NaN in the batch fails the step with CZ_ERR_NONFINITE leaving D's weights, both
+ *    optimizers' counts and the step count as they were; the next finite step then runs;
+ *  - misuse is refused: end without begin, begin twice, begin(NULL) with nothing staged. */
+static void test_step_halves(void **state) {
+    (void)state;
+    const char *names[3] = {"ref", "dnnl", "cuda"};
+    enum { S = 32, N = 2, NB = 3 };
+    static float A[NB][N * S * S], B[NB][N * 2 * S * S];
+    for (int k = 0; k < NB; k++) {
+        tiny_batch(N, S, A[k], B[k]);
+        for (size_t i = 0; i < (size_t)N * S * S; i++) A[k][i] += 0.05f * (float)k * (float)((i * 7) % 5);
+    }
+    for (int bi = 0; bi < 3; bi++) {
+        cz_backend *be;
+        if (cz_backend_create(names[bi], NULL, &be) != CZ_OK) {
+            printf("skipped: %s not available\n", names[bi]);
+            continue;
+        }
+        const char *mode = be->ops->loss_queue ? "queued losses, gated optimizer" : "losses as they go";
+        cz_gan *plain = tiny_gan(be, 21, NULL, 5), *piped = tiny_gan(be, 21, NULL, 5);
+        cz_gan_losses lp, lq;
+        assert_int_equal(cz_gan_stage(piped, N, A[0], B[0]), CZ_OK);
+        for (int k = 0; k < NB; k++) {
+            assert_int_equal(cz_gan_step(plain, N, A[k], B[k], &lp), CZ_OK);
+            assert_int_equal(cz_gan_step_begin(piped, N, NULL, NULL), CZ_OK);
+            if (k + 1 < NB) assert_int_equal(cz_gan_stage(piped, N, A[k + 1], B[k + 1]), CZ_OK);
+            assert_int_equal(cz_gan_step_end(piped, &lq), CZ_OK);
+            printf("%s (%s): step %d G_L1 plain %.9g staged %.9g\n", names[bi], mode, k + 1, lp.g_l1, lq.g_l1);
+            assert_memory_equal(&lp, &lq, sizeof lp);
+        }
+        assert_int_equal(cz_gan_steps(piped), NB);
+        /* misuse */
+        assert_int_equal(cz_gan_step_end(piped, &lq), CZ_ERR_INVALID_ARG);
+        assert_int_equal(cz_gan_step_begin(piped, N, NULL, NULL), CZ_ERR_INVALID_ARG);
+        assert_int_equal(cz_gan_step_begin(piped, N, A[0], B[0]), CZ_OK);
+        assert_int_equal(cz_gan_step_begin(piped, N, A[0], B[0]), CZ_ERR_INVALID_ARG);
+        assert_int_equal(cz_gan_step_end(piped, &lq), CZ_OK);
+        /* a NaN: nothing of D's or the optimizers' moves */
+        int np, d0, g0, d1, g1;
+        cz_param *pd = cz_patchgan_params(cz_gan_discriminator(plain), &np);
+        size_t k0 = cz_param_numel(&pd[0]);
+        float *before = malloc(k0 * sizeof *before), *after = malloc(k0 * sizeof *after);
+        assert_non_null(before);
+        assert_non_null(after);
+        assert_int_equal(cz_param_read(be, &pd[0], 0, before), CZ_OK);
+        adam_counts(plain, &d0, &g0);
+        float keep = A[1][5];
+        A[1][5] = NAN;
+        assert_int_equal(cz_gan_step(plain, N, A[1], B[1], &lp), CZ_ERR_NONFINITE);
+        printf("%s (%s): NaN in A: %s\n", names[bi], mode, cz_error_detail());
+        A[1][5] = keep;
+        assert_int_equal(cz_param_read(be, &pd[0], 0, after), CZ_OK);
+        assert_memory_equal(before, after, k0 * sizeof *before);
+        adam_counts(plain, &d1, &g1);
+        assert_int_equal(d1, d0);
+        assert_int_equal(g1, g0);
+        assert_int_equal(cz_gan_steps(plain), NB);
+        /* and the run goes on */
+        assert_int_equal(cz_gan_step(plain, N, A[1], B[1], &lp), CZ_OK);
+        assert_true(isfinite(lp.g_l1));
+        assert_int_equal(cz_gan_steps(plain), NB + 1);
+        adam_counts(plain, &d1, &g1);
+        assert_int_equal(d1, d0 + 1);
+        assert_int_equal(g1, g0 + 1);
+        free(before);
+        free(after);
+        cz_gan_destroy(plain);
+        cz_gan_destroy(piped);
+        cz_backend_destroy(be);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_patchgan_sizes),
@@ -427,6 +518,7 @@ int main(void) {
         cmocka_unit_test(test_mixed_precision),
         cmocka_unit_test(test_determinism_and_resume),
         cmocka_unit_test(test_nonfinite),
+        cmocka_unit_test(test_step_halves),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
