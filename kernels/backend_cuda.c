@@ -58,6 +58,8 @@ static int is_sticky(cudaError_t e) {
     case cudaErrorAssert:
     case cudaErrorContextIsDestroyed:
     case cudaErrorDevicesUnavailable:
+    case cudaErrorTensorMemoryLeak:     /* driver_types.h: the process must be relaunched */
+    case cudaErrorMpsClientTerminated:  /* likewise */
     case cudaErrorUnknown: return 1;
     default: return 0;
     }
@@ -74,7 +76,10 @@ cz_status cu_fail(cu_backend *b, cudaError_t e, const char *file, int line, cons
     cz_status code = e == cudaErrorMemoryAllocation ? CZ_ERR_NOMEM : CZ_ERR_BACKEND;
     CZ_LOGE("cuda", "%s:%d: %s failed: %s (%d)%s", base, line, expr, msg, (int)e,
             b && b->sticky ? " [sticky: the CUDA context is unusable]" : "");
-    if (e != cudaErrorMemoryAllocation && !is_sticky(e)) (void)cudaGetLastError(); /* clear it */
+    /* a failed call also leaves its error in the runtime's last-error slot, which our launch
+     * checks read: clear it (an out-of-memory included, or the batcher's retry of a smaller
+     * batch would fail on it at its first launch); sticky errors stay whatever we do */
+    if (!is_sticky(e)) (void)cudaGetLastError();
     return cz_error_set(code, "%s:%d: %s failed: %s (%d)", base, line, expr, msg, (int)e);
 }
 
@@ -82,6 +87,11 @@ cz_status cu_enter(cu_backend *b) {
     if (b->sticky)
         return cz_error_set(CZ_ERR_BACKEND, "cuda: the device had a sticky error earlier (%s)", b->sticky_msg);
     CU_CHECK(b, cudaSetDevice(b->device));
+    /* Each op checks its launches with cudaGetLastError, which also returns anything an earlier
+     * call left behind. Drain that here so that an op reports its own errors only; a sticky one
+     * (an earlier kernel's fault surfacing now) still stops this op. */
+    cudaError_t e = cudaGetLastError();
+    if (is_sticky(e)) return cu_fail(b, e, __FILE__, __LINE__, "an earlier asynchronous error");
     return CZ_OK;
 }
 
@@ -310,8 +320,13 @@ static int cu_view_ok(cz_backend *be, const cz_tensor *t, int c0, int nc) {
 static cz_status cu_health(cz_backend *be) {
     cu_backend *b = (cu_backend *)be;
     CZ_TRY(cu_enter(b));
+    if (b->recording) return CZ_OK; /* querying a stream under capture would invalidate the capture */
     cudaError_t e = cudaStreamQuery(b->stream);
-    if (e != cudaSuccess && e != cudaErrorNotReady) return cu_fail(b, e, __FILE__, __LINE__, "cudaStreamQuery");
+    if (e == cudaErrorNotReady) {
+        (void)cudaGetLastError(); /* busy is healthy, and must not fail the next launch check */
+        return CZ_OK;
+    }
+    if (e != cudaSuccess) return cu_fail(b, e, __FILE__, __LINE__, "cudaStreamQuery");
     return CZ_OK;
 }
 
@@ -323,6 +338,10 @@ cz_status cu_weight_as(cu_backend *b, const cz_tensor *w, cz_dtype dt, const voi
     }
     size_t count = cz_tensor_numel(w), need = count * cz_dtype_size(dt);
     if (!buf->conv_dev || buf->conv_dtype != (int)dt || buf->conv_gen != buf->gen) {
+        /* under capture the cast below would only be recorded, yet the copy would count as
+         * fresh for the unrecorded pass that follows a failed capture: convert outside only
+         * (the unrecorded pass before every recording does it) */
+        CZ_TRY(cu_recording_guard(b, "converting a weight to another dtype"));
         if (buf->conv_bytes < need) {
             CZ_TRY(cu_recording_guard(b, "allocating a converted weight copy"));
             b->epoch++;

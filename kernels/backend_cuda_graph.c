@@ -96,6 +96,11 @@ static void cu_record_free(cz_backend *be, cz_recording *r) {
     cu_backend *b = (cu_backend *)be;
     if (!r) return;
     (void)cudaSetDevice(b->device);
+    /* an earlier launch of it may still be queued (a recording goes stale without any wait,
+     * e.g. when a weight is rewritten), and the runtime does not say that destroying a running
+     * graph is safe: let the stream finish first (rare: stale recordings and shutdown) */
+    if (!b->sticky && !b->recording) (void)cudaStreamSynchronize(b->stream);
+    (void)cudaGetLastError();
     rec_destroy(r);
 }
 

@@ -61,10 +61,16 @@ struct cu_dnn {
     int per_batch; /* COLORIZE_CUDA_ALGO_PER_BATCH=1 */
 };
 
+/* Out of host (4003) or device (4004) memory: the caller may retry smaller. */
+static int alloc_failed(cudnnStatus_t st) {
+    return st == CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED ||
+           st == CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED;
+}
+
 static cz_status dnn_fail(cudnnStatus_t st, const char *file, int line, const char *expr) {
     const char *base = strrchr(file, '/');
     base = base ? base + 1 : file;
-    cz_status code = st == CUDNN_STATUS_ALLOC_FAILED ? CZ_ERR_NOMEM : CZ_ERR_BACKEND;
+    cz_status code = alloc_failed(st) ? CZ_ERR_NOMEM : CZ_ERR_BACKEND;
     CZ_LOGE("cuda", "%s:%d: %s failed: %s (%d)", base, line, expr, cudnnGetErrorString(st), (int)st);
     return cz_error_set(code, "%s:%d: %s failed: %s (%d)", base, line, expr, cudnnGetErrorString(st), (int)st);
 }
@@ -75,8 +81,20 @@ static cz_status dnn_fail(cudnnStatus_t st, const char *file, int line, const ch
         if (dn_s_ != CUDNN_STATUS_SUCCESS) return dnn_fail(dn_s_, __FILE__, __LINE__, #expr);      \
     } while (0)
 
-/* cuDNN 9 groups its statuses by thousands; 3xxx are the NOT_SUPPORTED family. */
-static int not_supported(cudnnStatus_t st) { return (int)st / 1000 == (int)CUDNN_STATUS_NOT_SUPPORTED / 1000; }
+/* cuDNN 9 groups its statuses by thousands. Part of the 3xxx (NOT_SUPPORTED) family says that
+ * this installation cannot run cuDNN at all (driver, runtime, architecture, a missing NVRTC
+ * or sub-library), like 1008: those must fail loudly, not send every convolution to the slow
+ * direct kernels while the parity checks still pass. */
+static int env_broken(cudnnStatus_t st) {
+    return st == CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED || st == CUDNN_STATUS_NOT_SUPPORTED_INCOMPATIBLE_CUDA_DRIVER ||
+           st == CUDNN_STATUS_NOT_SUPPORTED_INCOMPATIBLE_CUDART || st == CUDNN_STATUS_NOT_SUPPORTED_ARCH_MISMATCH ||
+           st == CUDNN_STATUS_NOT_SUPPORTED_RUNTIME_PREREQUISITE_MISSING ||
+           st == CUDNN_STATUS_NOT_SUPPORTED_SUBLIBRARY_UNAVAILABLE;
+}
+/* The rest of 3xxx: this problem is not supported (another algorithm or our kernel may be). */
+static int not_supported(cudnnStatus_t st) {
+    return (int)st / 1000 == (int)CUDNN_STATUS_NOT_SUPPORTED / 1000 && !env_broken(st);
+}
 
 const char *cdn_version_string(void) {
     static char buf[32];
@@ -93,6 +111,16 @@ cz_status cdn_create(cu_backend *b) {
     d->use_find = !(algo && !strcmp(algo, "heuristic"));
     const char *pb = getenv("COLORIZE_CUDA_ALGO_PER_BATCH");
     d->per_batch = pb && *pb && strcmp(pb, "0") != 0;
+    /* built against CUDNN_VERSION; an older library of the same major version (a GPU machine
+     * whose cuDNN comes from another package) is not promised to work: say so up front */
+    size_t v = cudnnGetVersion();
+    if (v / 10000 != CUDNN_MAJOR)
+        return cz_error_set(CZ_ERR_UNAVAILABLE, "cuda: cuDNN %s found, this build needs %d.x (built with %d.%d.%d)",
+                            cdn_version_string(), CUDNN_MAJOR, CUDNN_MAJOR, CUDNN_MINOR, CUDNN_PATCHLEVEL);
+    if (v < CUDNN_VERSION)
+        CZ_LOGW("cuda", "cuDNN %s is older than the %d.%d.%d this build was compiled with (cuDNN promises only "
+                "forward compatibility): if convolutions fail, install %d.%d or later",
+                cdn_version_string(), CUDNN_MAJOR, CUDNN_MINOR, CUDNN_PATCHLEVEL, CUDNN_MAJOR, CUDNN_MINOR);
     DNN_CHECK(cudnnCreate(&d->h));
     DNN_CHECK(cudnnSetStream(d->h, b->stream));
     return CZ_OK;
@@ -126,12 +154,8 @@ static cudnnDataType_t dnn_type(int dt) {
 /* Whether a math type is allowed for this plan (fp32 stays off tensor cores unless TF32 is on). */
 static int math_ok(const cdn_plan *pl, cudnnMathType_t m) {
     if (pl->p.dt != CZ_F32 || pl->tf32) return 1;
-    return m == CUDNN_FMA_MATH || m == CUDNN_DEFAULT_MATH;
-}
-
-static cudnnMathType_t math_for(const cdn_plan *pl, cudnnMathType_t found) {
-    if (pl->p.dt == CZ_F32 && !pl->tf32) return CUDNN_FMA_MATH;
-    return found;
+    /* for fp32 data DEFAULT_MATH lets cuDNN 8+ use TF32: only FMA keeps full precision */
+    return m == CUDNN_FMA_MATH;
 }
 
 /* Picks the first acceptable entry of a perf list (cuDNN sorts them fastest first). The three
@@ -149,6 +173,19 @@ static cudnnMathType_t math_for(const cdn_plan *pl, cudnnMathType_t found) {
             (found) = 1;                                                                           \
         }                                                                                          \
     } while (0)
+
+/* The workspace algorithm `algo` needs for this plan's problem. */
+static cudnnStatus_t workspace_for(cu_backend *b, const cdn_plan *pl, int algo, size_t *ws) {
+    cudnnHandle_t h = b->dnn->h;
+    if (pl->kind == CDN_FWD)
+        return cudnnGetConvolutionForwardWorkspaceSize(h, pl->xd, pl->wd, pl->cd, pl->yd,
+                                                       (cudnnConvolutionFwdAlgo_t)algo, ws);
+    if (pl->kind == CDN_BWD_DATA)
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(h, pl->wd, pl->yd, pl->cd, pl->xd,
+                                                            (cudnnConvolutionBwdDataAlgo_t)algo, ws);
+    return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, pl->xd, pl->yd, pl->cd, pl->wd,
+                                                          (cudnnConvolutionBwdFilterAlgo_t)algo, ws);
+}
 
 static cz_status choose_algo(cu_backend *b, cdn_plan *pl) {
     cudnnHandle_t h = b->dnn->h;
@@ -183,14 +220,13 @@ static cz_status choose_algo(cu_backend *b, cdn_plan *pl) {
                                                                            &got, perf);
             if (st == CUDNN_STATUS_SUCCESS) PICK(perf, got, pl, b->ws_limit, algo, ws, math, found);
         }
-        if (st == CUDNN_STATUS_ALLOC_FAILED) return dnn_fail(st, __FILE__, __LINE__, "cudnnFind*Algorithm");
+        if (alloc_failed(st) || env_broken(st)) return dnn_fail(st, __FILE__, __LINE__, "cudnnFind*Algorithm");
         if (st != CUDNN_STATUS_SUCCESS)
             CZ_LOGW("cuda", "cudnn %s algorithm %s failed: %s", k_kind_name[pl->kind], pass ? "heuristic" : "search",
                     cudnnGetErrorString(st));
     }
-    /* a failed Find can leave a sticky error behind only on a broken context; check it */
-    cudaError_t ce = cudaGetLastError();
-    if (ce != cudaSuccess) return cu_fail(b, ce, __FILE__, __LINE__, "cudnnFind*Algorithm");
+    /* (cuDNN 9 links its own copy of the CUDA runtime, so our cudaGetLastError cannot see its
+     * errors: the status above is all there is) */
     const cuk_conv *p = &pl->p;
     if (!found) {
         pl->naive = 1;
@@ -201,25 +237,17 @@ static cz_status choose_algo(cu_backend *b, cdn_plan *pl) {
         return CZ_OK;
     }
     pl->algo = algo;
-    pl->ws = ws;
-    pl->math = math_for(pl, math);
+    pl->math = math;
+    /* the algorithm runs with the math type it was measured with (algorithm and math type are a
+     * pair), and its workspace is asked for with that type set */
     DNN_CHECK(cudnnSetConvolutionMathType(pl->cd, pl->math));
+    size_t ws2 = 0;
+    cudnnStatus_t wst = workspace_for(b, pl, algo, &ws2);
+    if (wst == CUDNN_STATUS_SUCCESS && ws2 > ws) ws = ws2;
+    pl->ws = ws;
     CZ_LOGD("cuda", "cudnn %s %s n%d c%d %dx%d -> k%d %dx%d: algo %d, workspace %zu, math %d", k_kind_name[pl->kind],
             cz_dtype_name((cz_dtype)p->dt), p->n, p->c, p->h, p->w, p->k, p->oh, p->ow, algo, ws, (int)math);
     return CZ_OK;
-}
-
-/* The workspace algorithm `algo` needs for this plan's problem. */
-static cudnnStatus_t workspace_for(cu_backend *b, const cdn_plan *pl, int algo, size_t *ws) {
-    cudnnHandle_t h = b->dnn->h;
-    if (pl->kind == CDN_FWD)
-        return cudnnGetConvolutionForwardWorkspaceSize(h, pl->xd, pl->wd, pl->cd, pl->yd,
-                                                       (cudnnConvolutionFwdAlgo_t)algo, ws);
-    if (pl->kind == CDN_BWD_DATA)
-        return cudnnGetConvolutionBackwardDataWorkspaceSize(h, pl->wd, pl->yd, pl->cd, pl->xd,
-                                                            (cudnnConvolutionBwdDataAlgo_t)algo, ws);
-    return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, pl->xd, pl->yd, pl->cd, pl->wd,
-                                                          (cudnnConvolutionBwdFilterAlgo_t)algo, ws);
 }
 
 /* A plan of the same primitive and problem for another batch size (NULL if none, or when
@@ -265,14 +293,15 @@ static cz_status plan_init(cu_backend *b, cdn_plan *pl, const cdn_plan *sib) {
             return CZ_OK;
         }
         size_t ws = 0;
+        DNN_CHECK(cudnnSetConvolutionMathType(pl->cd, sib->math)); /* first: the workspace depends on it */
         cudnnStatus_t st = workspace_for(b, pl, sib->algo, &ws);
         if (st == CUDNN_STATUS_SUCCESS && ws <= b->ws_limit) {
             pl->algo = sib->algo;
             pl->ws = ws;
             pl->math = sib->math;
-            DNN_CHECK(cudnnSetConvolutionMathType(pl->cd, pl->math));
             return CZ_OK;
         }
+        DNN_CHECK(cudnnSetConvolutionMathType(pl->cd, m)); /* back to the search's starting type */
         /* that algorithm does not take this batch size: search for it (logged; bits may then
          * differ between batch sizes for this layer) */
         CZ_LOGW("cuda", "cudnn %s algo %d does not take batch %d (%s): searching for this batch size",

@@ -21,7 +21,7 @@
 #      measured in the same run, with the ratio; then bench_layers' per-layer times and roofline
 #      fraction (bf16, ngf 64, batch 64 and 1). Numbers are printed, never asserted.
 # Budget: under 8 minutes on an H100/H200. Environment: CZ_GPU_BIN (default .device/bundle),
-# CZ_GPU_SKIP_BENCH=1, CZ_GPU_COMPILE_BUDGET (seconds for torch.compile, default 150),
+# CZ_GPU_STEPS (e.g. 1,2 or 3,4), CZ_GPU_SKIP_BENCH=1, CZ_GPU_COMPILE_BUDGET (seconds for torch.compile, default 150),
 # CZ_GPU_MODEL and CZ_GPU_RENDER (step 3's model and render size; default the shipped model at
 # its own render). tests/gpu/emu_check.sh runs steps 1-3 on the CPU emulator build with these.
 set -uo pipefail
@@ -39,6 +39,9 @@ trap cleanup EXIT
 ok() { pass=$((pass + 1)); echo "ok   $*"; }
 bad() { fail=$((fail + 1)); echo "FAIL $*"; }
 step() { echo; echo "=== $* ($(( $(date +%s) - t0 )) s)"; }
+# CZ_GPU_STEPS (default 1,2,3,4): the steps to run, so that a short device session can split
+# the check into several commands
+want() { case ",${CZ_GPU_STEPS:-1,2,3,4}," in *,$1,*) return 0 ;; *) return 1 ;; esac; }
 
 step "device"
 if command -v nvidia-smi > /dev/null; then
@@ -55,6 +58,7 @@ done
 [ $fail -eq 0 ] || exit 1
 
 # ---------------------------------------------------------------------------------- 1. parity
+if want 1; then
 step "1. op parity: cuda vs ref (test_ops)"
 parity() { # parity LABEL [ENV...]
   local label=$1; shift
@@ -72,6 +76,11 @@ parity() { # parity LABEL [ENV...]
     grep -E "^\[cuda.*FAIL|skipped: cuda|error" "$log" | head -20
   fi
   cp "$log" "$RESULTS/" 2>/dev/null
+  # which cuDNN really ran (the bundle takes it from this machine), and how many convolution
+  # plans went to the direct kernels instead: correct either way, so parity alone cannot tell
+  grep -m1 -o '"msg":"device 0: [^"]*"' "$log" | sed 's/^"msg":"/     /; s/"$//'
+  local direct; direct=$(grep -c "using the direct kernel" "$log")
+  [ "$label" = cudnn ] && echo "     $direct convolution plan(s) fell back to the direct kernels (cuDNN refused or had no deterministic algorithm)"
 }
 parity cudnn
 parity naive COLORIZE_CUDA_NAIVE=1
@@ -93,7 +102,10 @@ else
   echo "warn: no $BIN/test_unet in the bundle: recordings and pipelined passes not checked (see tests/gpu/README.md)"
 fi
 
+fi
+
 # --------------------------------------------------------------------------------- 2. PyTorch
+if want 2; then
 step "2. generator and training step against PyTorch fixtures (same weights)"
 for t in test_unet_golden test_train_golden; do
   timeout 300 "$BIN/$t" > "$WORK/$t.log" 2>&1; rc=$?
@@ -122,7 +134,10 @@ for dt in (torch.float32, torch.bfloat16):
           f"{float((y - want).norm() / want.norm()):.3e}")
 EOF
 
+fi
+
 # ------------------------------------------------------------------------------ 3. serving
+if want 3; then
 step "3. colorized --backend cuda over loopback"
 start_daemon() { # start_daemon NAME ARGS... ; sets port_NAME
   local name=$1; shift
@@ -218,8 +233,12 @@ if start_daemon gpu --backend cuda --precision fp32 --max-batch 8 "${model_args[
 fi
 cleanup; pids=()
 
+fi
+
 # ------------------------------------------------------------------------------------ 4. speed
-if [ "${CZ_GPU_SKIP_BENCH:-0}" = 1 ]; then
+if ! want 4; then
+  step "4. speed: not in CZ_GPU_STEPS"
+elif [ "${CZ_GPU_SKIP_BENCH:-0}" = 1 ]; then
   step "4. speed: skipped (CZ_GPU_SKIP_BENCH=1)"
 else
   step "4. speed: ours vs PyTorch on this GPU"

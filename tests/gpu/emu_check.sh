@@ -2,7 +2,8 @@
 # emu_check.sh [--build] [BUILD_DIR]: the GPU check without a GPU. Runs tests/gpu/check.sh
 # steps 1-3 on a CZ_CUDA=EMU build (default build-cuemu: the `cuda` backend compiled with the
 # host compiler against the CPU emulator in kernels/emu), the batcher, training, U-Net and
-# colorizer unit tests with the emulated device as their `auto` backend (test_unet also runs
+# colorizer unit tests with the emulated device as their `auto` backend, and test_trainer on it
+# (CZ_TEST_BACKEND=cuda: whole runs whose steps overlap the next upload) (test_unet also runs
 # pipelined passes: upload, compute and download streams; test_colorize compares jobs finished
 # on the device with the host's), the emulator's own stream-model test, step 4's
 # programs end to end at tiny sizes, then the failure path only an
@@ -22,7 +23,7 @@ build=0
 BUILD=${1:-build-cuemu}
 case $BUILD in /*) ;; *) BUILD=$PWD/$BUILD ;; esac
 targets=(colorize colorized test_ops test_unet_golden test_train_golden test_batcher test_train test_unet bench_layers
-  test_cuemu_streams test_colorize)
+  test_cuemu_streams test_colorize test_trainer)
 if [ $build = 1 ]; then
   cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCZ_CUDA=EMU -DCZ_WERROR=ON -DCZ_SANITIZE=ON \
     > "$BUILD.configure.log" 2>&1 || { cat "$BUILD.configure.log"; exit 1; }
@@ -50,11 +51,12 @@ CZ_GPU_BIN=$WORK CZ_GPU_SKIP_BENCH=1 CZ_GPU_MODEL=$WORK/tiny.safetensors CZ_GPU_
   bash tests/gpu/check.sh || fail=1
 
 echo
-echo "=== emulator: the batcher, training, U-Net and colorizer unit tests on the emulated device (auto = cuda"
-echo "    here; test_unet compares recorded (CUDA graph) forward passes with op-by-op ones, test_colorize jobs"
-echo "    finished on the device with the host's)"
-for t in test_batcher test_train test_unet test_colorize; do
-  if CZ_SOURCE_DIR=$PWD "$BUILD/tests/$t" > "$WORK/$t.log" 2>&1 && grep -q '"module":"cuda"' "$WORK/$t.log"; then
+echo "=== emulator: the batcher, training, U-Net, colorizer and trainer unit tests on the emulated device (auto"
+echo "    = cuda here; test_unet compares recorded (CUDA graph) forward passes with op-by-op ones, test_colorize"
+echo "    jobs finished on the device with the host's; test_trainer whole runs, steps overlapping the next upload)"
+for t in test_batcher test_train test_unet test_colorize test_trainer; do
+  if CZ_SOURCE_DIR=$PWD CZ_TEST_BACKEND=cuda "$BUILD/tests/$t" > "$WORK/$t.log" 2>&1 &&
+     grep -q '"module":"cuda"' "$WORK/$t.log"; then
     echo "ok   $t on the emulated cuda backend ($(grep -c '\[       OK \]' "$WORK/$t.log") tests)"
   else
     fail=1; echo "FAIL $t (log below)"; tail -30 "$WORK/$t.log"

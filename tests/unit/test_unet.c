@@ -169,8 +169,18 @@ static void check_batch_invariance(const char *backend, cz_dtype dt, int ngf, in
     assert_true(sum / (B * 2 * px) > 1e-3); /* not trivially zero */
     for (int b = 0; b < B; b++) {
         assert_int_equal(cz_unet_forward(u, 1, size, size, in + b * px, one), CZ_OK);
-        if (memcmp(one, out + (size_t)b * 2 * px, 2 * px * sizeof *one))
-            fail_msg("%s %s: image %d differs alone vs in a batch of %d", backend, cz_dtype_name(dt), b, B);
+        if (memcmp(one, out + (size_t)b * 2 * px, 2 * px * sizeof *one)) {
+            /* how far apart, so that a GPU run tells a rounding-order difference from a bug */
+            size_t nd = 0;
+            double worst = 0;
+            for (size_t i = 0; i < 2 * px; i++) {
+                double d = fabs((double)one[i] - (double)out[(size_t)b * 2 * px + i]);
+                nd += d != 0 || isnan(d);
+                if (!(d <= worst)) worst = d;
+            }
+            fail_msg("%s %s: image %d differs alone vs in a batch of %d: %zu of %zu values, largest |diff| %.3g",
+                     backend, cz_dtype_name(dt), b, B, nd, 2 * px, worst);
+        }
     }
     /* a smaller batch through a view of the same plan, and a second identical run */
     assert_int_equal(cz_unet_forward(u, 3, size, size, in + 2 * px, out), CZ_OK);
