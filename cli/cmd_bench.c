@@ -7,7 +7,8 @@
  * overlaps compute: the throughput the daemon's batcher reaches under load).
  * `bench --train`: the same for one pix2pix training step (G forward/backward, three D passes,
  * both Adam updates; core/gan.h) on synthetic data, for each (precision, ngf, batch): fp32, or
- * bf16 activations with fp32 master weights (mixed precision). tests/bench/torch_train_bench.py
+ * bf16 activations with fp32 master weights (mixed precision). Each step's batch comes from host
+ * memory, uploaded while the step before runs, as in a training run. tests/bench/torch_train_bench.py
  * times the same step in PyTorch. */
 #include <getopt.h>
 #include <stdio.h>
@@ -27,7 +28,8 @@ static int cmp_double(const void *a, const void *b) {
 
 /* The timed calls of the benches: what one call runs. */
 typedef struct timed_call {
-    /* 0 a training step, 1 a forward pass with host transfers, 2 the device part alone, 3 a
+    /* 0 a training step on the batch staged before it, staging the next one (cz_gan_stage) while
+     * it runs, as the trainer does, 1 a forward pass with host transfers, 2 the device part alone, 3 a
      * pipelined forward pass with host transfers: launch this one, then wait for the previous
      * one (as the daemon's batcher does under load), alternating two buffer pairs */
     int kind;
@@ -42,7 +44,12 @@ typedef struct timed_call {
 } timed_call;
 
 static cz_status call_once(timed_call *c) {
-    if (c->kind == 0) return cz_gan_step(c->gan, c->n, c->in, c->B, NULL);
+    if (c->kind == 0) { /* as the trainer steps: the next batch's upload overlaps this step */
+        CZ_TRY(cz_gan_step_begin(c->gan, c->n, NULL, NULL));
+        cz_status s = cz_gan_stage(c->gan, c->n, c->in, c->B);
+        cz_status e = cz_gan_step_end(c->gan, NULL);
+        return s != CZ_OK ? s : e;
+    }
     if (c->kind == 1) return cz_unet_forward(c->u, c->n, c->size, c->size, c->in, c->out);
     if (c->kind == 2) return cz_unet_forward_device(c->u, c->n, c->size, c->size);
     int k = c->slot;
@@ -128,7 +135,10 @@ static int bench_train(const char *backend, const char *ngf_s, const int *batche
             gc.act_dtype = precs[pi];
             cz_gan *gan = NULL;
             size_t an = (size_t)n * a.in_ch * size * size, bn = (size_t)n * a.out_ch * size * size;
-            float *A = malloc(an * sizeof *A), *B = malloc(bn * sizeof *B);
+            /* the trainer's batches live in the backend's host memory (page-locked on cuda) */
+            cz_host_buf hA = {0}, hB = {0};
+            float *A = cz_host_buf_reserve(be, &hA, an * sizeof *A) == CZ_OK ? hA.p : NULL;
+            float *B = cz_host_buf_reserve(be, &hB, bn * sizeof *B) == CZ_OK ? hB.p : NULL;
             int iters = 0;
             double med = 0;
             cz_status s = A && B ? cz_gan_create(be, &gc, &a, NULL, &gan) : cz_error_set(CZ_ERR_NOMEM, "out of memory");
@@ -141,6 +151,7 @@ static int bench_train(const char *backend, const char *ngf_s, const int *batche
                     if (i < an) A[i] = x; else B[i - an] = 0.5f * x;
                 }
                 s = cz_gan_step(gan, n, A, B, NULL); /* warm-up */
+                if (s == CZ_OK) s = cz_gan_stage(gan, n, A, B);
             }
             timed_call tc = {.kind = 0, .gan = gan, .n = n, .in = A, .B = B};
             if (s == CZ_OK) s = median_time(&tc, min_time, &med, &iters);
@@ -160,9 +171,9 @@ static int bench_train(const char *backend, const char *ngf_s, const int *batche
                            n / med, gflop, iters);
                 fflush(stdout);
             }
-            cz_gan_destroy(gan);
-            free(A);
-            free(B);
+            cz_gan_destroy(gan); /* (waits for a staged upload still reading A and B) */
+            cz_host_buf_free(be, &hA);
+            cz_host_buf_free(be, &hB);
         }
     }
     cz_backend_destroy(be);
