@@ -7,6 +7,9 @@
  * Tested by tests/unit/test_ops.c (adam_step parity over 3 steps; adam_multi == adam_step bit
  * for bit, and the gate). */
 #include "cu_common.cuh"
+#ifdef CZ_CUDA_EMU
+#include "emu/cuemu_internal.h"
+#endif
 
 static __device__ __forceinline__ void adam_elem(float *param, const void *grad, int gdt, float *m, float *v,
                                                   size_t i, double lr, double b1, double b2, double eps, double bc1,
@@ -45,8 +48,19 @@ extern "C" int cuk_adam_multi(const cuk_adam_list *l, double lr, double b1, doub
                               double bc2, const double *gate, unsigned mask, cuk_stream s) {
     if (l->n < 1 || l->n > CUK_ADAM_MAX) return (int)cudaErrorInvalidValue;
     size_t most = 0;
-    for (int j = 0; j < l->n; j++)
+    for (int j = 0; j < l->n; j++) {
         if (l->count[j] > most) most = l->count[j];
+#ifdef CZ_CUDA_EMU
+        /* the emulator checks pointer arguments, not pointers inside a struct argument: check
+         * these here, since a bad one is an illegal address (a dead context) on a GPU */
+        size_t gb = l->gdt[j] == CUK_F32 ? 4 : 2, n = l->count[j];
+        if (!cuemu::is_device_range(l->param[j], n * 4) || !cuemu::is_device_range(l->grad[j], n * gb) ||
+            !cuemu::is_device_range(l->m[j], n * 4) || !cuemu::is_device_range(l->v[j], n * 4)) {
+            cuemu::report("k_adam_multi: tensor %d of the list is not %zu elements of device memory", j, n);
+            return (int)cudaErrorInvalidValue;
+        }
+#endif
+    }
     dim3 grid(cuk_blocks(most), (unsigned)l->n);
     CUK_LAUNCH(k_adam_multi, grid, CUK_THREADS, 0, s)(*l, lr, b1, b2, eps, bc1, bc2, gate, mask);
     return cuk_last();

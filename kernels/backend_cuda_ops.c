@@ -698,6 +698,11 @@ static cz_status cu_adam_multi(cz_backend *be, const cz_adam_item *items, int n,
         CZ_TRY(expect_f32(op, "param", it->param));
         CZ_TRY(expect_f32(op, "m", it->m));
         CZ_TRY(expect_f32(op, "v", it->v));
+        /* the blocks of one launch run in any order: a tensor updated twice would race */
+        for (int j = 0; j < i; j++)
+            if (items[j].param->data == it->param->data || items[j].m->data == it->m->data ||
+                items[j].v->data == it->v->data)
+                return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: items %d and %d update the same tensor", op, j, i);
     }
     CZ_TRY(loss_slots(b, op));
     double b1 = beta1, b2 = beta2;

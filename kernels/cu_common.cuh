@@ -53,11 +53,26 @@ static __device__ __forceinline__ bool cuk_finite(double x) { return isfinite(x)
 
 #define CUK_THREADS 256
 
+/* Grid caps. The emulator build can lower them (CZ_CUEMU_MAX_BLOCKS for grid-stride loops,
+ * CZ_CUEMU_MAX_PARTS for reduce.cu's partial sums) so that test-sized tensors take the paths
+ * only real sizes reach on a GPU: several elements per thread, more rows per partial sum. */
+#ifdef CZ_CUDA_EMU
+#include <stdlib.h>
+static inline size_t cuk_emu_cap(const char *env, size_t dflt) {
+    const char *v = getenv(env);
+    long x = v && *v ? strtol(v, NULL, 10) : 0;
+    return x > 0 && (size_t)x < dflt ? (size_t)x : dflt;
+}
+#define CUK_CAP(env, dflt) cuk_emu_cap(env, dflt)
+#else
+#define CUK_CAP(env, dflt) ((size_t)(dflt))
+#endif
+
 /* Blocks for a grid-stride loop over `count` elements. */
 static inline unsigned cuk_blocks(size_t count) {
-    size_t b = (count + CUK_THREADS - 1) / CUK_THREADS;
+    size_t b = (count + CUK_THREADS - 1) / CUK_THREADS, cap = CUK_CAP("CZ_CUEMU_MAX_BLOCKS", 65536);
     if (b < 1) b = 1;
-    if (b > 65536) b = 65536;
+    if (b > cap) b = cap;
     return (unsigned)b;
 }
 

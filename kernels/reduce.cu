@@ -9,12 +9,12 @@
 
 #define RED_TX 32 /* channels per block */
 #define RED_TY 8  /* row lanes per block */
-#define RED_MAXP 1024
+#define RED_MAXP CUK_CAP("CZ_CUEMU_MAX_PARTS", 1024) /* partial sums at most (cu_common.cuh) */
 
 static int red_parts(size_t rows) {
-    size_t p = (rows + 255) / 256;
+    size_t p = (rows + 255) / 256, cap = RED_MAXP;
     if (p < 1) p = 1;
-    if (p > RED_MAXP) p = RED_MAXP;
+    if (p > cap) p = cap;
     return (int)p;
 }
 
@@ -100,9 +100,9 @@ extern "C" int cuk_store_vec(const double *src, void *dst, int ddt, int c, int a
 /* ---- whole-tensor sums ---- */
 
 static unsigned sum_blocks(size_t count) {
-    size_t g = (count + 2047) / 2048;
+    size_t g = (count + 2047) / 2048, cap = RED_MAXP;
     if (g < 1) g = 1;
-    if (g > RED_MAXP) g = RED_MAXP;
+    if (g > cap) g = cap;
     return (unsigned)g;
 }
 

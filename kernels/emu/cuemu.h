@@ -12,7 +12,7 @@
  *   being captured). When the stream is synchronized, every pointer argument must point into
  *   live memory from the emulated cudaMalloc (a host pointer or a freed buffer handed to a
  *   kernel faults on a real GPU too), and every thread of every block runs in order on the
- *   synchronizing thread;
+ *   synchronizing thread (or in reverse order with CZ_CUEMU_ORDER=reverse, see cuemu_rt.cpp);
  * - CUK_LAUNCH_SYNC(...) is for kernels that call __syncthreads(): each thread of a block
  *   runs on its own host thread, blocks one after another, with a real barrier, so shared
  *   memory (__shared__ becomes a function-local static) behaves as on the device. A

@@ -48,7 +48,10 @@
  * CZ_CUEMU_MEM_MB (device memory size, default 4096: cudaMalloc beyond it returns
  * cudaErrorMemoryAllocation), CZ_CUEMU_FAULT_LAUNCH=N (the Nth kernel to run faults with a
  * sticky illegal address), CZ_CUEMU_FAULT_FILE=PATH (every kernel faults that way while PATH
- * exists: lets a test break the device at a moment of its choosing).
+ * exists: lets a test break the device at a moment of its choosing), CZ_CUEMU_ORDER=reverse
+ * (threads of CUK_LAUNCH kernels run last to first: a race between them changes the result),
+ * and, read by cu_common.cuh at each launch, CZ_CUEMU_MAX_BLOCKS / CZ_CUEMU_MAX_PARTS (lower
+ * grid caps, so that small tensors take the several-passes paths of large ones).
  * Threading: every entry point takes one global lock; kernels run one at a time. */
 #include "cuemu.h"
 #include "cuemu_internal.h"
@@ -123,6 +126,7 @@ uint64_t g_capture_ids;
 size_t g_used;
 size_t g_cap;
 bool g_no_device;
+bool g_reverse; /* CZ_CUEMU_ORDER=reverse: run_grid runs threads last to first */
 long g_fault_launch;
 std::string &g_fault_file = *new std::string;
 long g_launches;
@@ -142,6 +146,7 @@ void init_locked() {
     g_cap = (size_t)(mb < 0 ? 0 : mb) << 20;
     if ((v = getenv("CZ_CUEMU_FAULT_LAUNCH")) && *v) g_fault_launch = strtol(v, nullptr, 10);
     if ((v = getenv("CZ_CUEMU_FAULT_FILE")) && *v) g_fault_file = v;
+    g_reverse = (v = getenv("CZ_CUEMU_ORDER")) && !strcmp(v, "reverse");
 }
 
 struct guard {
@@ -347,16 +352,19 @@ void run_grid(const launch_desc &d, const std::function<void()> &body) {
     t_at.kernel = d.kernel;
     t_at.threaded = 0;
     if (!d.threaded) {
-        for (unsigned bz = 0; bz < d.grid.z; bz++)
-            for (unsigned by = 0; by < d.grid.y; by++)
-                for (unsigned bx = 0; bx < d.grid.x; bx++)
-                    for (unsigned tz = 0; tz < d.block.z; tz++)
-                        for (unsigned ty = 0; ty < d.block.y; ty++)
-                            for (unsigned tx = 0; tx < d.block.x; tx++) {
-                                t_at.bid = make_uint3(bx, by, bz);
-                                t_at.tid = make_uint3(tx, ty, tz);
-                                body();
-                            }
+        /* one thread after another, in index order, or in reverse with CZ_CUEMU_ORDER=reverse: a
+         * kernel whose threads race (two writing one element, one reading what another writes)
+         * then gives different results in the two orders, which a GPU would show as flakiness */
+        const size_t nb = (size_t)d.grid.x * d.grid.y * d.grid.z, nt = (size_t)d.block.x * d.block.y * d.block.z;
+        const bool rev = g_reverse;
+        for (size_t k = 0; k < nb * nt; k++) {
+            size_t i = rev ? nb * nt - 1 - k : k, b = i / nt, t = i % nt;
+            t_at.bid = make_uint3((unsigned)(b % d.grid.x), (unsigned)(b / d.grid.x % d.grid.y),
+                                  (unsigned)(b / ((size_t)d.grid.x * d.grid.y)));
+            t_at.tid = make_uint3((unsigned)(t % d.block.x), (unsigned)(t / d.block.x % d.block.y),
+                                  (unsigned)(t / ((size_t)d.block.x * d.block.y)));
+            body();
+        }
     } else {
         unsigned nt = d.block.x * d.block.y * d.block.z;
         grid_run gr{&d, &body, {}};

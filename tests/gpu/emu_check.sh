@@ -5,7 +5,8 @@
 # colorizer unit tests with the emulated device as their `auto` backend, and test_trainer on it
 # (CZ_TEST_BACKEND=cuda: whole runs whose steps overlap the next upload) (test_unet also runs
 # pipelined passes: upload, compute and download streams; test_colorize compares jobs finished
-# on the device with the host's), the emulator's own stream-model test, step 4's
+# on the device with the host's), test_ops again with tiny grid caps and threads in reverse
+# order, the emulator's own stream-model test, step 4's
 # programs end to end at tiny sizes, then the failure path only an
 # emulator can provoke on demand: a sticky device error in the middle of serving (the request
 # gets 503 with a JSON body, and the daemon exits with status 3 so that a supervisor restarts
@@ -62,6 +63,16 @@ for t in test_batcher test_train test_unet test_colorize test_trainer; do
     fail=1; echo "FAIL $t (log below)"; tail -30 "$WORK/$t.log"
   fi
 done
+
+echo
+echo "=== emulator: op parity again with grids capped at 3 blocks and 2 partial sums, threads run last to first"
+echo "    (small tensors then take the several-passes paths of real sizes; a race between threads changes results)"
+if CZ_CUEMU_ORDER=reverse CZ_CUEMU_MAX_BLOCKS=3 CZ_CUEMU_MAX_PARTS=2 "$BUILD/tests/test_ops" > "$WORK/test_ops_capped.log" 2>&1 &&
+   ! grep -q "skipped: cuda not available" "$WORK/test_ops_capped.log"; then
+  echo "ok   test_ops, capped grids, reverse order: $(grep -m1 '^parity:' "$WORK/test_ops_capped.log")"
+else
+  fail=1; echo "FAIL test_ops with capped grids (log below)"; grep -E "FAIL|parity:" "$WORK/test_ops_capped.log" | head -20
+fi
 
 echo
 echo "=== emulator: its own stream model (streams run apart, event waits, legacy barrier, sticky errors)"

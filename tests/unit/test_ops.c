@@ -2335,10 +2335,13 @@ static int queued_dtype(cz_backend *be, cz_dtype dt) {
     printf("[%s %s] adam_multi gated on a finite slot: %d of %d parameters changed: %s\n", tag, dn, moved, QA_N,
            moved == QA_N ? "ok" : "FAIL");
     failed += moved != QA_N;
-    cz_status ar[2] = {be->ops->adam_multi(be, items, QA_N, 2e-4f, 0.5f, 0.999f, 1e-8f, 0, 0),
-                       be->ops->adam_multi(be, items, QA_N, 2e-4f, 0.5f, 0.999f, 1e-8f, 4, 1u << CZ_LOSS_SLOTS)};
-    int arbad = ar[0] != CZ_ERR_INVALID_ARG || ar[1] != CZ_ERR_INVALID_ARG;
-    printf("[%s %s] adam_multi refusals (step 0, gate past the slots): %s\n", tag, dn, arbad ? "FAIL" : "ok");
+    cz_adam_item twice[2] = {items[3], items[3]};
+    cz_status ar[3] = {be->ops->adam_multi(be, items, QA_N, 2e-4f, 0.5f, 0.999f, 1e-8f, 0, 0),
+                       be->ops->adam_multi(be, items, QA_N, 2e-4f, 0.5f, 0.999f, 1e-8f, 4, 1u << CZ_LOSS_SLOTS),
+                       be->ops->adam_multi(be, twice, 2, 2e-4f, 0.5f, 0.999f, 1e-8f, 4, 0)};
+    int arbad = ar[0] != CZ_ERR_INVALID_ARG || ar[1] != CZ_ERR_INVALID_ARG || ar[2] != CZ_ERR_INVALID_ARG;
+    printf("[%s %s] adam_multi refusals (step 0, gate past the slots, a tensor twice): %s\n", tag, dn,
+           arbad ? "FAIL" : "ok");
     failed += arbad;
     qa_free(be, a, QA_N), qa_free(be, b, QA_N);
     free(a), free(b), free(items), free(xv), free(yv), free(zv);
