@@ -51,7 +51,8 @@ static void finish_one(run_ctx *r, pending *p) {
     uint8_t *enc = NULL;
     size_t len = 0;
     cz_status s = cz_cjob_finish(r->cz, &p->job, &out);
-    if (s == CZ_OK) s = cz_image_encode(&out, p->out_fmt, r->cfg->jpeg_quality, &enc, &len);
+    if (s == CZ_OK)
+        s = cz_image_encode_ex(&out, p->out_fmt, r->cfg->jpeg_quality, r->cfg->jpeg_optimize, &enc, &len);
     if (s == CZ_OK) s = cz_file_write_atomic(p->out_path, enc, len);
     if (s != CZ_OK) report(r, p->in_path, cz_error_detail());
     cli_progress_step(&r->prog, s == CZ_OK);

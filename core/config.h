@@ -29,6 +29,7 @@ typedef struct cz_config {
     int64_t max_input_bytes;
     int render;       /* long side the network sees */
     int jpeg_quality; /* output JPEG quality */
+    int jpeg_optimize; /* 1: optimized Huffman tables (smaller, slower to encode) */
     /* server (colorized) */
     char listen[64];           /* ADDR:PORT; port 0 = ephemeral (the bound port is logged) */
     int http_threads;          /* libmicrohttpd thread pool size */

@@ -68,6 +68,11 @@ cz_status cz_image_probe(const void *data, size_t len, const cz_image_limits *li
 /* Encodes to JPEG (quality 1..100) or PNG (quality ignored). *out is malloc'd. */
 cz_status cz_image_encode(const cz_image *img, cz_image_format fmt, int quality, uint8_t **out,
                           size_t *out_len);
+/* The same; for JPEG, jpeg_optimize != 0 computes Huffman tables for this image (a second pass
+ * over its coefficients: about 10% fewer bytes, and encoding takes about 2.6x as long; same
+ * pixels once decoded). cz_image_encode uses the standard tables. */
+cz_status cz_image_encode_ex(const cz_image *img, cz_image_format fmt, int quality, int jpeg_optimize,
+                             uint8_t **out, size_t *out_len);
 cz_status cz_image_alloc(cz_image *img, int width, int height, int channels);
 void cz_image_free(cz_image *img); /* frees px, zeroes the struct; NULL-safe */
 
@@ -78,7 +83,7 @@ cz_status cz_jpeg_decode_reduced(const void *data, size_t len, const cz_image_li
                                  cz_image *out);
 cz_status cz_jpeg_probe(const void *data, size_t len, const cz_image_limits *lim, int *width,
                         int *height);
-cz_status cz_jpeg_encode(const cz_image *img, int quality, uint8_t **out, size_t *out_len);
+cz_status cz_jpeg_encode(const cz_image *img, int quality, int optimize, uint8_t **out, size_t *out_len);
 cz_status cz_png_decode(const void *data, size_t len, const cz_image_limits *lim, cz_image *out);
 cz_status cz_png_probe(const void *data, size_t len, const cz_image_limits *lim, int *width,
                        int *height);

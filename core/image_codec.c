@@ -169,6 +169,11 @@ cz_status cz_image_probe(const void *data, size_t len, const cz_image_limits *li
 
 cz_status cz_image_encode(const cz_image *img, cz_image_format fmt, int quality, uint8_t **out,
                           size_t *out_len) {
+    return cz_image_encode_ex(img, fmt, quality, 0, out, out_len);
+}
+
+cz_status cz_image_encode_ex(const cz_image *img, cz_image_format fmt, int quality, int jpeg_optimize,
+                             uint8_t **out, size_t *out_len) {
     if (out) *out = NULL;
     if (out_len) *out_len = 0;
     if (!img || !out || !out_len)
@@ -183,7 +188,7 @@ cz_status cz_image_encode(const cz_image *img, cz_image_format fmt, int quality,
     case CZ_FMT_JPEG:
         if (quality < 1 || quality > 100)
             return cz_error_set(CZ_ERR_INVALID_ARG, "JPEG quality %d outside 1..100", quality);
-        return cz_jpeg_encode(img, quality, out, out_len);
+        return cz_jpeg_encode(img, quality, jpeg_optimize, out, out_len);
     case CZ_FMT_PNG: return cz_png_encode(img, out, out_len);
     default:
         return cz_error_set(CZ_ERR_UNSUPPORTED_FORMAT, "cannot encode format %d", (int)fmt);

@@ -319,7 +319,7 @@ cz_status cz_jpeg_decode_reduced(const void *data, size_t len, const cz_image_li
     return s;
 }
 
-cz_status cz_jpeg_encode(const cz_image *img, int quality, uint8_t **out, size_t *out_len) {
+cz_status cz_jpeg_encode(const cz_image *img, int quality, int optimize, uint8_t **out, size_t *out_len) {
     struct jpeg_compress_struct ci;
     jpeg_guard g;
     if (!out || !out_len || !img || !img->px || img->width <= 0 || img->height <= 0 ||
@@ -346,7 +346,7 @@ cz_status cz_jpeg_encode(const cz_image *img, int quality, uint8_t **out, size_t
     ci.in_color_space = img->channels == 1 ? JCS_GRAYSCALE : JCS_RGB;
     jpeg_set_defaults(&ci); /* RGB -> YCbCr 4:2:0 */
     jpeg_set_quality(&ci, quality, TRUE);
-    ci.optimize_coding = TRUE;
+    ci.optimize_coding = optimize ? TRUE : FALSE;
     jpeg_start_compress(&ci, TRUE);
     const size_t stride = (size_t)img->width * (size_t)img->channels;
     while (ci.next_scanline < ci.image_height) {

@@ -242,7 +242,7 @@ static enum MHD_Result finish_job(srv_ctx *s, struct MHD_Connection *c, srv_req 
     srv_metrics_finished(on_device);
     uint8_t *enc = NULL;
     size_t enc_len = 0;
-    st = cz_image_encode(&out, wk->out_fmt, wk->quality, &enc, &enc_len);
+    st = cz_image_encode_ex(&out, wk->out_fmt, wk->quality, s->cfg.jpeg_optimize, &enc, &enc_len);
     if (on_device)
         cz_cjob_release(&job->cjob); /* out pointed into its block */
     else

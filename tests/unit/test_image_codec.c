@@ -1,7 +1,8 @@
 /* test_image_codec.c: JPEG/PNG decode, probe and encode (core/image_codec.c, image_jpeg.c,
  * image_png.c, image_exif.c): sniffing, all of PngSuite, round trips, gray/CMYK/YCCK/
- * progressive JPEG, the scan cap, EXIF orientation, header pixel limits, truncation at many
- * cut points, and random byte mutations (run under ASan with -DCZ_SANITIZE=ON).
+ * progressive JPEG, the scan cap, optimized Huffman tables (lossless, smaller), EXIF
+ * orientation, header pixel limits, truncation at many cut points, and random byte mutations
+ * (run under ASan with -DCZ_SANITIZE=ON).
  * Test JPEGs are produced here with the libjpeg compressor so every variant is known. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -623,6 +624,37 @@ static void cmyk_case(int adobe, int inverted, int ycck) {
     free(px);
 }
 
+/* image.jpeg_optimize: per-image Huffman tables are lossless (the same pixels once decoded) and
+ * never larger than the standard tables; both ways, gray and colour. */
+static void test_jpeg_optimize(void **state) {
+    (void)state;
+    for (int ch = 1; ch <= 3; ch += 2) {
+        cz_image img;
+        assert_int_equal(cz_image_alloc(&img, 301, 203, ch), CZ_OK);
+        for (size_t i = 0; i < (size_t)301 * 203 * (size_t)ch; i++)
+            img.px[i] = (uint8_t)((i * 7 + (i / 301) * 13 + ((i * 2654435761u) >> 28)) & 0xff);
+        uint8_t *plain = NULL, *opt = NULL;
+        size_t np = 0, no = 0;
+        assert_int_equal(cz_image_encode_ex(&img, CZ_FMT_JPEG, 90, 0, &plain, &np), CZ_OK);
+        assert_int_equal(cz_image_encode_ex(&img, CZ_FMT_JPEG, 90, 1, &opt, &no), CZ_OK);
+        uint8_t *same = NULL;
+        size_t ns = 0;
+        assert_int_equal(cz_image_encode(&img, CZ_FMT_JPEG, 90, &same, &ns), CZ_OK);
+        assert_true(ns == np && !memcmp(same, plain, np)); /* cz_image_encode: the standard tables */
+        assert_true(no < np);
+        assert_true(np != no || memcmp(plain, opt, np));
+        cz_image a, b;
+        assert_int_equal(cz_image_decode(plain, np, NULL, &a, NULL), CZ_OK);
+        assert_int_equal(cz_image_decode(opt, no, NULL, &b, NULL), CZ_OK);
+        assert_int_equal(a.channels, b.channels);
+        assert_memory_equal(a.px, b.px, (size_t)a.width * a.height * a.channels);
+        printf("jpeg %s 301x203 q90: standard tables %zu bytes, optimized %zu (%.1f%% smaller), same pixels\n",
+               ch == 1 ? "gray" : "colour", np, no, 100.0 * (double)(np - no) / (double)np);
+        cz_image_free(&a), cz_image_free(&b), cz_image_free(&img);
+        free(plain), free(opt), free(same);
+    }
+}
+
 static void test_jpeg_cmyk(void **state) {
     (void)state;
     cmyk_case(1, 1, 0); /* Adobe marker: inverted CMYK, as Photoshop writes it */
@@ -1033,6 +1065,7 @@ int main(void) {
         cmocka_unit_test(test_png_limits_from_header),
         cmocka_unit_test(test_png_truncated),
         cmocka_unit_test(test_jpeg_roundtrip_rgb_and_gray),
+        cmocka_unit_test(test_jpeg_optimize),
         cmocka_unit_test(test_jpeg_cmyk),
         cmocka_unit_test(test_jpeg_progressive_and_scan_cap),
         cmocka_unit_test(test_jpeg_truncated),
