@@ -63,8 +63,8 @@ static const key_row k_keys[] = {
      "budget of one request; work past it is dropped before inference (504)"},
     {"server.max_queue", T_INT, F(max_queue), 0, 1, 100000, "64", "inference jobs waiting, at most (503 above)"},
     {"server.queue_high_water", T_INT, F(queue_high_water), 0, 1, 100000, "48", "/readyz fails at this queue depth"},
-    {"server.max_wait_us", T_INT, F(max_wait_us), 0, 0, 10000000, "2000",
-     "batching window: how long a queued image waits for others of its size"},
+    {"server.max_wait_us", T_INT, F(max_wait_us), 0, -1, 10000000, "-1",
+     "batching window: how long a queued image waits for others of its size (-1: 200 on cuda, 2000 on CPU)"},
     {"server.max_render", T_INT, F(max_render), 0, 256, 4096, "1024", "largest render a request may ask for"},
     {"server.plan_renders", T_STR, F(plan_renders), SZ(plan_renders), 0, 0, "auto",
      "more render sizes (comma-separated, e.g. 512,1024; empty: none) whose square network size is planned "
@@ -266,6 +266,11 @@ static int parse_plan_renders(const cz_config *c, int *out, int cap) {
         }
     }
     return n;
+}
+
+int cz_config_max_wait_us(const cz_config *c, int device) {
+    if (c->max_wait_us >= 0) return c->max_wait_us;
+    return device ? 200 : 2000;
 }
 
 int cz_config_plan_renders(const cz_config *c, int device, int multiple, int *out, int cap, int *truncated) {

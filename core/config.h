@@ -42,7 +42,8 @@ typedef struct cz_config {
     int request_deadline_ms;   /* whole request budget, including time in the queue */
     int max_queue;             /* inference jobs waiting, at most (503 + Retry-After above) */
     int queue_high_water;      /* /readyz fails at this depth */
-    int max_wait_us;           /* batching window: how long a job waits for company */
+    int max_wait_us;           /* batching window: how long a job waits for company (-1: by backend,
+                                  cz_config_max_wait_us) */
     int max_render;            /* largest `render` a request may ask for */
     char plan_renders[64];     /* more renders planned + warmed at start: "512,1024", "" (none) or "auto" */
     int pinned_mb;             /* page-locked arena for jobs the GPU finishes (MiB; 0: the host finishes all) */
@@ -78,6 +79,10 @@ cz_status cz_config_load_env(cz_config *c, char *const *envp);
 cz_status cz_config_set(cz_config *c, const char *key, const char *value);
 /* Checks cross-field rules (e.g. names of backend/precision); call after all sources. */
 cz_status cz_config_validate(const cz_config *c);
+/* server.max_wait_us, with -1 resolved for the backend: a GPU pass takes well under a
+ * millisecond, so waiting 2 ms for company would multiply a lone request's latency, while a
+ * CPU pass takes tens of milliseconds and 2 ms buys fuller batches. */
+int cz_config_max_wait_us(const cz_config *c, int device);
 /* The renders server.plan_renders asks to plan at start besides image.render, into out[0..cap);
  * returns how many. A list is taken as written (validate has checked it: integers in
  * 32..server.max_render, at most CZ_CFG_MAX_PLAN_RENDERS). "auto": where `device` (a GPU

@@ -336,7 +336,7 @@ int main(int argc, char **argv) {
 
     cz_batcher_opts bopt = {
         .max_batch = s.cfg.max_batch,
-        .max_wait_us = s.cfg.max_wait_us,
+        .max_wait_us = cz_config_max_wait_us(&s.cfg, !strcmp(s.be->ops->name, "cuda")),
         .max_queue = s.cfg.max_queue,
         .high_water = s.cfg.queue_high_water,
         .warmup_render = s.cfg.render,
@@ -373,7 +373,8 @@ int main(int argc, char **argv) {
     }
     char where[96];
     listen_text(&s, where, sizeof where);
-    CZ_LOGI("main", "listening on %s", where);
+    CZ_LOGI("main", "listening on %s; batches of up to %d images, a queued image waits at most %d us for others",
+            where, s.cfg.max_batch, (int)bopt.max_wait_us);
     if (o.port_file && write_port_file(o.port_file, s.port) != 0) {
         srv_http_stop(&s);
         cz_batcher_destroy(s.batcher);

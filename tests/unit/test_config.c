@@ -1,4 +1,5 @@
-/* test_config.c: defaults in range, JSON/env/flag layering, every error names its key. */
+/* test_config.c: defaults in range, JSON/env/flag layering, every error names its key,
+ * server.max_wait_us resolved by backend, server.plan_renders. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -72,6 +73,23 @@ static void test_errors(void **state) {
     assert_int_equal(cz_config_load_file(&c, "/nonexistent/colorize.json"), CZ_ERR_CONFIG);
 }
 
+static void test_max_wait(void **state) {
+    (void)state;
+    cz_config c;
+    cz_config_defaults(&c);
+    /* default -1: by backend */
+    assert_int_equal(c.max_wait_us, -1);
+    assert_int_equal(cz_config_max_wait_us(&c, 1), 200);
+    assert_int_equal(cz_config_max_wait_us(&c, 0), 2000);
+    /* a value given is taken as it is, 0 included */
+    assert_int_equal(cz_config_set(&c, "server.max_wait_us", "0"), CZ_OK);
+    assert_int_equal(cz_config_max_wait_us(&c, 1), 0);
+    assert_int_equal(cz_config_max_wait_us(&c, 0), 0);
+    assert_int_equal(cz_config_set(&c, "server.max_wait_us", "5000"), CZ_OK);
+    assert_int_equal(cz_config_max_wait_us(&c, 1), 5000);
+    assert_int_equal(cz_config_set(&c, "server.max_wait_us", "-2"), CZ_ERR_CONFIG);
+}
+
 static void test_plan_renders(void **state) {
     (void)state;
     cz_config c;
@@ -113,7 +131,7 @@ static void test_plan_renders(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_plan_renders),
+        cmocka_unit_test(test_max_wait), cmocka_unit_test(test_plan_renders),
         cmocka_unit_test(test_defaults_valid),
         cmocka_unit_test(test_layering),
         cmocka_unit_test(test_errors),
