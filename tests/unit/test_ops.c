@@ -2182,35 +2182,47 @@ static int merge_dtype(cz_backend *be, cz_dtype dt) {
     return failed;
 }
 
-static void test_backend_merge_lab(void **state) {
-    (void)state;
+/* Runs `run` on every compiled-in backend that starts here and `has` accepts (others get a
+ * "skipped: <name> <why_not>" line), in each dtype of dts[0..ndt) it supports, and asserts that
+ * no run failed. `what` names the group in the printed lines. */
+static void each_backend_dtype(const char *what, int (*has)(const cz_backend *), const char *why_not,
+                               const cz_dtype *dts, int ndt, int (*run)(cz_backend *, cz_dtype)) {
     int failed = 0, tested = 0;
     const char *const *names = cz_backend_names();
     for (int i = 0; names[i]; i++) {
         cz_backend *be = NULL;
         if (cz_backend_create(names[i], NULL, &be) != CZ_OK) {
-            printf("merge_lab: %s not available (%s)\n", names[i], cz_error_detail());
+            printf("%s: %s not available (%s)\n", what, names[i], cz_error_detail());
             continue;
         }
-        if (!be->ops->merge_lab) {
-            printf("merge_lab: skipped: %s has no merge_lab (the host merges)\n", names[i]);
+        if (!has(be)) {
+            printf("%s: skipped: %s %s\n", what, names[i], why_not);
             cz_backend_destroy(be);
             continue;
         }
-        assert_non_null(be->ops->transfer_wait);
-        const cz_dtype dts[3] = {CZ_F32, CZ_BF16, CZ_F16};
-        for (int d = 0; d < 3; d++) {
+        for (int d = 0; d < ndt; d++) {
             if (!be->ops->supports(be, dts[d])) {
-                printf("merge_lab: %s %s not supported\n", names[i], cz_dtype_name(dts[d]));
+                printf("%s: %s %s not supported\n", what, names[i], cz_dtype_name(dts[d]));
                 continue;
             }
-            failed += merge_dtype(be, dts[d]);
+            failed += run(be, dts[d]);
             tested++;
         }
         cz_backend_destroy(be);
     }
-    printf("merge_lab: %d backend/dtype pair(s) tested, %d failure(s)\n", tested, failed);
+    printf("%s: %d backend/dtype pair(s) tested, %d failure(s)\n", what, tested, failed);
     assert_int_equal(failed, 0);
+}
+
+static int has_merge_lab(const cz_backend *be) {
+    if (be->ops->merge_lab) assert_non_null(be->ops->transfer_wait);
+    return be->ops->merge_lab != NULL;
+}
+
+static void test_backend_merge_lab(void **state) {
+    (void)state;
+    const cz_dtype dts[3] = {CZ_F32, CZ_BF16, CZ_F16};
+    each_backend_dtype("merge_lab", has_merge_lab, "has no merge_lab (the host merges)", dts, 3, merge_dtype);
 }
 
 /* ----------------------------------------------------------------------------------------- */
@@ -2350,33 +2362,17 @@ static int queued_dtype(cz_backend *be, cz_dtype dt) {
     return failed;
 }
 
+static int has_queued_training(const cz_backend *be) {
+    const cz_backend_ops *o = be->ops;
+    assert_true((o->loss_queue != NULL) == (o->loss_read != NULL) && (o->loss_read != NULL) == (o->adam_multi != NULL));
+    return o->loss_queue != NULL;
+}
+
 static void test_backend_queued_training(void **state) {
     (void)state;
-    int failed = 0, tested = 0;
-    const char *const *names = cz_backend_names();
-    for (int i = 0; names[i]; i++) {
-        cz_backend *be = NULL;
-        if (cz_backend_create(names[i], NULL, &be) != CZ_OK) {
-            printf("queued training ops: %s not available (%s)\n", names[i], cz_error_detail());
-            continue;
-        }
-        const cz_backend_ops *o = be->ops;
-        assert_true((o->loss_queue != NULL) == (o->loss_read != NULL) && (o->loss_read != NULL) == (o->adam_multi != NULL));
-        if (!o->loss_queue) {
-            printf("queued training ops: skipped: %s has none (training reads each loss)\n", names[i]);
-            cz_backend_destroy(be);
-            continue;
-        }
-        const cz_dtype dts[2] = {CZ_F32, CZ_BF16};
-        for (int d = 0; d < 2; d++) {
-            if (!o->supports(be, dts[d])) continue;
-            failed += queued_dtype(be, dts[d]);
-            tested++;
-        }
-        cz_backend_destroy(be);
-    }
-    printf("queued training ops: %d backend/dtype pair(s) tested, %d failure(s)\n", tested, failed);
-    assert_int_equal(failed, 0);
+    const cz_dtype dts[2] = {CZ_F32, CZ_BF16};
+    each_backend_dtype("queued training ops", has_queued_training, "has none (training reads each loss)", dts, 2,
+                       queued_dtype);
 }
 
 int main(void) {
