@@ -27,19 +27,24 @@
  * transfer still uses the old one).
  *
  * merge_lab (the final merge of a batch of colorizations, kernels/merge.cu) is a third kind of
- * transfer: L planes up, a kernel, rgb images down. It has MG_SLOTS device buffers of its own
- * (a call's L planes, then its rgb outputs), used in turn, each with three events:
- *   up waits for `done` (the slot's previous merge is finished with its buffer), copies every
- *   L host -> buffer, records `loaded`; compute waits for `loaded`, runs one kernel per image
- *   (reading the ab tensor and writing rgb into the buffer), records `merged`; down waits for
- *   `merged`, copies every rgb buffer -> host, records `done`.
- * As the kernels run on the compute stream, they see every op queued before the merge (the
+ * transfer: a descriptor table and the L planes up, one kernel for the whole batch, rgb images
+ * down. It has MG_SLOTS device buffers of its own (a call's descriptor table, its L planes, then
+ * its rgb outputs), used in turn, each with three events:
+ *   up waits for `done` (the slot's previous merge is finished with its buffer), copies the
+ *   table and every L host -> buffer, records `loaded`; compute waits for `loaded`, runs the
+ *   kernel (reading the ab tensor and writing rgb into the buffer), records `merged`; down
+ *   waits for `merged`, copies every rgb buffer -> host, records `done`.
+ * The table is built in page-locked host memory of the slot's own (an async copy reads its source
+ * when it runs, and from pageable memory it may synchronize). The host rewrites that memory only
+ * after synchronizing the slot's `loaded`, the end of the last upload that read it: merge k waits
+ * for merge k - MG_SLOTS's upload, normally long finished.
+ * As the kernel runs on the compute stream, it sees every op queued before the merge (the
  * forward pass that wrote ab, every upload before it) and every op queued after runs after
- * them (the next batch's forward may overwrite ab). Its ticket is tagged TICKET_MERGE and
+ * it (the next batch's forward may overwrite ab). Its ticket is tagged TICKET_MERGE and
  * numbered in a sequence of its own; waiting on it synchronizes the slot's `done` event (a
  * reused slot's `done` belongs to a later merge: longer, never too short). The lab_exact.h
  * tables are copied to the device on the first merge (on the compute stream, ahead of the
- * kernels) and kept until destroy. Threading: one thread at a time (backend.h). Tested on the
+ * kernel) and kept until destroy. Threading: one thread at a time (backend.h). Tested on the
  * emulator, which runs streams apart and only as far as a synchronization needs (so a missing
  * event wait or a wait on the wrong stream reads stale data), by tests/unit/test_unet.c
  * (pipelined forward passes == synchronous ones) and tests/unit/test_ops.c (which also checks
@@ -143,7 +148,7 @@ static cz_status cu_read_async(cz_backend *be, const cz_tensor *t, float *dst, u
 
 static cu_mslot *mslot(cu_backend *b, uint64_t seq) { return &b->mg[(seq - 1) % MG_SLOTS]; }
 
-/* Bytes from one image's region of a merge buffer to the next: 256-byte aligned. */
+/* Bytes from one region of a merge buffer to the next: 256-byte aligned. */
 static size_t mg_round(size_t bytes) { return (bytes + 255) & ~(size_t)255; }
 
 /* Why item `it` cannot be merged from a net_w x net_h plane, or NULL. */
@@ -176,7 +181,7 @@ static cz_status take_mslot(cu_backend *b, size_t bytes, cu_mslot **out, uint64_
 }
 
 /* The lab_exact.h tables on the device, copied on first use. The copy is queued on the compute
- * stream, so the kernels queued after it read it complete; the host tables are immutable. */
+ * stream, so the kernel queued after it reads it complete; the host tables are immutable. */
 static cz_status lab_tables(cu_backend *b) {
     if (b->lab_tab) return CZ_OK;
     const cz_lab_exact_tab *host = cz_lab_exact_tables();
@@ -188,6 +193,27 @@ static cz_status lab_tables(cu_backend *b) {
         return cu_fail(b, e, __FILE__, __LINE__, "cudaMemcpyAsync(lab tables)");
     }
     b->lab_tab = p;
+    return CZ_OK;
+}
+
+/* Slot m's descriptor table in host memory, room for n entries, once no upload reads it any
+ * more (the last one that did is the slot's last record of `loaded`). */
+static cz_status mg_table(cu_backend *b, cu_mslot *m, int n, cuk_merge_desc **out) {
+    cu_scratch *pin = &m->pin;
+    CU_CHECK(b, cudaEventSynchronize(m->loaded));
+    size_t bytes = (size_t)n * sizeof(cuk_merge_desc);
+    if (pin->bytes < bytes) {
+        /* a merge that failed after queuing its table copy recorded no `loaded`: before freeing,
+         * wait for every upload */
+        CU_CHECK(b, cudaStreamSynchronize(b->up));
+        if (pin->p) CU_CHECK(b, cudaFreeHost(pin->p));
+        pin->p = NULL;
+        pin->bytes = 0;
+        size_t want = (bytes + 4095) & ~(size_t)4095; /* whole pages: fewer regrowths */
+        CU_CHECK(b, cudaMallocHost(&pin->p, want));
+        pin->bytes = want;
+    }
+    *out = (cuk_merge_desc *)pin->p;
     return CZ_OK;
 }
 
@@ -204,8 +230,9 @@ static cz_status cu_merge_lab(cz_backend *be, const cz_tensor *ab, const cz_merg
     if (!items) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda merge_lab: items is NULL");
     if (n < 1 || n > ab->n)
         return cz_error_set(CZ_ERR_INVALID_ARG, "cuda merge_lab: %d items for a batch of %d images", n, ab->n);
-    /* the buffer: every image's L plane, then every image's rgb, each region 256-byte aligned */
-    size_t l_bytes = 0, rgb_bytes = 0;
+    /* the buffer: the descriptor table, every image's L plane, then every image's rgb, each
+     * region 256-byte aligned */
+    size_t t_bytes = mg_round((size_t)n * sizeof(cuk_merge_desc)), l_bytes = 0, rgb_bytes = 0;
     for (int i = 0; i < n; i++) {
         const cz_merge_item *it = &items[i];
         const char *why = merge_item_problem(it, ab->w, ab->h);
@@ -222,37 +249,49 @@ static cz_status cu_merge_lab(cz_backend *be, const cz_tensor *ab, const cz_merg
     CZ_TRY(lab_tables(b));
     cu_mslot *m = NULL;
     uint64_t seq = 0;
-    CZ_TRY(take_mslot(b, l_bytes + rgb_bytes, &m, &seq));
+    CZ_TRY(take_mslot(b, t_bytes + l_bytes + rgb_bytes, &m, &seq));
     unsigned char *base = (unsigned char *)m->buf.p;
-    /* up: the L planes, once the slot's previous merge is done with the buffer */
+    cuk_merge_desc *desc = NULL;
+    CZ_TRY(mg_table(b, m, n, &desc));
+    size_t total = 0, loff = t_bytes, roff = t_bytes + l_bytes;
+    for (int i = 0; i < n; i++) {
+        const cz_merge_item *it = &items[i];
+        size_t px = (size_t)it->src_w * (size_t)it->src_h;
+        desc[i] = (cuk_merge_desc){.first_px = total,
+                                   .l_off = loff,
+                                   .rgb_off = roff,
+                                   .img = i,
+                                   .src_w = it->src_w,
+                                   .src_h = it->src_h,
+                                   .scaled_w = it->scaled_w,
+                                   .scaled_h = it->scaled_h,
+                                   .off_x = it->off_x,
+                                   .off_y = it->off_y};
+        total += px;
+        loff += mg_round(px * sizeof(float));
+        roff += mg_round(px * 3);
+    }
+    /* up: the table and the L planes, once the slot's previous merge is done with the buffer */
     CU_CHECK(b, cudaStreamWaitEvent(b->up, m->done, 0));
-    size_t off = 0;
+    CU_CHECK(b, cudaMemcpyAsync(base, desc, (size_t)n * sizeof *desc, cudaMemcpyHostToDevice, b->up));
     for (int i = 0; i < n; i++) {
         size_t px = (size_t)items[i].src_w * (size_t)items[i].src_h;
-        CU_CHECK(b, cudaMemcpyAsync(base + off, items[i].L, px * sizeof(float), cudaMemcpyHostToDevice, b->up));
-        off += mg_round(px * sizeof(float));
+        CU_CHECK(b, cudaMemcpyAsync(base + desc[i].l_off, items[i].L, px * sizeof(float),
+                                    cudaMemcpyHostToDevice, b->up));
     }
     CU_CHECK(b, cudaEventRecord(m->loaded, b->up));
     /* compute: behind every op queued so far (the forward pass that wrote ab) */
     CU_CHECK(b, cudaStreamWaitEvent(b->stream, m->loaded, 0));
-    size_t loff = 0, roff = l_bytes;
-    for (int i = 0; i < n; i++) {
-        const cz_merge_item *it = &items[i];
-        size_t px = (size_t)it->src_w * (size_t)it->src_h;
-        CUK_CHECK(b, cuk_merge_lab(cu_dev(ab), (int)ab->dtype, i, ab->h, ab->w, ab_scale, (const float *)(base + loff),
-                                   it->src_w, it->src_h, it->scaled_w, it->scaled_h, it->off_x, it->off_y,
-                                   (const struct cz_lab_exact_tab *)b->lab_tab, base + roff, b->stream));
-        loff += mg_round(px * sizeof(float));
-        roff += mg_round(px * 3);
-    }
+    CUK_CHECK(b,
+              cuk_merge_lab(cu_dev(ab), (int)ab->dtype, ab->h, ab->w, ab_scale, (const cuk_merge_desc *)base,
+                            n, total, base, (const struct cz_lab_exact_tab *)b->lab_tab, b->stream));
     CU_CHECK(b, cudaEventRecord(m->merged, b->stream));
     /* down: the rgb images */
     CU_CHECK(b, cudaStreamWaitEvent(b->down, m->merged, 0));
-    roff = l_bytes;
     for (int i = 0; i < n; i++) {
         size_t px = (size_t)items[i].src_w * (size_t)items[i].src_h;
-        CU_CHECK(b, cudaMemcpyAsync(items[i].rgb, base + roff, px * 3, cudaMemcpyDeviceToHost, b->down));
-        roff += mg_round(px * 3);
+        CU_CHECK(b, cudaMemcpyAsync(items[i].rgb, base + desc[i].rgb_off, px * 3, cudaMemcpyDeviceToHost,
+                                    b->down));
     }
     CU_CHECK(b, cudaEventRecord(m->done, b->down));
     *ticket = seq | TICKET_MERGE;
@@ -289,9 +328,10 @@ void cu_xfer_destroy(cu_backend *b) {
         if (m->merged) cudaEventDestroy(m->merged);
         if (m->done) cudaEventDestroy(m->done);
         if (m->buf.p) cudaFree(m->buf.p);
+        if (m->pin.p) cudaFreeHost(m->pin.p);
         m->loaded = m->merged = m->done = NULL;
-        m->buf.p = NULL;
-        m->buf.bytes = 0;
+        m->buf.p = m->pin.p = NULL;
+        m->buf.bytes = m->pin.bytes = 0;
     }
     if (b->lab_tab) cudaFree(b->lab_tab);
     b->lab_tab = NULL;

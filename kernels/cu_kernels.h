@@ -141,15 +141,25 @@ int cuk_conv_bwd_filter_naive(const cuk_conv *p, const void *x, const void *dy, 
 /* ---- merge.cu: the final colorization merge (backend.h merge_lab) ---- */
 /* The tables of core/lab_exact.h, in device memory (a copy of the host's cz_lab_exact_tables()). */
 struct cz_lab_exact_tab;
-/* rgb (src_w * src_h interleaved 8-bit RGB, device) <- image `img` of ab (NHWC, 2 channels, dt,
+/* One image of a batched merge: where its pixels, L plane and rgb output lie, and its geometry.
+ * Fixed-width fields, explicit padding: the host fills it and the device reads the same bytes. */
+typedef struct cuk_merge_desc {
+    uint64_t first_px; /* index of the item's first pixel among the batch's pixels (items in order) */
+    uint64_t l_off;    /* byte offset in buf of its L plane (src_w * src_h floats, 4-byte aligned) */
+    uint64_t rgb_off;  /* byte offset in buf of its rgb output (src_w * src_h * 3 bytes) */
+    int32_t img;       /* the image of ab it reads */
+    int32_t src_w, src_h, scaled_w, scaled_h, off_x, off_y;
+    int32_t pad;
+} cuk_merge_desc;
+/* One launch for n items (desc[0..n), device memory, first_px ascending from 0, `total` pixels
+ * in all): for each, rgb (interleaved 8-bit RGB) <- image `img` of ab (NHWC, 2 channels, dt,
  * net_h x net_w per image) times ab_scale, cropped to the scaled_w x scaled_h block at
- * (off_x, off_y), upsampled bilinearly to src_w x src_h and converted with L (src_w * src_h
- * floats, device): byte-identical to the host's cz_render_merge_ab (see merge.cu). Bilinear
- * only: the caller ensures scaled_w <= 2 * src_w, scaled_h <= 2 * src_h and that the block
- * lies inside the plane. */
-int cuk_merge_lab(const void *ab, int dt, int img, int net_h, int net_w, float ab_scale, const float *L, int src_w,
-                  int src_h, int scaled_w, int scaled_h, int off_x, int off_y, const struct cz_lab_exact_tab *tab,
-                  unsigned char *rgb, cuk_stream s);
+ * (off_x, off_y), upsampled bilinearly to src_w x src_h and converted with L: byte-identical to
+ * the host's cz_render_merge_ab (see merge.cu). Bilinear only: the caller ensures
+ * scaled_w <= 2 * src_w, scaled_h <= 2 * src_h, that the block lies inside the plane, and that
+ * the offsets lie inside buf (device; desc may lie in it too). */
+int cuk_merge_lab(const void *ab, int dt, int net_h, int net_w, float ab_scale, const cuk_merge_desc *desc,
+                  int n, size_t total, unsigned char *buf, const struct cz_lab_exact_tab *tab, cuk_stream s);
 
 #ifdef __cplusplus
 }

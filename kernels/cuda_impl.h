@@ -61,12 +61,14 @@ typedef struct cu_xslot {
 } cu_xslot;
 #define XF_SLOTS 2 /* per direction: enough for two batches in flight */
 
-/* A device buffer of merge_lab (backend_cuda_xfer.c): the call's L planes (floats), then its rgb
- * outputs (bytes), and the events that order its three stages. */
+/* A device buffer of merge_lab (backend_cuda_xfer.c): the call's descriptor table, its L planes
+ * (floats), then its rgb outputs (bytes); the page-locked host memory the table is built in;
+ * and the events that order its three stages. */
 typedef struct cu_mslot {
     cu_scratch buf;
-    cudaEvent_t loaded; /* up: the L planes are in buf */
-    cudaEvent_t merged; /* compute: the kernels have written the rgb outputs */
+    cu_scratch pin;     /* host (cudaMallocHost): the descriptor table before it goes up */
+    cudaEvent_t loaded; /* up: the table and the L planes are in buf (pin is free again) */
+    cudaEvent_t merged; /* compute: the kernel has written the rgb outputs */
     cudaEvent_t done;   /* down: the rgb outputs are on the host (buf is free again) */
 } cu_mslot;
 #define MG_SLOTS 2 /* enough for two batches in flight */

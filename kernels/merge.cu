@@ -12,8 +12,16 @@
  * linear RGB with the gamut clip and the 8-bit code through lab_exact.h, whose tables the
  * caller copied from the host. The result is exact only without fused multiply-adds:
  * kernels/CMakeLists.txt compiles this file with nvcc -fmad=false (and, in the emulator build,
- * with -ffp-contract=off). One thread per output pixel; stateless launcher on the caller's
- * stream. Tested against cz_render_merge_ab by tests/unit/test_ops.c (merge_lab). */
+ * with -ffp-contract=off).
+ *
+ * Batching: one launch merges every image of a merge_lab call. The kernel runs over the batch's
+ * pixels numbered consecutively, item after item (a grid-stride loop, so the grid has no limit
+ * tied to the batch or image sizes, and big and small images share the threads evenly); a
+ * thread finds the item of its pixel by a binary search of the descriptors' first_px. A
+ * thread's pixels only grow, so each search starts at the item of its previous pixel. Only the
+ * addressing differs from the one-image kernel: the arithmetic per pixel is unchanged.
+ * Stateless launcher on the caller's stream. Tested against cz_render_merge_ab by
+ * tests/unit/test_ops.c (merge_lab). */
 #include "cu_common.cuh"
 #include "lab_exact.h"
 
@@ -49,30 +57,45 @@ static __device__ __forceinline__ float merge_sample(const void *ab, int dt, siz
     return (float)acc;
 }
 
-static __global__ void k_merge_lab(const void *ab, int dt, int img, int net_h, int net_w, float ab_scale,
-                                   const float *L, int src_w, int src_h, int scaled_w, int scaled_h, int off_x,
-                                   int off_y, const cz_lab_exact_tab *tab, unsigned char *rgb, size_t count) {
-    CUK_FOR(p, count) {
+static __global__ void k_merge_lab(const void *ab, int dt, int net_h, int net_w, float ab_scale,
+                                   const cuk_merge_desc *desc, int n, size_t total, unsigned char *buf,
+                                   const cz_lab_exact_tab *tab) {
+    int item = 0;
+    CUK_FOR(q, total) {
+        /* the last item whose first pixel is at or before q */
+        int lo = item, hi = n - 1;
+        while (lo < hi) {
+            int mid = lo + (hi - lo + 1) / 2;
+            if (desc[mid].first_px <= q)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        item = lo;
+        const cuk_merge_desc *d = &desc[item];
+        size_t p = q - d->first_px;
+        int src_w = d->src_w, src_h = d->src_h;
         int x = (int)(p % (size_t)src_w), y = (int)(p / (size_t)src_w);
         int x0, x1, y0, y1;
         double wx0, wx1, wy0, wy1;
-        cz_lx_bilinear(x, scaled_w, src_w, &x0, &x1, &wx0, &wx1);
-        cz_lx_bilinear(y, scaled_h, src_h, &y0, &y1, &wy0, &wy1);
-        float a = merge_sample(ab, dt, (size_t)img, net_h, net_w, off_x, off_y, 0, ab_scale, x0, x1, wx0, wx1, y0,
-                               y1, wy0, wy1);
-        float b = merge_sample(ab, dt, (size_t)img, net_h, net_w, off_x, off_y, 1, ab_scale, x0, x1, wx0, wx1, y0,
-                               y1, wy0, wy1);
+        cz_lx_bilinear(x, d->scaled_w, src_w, &x0, &x1, &wx0, &wx1);
+        cz_lx_bilinear(y, d->scaled_h, src_h, &y0, &y1, &wy0, &wy1);
+        float a = merge_sample(ab, dt, (size_t)d->img, net_h, net_w, d->off_x, d->off_y, 0, ab_scale, x0, x1,
+                               wx0, wx1, y0, y1, wy0, wy1);
+        float b = merge_sample(ab, dt, (size_t)d->img, net_h, net_w, d->off_x, d->off_y, 1, ab_scale, x0, x1,
+                               wx0, wx1, y0, y1, wy0, wy1);
+        const float *L = (const float *)(buf + d->l_off);
+        unsigned char *rgb = buf + d->rgb_off;
         double lin[3];
         cz_lx_linear_clipped(tab, L[p], a, b, lin);
         for (int c = 0; c < 3; c++) rgb[p * 3 + (size_t)c] = (unsigned char)cz_lx_code(tab, lin[c]);
     }
 }
 
-extern "C" int cuk_merge_lab(const void *ab, int dt, int img, int net_h, int net_w, float ab_scale, const float *L,
-                             int src_w, int src_h, int scaled_w, int scaled_h, int off_x, int off_y,
-                             const struct cz_lab_exact_tab *tab, unsigned char *rgb, cuk_stream s) {
-    size_t count = (size_t)src_w * (size_t)src_h;
-    CUK_LAUNCH(k_merge_lab, cuk_blocks(count), CUK_THREADS, 0, s)(ab, dt, img, net_h, net_w, ab_scale, L, src_w, src_h,
-                                                                  scaled_w, scaled_h, off_x, off_y, tab, rgb, count);
+extern "C" int cuk_merge_lab(const void *ab, int dt, int net_h, int net_w, float ab_scale,
+                             const cuk_merge_desc *desc, int n, size_t total, unsigned char *buf,
+                             const struct cz_lab_exact_tab *tab, cuk_stream s) {
+    unsigned nb = cuk_blocks(total);
+    CUK_LAUNCH(k_merge_lab, nb, CUK_THREADS, 0, s)(ab, dt, net_h, net_w, ab_scale, desc, n, total, buf, tab);
     return cuk_last();
 }
