@@ -770,8 +770,9 @@ static int stops_after(const cz_trainer *t, long no) {
 }
 
 /* One training step, with the next step's batch read and uploaded while the device trains on
- * this one (cz_gan_stage). */
-static cz_status train_step(cz_trainer *t, cz_gan_losses *L) {
+ * this one (cz_gan_stage). *epoch: the epoch of this step's last sample (tb holds the next
+ * batch afterwards). */
+static cz_status train_step(cz_trainer *t, cz_gan_losses *L, long *epoch) {
     const long no = t->step + 1;
     cz_status s;
     if (t->staged == no) {
@@ -782,6 +783,7 @@ static cz_status train_step(cz_trainer *t, cz_gan_losses *L) {
     }
     t->staged = 0;
     if (s != CZ_OK) return s;
+    *epoch = (long)t->tb.info[t->nb - 1].epoch;
     if (!stops_after(t, no) && !atomic_load(&t->cancel)) {
         s = next_batch(t, no + 1);
         if (s == CZ_OK) s = cz_gan_stage(t->gan, t->nb, t->tb.A, t->tb.B);
@@ -799,10 +801,11 @@ cz_status cz_trainer_step(cz_trainer *t) {
         cz_gan_set_lr(t->gan, cz_lr_linear(c->lr, t->step, t->total - c->lr_decay_steps, c->lr_decay_steps));
     double t0 = now_s();
     cz_gan_losses L;
-    cz_status s = train_step(t, &L);
+    long epoch = 0;
+    cz_status s = train_step(t, &L, &epoch);
     if (s != CZ_OK) return fail(t, s);
     double dt = now_s() - t0;
-    cz_train_record r = {cz_gan_steps(t->gan), (long)t->tb.info[t->nb - 1].epoch, L, dt > 0 ? t->nb / dt : 0};
+    cz_train_record r = {cz_gan_steps(t->gan), epoch, L, dt > 0 ? t->nb / dt : 0};
     pthread_mutex_lock(&t->mu);
     s = grow((void **)&t->hist, &t->caphist, t->nhist + 1, sizeof *t->hist);
     if (s == CZ_OK) {

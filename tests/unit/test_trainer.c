@@ -3,6 +3,7 @@
  * queue their losses and upload the next batch while they run), over a
  * generated dataset of 24 colourful 64x64 PNGs in a temp dir (ngf 4, depth 6, ndf 8, size 64,
  * batch 4):
+ *   - each step's record carries its own batch's epoch while the next batch is prefetched;
  *   - a run records losses every step (memory + losses.jsonl), validates and writes a sample
  *     sheet at validate_every, writes checkpoints that load with cz_unet_create, picks `best`
  *     by validation L1 and writes state.json;
@@ -169,6 +170,33 @@ static void test_run_records_everything(void **state) {
     assert_int_equal(cz_unet_create(g_be, st, CZ_F32, &u), CZ_OK);
     cz_unet_destroy(u);
     cz_st_close(st);
+    cz_trainer_destroy(t);
+}
+
+/* With neither validation nor checkpoints in between, every step reads and uploads the next
+ * batch while it runs; each record still carries the epoch of its own batch's last sample. */
+static void test_epochs_with_prefetch(void **state) {
+    (void)state;
+    cz_trainer_config c;
+    config(&c, "epochs");
+    c.steps = 6;
+    c.validate_every = 0;
+    c.checkpoint_every = 0;
+    cz_trainer *t;
+    assert_int_equal(cz_trainer_create(g_be, &c, &t), CZ_OK);
+    assert_int_equal(cz_trainer_run(t), CZ_OK);
+    cz_trainer_info info;
+    cz_trainer_get_info(t, &info);
+    assert_true(info.train_files >= 8 && info.train_files < 24);
+    cz_train_record rec[8];
+    assert_int_equal(cz_trainer_losses(t, rec, 8, 1), 6);
+    long boundaries = 0;
+    for (int i = 0; i < 6; i++) {
+        long want = (long)((size_t)(c.batch * (i + 1) - 1) / info.train_files);
+        assert_int_equal(rec[i].epoch, want);
+        boundaries += i > 0 && rec[i].epoch != rec[i - 1].epoch;
+    }
+    assert_true(boundaries >= 1); /* the run crossed an epoch boundary, so the check means something */
     cz_trainer_destroy(t);
 }
 
@@ -387,7 +415,8 @@ static void test_auto_workers(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auto_workers),
-        cmocka_unit_test(test_run_records_everything), cmocka_unit_test(test_resume_is_exact),
+        cmocka_unit_test(test_run_records_everything), cmocka_unit_test(test_epochs_with_prefetch),
+        cmocka_unit_test(test_resume_is_exact),
         cmocka_unit_test(test_cancel),                 cmocka_unit_test(test_nonfinite),
         cmocka_unit_test(test_unwritable),             cmocka_unit_test(test_missing_op),
         cmocka_unit_test(test_bad_config),             cmocka_unit_test(test_checkpoint_retention),
