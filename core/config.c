@@ -45,7 +45,7 @@ static const key_row k_keys[] = {
      "long side of the image the network sees (a multiple of 2^depth, 256 for the default model)"},
     {"image.jpeg_quality", T_INT, F(jpeg_quality), 0, 1, 100, "90", "quality of JPEG output"},
     {"image.jpeg_optimize", T_INT, F(jpeg_optimize), 0, 0, 1, "0",
-     "1: Huffman tables per image (about 10% smaller JPEGs, encoding about 2.6x slower)"},
+     "1: Huffman tables per image (8-10% smaller JPEGs, encoding about 2.6x slower)"},
     {"server.listen", T_STR, F(listen), SZ(listen), 0, 0, "0.0.0.0:8080", "ADDR:PORT to listen on (port 0: ephemeral)"},
     {"server.http_threads", T_INT, F(http_threads), 0, 1, 256, "4", "HTTP worker threads (decode/encode run there)"},
     {"server.max_connections", T_INT, F(max_connections), 0, 1, 100000, "256", "open connections, at most"},

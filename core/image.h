@@ -69,7 +69,7 @@ cz_status cz_image_probe(const void *data, size_t len, const cz_image_limits *li
 cz_status cz_image_encode(const cz_image *img, cz_image_format fmt, int quality, uint8_t **out,
                           size_t *out_len);
 /* The same; for JPEG, jpeg_optimize != 0 computes Huffman tables for this image (a second pass
- * over its coefficients: about 10% fewer bytes, and encoding takes about 2.6x as long; same
+ * over its coefficients: 8-10% fewer bytes, and encoding takes about 2.6x as long; same
  * pixels once decoded). cz_image_encode uses the standard tables. */
 cz_status cz_image_encode_ex(const cz_image *img, cz_image_format fmt, int quality, int jpeg_optimize,
                              uint8_t **out, size_t *out_len);
