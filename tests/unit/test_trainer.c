@@ -107,18 +107,26 @@ static char *slurp(const char *dir, const char *rel) {
     return cz_file_read(p, 0, &d, &len) == CZ_OK ? (char *)d : NULL;
 }
 
+/* A run of `steps` steps into out dir `name` with the given validation and checkpoint periods,
+ * run to its end (CZ_OK); its config in *c and its info in *info. */
+static cz_trainer *run_steps(const char *name, long steps, long validate_every, long checkpoint_every,
+                             cz_trainer_config *c, cz_trainer_info *info) {
+    config(c, name);
+    c->steps = steps;
+    c->validate_every = validate_every;
+    c->checkpoint_every = checkpoint_every;
+    cz_trainer *t;
+    assert_int_equal(cz_trainer_create(g_be, c, &t), CZ_OK);
+    assert_int_equal(cz_trainer_run(t), CZ_OK);
+    cz_trainer_get_info(t, info);
+    return t;
+}
+
 static void test_run_records_everything(void **state) {
     (void)state;
     cz_trainer_config c;
-    config(&c, "run");
-    c.steps = 6;
-    c.validate_every = 2;
-    c.checkpoint_every = 3;
-    cz_trainer *t;
-    assert_int_equal(cz_trainer_create(g_be, &c, &t), CZ_OK);
-    assert_int_equal(cz_trainer_run(t), CZ_OK);
     cz_trainer_info info;
-    cz_trainer_get_info(t, &info);
+    cz_trainer *t = run_steps("run", 6, 2, 3, &c, &info);
     assert_int_equal(info.status, CZ_TRAIN_SUCCEEDED);
     assert_int_equal(info.step, 6);
     assert_true(info.val_files >= 1);
@@ -178,15 +186,8 @@ static void test_run_records_everything(void **state) {
 static void test_epochs_with_prefetch(void **state) {
     (void)state;
     cz_trainer_config c;
-    config(&c, "epochs");
-    c.steps = 6;
-    c.validate_every = 0;
-    c.checkpoint_every = 0;
-    cz_trainer *t;
-    assert_int_equal(cz_trainer_create(g_be, &c, &t), CZ_OK);
-    assert_int_equal(cz_trainer_run(t), CZ_OK);
     cz_trainer_info info;
-    cz_trainer_get_info(t, &info);
+    cz_trainer *t = run_steps("epochs", 6, 0, 0, &c, &info);
     assert_true(info.train_files >= 8 && info.train_files < 24);
     cz_train_record rec[8];
     assert_int_equal(cz_trainer_losses(t, rec, 8, 1), 6);
