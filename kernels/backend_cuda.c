@@ -102,6 +102,15 @@ cz_status cu_recording_guard(const cu_backend *b, const char *what) {
     return cz_error_set(CZ_ERR_UNSUPPORTED, "cuda: %s cannot be part of a recording (CUDA graph)", what);
 }
 
+cz_status cu_scratch_resize(cu_backend *b, cu_scratch *s, size_t bytes) {
+    if (s->p) CU_CHECK(b, cudaFree(s->p));
+    s->p = NULL;
+    s->bytes = 0;
+    CU_CHECK(b, cudaMalloc(&s->p, bytes));
+    s->bytes = bytes;
+    return CZ_OK;
+}
+
 cz_status cu_scratch_get(cu_backend *b, cu_scratch *s, size_t bytes, void **out) {
     if (bytes == 0) bytes = 1;
     if (s->bytes < bytes) {
@@ -109,12 +118,7 @@ cz_status cu_scratch_get(cu_backend *b, cu_scratch *s, size_t bytes, void **out)
          * the sequence once unrecorded first) and makes older recordings stale */
         CZ_TRY(cu_recording_guard(b, "growing a scratch buffer"));
         b->epoch++;
-        size_t want = bytes + bytes / 4; /* some headroom against growth in small steps */
-        if (s->p) CU_CHECK(b, cudaFree(s->p));
-        s->p = NULL;
-        s->bytes = 0;
-        CU_CHECK(b, cudaMalloc(&s->p, want));
-        s->bytes = want;
+        CZ_TRY(cu_scratch_resize(b, s, bytes + bytes / 4)); /* headroom against growth in small steps */
     }
     *out = s->p;
     return CZ_OK;

@@ -64,17 +64,10 @@ static cu_xslot *xslot(cu_backend *b, int down, uint64_t seq) {
     return &b->xf[down][(seq - 1) % XF_SLOTS];
 }
 
-/* A staging or merge buffer at least `bytes` large. cudaFree waits for the device, so nothing
- * queued still uses the old one. (Not cu_scratch_get: these buffers are never recorded, so
- * growing them must not make recordings stale.) */
+/* A staging or merge buffer at least `bytes` large. (Not cu_scratch_get: these buffers are
+ * never recorded, so growing them must not make recordings stale.) */
 static cz_status grow(cu_backend *b, cu_scratch *buf, size_t bytes) {
-    if (buf->bytes >= bytes) return CZ_OK;
-    if (buf->p) CU_CHECK(b, cudaFree(buf->p));
-    buf->p = NULL;
-    buf->bytes = 0;
-    CU_CHECK(b, cudaMalloc(&buf->p, bytes));
-    buf->bytes = bytes;
-    return CZ_OK;
+    return buf->bytes >= bytes ? CZ_OK : cu_scratch_resize(b, buf, bytes);
 }
 
 /* The next slot of a direction, its staging buffer at least `bytes` large. */

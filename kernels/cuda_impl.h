@@ -125,6 +125,10 @@ cz_status cu_recording_guard(const cu_backend *b, const char *what);
 
 /* Grows a scratch buffer to at least `bytes` (contents not kept); refused while recording. */
 cz_status cu_scratch_get(cu_backend *b, cu_scratch *s, size_t bytes, void **out);
+/* Replaces s's buffer by one of exactly `bytes` (contents not kept; cudaFree waits for the
+ * device, so nothing queued still uses the old one). No recording guard, no epoch change: for
+ * buffers no recording uses. */
+cz_status cu_scratch_resize(cu_backend *b, cu_scratch *s, size_t bytes);
 
 static inline cu_buf *cu_buf_of(const cz_tensor *t) { return (cu_buf *)t->data; }
 static inline void *cu_dev(const cz_tensor *t) { return cu_buf_of(t)->dev; }

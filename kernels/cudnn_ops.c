@@ -81,7 +81,7 @@ static cz_status dnn_fail(cudnnStatus_t st, const char *file, int line, const ch
         if (dn_s_ != CUDNN_STATUS_SUCCESS) return dnn_fail(dn_s_, __FILE__, __LINE__, #expr);      \
     } while (0)
 
-/* cuDNN 9 groups its statuses by thousands. Part of the 3xxx (NOT_SUPPORTED) family says that
+/* cuDNN 9 groups its statuses by thousands. Part of the 3000s (NOT_SUPPORTED) says that
  * this installation cannot run cuDNN at all (driver, runtime, architecture, a missing NVRTC
  * or sub-library), like 1008: those must fail loudly, not send every convolution to the slow
  * direct kernels while the parity checks still pass. */
@@ -91,7 +91,7 @@ static int env_broken(cudnnStatus_t st) {
            st == CUDNN_STATUS_NOT_SUPPORTED_RUNTIME_PREREQUISITE_MISSING ||
            st == CUDNN_STATUS_NOT_SUPPORTED_SUBLIBRARY_UNAVAILABLE;
 }
-/* The rest of 3xxx: this problem is not supported (another algorithm or our kernel may be). */
+/* The rest of the 3000s: this problem is not supported (another algorithm or our kernel may be). */
 static int not_supported(cudnnStatus_t st) {
     return (int)st / 1000 == (int)CUDNN_STATUS_NOT_SUPPORTED / 1000 && !env_broken(st);
 }
