@@ -23,6 +23,13 @@
  *   CZ_ERR_UNSUPPORTED. Every op validates shapes and returns CZ_ERR_SHAPE with a detail.
  *   `y == x` (in place) is allowed for act_fwd only.
  *
+ *   Storage reuse: a copy of an allocated tensor's struct with the same c, dtype, role and
+ *   layout but another cap_n, h and w (n <= cap_n) names a tensor of that shape in the first
+ *   bytes of the same storage, and every op takes it, as long as cap_n * c * h * w elements
+ *   fit in what was allocated (backends that can tell refuse one that does not with
+ *   CZ_ERR_SHAPE). It owns nothing: only the allocated struct is freed. The U-Net shares its
+ *   activation stores between network shapes this way (unet.h).
+ *
  *   Channel views (concat-free skips): where view_ok(be, t, c0, nc) returns non-zero, the view
  *   cz_tensor_channel_view(t, c0, nc) may be the output y of conv2d and deconv2d and the
  *   input or output of act_fwd, so a decoder writes straight into its half of the skip

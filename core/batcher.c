@@ -245,17 +245,23 @@ static bgroup *pick_ready(cz_batcher *b, int64_t now, int64_t *next_ready) {
 
 /* ---- device thread ---- */
 
-/* Forward passes at every batch size max_batch..1 at the network size of a render x render
- * image, on a zero input, so that every primitive exists before traffic. Largest first: a
- * backend that picks one algorithm per layer for all batch sizes (cuda) picks it for the
- * batches that carry the load. */
-static cz_status warm_up(cz_batcher *b, cz_colorizer *cz, int render) {
+/* Warms up and plans what the options name (cz_colorizer_warm_steps: the square of
+ * warmup_render and of each of more_renders at every batch size, then their other shapes up to
+ * plan_shapes in all), on a zero input, so that every plan, primitive and recording exists
+ * before traffic. Queued jobs keep expiring on time between steps. Running out of memory after
+ * warmup_render's square is not a failure: the steps from there on are left to first use. */
+static void run_warm_up(cz_batcher *b) {
     int64_t t0 = cz_now_ns();
-    int maxb = b->opt.max_batch < cz_colorizer_max_batch(cz) ? b->opt.max_batch : cz_colorizer_max_batch(cz);
-    cz_status s = CZ_OK;
-    int done_n = 0;
-    for (int n = maxb; s == CZ_OK && n >= 1; n--) {
-        /* queued jobs keep expiring on time during warm-up, one pass at most late */
+    cz_colorizer *cz = b->cz;
+    int renders[1 + CZ_BATCHER_MAX_RENDERS];
+    renders[0] = b->opt.warmup_render;
+    for (int i = 0; i < b->opt.n_more_renders; i++) renders[1 + i] = b->opt.more_renders[i];
+    int nr = 1 + b->opt.n_more_renders;
+    cz_warm_step *steps = NULL;
+    int nsteps = 0, left_out = 0, passes = 0, first_done = 0, unplanned = 0, kept = 0;
+    cz_status s = cz_colorizer_warm_steps(cz, renders, nr, b->opt.plan_shapes, &steps, &nsteps, &left_out);
+    int k = 0;
+    for (; s == CZ_OK && k < nsteps; k++) {
         int64_t next_deadline;
         pthread_mutex_lock(&b->mu);
         int stop = b->stop;
@@ -263,51 +269,45 @@ static cz_status warm_up(cz_batcher *b, cz_colorizer *cz, int render) {
         pthread_mutex_unlock(&b->mu);
         complete_chain(expired);
         if (stop) break;
-        s = cz_colorizer_warm(cz, render, n);
-        done_n = n;
+        const cz_warm_step *st = &steps[k];
+        if (st->n > b->opt.max_batch && !st->keep) continue; /* the batcher never runs that size */
+        s = cz_colorizer_warm_step(cz, st);
+        passes += st->n > 0;
+        int first = st->w == renders[0] && st->h == renders[0];
+        if (s == CZ_OK && first && st->keep) first_done = 1;
+        if (s == CZ_OK) kept += st->keep;
+        if (s == CZ_ERR_NOMEM && st->n == 0 && !st->keep && !first_done) {
+            /* the stores at the largest render: that render's own steps will tell */
+            CZ_LOGD(MOD, "activation stores for %dx%d not reserved at once: %s", st->w, st->h, cz_error_detail());
+            s = CZ_OK;
+        } else if (s == CZ_ERR_NOMEM && first_done) {
+            for (int j = k; j < nsteps; j++) unplanned += steps[j].keep;
+            CZ_LOGW(MOD, "%dx%d does not fit in memory at start (%s): it and the shapes after it (%d in all) are "
+                    "planned on first use", st->w, st->h, cz_error_detail(), unplanned);
+            s = CZ_OK;
+            break;
+        }
     }
+    free(steps);
     if (s == CZ_OK) {
-        cz_unet_rec_stats rs = cz_unet_recording_stats(cz_colorizer_unet(cz));
+        cz_unet *u = cz_colorizer_unet(cz);
+        cz_unet_rec_stats rs = cz_unet_recording_stats(u);
         char rec[96] = "";
         if (rs.recorded || rs.failed)
             snprintf(rec, sizeof rec, "; %llu forward passes recorded as graphs, %llu could not be",
                      (unsigned long long)rs.recorded, (unsigned long long)rs.failed);
-        CZ_LOGI(MOD, "warm-up at render %d for batch sizes %d..%d took %.1f ms%s", render, maxb, done_n,
-                (double)(cz_now_ns() - t0) / 1e6, rec);
+        CZ_LOGI(MOD, "warm-up took %.1f ms: %d passes, %d network shapes planned and kept (%d left to first use), "
+                "%.1f MiB of activations%s", (double)(cz_now_ns() - t0) / 1e6, passes, kept, left_out + unplanned,
+                (double)cz_unet_plan_bytes(u) / 1048576.0, rec);
+        return;
     }
-    return s;
-}
-
-/* Warms up every render size of the options (warmup_render, then more_renders) and keeps
- * their plans; stops at the first failure. Running out of memory at one of more_renders is
- * not a failure: that render and the ones after it are left to be planned on first use. */
-static void run_warm_up(cz_batcher *b) {
-    cz_status s = CZ_OK;
-    for (int i = -1; s == CZ_OK && i < b->opt.n_more_renders; i++) {
-        int r = i < 0 ? b->opt.warmup_render : b->opt.more_renders[i];
-        s = warm_up(b, b->cz, r);
-        if (s == CZ_ERR_NOMEM && i >= 0) {
-            CZ_LOGW(MOD, "render %d does not fit in memory at start (%s): renders from it on are planned on first use",
-                    r, cz_error_detail());
-            s = CZ_OK;
-            break;
-        }
-        /* the square plan of r: a request at r never waits for planning */
-        if (s == CZ_OK && cz_unet_has_plan(cz_colorizer_unet(b->cz), 1, r, r)) /* (none when stopped early) */
-            s = cz_unet_plan_keep(cz_colorizer_unet(b->cz), r, r);
-    }
-    if (s == CZ_OK && b->opt.n_more_renders > 0)
-        CZ_LOGI(MOD, "%d sizes planned at start: %.1f MiB of activations", cz_unet_plan_count(cz_colorizer_unet(b->cz)),
-                (double)cz_unet_plan_bytes(cz_colorizer_unet(b->cz)) / 1048576.0);
-    if (s != CZ_OK) {
-        char msg[200];
-        copy_text(msg, sizeof msg, cz_error_detail());
-        CZ_LOGE(MOD, "warm-up failed: %s: %s", cz_strerror(s), msg);
-        pthread_mutex_lock(&b->mu);
-        b->device_error = 1;
-        snprintf(b->device_error_msg, sizeof b->device_error_msg, "warm-up failed: %s", msg);
-        pthread_mutex_unlock(&b->mu);
-    }
+    char msg[200];
+    copy_text(msg, sizeof msg, cz_error_detail());
+    CZ_LOGE(MOD, "warm-up failed: %s: %s", cz_strerror(s), msg);
+    pthread_mutex_lock(&b->mu);
+    b->device_error = 1;
+    snprintf(b->device_error_msg, sizeof b->device_error_msg, "warm-up failed: %s", msg);
+    pthread_mutex_unlock(&b->mu);
 }
 
 /* Runs one control request (lock held on entry and exit; released around fn). */
@@ -610,6 +610,9 @@ cz_status cz_batcher_create(cz_colorizer *cz, const cz_batcher_opts *opt, cz_bat
         return cz_error_set(CZ_ERR_INVALID_ARG, "batcher: %d more render sizes to warm up (0..%d, and only with warmup_render)",
                             opt->n_more_renders, CZ_BATCHER_MAX_RENDERS);
     for (int i = 0; i < opt->n_more_renders; i++) CZ_TRY(cz_render_validate(cz, opt->more_renders[i]));
+    if (opt->plan_shapes < 0 || opt->plan_shapes > CZ_BATCHER_MAX_SHAPES)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "plan_shapes %d out of range 0..%d", opt->plan_shapes,
+                            CZ_BATCHER_MAX_SHAPES);
 
     cz_batcher *b = calloc(1, sizeof *b);
     if (!b) return cz_error_set(CZ_ERR_NOMEM, "batcher");

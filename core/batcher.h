@@ -44,7 +44,8 @@ struct cz_bjob {
     cz_bjob *next_;
 };
 
-#define CZ_BATCHER_MAX_RENDERS 6 /* leaves two of the U-Net's plans to sizes planned on demand */
+#define CZ_BATCHER_MAX_RENDERS 6
+#define CZ_BATCHER_MAX_SHAPES 56 /* leaves 8 of the U-Net's plans to shapes planned on demand */
 
 typedef struct cz_batcher_opts {
     int max_batch;        /* 1..colorizer max_batch */
@@ -57,6 +58,10 @@ typedef struct cz_batcher_opts {
      * that runs out of memory ends the list there (logged; planned on first use instead). */
     int more_renders[CZ_BATCHER_MAX_RENDERS];
     int n_more_renders;
+    /* network shapes planned at start in all: the renders' squares always, then their other
+     * aspect ratios (cz_colorizer_warm_steps) while fewer than this many are planned; 0 plans
+     * the squares only. At most CZ_BATCHER_MAX_SHAPES. */
+    int plan_shapes;
     int64_t idle_grace_us; /* background work starts only this long after the last forward pass */
     cz_backend *be;       /* the colorizer's backend, asked for health() after a failed pass (optional) */
     /* called once, on the device thread, when that backend reports a sticky device error */
@@ -76,8 +81,8 @@ typedef struct cz_batcher cz_batcher;
 
 /* Starts the device thread. The batcher takes ownership of `cz` (destroyed with it). Warm-up
  * (plans and a forward pass for every batch size up to max_batch at warmup_render, then at
- * each of more_renders) runs on the device thread; cz_batcher_ready() reports "warming_up"
- * until it is done. */
+ * each of more_renders, then the other shapes of those renders up to plan_shapes) runs on the
+ * device thread; cz_batcher_ready() reports "warming_up" until it is done. */
 cz_status cz_batcher_create(cz_colorizer *cz, const cz_batcher_opts *opt, cz_batcher **out);
 /* Queues a job (its cjob prepared, done set). CZ_ERR_QUEUE_FULL / CZ_ERR_SHUTTING_DOWN at once
  * (the callback is then NOT called: the caller still owns the job). */

@@ -177,14 +177,52 @@ cz_status cz_cjob_prepare(const cz_colorizer *cz, const cz_image *src, int rende
     return CZ_OK;
 }
 
-cz_status cz_colorizer_warm(cz_colorizer *cz, int render, int n) {
-    if (n < 1 || n > cz->max_batch)
-        return cz_error_set(CZ_ERR_INVALID_ARG, "warm-up batch of %d images, expected 1..%d", n, cz->max_batch);
+int cz_render_shapes(const cz_colorizer *cz, int render, int *w, int *h, int cap) {
+    int m = cz_unet_multiple(&cz->arch), n = 0;
+    if (cz_render_validate(cz, render) != CZ_OK) return 0;
+    for (int k = render / m; k >= 1; k--) {
+        int sw = render, sh = k * m;
+        for (int t = 0; t < (k * m == render ? 1 : 2); t++) {
+            if (n < cap) {
+                w[n] = t ? sh : sw;
+                h[n] = t ? sw : sh;
+            }
+            n++;
+        }
+    }
+    return n;
+}
+
+int cz_colorizer_warm_sizes(const cz_colorizer *cz, int square, int *n, int cap) {
+    int k = 0;
+    if (square) {
+        for (int b = cz->max_batch; b >= 1; b--)
+            if (k < cap) n[k++] = b;
+    } else if (!cz->be->ops->record_begin) {
+        if (k < cap) n[k++] = 0;
+    } else { /* a recording backend runs every batch padded to one of these (unet.h) */
+        int p = 1;
+        while (p * 2 < cz->max_batch) p *= 2;
+        if (k < cap) n[k++] = cz->max_batch;
+        for (; p >= 1 && p < cz->max_batch; p /= 2)
+            if (k < cap) n[k++] = p;
+    }
+    return k;
+}
+
+cz_status cz_colorizer_warm_shape(cz_colorizer *cz, int net_w, int net_h, int n) {
+    if (n < 0 || n > cz->max_batch)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "warm-up batch of %d images, expected 0..%d", n, cz->max_batch);
     const cz_unet_arch *a = cz_colorizer_arch(cz);
+    int m = cz_unet_multiple(a), r = net_w > net_h ? net_w : net_h;
+    CZ_TRY(cz_render_validate(cz, r));
+    if (net_w < m || net_h < m || net_w % m || net_h % m)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "warm-up at %dx%d: not a multiple of %d", net_w, net_h, m);
+    if (n == 0) return cz_unet_plan(cz->unet, cz->max_batch, net_h, net_w);
     cz_cjob job;
     memset(&job, 0, sizeof job);
-    CZ_TRY(cz_render_validate(cz, render));
-    CZ_TRY(cz_render_geom_compute(render, render, render, cz_unet_multiple(a), &job.geom));
+    /* a photo of exactly the network's size renders at its long side unscaled */
+    CZ_TRY(cz_render_geom_compute(net_w, net_h, r, m, &job.geom));
     size_t px = (size_t)job.geom.net_w * job.geom.net_h;
     job.net_in = calloc(px * (size_t)a->in_ch, sizeof(float));
     job.net_out = calloc(px * (size_t)a->out_ch, sizeof(float));
@@ -203,6 +241,75 @@ cz_status cz_colorizer_warm(cz_colorizer *cz, int render, int n) {
     free(job.net_in);
     free(job.net_out);
     return s;
+}
+
+/* Appends a step, growing the array. */
+static int step_add(cz_warm_step **v, int *n, int *cap, int w, int h, int b, int keep) {
+    if (*n == *cap) {
+        int nc = *cap ? 2 * *cap : 64;
+        cz_warm_step *g = realloc(*v, (size_t)nc * sizeof *g);
+        if (!g) return -1;
+        *v = g;
+        *cap = nc;
+    }
+    (*v)[(*n)++] = (cz_warm_step){.w = w, .h = h, .n = b, .keep = keep};
+    return 0;
+}
+
+cz_status cz_colorizer_warm_steps(const cz_colorizer *cz, const int *renders, int nr, int max_shapes,
+                                  cz_warm_step **out, int *count, int *left_out) {
+    *out = NULL;
+    *count = *left_out = 0;
+    cz_warm_step *v = NULL;
+    int n = 0, cap = 0, fail = 0, shapes = 0, big = 0;
+    int *sizes = malloc((size_t)(cz->max_batch + 1) * sizeof *sizes);
+    if (!sizes) return cz_error_set(CZ_ERR_NOMEM, "warm-up steps");
+    for (int i = 0; i < nr; i++) {
+        if (cz_render_validate(cz, renders[i]) != CZ_OK) {
+            free(sizes);
+            return CZ_ERR_INVALID_ARG;
+        }
+        if (renders[i] > big) big = renders[i];
+    }
+    /* the largest square planned first: the shared stores are allocated once, at full size */
+    if (nr > 1 && big != renders[0]) fail |= step_add(&v, &n, &cap, big, big, 0, 0);
+    for (int i = 0; i < nr; i++) {
+        int ns = cz_colorizer_warm_sizes(cz, 1, sizes, cz->max_batch + 1);
+        for (int k = 0; k < ns; k++) fail |= step_add(&v, &n, &cap, renders[i], renders[i], sizes[k], k == ns - 1);
+        shapes++;
+    }
+    int ws[2 * (CZ_RENDER_MAX / 32)], hs[2 * (CZ_RENDER_MAX / 32)];
+    for (int i = 0; i < nr; i++) {
+        int nsh = cz_render_shapes(cz, renders[i], ws, hs, (int)(sizeof ws / sizeof *ws));
+        for (int j = 1; j < nsh; j++) { /* 0 is the square */
+            if (shapes >= max_shapes) {
+                (*left_out)++;
+                continue;
+            }
+            int ns = cz_colorizer_warm_sizes(cz, 0, sizes, cz->max_batch + 1);
+            for (int k = 0; k < ns; k++) fail |= step_add(&v, &n, &cap, ws[j], hs[j], sizes[k], k == ns - 1);
+            shapes++;
+        }
+    }
+    free(sizes);
+    if (fail) {
+        free(v);
+        *left_out = 0;
+        return cz_error_set(CZ_ERR_NOMEM, "warm-up steps");
+    }
+    *out = v;
+    *count = n;
+    return CZ_OK;
+}
+
+cz_status cz_colorizer_warm_step(cz_colorizer *cz, const cz_warm_step *st) {
+    CZ_TRY(cz_colorizer_warm_shape(cz, st->w, st->h, st->n));
+    return st->keep ? cz_unet_plan_keep(cz->unet, st->h, st->w) : CZ_OK;
+}
+
+cz_status cz_colorizer_warm(cz_colorizer *cz, int render, int n) {
+    if (n < 1) return cz_error_set(CZ_ERR_INVALID_ARG, "warm-up batch of %d images, expected 1..%d", n, cz->max_batch);
+    return cz_colorizer_warm_shape(cz, render, render, n);
 }
 
 int cz_colorizer_pipelined(const cz_colorizer *cz) { return cz_unet_async(cz->unet); }

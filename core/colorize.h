@@ -79,6 +79,40 @@ int cz_colorizer_pipelined(const cz_colorizer *cz);
  * the plans and primitives of that (n, size) exist before traffic (model owner thread); two
  * where the backend records forward passes, so that the recording exists too. */
 cz_status cz_colorizer_warm(cz_colorizer *cz, int render, int n);
+/* The network shapes photos at `render` can have: render x render first, then render x k*m and
+ * k*m x render (wide, then tall) for k from render/m - 1 down to 1, m = 2^depth: nearest the
+ * square first, which is where most photos land (a 4:3 photo at 1024 with m 256 runs at
+ * 1024x768). Writes up to cap (w, h) pairs and returns how many there are (0 for an invalid
+ * render). */
+int cz_render_shapes(const cz_colorizer *cz, int render, int *w, int *h, int cap);
+/* cz_colorizer_warm at a network shape: n images, or n == 0 to plan the shape for max_batch
+ * without running it. */
+cz_status cz_colorizer_warm_shape(cz_colorizer *cz, int net_w, int net_h, int n);
+/* The warm-up steps of a shape, as batch sizes for cz_colorizer_warm_shape, largest first: a
+ * square runs every size max_batch..1. Another shape runs the padded sizes where the backend
+ * records forward passes (its algorithms are chosen and its recordings made before traffic)
+ * and is only planned (0) elsewhere: on a CPU a pass per batch size at every shape would
+ * take minutes at large renders, and a first pass there adds only the creation of its
+ * primitives. Returns the count written (at most cap). */
+int cz_colorizer_warm_sizes(const cz_colorizer *cz, int square, int *n, int cap);
+/* The warm-up a daemon does at start and after a model swap, as steps of one
+ * cz_colorizer_warm_shape call each, so that queued work can run between them:
+ *   1. the square of the largest of `renders` planned alone (when it is not renders[0]), so
+ *      that the shared activation stores are allocated once at their final size;
+ *   2. the square of each render, in the order given, at every batch size max_batch..1;
+ *   3. the other shapes of each render (cz_render_shapes order) with cz_colorizer_warm_sizes,
+ *      while fewer than max_shapes shapes are planned; *left_out counts the others, which are
+ *      planned on first use.
+ * A step with keep set is its shape's last: cz_colorizer_warm_step then keeps the plan. *out is
+ * malloc'd (free it). CZ_ERR_INVALID_ARG for an invalid render. */
+typedef struct cz_warm_step {
+    int w, h; /* network shape */
+    int n;    /* batch size; 0 = plan only */
+    int keep; /* the shape's last step: keep its plan */
+} cz_warm_step;
+cz_status cz_colorizer_warm_steps(const cz_colorizer *cz, const int *renders, int nr, int max_shapes,
+                                  cz_warm_step **out, int *count, int *left_out);
+cz_status cz_colorizer_warm_step(cz_colorizer *cz, const cz_warm_step *st);
 /* Builds the colorized RGB image from a job that has run: a copy of the device's result where
  * the device finished it (rgb_ready), else the merge on this thread. Byte-identical either way. */
 cz_status cz_cjob_finish(const cz_colorizer *cz, const cz_cjob *job, cz_image *out);

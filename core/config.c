@@ -71,6 +71,11 @@ static const key_row k_keys[] = {
      "for model.max_batch images and warmed up at start, besides image.render; each at most server.max_render. "
      "auto: on a GPU every render a request may ask for (multiples of 256 up to server.max_render, at most 6), "
      "none on a CPU backend"},
+    {"server.plan_shapes", T_INT, F(plan_shapes), 0, 0, 56, "24",
+     "network shapes planned at start, in all: the square of image.render and of each server.plan_renders size "
+     "always, then their other aspect ratios (render x k*2^depth and k*2^depth x render, nearest the square first) "
+     "while fewer than this many are planned; where forward passes are recorded (cuda) each is also warmed up at "
+     "its padded batch sizes. They share one set of activation memory. 0: the squares only"},
     {"server.pinned_mb", T_INT, F(pinned_mb), 0, 0, 1 << 20, "512",
      "page-locked host memory (MiB) for the jobs the GPU finishes (cuda, lab models): their full-resolution L "
      "goes up and their RGB comes back by DMA, and the CPU neither upsamples nor converts them (7 bytes per "

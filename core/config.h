@@ -46,6 +46,7 @@ typedef struct cz_config {
                                   cz_config_max_wait_us) */
     int max_render;            /* largest `render` a request may ask for */
     char plan_renders[64];     /* more renders planned + warmed at start: "512,1024", "" (none) or "auto" */
+    int plan_shapes;           /* network shapes planned at start in all (squares first; batcher.h) */
     int pinned_mb;             /* page-locked arena for jobs the GPU finishes (MiB; 0: the host finishes all) */
     int drain_timeout_s;       /* SIGTERM: time in-flight requests get to finish */
     int max_json_bytes;        /* JSON request bodies (admin API), at most */

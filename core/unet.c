@@ -5,6 +5,7 @@
 #include "unet.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -243,11 +244,9 @@ typedef struct plan {
     int max_batch, h, w;
     uint64_t last_use;
     int kept; /* cz_unet_plan_keep: never evicted */
-    cz_tensor x, out;
+    cz_tensor x, out; /* the plan's own */
+    /* views of the unet's stores (see "Activation stores" below): owned by no plan */
     cz_tensor s[CZ_UNET_MAX_DEPTH], c[CZ_UNET_MAX_DEPTH], u[CZ_UNET_MAX_DEPTH], r;
-    /* view[i]: c[i] is filled through channel views (decoder writes its half in place, ReLU of
-     * the skip written into the other half) instead of u[i+1] + concat + ReLU */
-    int view[CZ_UNET_MAX_DEPTH];
     /* Recordings (backends with record_begin): one per padded batch size, the powers of two
      * below max_batch and max_batch itself, indexed by rec_slot(); see cz_unet_forward. */
     cz_recording *rec[CZ_UNET_REC_SLOTS];
@@ -262,6 +261,15 @@ struct cz_unet {
     cz_dtype precision;
     cz_tensor down_w[CZ_UNET_MAX_DEPTH], down_b[CZ_UNET_MAX_DEPTH];
     cz_tensor up_w[CZ_UNET_MAX_DEPTH], up_b[CZ_UNET_MAX_DEPTH];
+    /* Activation stores, one per intermediate activation of the network, each allocated as
+     * (1, channels, 1, px) and grown to the largest max_batch * h * w (at that level) of any
+     * plan; plans see them through views of their own shape (plan_bind). */
+    cz_tensor st_s[CZ_UNET_MAX_DEPTH], st_c[CZ_UNET_MAX_DEPTH], st_u[CZ_UNET_MAX_DEPTH], st_r;
+    /* view[i]: c[i] is filled through channel views (decoder writes its half in place, ReLU of
+     * the skip written into the other half) instead of u[i+1] + concat + ReLU. Decided once,
+     * when the c stores first exist: it depends on channels and layout, not on h x w. */
+    int view[CZ_UNET_MAX_DEPTH];
+    int views_known;
     plan plans[CZ_UNET_MAX_PLANS];
     int nplans;
     uint64_t clock;
@@ -420,13 +428,117 @@ static void plan_free(cz_backend *be, plan *p) {
         if (p->rec[i]) be->ops->record_free(be, p->rec[i]);
     cz_tensor_free(be, &p->x);
     cz_tensor_free(be, &p->out);
-    cz_tensor_free(be, &p->r);
-    for (int i = 0; i < CZ_UNET_MAX_DEPTH; i++) {
-        cz_tensor_free(be, &p->s[i]);
-        cz_tensor_free(be, &p->c[i]);
-        cz_tensor_free(be, &p->u[i]);
+    memset(p, 0, sizeof *p); /* s, c, u, r are views of the unet's stores */
+}
+
+/* The stores, one per intermediate activation: which plan tensor views each, its channels, and
+ * how far its level is scaled down (h >> shift). The u stores exist only for levels without
+ * channel views (known once views_known). Returns the count. */
+typedef struct act_slot {
+    cz_tensor *store;
+    cz_tensor *view; /* in `p`; NULL without a plan */
+    int ch, shift;
+} act_slot;
+#define ACT_SLOTS (3 * CZ_UNET_MAX_DEPTH + 1)
+
+static int act_slots(cz_unet *u, plan *p, act_slot *out) {
+    const cz_unet_arch *a = &u->arch;
+    const int D = a->depth;
+    int n = 0;
+    for (int i = 0; i <= D - 2; i++) {
+        out[n++] = (act_slot){&u->st_s[i], p ? &p->s[i] : NULL, cz_unet_width(a, i), i + 1};
+        out[n++] = (act_slot){&u->st_c[i], p ? &p->c[i] : NULL, 2 * cz_unet_width(a, i), i + 1};
     }
-    memset(p, 0, sizeof *p);
+    out[n++] = (act_slot){&u->st_r, p ? &p->r : NULL, cz_unet_width(a, D - 1), D};
+    for (int i = 1; u->views_known && i <= D - 1; i++)
+        if (!u->view[i - 1]) out[n++] = (act_slot){&u->st_u[i], p ? &p->u[i] : NULL, up_out(a, i), i};
+    return n;
+}
+
+/* Pixels (batch x h x w) a store holds. */
+static size_t store_px(const cz_tensor *t) { return t->data ? (size_t)t->w : 0; }
+
+/* Points the plan's activation tensors at the stores, shaped (max_batch, ch, h >> shift,
+ * w >> shift): the same storage, channels, dtype and layout, so that every backend reads the
+ * view as a tensor of that shape in the store's first bytes (backend.h, "Storage reuse"). */
+static void plan_bind(cz_unet *u, plan *p) {
+    act_slot sl[ACT_SLOTS];
+    int ns = act_slots(u, p, sl);
+    for (int k = 0; k < ns; k++) {
+        cz_tensor t = *sl[k].store;
+        t.n = t.cap_n = p->max_batch;
+        t.h = p->h >> sl[k].shift;
+        t.w = p->w >> sl[k].shift;
+        *sl[k].view = t;
+    }
+}
+
+/* Drops every plan's recordings (they point into stores about to move); a size that had one
+ * records again on its next pass, its algorithms being chosen already. */
+static void drop_recordings(cz_unet *u) {
+    for (int k = 0; k < u->nplans; k++) {
+        plan *p = &u->plans[k];
+        for (int i = 0; i < CZ_UNET_REC_SLOTS; i++) {
+            if (p->rec[i]) {
+                u->be->ops->record_free(u->be, p->rec[i]);
+                p->rec[i] = NULL;
+                u->rec_stats.stale++;
+            }
+            if (p->rec_state[i] == REC_READY) p->rec_state[i] = REC_RAN;
+        }
+    }
+}
+
+/* Grows the stores so that a plan of nb images at h x w fits. New stores are allocated before
+ * the old ones go, so a failure (CZ_ERR_NOMEM) leaves every plan as it was. Replacing a store
+ * waits for the backend (a queued pass may still use it) and drops all recordings. */
+static cz_status stores_reserve(cz_unet *u, int nb, int h, int w) {
+    cz_backend *be = u->be;
+    act_slot sl[ACT_SLOTS];
+    int ns = act_slots(u, NULL, sl);
+    cz_tensor fresh[ACT_SLOTS];
+    memset(fresh, 0, sizeof fresh);
+    cz_status s = CZ_OK;
+    int grow = 0, moved = 0;
+    for (int k = 0; k < ns && s == CZ_OK; k++) {
+        size_t px = (size_t)nb * (size_t)(h >> sl[k].shift) * (size_t)(w >> sl[k].shift);
+        if (px <= store_px(sl[k].store)) continue;
+        if (px > INT_MAX)
+            s = cz_error_set(CZ_ERR_TOO_LARGE, "plan %dx%d for %d images: %zu pixels at one level", w, h, nb, px);
+        else
+            s = cz_tensor_alloc(be, &fresh[k], u->precision, CZ_ROLE_ACT, 1, sl[k].ch, 1, (int)px);
+        grow = 1;
+        moved |= sl[k].store->data != NULL;
+    }
+    if (s == CZ_OK && moved) s = be->ops->sync(be);
+    if (s != CZ_OK || !grow) {
+        for (int k = 0; k < ns; k++) cz_tensor_free(be, &fresh[k]);
+        return s;
+    }
+    if (moved) drop_recordings(u);
+    for (int k = 0; k < ns; k++)
+        if (fresh[k].data) {
+            cz_tensor_free(be, sl[k].store);
+            *sl[k].store = fresh[k];
+        }
+    if (moved) {
+        for (int k = 0; k < u->nplans; k++)
+            if (u->plans[k].h > 0) plan_bind(u, &u->plans[k]);
+        CZ_LOGD("unet", "activation stores grown for batch %d at %dx%d", nb, w, h);
+    }
+    return CZ_OK;
+}
+
+/* Decides the channel views once the c stores exist (view_ok reads channels and layout). */
+static void views_decide(cz_unet *u) {
+    if (u->views_known) return;
+    const cz_backend_ops *ops = u->be->ops;
+    for (int i = 1; i <= u->arch.depth - 1; i++) {
+        cz_tensor *c = &u->st_c[i - 1];
+        int half = up_out(&u->arch, i);
+        u->view[i - 1] = ops->view_ok && ops->view_ok(u->be, c, 0, half) && ops->view_ok(u->be, c, half, half);
+    }
+    u->views_known = 1;
 }
 
 void cz_unet_destroy(cz_unet *u) {
@@ -437,7 +549,11 @@ void cz_unet_destroy(cz_unet *u) {
         cz_tensor_free(u->be, &u->down_b[i]);
         cz_tensor_free(u->be, &u->up_w[i]);
         cz_tensor_free(u->be, &u->up_b[i]);
+        cz_tensor_free(u->be, &u->st_s[i]);
+        cz_tensor_free(u->be, &u->st_c[i]);
+        cz_tensor_free(u->be, &u->st_u[i]);
     }
+    cz_tensor_free(u->be, &u->st_r);
     free(u);
 }
 
@@ -446,39 +562,25 @@ static size_t tensor_bytes(const cz_tensor *t) {
 }
 
 size_t cz_unet_plan_bytes(const cz_unet *u) {
-    size_t total = 0;
-    for (int k = 0; k < u->nplans; k++) {
-        const plan *p = &u->plans[k];
-        total += tensor_bytes(&p->x) + tensor_bytes(&p->out) + tensor_bytes(&p->r);
-        for (int i = 0; i < CZ_UNET_MAX_DEPTH; i++)
-            total += tensor_bytes(&p->s[i]) + tensor_bytes(&p->c[i]) + tensor_bytes(&p->u[i]);
-    }
+    size_t total = tensor_bytes(&u->st_r);
+    for (int i = 0; i < CZ_UNET_MAX_DEPTH; i++)
+        total += tensor_bytes(&u->st_s[i]) + tensor_bytes(&u->st_c[i]) + tensor_bytes(&u->st_u[i]);
+    for (int k = 0; k < u->nplans; k++)
+        total += tensor_bytes(&u->plans[k].x) + tensor_bytes(&u->plans[k].out);
     return total;
 }
 
 static cz_status plan_build(cz_unet *u, plan *p, int nb, int h, int w) {
     const cz_unet_arch *a = &u->arch;
-    cz_backend *be = u->be;
-    cz_dtype dt = u->precision;
+    CZ_TRY(stores_reserve(u, nb, h, w));
+    views_decide(u);
+    CZ_TRY(stores_reserve(u, nb, h, w)); /* the u stores, now that the views are known */
     p->max_batch = nb;
     p->h = h;
     p->w = w;
-    int D = a->depth;
-    CZ_TRY(cz_tensor_alloc(be, &p->x, dt, CZ_ROLE_ACT, nb, a->in_ch, h, w));
-    CZ_TRY(cz_tensor_alloc(be, &p->out, dt, CZ_ROLE_ACT, nb, a->out_ch, h, w));
-    for (int i = 0; i <= D - 2; i++) {
-        int ch = cz_unet_width(a, i), hh = h >> (i + 1), ww = w >> (i + 1);
-        CZ_TRY(cz_tensor_alloc(be, &p->s[i], dt, CZ_ROLE_ACT, nb, ch, hh, ww));
-        CZ_TRY(cz_tensor_alloc(be, &p->c[i], dt, CZ_ROLE_ACT, nb, 2 * ch, hh, ww));
-    }
-    CZ_TRY(cz_tensor_alloc(be, &p->r, dt, CZ_ROLE_ACT, nb, cz_unet_width(a, D - 1), h >> D, w >> D));
-    for (int i = 1; i <= D - 1; i++) {
-        cz_tensor *c = &p->c[i - 1];
-        int half = up_out(a, i);
-        p->view[i - 1] = be->ops->view_ok && be->ops->view_ok(be, c, 0, half) && be->ops->view_ok(be, c, half, half);
-        if (!p->view[i - 1])
-            CZ_TRY(cz_tensor_alloc(be, &p->u[i], dt, CZ_ROLE_ACT, nb, half, h >> i, w >> i));
-    }
+    CZ_TRY(cz_tensor_alloc(u->be, &p->x, u->precision, CZ_ROLE_ACT, nb, a->in_ch, h, w));
+    CZ_TRY(cz_tensor_alloc(u->be, &p->out, u->precision, CZ_ROLE_ACT, nb, a->out_ch, h, w));
+    plan_bind(u, p);
     return CZ_OK;
 }
 
@@ -534,6 +636,12 @@ int cz_unet_plan_count(const cz_unet *u) {
     return n;
 }
 
+int cz_unet_plan_kept(const cz_unet *u, int h, int w) {
+    for (int i = 0; i < u->nplans; i++)
+        if (u->plans[i].h == h && u->plans[i].w == w) return u->plans[i].kept;
+    return 0;
+}
+
 int cz_unet_has_plan(const cz_unet *u, int max_batch, int h, int w) {
     for (int i = 0; i < u->nplans; i++)
         if (u->plans[i].h == h && u->plans[i].w == w && u->plans[i].max_batch >= max_batch) return 1;
@@ -570,7 +678,7 @@ static cz_status forward_ops(cz_unet *u, plan *p, int n) {
     /* decoder: u[i] = relu(bn(deconv(...))), c[i] = relu(concat(s[i], u[i+1])) */
     for (int i = D - 1; i >= 1; i--) {
         const cz_tensor *src = i == D - 1 ? &r : &c[i];
-        if (p->view[i - 1]) {
+        if (u->view[i - 1]) {
             int half = up_out(a, i);
             cz_tensor skip_half = cz_tensor_channel_view(c[i - 1], 0, half);
             cz_tensor up_half = cz_tensor_channel_view(c[i - 1], half, half);

@@ -21,7 +21,11 @@
  * Where the backend supports channel views, u[i+1] is written straight into the second half of
  * c[i] and relu(s[i]) into the first, so no concat copy is made.
  * All activations for a (max_batch, h, w) shape are planned once (cz_unet_plan); forward
- * allocates nothing and runs any batch n <= max_batch through batch views. One image's output
+ * allocates nothing and runs any batch n <= max_batch through batch views. A plan owns only its
+ * input and output: the intermediate activations of all plans share one store per layer, sized
+ * for the largest plan, since passes run one after another in launch order on the backend and
+ * never need two sets at once. So planning every network shape a render can produce costs the
+ * largest one's activations plus each shape's input and output. One image's output
  * does not depend on what else is in its batch (tests/unit/test_unet.c checks it bit for bit).
  * On a backend with recordings (CUDA graphs) the device part of a forward pass is recorded
  * once per (plan, padded batch size) and replayed: a batch of n runs as the next power of two
@@ -104,8 +108,11 @@ cz_backend *cz_unet_backend(const cz_unet *u);
 /* Plans activations for up to max_batch images of h x w (multiples of cz_unet_multiple).
  * Replaces an existing plan for the same h x w when max_batch grows. A unet keeps up to
  * CZ_UNET_MAX_PLANS plans; planning another evicts the least recently used one that is not
- * kept (CZ_ERR_UNAVAILABLE when every plan is kept). */
-#define CZ_UNET_MAX_PLANS 8
+ * kept (CZ_ERR_UNAVAILABLE when every plan is kept). A plan larger than the shared stores hold
+ * grows them: the new stores are allocated first (CZ_ERR_NOMEM leaves every plan as it was),
+ * then the backend is synced, the old stores freed and every recording dropped (counted as
+ * stale; each size records again on its next pass). */
+#define CZ_UNET_MAX_PLANS 64
 cz_status cz_unet_plan(cz_unet *u, int max_batch, int h, int w);
 /* Marks the existing h x w plan as kept: never evicted (the daemon keeps the sizes it planned
  * at start). CZ_ERR_INVALID_ARG when there is no such plan. */
@@ -113,6 +120,7 @@ cz_status cz_unet_plan_keep(cz_unet *u, int h, int w);
 /* Plans held now, and whether one for h x w (and at least max_batch images) is among them. */
 int cz_unet_plan_count(const cz_unet *u);
 int cz_unet_has_plan(const cz_unet *u, int max_batch, int h, int w);
+int cz_unet_plan_kept(const cz_unet *u, int h, int w); /* whether h x w is planned and kept */
 /* Runs n images (NCHW fp32 host buffers: in n*in_ch*h*w values in [-1,1], out n*out_ch*h*w).
  * Requires a plan for h x w with max_batch >= n. */
 cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, float *out);
@@ -135,7 +143,7 @@ int cz_unet_async(const cz_unet *u);
 /* The device part of a forward pass alone, on whatever the h x w plan's input holds, then a
  * sync: what a batch costs without host transfers (benchmarks). Same rules as forward. */
 cz_status cz_unet_forward_device(cz_unet *u, int n, int h, int w);
-/* Bytes of activation memory held by all plans. */
+/* Bytes of activation memory held: the shared stores and every plan's input and output. */
 size_t cz_unet_plan_bytes(const cz_unet *u);
 
 /* Recordings: one slot per padded batch size of a plan (sizes 1, 2, 4, ... below max_batch,
@@ -146,7 +154,7 @@ typedef struct cz_unet_rec_stats {
     uint64_t recorded;   /* recordings made */
     uint64_t replays;    /* forward passes run from a recording */
     uint64_t unrecorded; /* forward passes run op by op (first of a size, or recording failed) */
-    uint64_t stale;      /* recordings dropped because the backend moved memory */
+    uint64_t stale;      /* recordings dropped because the backend or the stores moved memory */
     uint64_t failed;     /* recordings that failed (that size then runs op by op) */
 } cz_unet_rec_stats;
 void cz_unet_set_recording(cz_unet *u, int on);

@@ -25,11 +25,15 @@
  * - When cuDNN has no deterministic algorithm for a problem, or refuses the chosen one at run
  *   time with a NOT_SUPPORTED status, the plan falls back to conv_naive.cu for good (logged
  *   once per plan). COLORIZE_CUDA_NAIVE=1 forces the fallback everywhere.
+ * - A batch whose x or y would hold more than INT32_MAX elements runs as sub-batches under
+ *   that (sub_batch); COLORIZE_CUDNN_MAX_ELEMS lowers the limit so that tests reach the path
+ *   (and, for images above it, the direct kernels).
  * - Every cuDNN status is checked: allocation failures become CZ_ERR_NOMEM, the rest
  *   CZ_ERR_BACKEND with file:line and cudnnGetErrorString.
  * Threading: per instance, one thread at a time. Tested by tests/unit/test_ops.c (conv and
  * deconv forward/backward parity) on a GPU via tests/gpu/check.sh. */
 #include <cudnn.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +63,8 @@ struct cu_dnn {
     int n, cap;
     int use_find;
     int per_batch; /* COLORIZE_CUDA_ALGO_PER_BATCH=1 */
+    int64_t max_elems; /* most elements of x or y in one cuDNN call (sub_batch) */
+    int warned_large;  /* logged that an image exceeded it */
 };
 
 /* Out of host (4003) or device (4004) memory: the caller may retry smaller. */
@@ -111,6 +117,16 @@ cz_status cdn_create(cu_backend *b) {
     d->use_find = !(algo && !strcmp(algo, "heuristic"));
     const char *pb = getenv("COLORIZE_CUDA_ALGO_PER_BATCH");
     d->per_batch = pb && *pb && strcmp(pb, "0") != 0;
+    d->max_elems = INT32_MAX;
+    /* a lower limit, for tests: the emulator cannot hold tensors of 2^31 elements */
+    const char *me = getenv("COLORIZE_CUDNN_MAX_ELEMS");
+    if (me && *me) {
+        char *end;
+        long long v = strtoll(me, &end, 10);
+        if (*end || v < 1 || v > INT32_MAX)
+            return cz_error_set(CZ_ERR_CONFIG, "COLORIZE_CUDNN_MAX_ELEMS=%s: expected 1..%d", me, INT32_MAX);
+        d->max_elems = v;
+    }
     /* built against CUDNN_VERSION; an older library of the same major version (a GPU machine
      * whose cuDNN comes from another package) is not promised to work: say so up front */
     size_t v = cudnnGetVersion();
@@ -354,7 +370,7 @@ static int fall_back(cdn_plan *pl, cudnnStatus_t st) {
     return 1;
 }
 
-cz_status cdn_conv_fwd(cu_backend *b, const cuk_conv *p, const void *x, const void *w, void *y) {
+static cz_status fwd_one(cu_backend *b, const cuk_conv *p, const void *x, const void *w, void *y) {
     cdn_plan *pl;
     CZ_TRY(get_plan(b, CDN_FWD, p, &pl));
     if (!pl->naive) {
@@ -370,7 +386,7 @@ cz_status cdn_conv_fwd(cu_backend *b, const cuk_conv *p, const void *x, const vo
     return CZ_OK;
 }
 
-cz_status cdn_conv_bwd_data(cu_backend *b, const cuk_conv *p, const void *w, const void *dy, void *dx) {
+static cz_status bwd_data_one(cu_backend *b, const cuk_conv *p, const void *w, const void *dy, void *dx) {
     cdn_plan *pl;
     CZ_TRY(get_plan(b, CDN_BWD_DATA, p, &pl));
     if (!pl->naive) {
@@ -387,8 +403,8 @@ cz_status cdn_conv_bwd_data(cu_backend *b, const cuk_conv *p, const void *w, con
     return CZ_OK;
 }
 
-cz_status cdn_conv_bwd_filter(cu_backend *b, const cuk_conv *p, const void *x, const void *dy, void *dw,
-                              int accumulate) {
+static cz_status bwd_filter_one(cu_backend *b, const cuk_conv *p, const void *x, const void *dy, void *dw,
+                                int accumulate) {
     cdn_plan *pl;
     CZ_TRY(get_plan(b, CDN_BWD_FILTER, p, &pl));
     if (!pl->naive) {
@@ -402,5 +418,73 @@ cz_status cdn_conv_bwd_filter(cu_backend *b, const cuk_conv *p, const void *x, c
         if (!fall_back(pl, st)) return dnn_fail(st, __FILE__, __LINE__, "cudnnConvolutionBackwardFilter");
     }
     CUK_CHECK(b, cuk_conv_bwd_filter_naive(p, x, dy, dw, accumulate, b->stream));
+    return CZ_OK;
+}
+
+/* cuDNN's legacy API describes a tensor with int sizes and is not promised to take one of
+ * 2^31 elements or more; PyTorch splits such batches for its cuDNN convolutions
+ * (split_batch_dim_to_32bit_out). So does this: a batch whose x or y exceeds max_elems runs as
+ * sub-batches that stay under it (the daemon's c[0] at render 1024 for 64 images holds
+ * 64 x 128 x 512 x 512 = 2^31 elements). Sets *sub to the images per call, 0 when one image is
+ * already too large (the direct kernel then runs it: correct, slow, logged once), and *xs / *ys
+ * to the bytes of one image of x and of y. */
+static int sub_batch(const cu_backend *b, const cuk_conv *p, size_t *xs, size_t *ys) {
+    int64_t xe = (int64_t)p->c * p->h * p->w, ye = (int64_t)p->k * p->oh * p->ow;
+    int64_t per = xe > ye ? xe : ye, most = b->dnn->max_elems;
+    *xs = (size_t)xe * cz_dtype_size((cz_dtype)p->dt);
+    *ys = (size_t)ye * cz_dtype_size((cz_dtype)p->dt);
+    if (per > most) {
+        if (!b->dnn->warned_large)
+            CZ_LOGW("cuda", "one image of a convolution holds %lld elements, more than cuDNN takes (%lld): the direct "
+                    "kernel runs it, slowly", (long long)per, (long long)most);
+        b->dnn->warned_large = 1;
+        return 0;
+    }
+    return (int64_t)p->n * per <= most ? p->n : (int)(most / per);
+}
+
+cz_status cdn_conv_fwd(cu_backend *b, const cuk_conv *p, const void *x, const void *w, void *y) {
+    size_t xs, ys;
+    int sub = sub_batch(b, p, &xs, &ys);
+    if (!sub) {
+        CUK_CHECK(b, cuk_conv_fwd_naive(p, x, w, y, b->stream));
+        return CZ_OK;
+    }
+    for (int i = 0; i < p->n; i += sub) {
+        cuk_conv q = *p;
+        q.n = p->n - i < sub ? p->n - i : sub;
+        CZ_TRY(fwd_one(b, &q, (const char *)x + i * xs, w, (char *)y + i * ys));
+    }
+    return CZ_OK;
+}
+
+cz_status cdn_conv_bwd_data(cu_backend *b, const cuk_conv *p, const void *w, const void *dy, void *dx) {
+    size_t xs, ys;
+    int sub = sub_batch(b, p, &xs, &ys);
+    if (!sub) {
+        CUK_CHECK(b, cuk_conv_bwd_data_naive(p, w, dy, dx, b->stream));
+        return CZ_OK;
+    }
+    for (int i = 0; i < p->n; i += sub) {
+        cuk_conv q = *p;
+        q.n = p->n - i < sub ? p->n - i : sub;
+        CZ_TRY(bwd_data_one(b, &q, w, (const char *)dy + i * ys, (char *)dx + i * xs));
+    }
+    return CZ_OK;
+}
+
+cz_status cdn_conv_bwd_filter(cu_backend *b, const cuk_conv *p, const void *x, const void *dy, void *dw,
+                              int accumulate) {
+    size_t xs, ys;
+    int sub = sub_batch(b, p, &xs, &ys);
+    if (!sub) {
+        CUK_CHECK(b, cuk_conv_bwd_filter_naive(p, x, dy, dw, accumulate, b->stream));
+        return CZ_OK;
+    }
+    for (int i = 0; i < p->n; i += sub) { /* the sub-batches after the first add to dw */
+        cuk_conv q = *p;
+        q.n = p->n - i < sub ? p->n - i : sub;
+        CZ_TRY(bwd_filter_one(b, &q, (const char *)x + i * xs, (const char *)dy + i * ys, dw, accumulate || i > 0));
+    }
     return CZ_OK;
 }

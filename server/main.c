@@ -346,6 +346,7 @@ int main(int argc, char **argv) {
         .on_device_lost_arg = &s,
     };
     _Static_assert(CZ_CFG_MAX_PLAN_RENDERS <= CZ_BATCHER_MAX_RENDERS, "server.plan_renders exceeds the batcher's list");
+    _Static_assert(CZ_BATCHER_MAX_SHAPES == 56, "server.plan_shapes' range (config.c) is the batcher's");
     int truncated;
     s.n_plan_renders = cz_config_plan_renders(&s.cfg, !strcmp(s.be->ops->name, "cuda"),
                                               cz_unet_multiple(cz_colorizer_arch(s.cz)), s.plan_renders,
@@ -355,6 +356,7 @@ int main(int argc, char **argv) {
                 "larger ones are planned on first use", s.plan_renders[s.n_plan_renders - 1], CZ_CFG_MAX_PLAN_RENDERS);
     memcpy(bopt.more_renders, s.plan_renders, sizeof s.plan_renders);
     bopt.n_more_renders = s.n_plan_renders;
+    bopt.plan_shapes = s.cfg.plan_shapes;
     if (cz_batcher_create(s.cz, &bopt, &s.batcher) != CZ_OK) {
         CZ_LOGE("main", "cannot start the batcher: %s", cz_error_detail());
         cz_colorizer_destroy(s.cz); /* still ours when create fails */

@@ -5,11 +5,13 @@
  * A swap runs ON THE DEVICE THREAD (the backend belongs to it) in separate cz_batcher_call
  * steps, each between inference batches (and training steps): load the file aside and check
  * it has the serving model's depth, channels and colour mode (jobs already prepared by HTTP
- * threads must stay valid); one warm-up pass per batch size 1..max_batch and render planned at
- * start (image.render and server.plan_renders), each its own step;
- * then swap it in under the model write lock. A request so waits for at most one step, not
- * for the whole swap. Any failure frees the model aside and leaves the old one serving. SIGHUP goes back to the configured file
- * and forgets the activation record.
+ * threads must stay valid); the warm-up the batcher does at start (cz_colorizer_warm_steps:
+ * image.render and server.plan_renders at every batch size, then their other shapes up to
+ * server.plan_shapes), each pass its own step; then swap it in under the model write lock. A
+ * request so waits for at most one step, not for the whole swap. Running out of memory after
+ * image.render's square ends the warm-up early (the rest is planned on first use, as at
+ * start); any other failure frees the model aside and leaves the old one serving. SIGHUP goes
+ * back to the configured file and forgets the activation record.
  * Threading: srv_model_swap and the handler run on MHD threads or the main thread, never on the
  * device thread. Tested by tests/integration/test_train_http.c (activation) and
  * tests/integration/test_http_ops.c (SIGHUP). */
@@ -31,8 +33,7 @@ typedef struct swap_ctx {
     const char *job;
     long step;
     cz_colorizer *fresh; /* loaded aside, not yet serving */
-    int warm_n;          /* batch size of the next warm-up pass */
-    int warm_render;     /* and its render */
+    const cz_warm_step *warm; /* the next warm-up step */
     int incompatible;
     char err[700];
 } swap_ctx;
@@ -74,10 +75,8 @@ static cz_status load_aside(cz_colorizer **czp, void *arg) {
 static cz_status warm_aside(cz_colorizer **czp, void *arg) {
     (void)czp;
     swap_ctx *sc = arg;
-    cz_status st = cz_colorizer_warm(sc->fresh, sc->warm_render, sc->warm_n);
-    /* as the batcher's warm-up: the sizes planned at start stay planned */
-    if (st == CZ_OK && sc->warm_n == 1)
-        st = cz_unet_plan_keep(cz_colorizer_unet(sc->fresh), sc->warm_render, sc->warm_render);
+    /* as the batcher's warm-up: the shapes planned at start stay planned */
+    cz_status st = cz_colorizer_warm_step(sc->fresh, sc->warm);
     if (st != CZ_OK) snprintf(sc->err, sizeof sc->err, "warm-up of %s failed: %s", sc->path, cz_error_detail());
     return st;
 }
@@ -146,12 +145,24 @@ cz_status srv_model_swap(srv_ctx *s, const char *path, const char *job, long ste
     int renders[1 + CZ_CFG_MAX_PLAN_RENDERS] = {s->cfg.render};
     memcpy(renders + 1, s->plan_renders, (size_t)s->n_plan_renders * sizeof *renders);
     int nr = 1 + s->n_plan_renders;
-    for (int r = 0; r < nr; r++)
-        for (int n = s->cfg.max_batch; st == CZ_OK && n >= 1; n--) { /* largest first, as the batcher's warm-up */
-            sc.warm_n = n;
-            sc.warm_render = renders[r];
-            st = cz_batcher_call(s->batcher, warm_aside, &sc);
+    cz_warm_step *steps = NULL;
+    int nsteps = 0, left_out = 0, first_done = 0;
+    /* sc.fresh is the device thread's, but its architecture and limits, all this reads, are fixed */
+    if (st == CZ_OK)
+        st = cz_colorizer_warm_steps(sc.fresh, renders, nr, s->cfg.plan_shapes, &steps, &nsteps, &left_out);
+    for (int k = 0; st == CZ_OK && k < nsteps; k++) {
+        sc.warm = &steps[k];
+        st = cz_batcher_call(s->batcher, warm_aside, &sc);
+        if (st == CZ_OK && steps[k].keep && steps[k].w == renders[0] && steps[k].h == renders[0]) first_done = 1;
+        if (st == CZ_ERR_NOMEM && first_done) {
+            CZ_LOGW("model", "%s", sc.err);
+            CZ_LOGW("model", "the shapes from %dx%d on are planned on first use", steps[k].w, steps[k].h);
+            sc.err[0] = 0;
+            st = CZ_OK;
+            break;
         }
+    }
+    free(steps);
     if (st == CZ_OK) st = cz_batcher_call_ex(s->batcher, swap_in, &sc, CZ_CALL_NO_WARMUP);
     if (sc.fresh && cz_batcher_call(s->batcher, discard_aside, &sc) != CZ_OK)
         CZ_LOGW("model", "could not free the model loaded aside (the batcher stopped)");

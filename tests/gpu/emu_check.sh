@@ -6,7 +6,9 @@
 # (CZ_TEST_BACKEND=cuda: whole runs whose steps overlap the next upload) (test_unet also runs
 # pipelined passes: upload, compute and download streams; test_colorize compares jobs finished
 # on the device with the host's), test_ops again with tiny grid caps and threads in reverse
-# order, the emulator's own stream-model test, step 4's
+# order, and again with cuDNN calls limited to 8192 elements (COLORIZE_CUDNN_MAX_ELEMS: batches
+# run as sub-batches, as real ones of 2^31 elements and more do, and larger images on the
+# direct kernels), the emulator's own stream-model test, step 4's
 # programs end to end at tiny sizes, then the failure path only an
 # emulator can provoke on demand: a sticky device error in the middle of serving (the request
 # gets 503 with a JSON body, and the daemon exits with status 3 so that a supervisor restarts
@@ -72,6 +74,17 @@ if CZ_CUEMU_ORDER=reverse CZ_CUEMU_MAX_BLOCKS=3 CZ_CUEMU_MAX_PARTS=2 "$BUILD/tes
   echo "ok   test_ops, capped grids, reverse order: $(grep -m1 '^parity:' "$WORK/test_ops_capped.log")"
 else
   fail=1; echo "FAIL test_ops with capped grids (log below)"; grep -E "FAIL|parity:" "$WORK/test_ops_capped.log" | head -20
+fi
+
+echo
+echo "=== emulator: op parity again with cuDNN calls limited to 8192 elements (sub-batches; larger images on"
+echo "    the direct kernels), as calls of 2^31 elements or more are split on a GPU"
+if COLORIZE_CUDNN_MAX_ELEMS=8192 "$BUILD/tests/test_ops" > "$WORK/test_ops_split.log" 2>&1 &&
+   ! grep -q "skipped: cuda not available" "$WORK/test_ops_split.log" &&
+   grep -q "more than cuDNN takes (8192)" "$WORK/test_ops_split.log"; then
+  echo "ok   test_ops, cuDNN calls split: $(grep -m1 '^parity:' "$WORK/test_ops_split.log")"
+else
+  fail=1; echo "FAIL test_ops with cuDNN calls split (log below)"; grep -E "FAIL|parity:" "$WORK/test_ops_split.log" | head -20
 fi
 
 echo

@@ -629,12 +629,15 @@ static void *swap_worker_main(void *arg) {
 
 /* Reads, on the device thread, whether the colorizer holds the plans the warm-up made. */
 typedef struct plan_probe {
-    int render[2], has[2], max_batch;
+    int render[2], has[2], kept[2], max_batch;
 } plan_probe;
 
 static cz_status probe_plans_fn(cz_colorizer **cz, void *arg) {
     plan_probe *p = arg;
-    for (int i = 0; i < 2; i++) p->has[i] = cz_unet_has_plan(cz_colorizer_unet(*cz), p->max_batch, p->render[i], p->render[i]);
+    for (int i = 0; i < 2; i++) {
+        p->has[i] = cz_unet_has_plan(cz_colorizer_unet(*cz), p->max_batch, p->render[i], p->render[i]);
+        p->kept[i] = cz_unet_plan_kept(cz_colorizer_unet(*cz), p->render[i], p->render[i]);
+    }
     return CZ_OK;
 }
 
@@ -650,6 +653,8 @@ static void test_warm_more_renders(void **state) {
     assert_null(cz_batcher_ready(b, NULL, 0));
     assert_int_equal(p.has[0], 1);
     assert_int_equal(p.has[1], 1);
+    assert_int_equal(p.kept[0], 1);
+    assert_int_equal(p.kept[1], 1);
     /* a job at 512 runs on the plan made at start */
     tracker tr;
     tracker_init(&tr);
@@ -662,6 +667,58 @@ static void test_warm_more_renders(void **state) {
     cz_backend_destroy(be);
     tjob_release(&t);
     tracker_fini(&tr);
+}
+
+/* Reads, on the device thread, which shapes are kept and how many plans there are. */
+typedef struct shape_probe {
+    int n;
+    int w[8], h[8], kept[8];
+    int plans;
+} shape_probe;
+
+static cz_status probe_shapes_fn(cz_colorizer **cz, void *arg) {
+    shape_probe *p = arg;
+    for (int i = 0; i < p->n; i++) p->kept[i] = cz_unet_plan_kept(cz_colorizer_unet(*cz), p->h[i], p->w[i]);
+    p->plans = cz_unet_plan_count(cz_colorizer_unet(*cz));
+    return CZ_OK;
+}
+
+/* plan_shapes: the other aspect ratios of the planned renders are planned and kept at start
+ * (at 512 with this depth-8 model: 512x256 and 256x512), so a wide photo at 512 runs on a plan
+ * made at start and plans nothing; with plan_shapes 0 only the squares are kept */
+static void test_warm_other_shapes(void **state) {
+    (void)state;
+    for (int shapes = 0; shapes <= 8; shapes += 8) {
+        cz_backend *be;
+        cz_batcher_opts o = {.max_batch = 2, .max_wait_us = 1000, .max_queue = 8, .warmup_render = 256,
+                             .more_renders = {512}, .n_more_renders = 1, .plan_shapes = shapes};
+        cz_batcher *b = make_batcher(&be, g_w1, 2, &o);
+        shape_probe p = {.n = 4, .w = {256, 512, 512, 256}, .h = {256, 512, 256, 512}};
+        assert_int_equal(cz_batcher_call(b, probe_shapes_fn, &p), CZ_OK); /* after warm-up */
+        assert_null(cz_batcher_ready(b, NULL, 0));
+        assert_int_equal(p.kept[0], 1);
+        assert_int_equal(p.kept[1], 1);
+        assert_int_equal(p.kept[2], shapes > 0);
+        assert_int_equal(p.kept[3], shapes > 0);
+        int plans_at_start = p.plans;
+        assert_int_equal(plans_at_start, shapes > 0 ? 4 : 2);
+        /* a 400x150 photo at render 512 runs at 512x256 */
+        tracker tr;
+        tracker_init(&tr);
+        tjob t;
+        assert_int_equal(tjob_prepare(&t, 400, 150, 512, 31, &tr), CZ_OK);
+        assert_int_equal(t.bj.cjob.geom.net_w, 512);
+        assert_int_equal(t.bj.cjob.geom.net_h, 256);
+        assert_int_equal(cz_batcher_submit(b, &t.bj), CZ_OK);
+        assert_int_equal(tracker_wait(&tr, 1, WAIT_MS), 1);
+        assert_int_equal(t.bj.status, CZ_OK);
+        assert_int_equal(cz_batcher_call(b, probe_shapes_fn, &p), CZ_OK);
+        assert_int_equal(p.plans, plans_at_start + (shapes == 0)); /* planned on first use only without */
+        cz_batcher_destroy(b);
+        cz_backend_destroy(be);
+        tjob_release(&t);
+        tracker_fini(&tr);
+    }
 }
 
 static void test_call_swaps_model_under_load(void **state) {
@@ -1158,8 +1215,10 @@ static void test_warm_render_out_of_memory(void **state) {
     plan_probe p = {.render = {256, 768}, .max_batch = 2};
     assert_int_equal(cz_batcher_call(b, probe_plans_fn, &p), CZ_OK); /* after warm-up */
     assert_null(cz_batcher_ready(b, NULL, 0));
-    assert_int_equal(p.has[0], 1);
-    assert_int_equal(p.has[1], 0); /* the list stopped at 512 */
+    assert_int_equal(p.kept[0], 1);
+    /* the list stopped at 512: 768 is not kept (its square was planned first, so that the shared
+     * activation stores have their full size from the start, but never warmed) */
+    assert_int_equal(p.kept[1], 0);
     tracker tr;
     tracker_init(&tr);
     tjob t[2];
@@ -1326,6 +1385,7 @@ int main(void) {
         cmocka_unit_test(test_idle_grace),
         cmocka_unit_test(test_oom_split_and_device_lost),
         cmocka_unit_test(test_warm_render_out_of_memory),
+        cmocka_unit_test(test_warm_other_shapes),
         cmocka_unit_test(test_pipelined_passes),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
