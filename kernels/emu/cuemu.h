@@ -61,6 +61,7 @@ struct coords {
     dim3 bdim, gdim;
     const char *kernel; /* name of the kernel being run, for diagnostics */
     int threaded;       /* launched with CUK_LAUNCH_SYNC: __syncthreads is allowed */
+    unsigned bars;      /* __syncthreads() this thread reached in its current block */
 };
 extern thread_local coords t_at;
 

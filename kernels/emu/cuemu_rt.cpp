@@ -70,6 +70,26 @@
 #include <string>
 #include <thread>
 
+/* Under ASan, the padding past each allocation's end and the whole of a freed (quarantined)
+ * allocation are poisoned, so a kernel or copy that reads or writes a few bytes past a buffer,
+ * or through a pointer to one already freed, stops the run (as it would corrupt memory on a
+ * GPU, whose allocations are padded too). */
+#if defined(__SANITIZE_ADDRESS__)
+#define CUEMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CUEMU_ASAN 1
+#endif
+#endif
+#ifdef CUEMU_ASAN
+#include <sanitizer/asan_interface.h>
+#define CUEMU_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define CUEMU_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define CUEMU_POISON(p, n) ((void)(p), (void)(n))
+#define CUEMU_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 namespace cuemu {
 
 thread_local coords t_at;
@@ -330,18 +350,45 @@ struct grid_run {
     const launch_desc *d;
     const std::function<void()> *body;
     pthread_barrier_t bar;
+    std::vector<unsigned> at; /* per thread: where it waits (block_barrier) */
 };
 grid_run *g_run; /* the threaded launch in progress (kernels run one at a time) */
 
+/* Every wait of a threaded block, at a __syncthreads() or at the block's end. Each thread posts
+ * where it is (the end flag and how many __syncthreads() it passed in this block), all wait, and
+ * each compares its post with thread 0's: a __syncthreads() that some threads of the block skip
+ * (a return before it, or a condition that differs between threads) pairs one thread's barrier
+ * with another's elsewhere, which a GPU leaves undefined ("likely to hang", CUDA C Programming
+ * Guide, Synchronization Functions). That aborts with the kernel's name. A second wait keeps
+ * the posts until every thread has read them. */
+void block_barrier(bool end) {
+    grid_run *g = g_run;
+    const launch_desc &d = *g->d;
+    unsigned me = t_at.tid.x + d.block.x * (t_at.tid.y + d.block.y * t_at.tid.z);
+    unsigned post = (end ? 0x80000000u : 0u) | t_at.bars;
+    g->at[me] = post;
+    pthread_barrier_wait(&g->bar);
+    unsigned first = g->at[0];
+    if (post != first) {
+        report("kernel %s, block (%u,%u,%u): thread %u is at %s after %u __syncthreads() while thread 0 is at %s "
+               "after %u: a __syncthreads() that not every thread of the block reaches",
+               d.kernel ? d.kernel : "?", t_at.bid.x, t_at.bid.y, t_at.bid.z, me, end ? "the end" : "a barrier",
+               post & 0x7fffffffu, (first & 0x80000000u) ? "the end" : "a barrier", first & 0x7fffffffu);
+        abort();
+    }
+    pthread_barrier_wait(&g->bar);
+}
+
 void for_each_block(const launch_desc &d, unsigned tx, unsigned ty, unsigned tz, const std::function<void()> &body,
-                    pthread_barrier_t *bar) {
+                    bool threaded) {
     for (unsigned bz = 0; bz < d.grid.z; bz++)
         for (unsigned by = 0; by < d.grid.y; by++)
             for (unsigned bx = 0; bx < d.grid.x; bx++) {
                 t_at.bid = make_uint3(bx, by, bz);
                 t_at.tid = make_uint3(tx, ty, tz);
+                t_at.bars = 0;
                 body();
-                if (bar) pthread_barrier_wait(bar); /* the block ends for every thread together */
+                if (threaded) block_barrier(true); /* the block ends for every thread together */
             }
 }
 
@@ -367,7 +414,7 @@ void run_grid(const launch_desc &d, const std::function<void()> &body) {
         }
     } else {
         unsigned nt = d.block.x * d.block.y * d.block.z;
-        grid_run gr{&d, &body, {}};
+        grid_run gr{&d, &body, {}, std::vector<unsigned>(nt)};
         pthread_barrier_init(&gr.bar, nullptr, nt);
         g_run = &gr;
         std::vector<std::thread> th;
@@ -379,7 +426,7 @@ void run_grid(const launch_desc &d, const std::function<void()> &body) {
                 t_at.gdim = d.grid;
                 t_at.kernel = d.kernel;
                 t_at.threaded = 1;
-                for_each_block(d, tx, ty, tz, body, &gr.bar);
+                for_each_block(d, tx, ty, tz, body, true);
             });
         }
         for (auto &t : th) t.join();
@@ -419,7 +466,8 @@ void syncthreads() {
                t_at.kernel ? t_at.kernel : "?");
         abort();
     }
-    pthread_barrier_wait(&g_run->bar);
+    t_at.bars++;
+    block_barrier(false);
 }
 
 void launch(const launch_desc &d, ptr_args ptrs, std::function<void()> thread_body) {
@@ -588,6 +636,9 @@ cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total) {
 
 /* ---- memory ---- */
 
+/* What aligned_alloc is asked for: whole 256-byte units, at least one. */
+static size_t padded(size_t bytes) { return bytes ? (bytes + 255) / 256 * 256 : 256; }
+
 static cudaError_t alloc_common(void **p, size_t bytes, bool pinned) {
     guard g;
     if (!p) return ret(cudaErrorInvalidValue);
@@ -595,10 +646,11 @@ static cudaError_t alloc_common(void **p, size_t bytes, bool pinned) {
     if (g_sticky != cudaSuccess) return ret(g_sticky);
     if (!capture_allows(pinned ? "cudaMallocHost" : "cudaMalloc")) return ret(cudaErrorStreamCaptureUnsupported);
     if (!pinned && (bytes > g_cap || g_used > g_cap - bytes)) return ret(cudaErrorMemoryAllocation);
-    size_t sz = (bytes + 255) / 256 * 256;
-    void *m = aligned_alloc(256, sz ? sz : 256);
+    size_t sz = padded(bytes);
+    void *m = aligned_alloc(256, sz);
     if (!m) return ret(cudaErrorMemoryAllocation);
-    memset(m, 0xff, sz ? sz : 256); /* NaN in fp32, bf16, fp16 and fp64: uninitialized reads show */
+    memset(m, 0xff, sz); /* NaN in fp32, bf16, fp16 and fp64: uninitialized reads show */
+    CUEMU_POISON((char *)m + bytes, sz - bytes);
     g_allocs[(uintptr_t)m] = alloc_info{bytes, pinned};
     if (!pinned) g_used += bytes;
     *p = m;
@@ -619,9 +671,11 @@ static cudaError_t free_common(void *p, bool pinned) {
     if (!pinned) g_used -= it->second.bytes;
     size_t sz = it->second.bytes;
     g_allocs.erase(it);
+    CUEMU_POISON(p, padded(sz));
     g_quarantine.emplace_back(p, sz);
     g_quarantine_bytes += sz;
     while (g_quarantine_bytes > ((size_t)256 << 20) && !g_quarantine.empty()) {
+        CUEMU_UNPOISON(g_quarantine.front().first, padded(g_quarantine.front().second));
         free(g_quarantine.front().first);
         g_quarantine_bytes -= g_quarantine.front().second;
         g_quarantine.pop_front();

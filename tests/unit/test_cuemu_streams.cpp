@@ -10,9 +10,14 @@
 
 #include <cuda_runtime_api.h>
 
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 namespace {
 
@@ -52,6 +57,20 @@ void get(uint32_t *pinned, const uint32_t *dev, cudaStream_t s) {
 }
 
 void store(uint32_t *p, uint32_t v) { p[threadIdx.x] = v; }
+
+/* every thread of the block passes both barriers */
+void bars_even(uint32_t *p, uint32_t v) {
+    __syncthreads();
+    p[threadIdx.x] = v;
+    __syncthreads();
+}
+
+/* thread 1 returns before the barrier the others wait at */
+void bars_divergent(uint32_t *p, uint32_t v) {
+    if (threadIdx.x == 1) return;
+    __syncthreads();
+    p[threadIdx.x] = v;
+}
 
 } // namespace
 
@@ -204,6 +223,37 @@ int main() {
         (void)cudaGetLastError();
         CK(cudaEventDestroy(ev));
         CK(cudaStreamDestroy(C));
+    }
+
+    { /* k: a __syncthreads() that one thread of the block skips aborts the run, naming the kernel
+       * (a GPU leaves it undefined; the emulator used to pair the barrier with the skipping
+       * thread's end of block and go on); one that every thread reaches runs */
+        uint32_t *d = dev_words(4), *p = pinned_words(4);
+        CUK_LAUNCH_SYNC(bars_even, 2, 4, 0, A)(d, 5u);
+        CK(cudaGetLastError());
+        CK(cudaMemcpyAsync(p, d, 16, cudaMemcpyDeviceToHost, A));
+        CK(cudaStreamSynchronize(A));
+        check(p[0] == 5 && p[3] == 5, "k1", "a kernel whose threads all reach its two barriers runs");
+        fflush(stdout);
+        char log[] = "/tmp/cuemu_bars_XXXXXX";
+        int fd = mkstemp(log);
+        pid_t pid = fork();
+        if (pid == 0) {
+            dup2(fd, 2);
+            CUK_LAUNCH_SYNC(bars_divergent, 1, 4, 0, A)(d, 6u);
+            (void)cudaStreamSynchronize(A);
+            _exit(0);
+        }
+        int st = 0;
+        waitpid(pid, &st, 0);
+        char buf[512] = "";
+        ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+        buf[n > 0 ? n : 0] = 0;
+        close(fd);
+        unlink(log);
+        check(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT && strstr(buf, "bars_divergent") &&
+                  strstr(buf, "not every thread of the block reaches"),
+              "k2", "a barrier one thread skips aborts the run with the kernel's name");
     }
 
     { /* f (last: it kills the context): a sticky error discards the work queued on every stream */
