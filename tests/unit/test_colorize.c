@@ -154,6 +154,78 @@ static void test_bad_weights_path(void **state) {
 
 /* The device finish against the host finish, byte for byte, in fp32 and (where the backend has
  * it) bf16. */
+/* The shapes a render produces, in the documented order, and the warm-up plan over them: each
+ * photo's network shape is among its render's shapes, and the steps plan every shape once. */
+static void test_render_shapes(void **state) {
+    (void)state;
+    char *path = write_weights(CZ_COLOR_LAB, 8);
+    cz_backend *be;
+    assert_int_equal(cz_backend_create("auto", NULL, &be), CZ_OK);
+    cz_colorizer *cz;
+    cz_colorizer_opts o = {.max_batch = 5, .precision = CZ_F32};
+    assert_int_equal(cz_colorizer_create(be, path, &o, &cz), CZ_OK);
+    int w[16], h[16];
+    assert_int_equal(cz_render_shapes(cz, 1024, w, h, 16), 7);
+    const int ew[7] = {1024, 1024, 768, 1024, 512, 1024, 256}, eh[7] = {1024, 768, 1024, 512, 1024, 256, 1024};
+    for (int i = 0; i < 7; i++) {
+        assert_int_equal(w[i], ew[i]);
+        assert_int_equal(h[i], eh[i]);
+    }
+    assert_int_equal(cz_render_shapes(cz, 1024, w, h, 2), 7); /* counts past cap, writes 2 */
+    assert_int_equal(cz_render_shapes(cz, 300, w, h, 16), 0);
+    assert_int_equal(cz_render_shapes(cz, 256, w, h, 16), 1);
+    /* photos of many aspect ratios at 1024 land on one of the seven */
+    const int photo[6][2] = {{4000, 3000}, {3000, 4000}, {1920, 1080}, {6000, 2000}, {500, 500}, {9000, 100}};
+    assert_int_equal(cz_render_shapes(cz, 1024, w, h, 16), 7);
+    for (int k = 0; k < 6; k++) {
+        cz_render_geom g;
+        assert_int_equal(cz_render_geom_compute(photo[k][0], photo[k][1], 1024, 256, &g), CZ_OK);
+        int found = 0;
+        for (int i = 0; i < 7; i++) found |= g.net_w == w[i] && g.net_h == h[i];
+        assert_true(found);
+    }
+    /* batch sizes: a square runs 5..1; another shape runs the padded sizes 5, 4, 2, 1 where
+     * passes are recorded, else is planned only (0) */
+    int n[8];
+    assert_int_equal(cz_colorizer_warm_sizes(cz, 1, n, 8), 5);
+    assert_int_equal(n[0], 5);
+    assert_int_equal(n[4], 1);
+    int k = cz_colorizer_warm_sizes(cz, 0, n, 8);
+    if (be->ops->record_begin) {
+        assert_int_equal(k, 4);
+        assert_int_equal(n[0], 5);
+        assert_int_equal(n[1], 4);
+        assert_int_equal(n[2], 2);
+        assert_int_equal(n[3], 1);
+    } else {
+        assert_int_equal(k, 1);
+        assert_int_equal(n[0], 0);
+    }
+    /* steps for renders 256 and 512 with room for 3 shapes: the 512 square planned first, the
+     * two squares warmed at every size, one more shape (512x256), one left out */
+    const int renders[2] = {256, 512};
+    cz_warm_step *st;
+    int ns, left;
+    assert_int_equal(cz_colorizer_warm_steps(cz, renders, 2, 3, &st, &ns, &left), CZ_OK);
+    assert_int_equal(left, 1);
+    assert_int_equal(ns, 1 + 5 + 5 + k);
+    assert_true(st[0].w == 512 && st[0].h == 512 && st[0].n == 0 && !st[0].keep);
+    int kept = 0;
+    for (int i = 0; i < ns; i++) kept += st[i].keep;
+    assert_int_equal(kept, 3);
+    assert_true(st[ns - 1].w == 512 && st[ns - 1].h == 256 && st[ns - 1].keep);
+    for (int i = 0; i < ns; i++) assert_int_equal(cz_colorizer_warm_step(cz, &st[i]), CZ_OK);
+    assert_true(cz_unet_plan_kept(cz_colorizer_unet(cz), 256, 512)); /* h 256, w 512 */
+    assert_false(cz_unet_plan_kept(cz_colorizer_unet(cz), 512, 256));
+    free(st);
+    const int bad[1] = {300};
+    assert_int_equal(cz_colorizer_warm_steps(cz, bad, 1, 3, &st, &ns, &left), CZ_ERR_INVALID_ARG);
+    cz_colorizer_destroy(cz);
+    cz_backend_destroy(be);
+    unlink(path);
+    free(path);
+}
+
 static void test_device_finish(void **state) {
     (void)state;
     char *path = write_weights(CZ_COLOR_LAB, 8);
@@ -257,6 +329,7 @@ int main(void) {
         cmocka_unit_test(test_rgb_mode),
         cmocka_unit_test(test_bad_weights_path),
         cmocka_unit_test(test_device_finish),
+        cmocka_unit_test(test_render_shapes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
