@@ -245,6 +245,17 @@ static bgroup *pick_ready(cz_batcher *b, int64_t now, int64_t *next_ready) {
 
 /* ---- device thread ---- */
 
+/* Records the model's plans in the stats (device thread; lock not held). */
+static void note_plans(cz_batcher *b) {
+    cz_unet *u = b->cz ? cz_colorizer_unet(b->cz) : NULL;
+    int n = u ? cz_unet_plan_count(u) : 0;
+    uint64_t bytes = u ? (uint64_t)cz_unet_plan_bytes(u) : 0;
+    pthread_mutex_lock(&b->mu);
+    b->st.planned_shapes = n;
+    b->st.activation_bytes = bytes;
+    pthread_mutex_unlock(&b->mu);
+}
+
 /* Warms up and plans what the options name (cz_colorizer_warm_steps: the square of
  * warmup_render and of each of more_renders at every batch size, then their other shapes up to
  * plan_shapes in all), on a zero input, so that every plan, primitive and recording exists
@@ -289,6 +300,7 @@ static void run_warm_up(cz_batcher *b) {
         }
     }
     free(steps);
+    note_plans(b);
     if (s == CZ_OK) {
         cz_unet *u = cz_colorizer_unet(cz);
         cz_unet_rec_stats rs = cz_unet_recording_stats(u);
@@ -333,6 +345,7 @@ static void run_ctl(cz_batcher *b, bctl *c) {
             if (b->opt.warmup_render > 0 && !c->no_warm) run_warm_up(b);
         }
     }
+    note_plans(b);
     pthread_mutex_lock(&b->mu);
     c->finished = 1;
     pthread_cond_broadcast(&b->idle);
@@ -398,6 +411,7 @@ static void pass_done(cz_batcher *b, cz_bjob **jobs, int n, cz_status s, int64_t
         CZ_LOGE(MOD, "forward pass of %d images at %dx%d failed: %s: %s", n, jobs[0]->cjob.geom.net_w,
                 jobs[0]->cjob.geom.net_h, cz_strerror(s), detail);
     double secs = (double)(t1 - t0) / 1e9;
+    note_plans(b); /* a first pass at a shape not planned at start plans it */
     pthread_mutex_lock(&b->mu);
     b->st.batches++;
     b->st.images += (uint64_t)n;

@@ -75,6 +75,10 @@ typedef struct cz_batcher_stats {
     double infer_seconds_sum;     /* forward-pass wall time, summed over batches */
     double infer_seconds_max;
     int depth;                    /* jobs waiting now */
+    /* the model's plans, as of the last warm-up or batch: network shapes planned, and the bytes
+     * of activation memory they hold (cz_unet_plan_bytes) */
+    int planned_shapes;
+    uint64_t activation_bytes;
 } cz_batcher_stats;
 
 typedef struct cz_batcher cz_batcher;

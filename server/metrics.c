@@ -217,6 +217,14 @@ char *srv_metrics_render(const srv_metrics_gauges *g, size_t *len) {
                   "colorize_pinned_misses_total %llu\n",
               g->pinned_capacity, g->pinned_in_use, g->pinned_peak, g->pinned_misses);
 
+    sb_printf(&b, "# HELP colorize_planned_shapes Network shapes the serving model has planned.\n"
+                  "# TYPE colorize_planned_shapes gauge\n"
+                  "colorize_planned_shapes %d\n"
+                  "# HELP colorize_activation_bytes Activation memory of those plans (device memory on a GPU).\n"
+                  "# TYPE colorize_activation_bytes gauge\n"
+                  "colorize_activation_bytes %llu\n",
+              g->planned_shapes, g->activation_bytes);
+
     sb_printf(&b, "# HELP colorize_queue_depth Inference jobs waiting for the device.\n"
                   "# TYPE colorize_queue_depth gauge\n"
                   "colorize_queue_depth %d\n",

@@ -15,6 +15,9 @@
  *   colorize_pinned_bytes{state}                    gauges: the page-locked job arena's
  *                                                   capacity, in_use and peak (0 without one)
  *   colorize_pinned_misses_total                    counter: jobs that found no room in it
+ *   colorize_planned_shapes, colorize_activation_bytes  gauges: network shapes the serving
+ *                                                   model has planned, and the activation
+ *                                                   memory they hold (device memory on cuda)
  * Counters and histogram buckets are lock-free atomics, so any thread may record; the
  * exposition text is built on demand by the /metrics handler. Tested end to end by the
  * integration tests (tests/integration/) and by hand with curl. */
@@ -72,6 +75,9 @@ typedef struct srv_metrics_gauges {
     double train_images_per_s;
     /* the page-locked job arena (zeroes without one) */
     unsigned long long pinned_capacity, pinned_in_use, pinned_peak, pinned_misses;
+    /* the serving model's plans (cz_batcher_stats) */
+    int planned_shapes;
+    unsigned long long activation_bytes;
 } srv_metrics_gauges;
 
 /* Renders the exposition text (malloc'd, *len bytes); NULL when out of memory. */

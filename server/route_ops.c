@@ -116,6 +116,10 @@ enum MHD_Result srv_route_metrics(srv_ctx *s, struct MHD_Connection *c, srv_req 
     srv_metrics_gauges g;
     memset(&g, 0, sizeof g);
     g.queue_depth = cz_batcher_depth(s->batcher);
+    cz_batcher_stats bs;
+    cz_batcher_stats_get(s->batcher, &bs);
+    g.planned_shapes = bs.planned_shapes;
+    g.activation_bytes = (unsigned long long)bs.activation_bytes;
     g.ready = srv_not_ready(s, buf, sizeof buf) == NULL;
     char mode[16], sum[40];
     pthread_mutex_lock(&s->model_mu);

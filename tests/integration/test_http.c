@@ -491,7 +491,9 @@ static void test_metrics(void **state) {
                  {"colorize_ready", "gauge"},
                  {"colorize_finished_total", "counter"},
                  {"colorize_pinned_bytes", "gauge"},
-                 {"colorize_pinned_misses_total", "counter"}};
+                 {"colorize_pinned_misses_total", "counter"},
+                 {"colorize_planned_shapes", "gauge"},
+                 {"colorize_activation_bytes", "gauge"}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         char type_line[160], sample[160];
         snprintf(type_line, sizeof type_line, "# TYPE %s %s\n", names[i].name, names[i].type);
@@ -504,6 +506,10 @@ static void test_metrics(void **state) {
     snprintf(want, sizeof want, "checksum=\"%s\"", sum);
     it_check(strstr(m0, want) != NULL, "colorize_model_info carries %s", want);
     it_check(it_metric_sum(m0, "colorize_ready", NULL, NULL) == 1.0, "colorize_ready is 1");
+    /* ready means warmed up: image.render's shape at least is planned, and holds memory */
+    it_check(it_metric_sum(m0, "colorize_planned_shapes", NULL, NULL) >= 1.0 &&
+                 it_metric_sum(m0, "colorize_activation_bytes", NULL, NULL) > 0.0,
+             "colorize_planned_shapes >= 1 and colorize_activation_bytes > 0 once ready");
     it_check(strstr(m0, "colorize_http_request_duration_seconds_bucket{") && strstr(m0, "le=\"+Inf\"") &&
                  strstr(m0, "colorize_http_request_duration_seconds_count") &&
                  strstr(m0, "colorize_http_request_duration_seconds_sum"),
