@@ -201,25 +201,34 @@ static void test_render_shapes(void **state) {
         assert_int_equal(k, 1);
         assert_int_equal(n[0], 0);
     }
-    /* steps for renders 256 and 512 with room for 3 shapes: the 512 square planned first, the
-     * two squares warmed at every size, one more shape (512x256), one left out */
-    const int renders[2] = {256, 512};
+    const int bad[1] = {300};
     cz_warm_step *st;
     int ns, left;
+    assert_int_equal(cz_colorizer_warm_steps(cz, bad, 1, 3, &st, &ns, &left), CZ_ERR_INVALID_ARG);
+    cz_colorizer_destroy(cz);
+    unlink(path);
+    free(path);
+    /* steps, run on a depth-5 model (multiples of 32, so that the passes stay cheap on an
+     * emulator) for renders 32 and 64 with room for 3 shapes: the 64 square planned first, the
+     * two squares warmed at every size, one more shape (64x32), one left out (32x64) */
+    path = write_weights(CZ_COLOR_LAB, 5);
+    assert_int_equal(cz_colorizer_create(be, path, &o, &cz), CZ_OK);
+    const int renders[2] = {32, 64};
     assert_int_equal(cz_colorizer_warm_steps(cz, renders, 2, 3, &st, &ns, &left), CZ_OK);
     assert_int_equal(left, 1);
     assert_int_equal(ns, 1 + 5 + 5 + k);
-    assert_true(st[0].w == 512 && st[0].h == 512 && st[0].n == 0 && !st[0].keep);
+    assert_true(st[0].w == 64 && st[0].h == 64 && st[0].n == 0 && !st[0].keep);
     int kept = 0;
     for (int i = 0; i < ns; i++) kept += st[i].keep;
     assert_int_equal(kept, 3);
-    assert_true(st[ns - 1].w == 512 && st[ns - 1].h == 256 && st[ns - 1].keep);
+    assert_true(st[ns - 1].w == 64 && st[ns - 1].h == 32 && st[ns - 1].keep);
     for (int i = 0; i < ns; i++) assert_int_equal(cz_colorizer_warm_step(cz, &st[i]), CZ_OK);
-    assert_true(cz_unet_plan_kept(cz_colorizer_unet(cz), 256, 512)); /* h 256, w 512 */
-    assert_false(cz_unet_plan_kept(cz_colorizer_unet(cz), 512, 256));
+    assert_true(cz_unet_plan_kept(cz_colorizer_unet(cz), 32, 64)); /* h 32, w 64 */
+    assert_false(cz_unet_plan_kept(cz_colorizer_unet(cz), 64, 32));
+    assert_true(cz_unet_plan_kept(cz_colorizer_unet(cz), 32, 32) && cz_unet_plan_kept(cz_colorizer_unet(cz), 64, 64));
+    if (be->ops->record_begin) /* padded sizes 5, 4, 2 and 1 recorded for each of the three */
+        assert_int_equal(cz_unet_recording_stats(cz_colorizer_unet(cz)).recorded, 3 * 4);
     free(st);
-    const int bad[1] = {300};
-    assert_int_equal(cz_colorizer_warm_steps(cz, bad, 1, 3, &st, &ns, &left), CZ_ERR_INVALID_ARG);
     cz_colorizer_destroy(cz);
     cz_backend_destroy(be);
     unlink(path);
