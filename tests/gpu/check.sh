@@ -14,8 +14,9 @@
 #      weights, now including the cuda backend; plus torch on this GPU against the same fixture;
 #   3. serving: colorized --backend cuda on 127.0.0.1:0, concurrent curl uploads, outputs against
 #      a CPU (dnnl) daemon within tolerance, batched == alone byte for byte (pipelined passes),
-#      a second render planned at start (server.plan_renders), jobs finished on the GPU (the
-#      default) == finished on the host (server.pinned_mb=0) byte for byte;
+#      a second render planned at start (server.plan_renders) with its other aspect ratios
+#      (server.plan_shapes: a 3:1 photo runs on a shape planned at start), jobs finished on the
+#      GPU (the default) == finished on the host (server.pinned_mb=0) byte for byte;
 #   4. speed: one table of our forward img/s (batch 1/16/64/256, ngf 64 and 32, bf16), batch-1
 #      latency and training img/s (batch 16/64) beside PyTorch (tests/bench/torch_gpu_bench.py)
 #      measured in the same run, with the ratio; then bench_layers' per-layer times and roofline
@@ -193,11 +194,38 @@ if start_daemon gpu --backend cuda --precision fp32 --max-batch 8 "${model_args[
   curl -sf "http://127.0.0.1:$port_gpu16/readyz" > /dev/null &&
     ok "bf16 daemon ready after planning renders $render and $((2 * render)) at start" ||
     { bad "bf16 daemon not ready after planning at start"; tail -5 "$WORK/gpu16.err"; }
+  gauge() { # gauge PORT NAME: an unlabelled gauge's value
+    curl -s "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n {print $2}'
+  }
+  # the bf16 daemon planned the other aspect ratios of its second render too (server.plan_shapes)
+  s16=$(gauge "$port_gpu16" colorize_planned_shapes); s32=$(gauge "$port_gpu" colorize_planned_shapes)
+  [ -n "$s16" ] && [ -n "$s32" ] && [ "${s16%.*}" -gt "$((${s32%.*} + 1))" ] &&
+    ok "bf16 daemon planned $s16 network shapes at start (the fp32 one, one render: $s32), in $(gauge "$port_gpu16" colorize_activation_bytes) bytes of activations" ||
+    bad "planned shapes: bf16 daemon ${s16:-?}, fp32 daemon ${s32:-?} (want more than one more on the bf16 one)"
   if [ $((2 * render % 256)) = 0 ]; then # the API's renders are multiples of 256
     code=$(curl -s -o "$WORK/big16.png" -w "%{http_code}" -F "image=@${imgs[0]}" \
       "http://127.0.0.1:$port_gpu16/colorize?format=png&render=$((2 * render))")
     [ "$code" = 200 ] && ok "bf16 daemon: render $((2 * render)) (planned at start) answers 200" ||
       bad "bf16 daemon: render $((2 * render)): HTTP $code"
+    # a 3:1 photo at that render runs at a non-square shape that was planned at start
+    $PY - "$WORK/wide.png" $((3 * render)) "$render" <<'PYEOF'
+import struct, sys, zlib
+import numpy as np
+path, w, h = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+y, x = np.mgrid[0:h, 0:w]
+img = ((x * 255 // w + y * 128 // h) % 256).astype(np.uint8)
+raw = b"".join(b"\x00" + img[i].tobytes() for i in range(h))
+def chunk(k, d):
+    return struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d) & 0xffffffff)
+open(path, "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) +
+                       chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+PYEOF
+    code=$(curl -s -o "$WORK/wide16.png" -w "%{http_code}" -F "image=@$WORK/wide.png" \
+      "http://127.0.0.1:$port_gpu16/colorize?format=png&render=$((2 * render))")
+    s16b=$(gauge "$port_gpu16" colorize_planned_shapes)
+    [ "$code" = 200 ] && [ "$s16b" = "$s16" ] &&
+      ok "bf16 daemon: a $((3 * render))x$render photo at render $((2 * render)) answers 200 on a shape planned at start (still $s16 planned)" ||
+      bad "bf16 daemon: wide photo at render $((2 * render)): HTTP $code, planned shapes $s16 -> ${s16b:-?}"
   fi
   for d in gpu gpu16; do
     eval "p=\$port_$d"
