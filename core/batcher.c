@@ -287,11 +287,11 @@ static void run_warm_up(cz_batcher *b) {
         int first = st->w == renders[0] && st->h == renders[0];
         if (s == CZ_OK && first && st->keep) first_done = 1;
         if (s == CZ_OK) kept += st->keep;
-        if (s == CZ_ERR_NOMEM && st->n == 0 && !st->keep && !first_done) {
-            /* the stores at the largest render: that render's own steps will tell */
+        int nomem = s == CZ_ERR_NOMEM ? cz_warm_step_nomem(st, first_done) : CZ_WARM_FAIL;
+        if (nomem == CZ_WARM_GO_ON) {
             CZ_LOGD(MOD, "activation stores for %dx%d not reserved at once: %s", st->w, st->h, cz_error_detail());
             s = CZ_OK;
-        } else if (s == CZ_ERR_NOMEM && first_done) {
+        } else if (nomem == CZ_WARM_STOP) {
             for (int j = k; j < nsteps; j++) unplanned += steps[j].keep;
             CZ_LOGW(MOD, "%dx%d does not fit in memory at start (%s): it and the shapes after it (%d in all) are "
                     "planned on first use", st->w, st->h, cz_error_detail(), unplanned);

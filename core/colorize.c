@@ -307,6 +307,11 @@ cz_status cz_colorizer_warm_step(cz_colorizer *cz, const cz_warm_step *st) {
     return st->keep ? cz_unet_plan_keep(cz->unet, st->h, st->w) : CZ_OK;
 }
 
+int cz_warm_step_nomem(const cz_warm_step *st, int first_done) {
+    if (first_done) return CZ_WARM_STOP;
+    return st->n == 0 && !st->keep ? CZ_WARM_GO_ON : CZ_WARM_FAIL;
+}
+
 cz_status cz_colorizer_warm(cz_colorizer *cz, int render, int n) {
     if (n < 1) return cz_error_set(CZ_ERR_INVALID_ARG, "warm-up batch of %d images, expected 1..%d", n, cz->max_batch);
     return cz_colorizer_warm_shape(cz, render, render, n);

@@ -113,6 +113,12 @@ typedef struct cz_warm_step {
 cz_status cz_colorizer_warm_steps(const cz_colorizer *cz, const int *renders, int nr, int max_shapes,
                                   cz_warm_step **out, int *count, int *left_out);
 cz_status cz_colorizer_warm_step(cz_colorizer *cz, const cz_warm_step *st);
+/* What a warm-up does when step st ran out of memory, given whether renders[0]'s square is
+ * planned and kept already: CZ_WARM_FAIL (the daemon cannot serve its main render),
+ * CZ_WARM_GO_ON (st only reserved the stores at the largest render: that render's own steps
+ * will tell) or CZ_WARM_STOP (the rest is left to be planned on first use). */
+enum { CZ_WARM_FAIL = 0, CZ_WARM_GO_ON = 1, CZ_WARM_STOP = 2 };
+int cz_warm_step_nomem(const cz_warm_step *st, int first_done);
 /* Builds the colorized RGB image from a job that has run: a copy of the device's result where
  * the device finished it (rgb_ready), else the merge on this thread. Byte-identical either way. */
 cz_status cz_cjob_finish(const cz_colorizer *cz, const cz_cjob *job, cz_image *out);

@@ -154,7 +154,11 @@ cz_status srv_model_swap(srv_ctx *s, const char *path, const char *job, long ste
         sc.warm = &steps[k];
         st = cz_batcher_call(s->batcher, warm_aside, &sc);
         if (st == CZ_OK && steps[k].keep && steps[k].w == renders[0] && steps[k].h == renders[0]) first_done = 1;
-        if (st == CZ_ERR_NOMEM && first_done) {
+        int nomem = st == CZ_ERR_NOMEM ? cz_warm_step_nomem(&steps[k], first_done) : CZ_WARM_FAIL;
+        if (nomem == CZ_WARM_GO_ON) {
+            sc.err[0] = 0;
+            st = CZ_OK;
+        } else if (nomem == CZ_WARM_STOP) {
             CZ_LOGW("model", "%s", sc.err);
             CZ_LOGW("model", "the shapes from %dx%d on are planned on first use", steps[k].w, steps[k].h);
             sc.err[0] = 0;
