@@ -201,6 +201,14 @@ static void test_render_shapes(void **state) {
         assert_int_equal(k, 1);
         assert_int_equal(n[0], 0);
     }
+    /* out of memory: reserving the stores goes on, anything else before the main render's
+     * square is kept fails, after it stops */
+    const cz_warm_step reserve = {1024, 1024, 0, 0}, pass = {256, 256, 2, 0}, last = {512, 256, 1, 1};
+    assert_int_equal(cz_warm_step_nomem(&reserve, 0), CZ_WARM_GO_ON);
+    assert_int_equal(cz_warm_step_nomem(&pass, 0), CZ_WARM_FAIL);
+    assert_int_equal(cz_warm_step_nomem(&last, 0), CZ_WARM_FAIL);
+    assert_int_equal(cz_warm_step_nomem(&pass, 1), CZ_WARM_STOP);
+    assert_int_equal(cz_warm_step_nomem(&reserve, 1), CZ_WARM_STOP);
     const int bad[1] = {300};
     cz_warm_step *st;
     int ns, left;
