@@ -75,7 +75,7 @@ static const key_row k_keys[] = {
      "network shapes planned at start, in all: the square of image.render and of each server.plan_renders size "
      "always, then their other aspect ratios (render x k*2^depth and k*2^depth x render, nearest the square first) "
      "while fewer than this many are planned; where forward passes are recorded (cuda) each is also warmed up at "
-     "its padded batch sizes. They share one set of activation memory. 0: the squares only"},
+     "its padded batch sizes. They share one set of activation memory, sized for the largest. 0: the squares only"},
     {"server.pinned_mb", T_INT, F(pinned_mb), 0, 0, 1 << 20, "512",
      "page-locked host memory (MiB) for the jobs the GPU finishes (cuda, lab models): their full-resolution L "
      "goes up and their RGB comes back by DMA, and the CPU neither upsamples nor converts them (7 bytes per "

@@ -244,8 +244,8 @@ typedef struct plan {
     int max_batch, h, w;
     uint64_t last_use;
     int kept; /* cz_unet_plan_keep: never evicted */
-    cz_tensor x, out; /* the plan's own */
     /* views of the unet's stores (see "Activation stores" below): owned by no plan */
+    cz_tensor x, out;
     cz_tensor s[CZ_UNET_MAX_DEPTH], c[CZ_UNET_MAX_DEPTH], u[CZ_UNET_MAX_DEPTH], r;
     /* Recordings (backends with record_begin): one per padded batch size, the powers of two
      * below max_batch and max_batch itself, indexed by rec_slot(); see cz_unet_forward. */
@@ -261,9 +261,11 @@ struct cz_unet {
     cz_dtype precision;
     cz_tensor down_w[CZ_UNET_MAX_DEPTH], down_b[CZ_UNET_MAX_DEPTH];
     cz_tensor up_w[CZ_UNET_MAX_DEPTH], up_b[CZ_UNET_MAX_DEPTH];
-    /* Activation stores, one per intermediate activation of the network, each allocated as
-     * (1, channels, 1, px) and grown to the largest max_batch * h * w (at that level) of any
-     * plan; plans see them through views of their own shape (plan_bind). */
+    /* Activation stores, one per tensor of a forward pass (input, output and every
+     * intermediate activation), each allocated as (1, channels, 1, px) and grown to the largest
+     * max_batch * h * w (at that level) of any plan; plans see them through views of their own
+     * shape (plan_bind). */
+    cz_tensor st_x, st_out;
     cz_tensor st_s[CZ_UNET_MAX_DEPTH], st_c[CZ_UNET_MAX_DEPTH], st_u[CZ_UNET_MAX_DEPTH], st_r;
     /* view[i]: c[i] is filled through channel views (decoder writes its half in place, ReLU of
      * the skip written into the other half) instead of u[i+1] + concat + ReLU. Decided once,
@@ -426,25 +428,25 @@ cz_status cz_unet_create(cz_backend *be, const cz_safetensors *st, cz_dtype prec
 static void plan_free(cz_backend *be, plan *p) {
     for (int i = 0; i < CZ_UNET_REC_SLOTS; i++)
         if (p->rec[i]) be->ops->record_free(be, p->rec[i]);
-    cz_tensor_free(be, &p->x);
-    cz_tensor_free(be, &p->out);
-    memset(p, 0, sizeof *p); /* s, c, u, r are views of the unet's stores */
+    memset(p, 0, sizeof *p); /* its tensors are views of the unet's stores */
 }
 
-/* The stores, one per intermediate activation: which plan tensor views each, its channels, and
- * how far its level is scaled down (h >> shift). The u stores exist only for levels without
- * channel views (known once views_known). Returns the count. */
+/* The stores, one per tensor of a pass: which plan tensor views each, its channels, and how far
+ * its level is scaled down (h >> shift). The u stores exist only for levels without channel
+ * views (known once views_known). Returns the count. */
 typedef struct act_slot {
     cz_tensor *store;
     cz_tensor *view; /* in `p`; NULL without a plan */
     int ch, shift;
 } act_slot;
-#define ACT_SLOTS (3 * CZ_UNET_MAX_DEPTH + 1)
+#define ACT_SLOTS (3 * CZ_UNET_MAX_DEPTH + 3)
 
 static int act_slots(cz_unet *u, plan *p, act_slot *out) {
     const cz_unet_arch *a = &u->arch;
     const int D = a->depth;
     int n = 0;
+    out[n++] = (act_slot){&u->st_x, p ? &p->x : NULL, a->in_ch, 0};
+    out[n++] = (act_slot){&u->st_out, p ? &p->out : NULL, a->out_ch, 0};
     for (int i = 0; i <= D - 2; i++) {
         out[n++] = (act_slot){&u->st_s[i], p ? &p->s[i] : NULL, cz_unet_width(a, i), i + 1};
         out[n++] = (act_slot){&u->st_c[i], p ? &p->c[i] : NULL, 2 * cz_unet_width(a, i), i + 1};
@@ -554,6 +556,8 @@ void cz_unet_destroy(cz_unet *u) {
         cz_tensor_free(u->be, &u->st_u[i]);
     }
     cz_tensor_free(u->be, &u->st_r);
+    cz_tensor_free(u->be, &u->st_x);
+    cz_tensor_free(u->be, &u->st_out);
     free(u);
 }
 
@@ -562,24 +566,19 @@ static size_t tensor_bytes(const cz_tensor *t) {
 }
 
 size_t cz_unet_plan_bytes(const cz_unet *u) {
-    size_t total = tensor_bytes(&u->st_r);
+    size_t total = tensor_bytes(&u->st_r) + tensor_bytes(&u->st_x) + tensor_bytes(&u->st_out);
     for (int i = 0; i < CZ_UNET_MAX_DEPTH; i++)
         total += tensor_bytes(&u->st_s[i]) + tensor_bytes(&u->st_c[i]) + tensor_bytes(&u->st_u[i]);
-    for (int k = 0; k < u->nplans; k++)
-        total += tensor_bytes(&u->plans[k].x) + tensor_bytes(&u->plans[k].out);
     return total;
 }
 
 static cz_status plan_build(cz_unet *u, plan *p, int nb, int h, int w) {
-    const cz_unet_arch *a = &u->arch;
     CZ_TRY(stores_reserve(u, nb, h, w));
     views_decide(u);
     CZ_TRY(stores_reserve(u, nb, h, w)); /* the u stores, now that the views are known */
     p->max_batch = nb;
     p->h = h;
     p->w = w;
-    CZ_TRY(cz_tensor_alloc(u->be, &p->x, u->precision, CZ_ROLE_ACT, nb, a->in_ch, h, w));
-    CZ_TRY(cz_tensor_alloc(u->be, &p->out, u->precision, CZ_ROLE_ACT, nb, a->out_ch, h, w));
     plan_bind(u, p);
     return CZ_OK;
 }

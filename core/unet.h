@@ -21,11 +21,12 @@
  * Where the backend supports channel views, u[i+1] is written straight into the second half of
  * c[i] and relu(s[i]) into the first, so no concat copy is made.
  * All activations for a (max_batch, h, w) shape are planned once (cz_unet_plan); forward
- * allocates nothing and runs any batch n <= max_batch through batch views. A plan owns only its
- * input and output: the intermediate activations of all plans share one store per layer, sized
- * for the largest plan, since passes run one after another in launch order on the backend and
- * never need two sets at once. So planning every network shape a render can produce costs the
- * largest one's activations plus each shape's input and output. One image's output
+ * allocates nothing and runs any batch n <= max_batch through batch views. A plan owns no
+ * memory: the input, output and intermediate activations of all plans share one store per
+ * tensor, sized for the largest plan, since passes run one after another in launch order on the
+ * backend and never need two sets at once (on cuda every op that touches them runs on the one
+ * compute stream; transfers go through staging buffers). So planning every network shape a
+ * render can produce costs what the largest one needs alone. One image's output
  * does not depend on what else is in its batch (tests/unit/test_unet.c checks it bit for bit).
  * On a backend with recordings (CUDA graphs) the device part of a forward pass is recorded
  * once per (plan, padded batch size) and replayed: a batch of n runs as the next power of two
@@ -134,16 +135,17 @@ cz_status cz_unet_launch(cz_unet *u, int n, int h, int w, const float *in, float
 cz_status cz_unet_wait(cz_unet *u, uint64_t ticket);
 /* cz_unet_launch without the download, for output consumed on the device (merge_lab): queues the
  * upload of `in` and the device part, and gives the output's batch view in *out (valid until the
- * next pass at this size is queued; ops queued after this call see the pass's result). `in`
+ * next pass, of any size, is queued; ops queued after this call and before that pass see the
+ * pass's result). `in`
  * stays the caller's until a later transfer's ticket that covers it has been waited on.
  * Asynchronous backends only (CZ_ERR_UNSUPPORTED otherwise). */
 cz_status cz_unet_launch_device(cz_unet *u, int n, int h, int w, const float *in, cz_tensor *out);
 /* Whether cz_unet_launch returns before the pass is done (the backend transfers asynchronously). */
 int cz_unet_async(const cz_unet *u);
-/* The device part of a forward pass alone, on whatever the h x w plan's input holds, then a
+/* The device part of a forward pass alone, on whatever the (shared) input holds, then a
  * sync: what a batch costs without host transfers (benchmarks). Same rules as forward. */
 cz_status cz_unet_forward_device(cz_unet *u, int n, int h, int w);
-/* Bytes of activation memory held: the shared stores and every plan's input and output. */
+/* Bytes of activation memory held: the shared stores. */
 size_t cz_unet_plan_bytes(const cz_unet *u);
 
 /* Recordings: one slot per padded batch size of a plan (sizes 1, 2, 4, ... below max_batch,

@@ -47,13 +47,20 @@ static void make_image(cz_image *img, int w, int h, int ch, uint64_t seed) {
                     (uint8_t)((x * 255 / w + y * 128 / h + c * 40 + (int)(tu_rand_u64(&s) % 16)) % 256);
 }
 
-static void check_mode(cz_color_mode mode) {
-    char *path = write_weights(mode, 8);
-    cz_backend *be;
-    assert_int_equal(cz_backend_create("auto", NULL, &be), CZ_OK);
+/* A colorizer of fresh depth-8 weights on the `auto` backend; the caller frees all three. */
+static cz_colorizer *make_colorizer(cz_color_mode mode, int max_batch, cz_backend **be, char **path) {
+    *path = write_weights(mode, 8);
+    assert_int_equal(cz_backend_create("auto", NULL, be), CZ_OK);
     cz_colorizer *cz;
-    cz_colorizer_opts o = {.max_batch = 3, .precision = CZ_F32};
-    assert_int_equal(cz_colorizer_create(be, path, &o, &cz), CZ_OK);
+    cz_colorizer_opts o = {.max_batch = max_batch, .precision = CZ_F32};
+    assert_int_equal(cz_colorizer_create(*be, *path, &o, &cz), CZ_OK);
+    return cz;
+}
+
+static void check_mode(cz_color_mode mode) {
+    char *path;
+    cz_backend *be;
+    cz_colorizer *cz = make_colorizer(mode, 3, &be, &path);
     assert_int_equal(cz_render_validate(cz, 300), CZ_ERR_INVALID_ARG);
     assert_int_equal(cz_render_validate(cz, 512), CZ_OK);
 
@@ -158,12 +165,9 @@ static void test_bad_weights_path(void **state) {
  * photo's network shape is among its render's shapes, and the steps plan every shape once. */
 static void test_render_shapes(void **state) {
     (void)state;
-    char *path = write_weights(CZ_COLOR_LAB, 8);
+    char *path;
     cz_backend *be;
-    assert_int_equal(cz_backend_create("auto", NULL, &be), CZ_OK);
-    cz_colorizer *cz;
-    cz_colorizer_opts o = {.max_batch = 5, .precision = CZ_F32};
-    assert_int_equal(cz_colorizer_create(be, path, &o, &cz), CZ_OK);
+    cz_colorizer *cz = make_colorizer(CZ_COLOR_LAB, 5, &be, &path);
     int w[16], h[16];
     assert_int_equal(cz_render_shapes(cz, 1024, w, h, 16), 7);
     const int ew[7] = {1024, 1024, 768, 1024, 512, 1024, 256}, eh[7] = {1024, 768, 1024, 512, 1024, 256, 1024};
@@ -220,6 +224,7 @@ static void test_render_shapes(void **state) {
      * emulator) for renders 32 and 64 with room for 3 shapes: the 64 square planned first, the
      * two squares warmed at every size, one more shape (64x32), one left out (32x64) */
     path = write_weights(CZ_COLOR_LAB, 5);
+    cz_colorizer_opts o = {.max_batch = 5, .precision = CZ_F32};
     assert_int_equal(cz_colorizer_create(be, path, &o, &cz), CZ_OK);
     const int renders[2] = {32, 64};
     assert_int_equal(cz_colorizer_warm_steps(cz, renders, 2, 3, &st, &ns, &left), CZ_OK);
