@@ -245,11 +245,18 @@ static bgroup *pick_ready(cz_batcher *b, int64_t now, int64_t *next_ready) {
 
 /* ---- device thread ---- */
 
-/* Records the model's plans in the stats (device thread; lock not held). */
-static void note_plans(cz_batcher *b) {
+/* The model's plans as the stats report them (device thread). */
+static void plans_now(cz_batcher *b, int *n, uint64_t *bytes) {
     cz_unet *u = b->cz ? cz_colorizer_unet(b->cz) : NULL;
-    int n = u ? cz_unet_plan_count(u) : 0;
-    uint64_t bytes = u ? (uint64_t)cz_unet_plan_bytes(u) : 0;
+    *n = u ? cz_unet_plan_count(u) : 0;
+    *bytes = u ? (uint64_t)cz_unet_plan_bytes(u) : 0;
+}
+
+/* Records them in the stats (lock not held). */
+static void note_plans(cz_batcher *b) {
+    int n;
+    uint64_t bytes;
+    plans_now(b, &n, &bytes);
     pthread_mutex_lock(&b->mu);
     b->st.planned_shapes = n;
     b->st.activation_bytes = bytes;
@@ -411,8 +418,12 @@ static void pass_done(cz_batcher *b, cz_bjob **jobs, int n, cz_status s, int64_t
         CZ_LOGE(MOD, "forward pass of %d images at %dx%d failed: %s: %s", n, jobs[0]->cjob.geom.net_w,
                 jobs[0]->cjob.geom.net_h, cz_strerror(s), detail);
     double secs = (double)(t1 - t0) / 1e9;
-    note_plans(b); /* a first pass at a shape not planned at start plans it */
+    int plans;
+    uint64_t plan_bytes;
+    plans_now(b, &plans, &plan_bytes); /* a first pass at a shape not planned at start plans it */
     pthread_mutex_lock(&b->mu);
+    b->st.planned_shapes = plans;
+    b->st.activation_bytes = plan_bytes;
     b->st.batches++;
     b->st.images += (uint64_t)n;
     b->st.batch_size_hist[n < 16 ? n : 16]++;

@@ -312,11 +312,6 @@ int cz_warm_step_nomem(const cz_warm_step *st, int first_done) {
     return st->n == 0 && !st->keep ? CZ_WARM_GO_ON : CZ_WARM_FAIL;
 }
 
-cz_status cz_colorizer_warm(cz_colorizer *cz, int render, int n) {
-    if (n < 1) return cz_error_set(CZ_ERR_INVALID_ARG, "warm-up batch of %d images, expected 1..%d", n, cz->max_batch);
-    return cz_colorizer_warm_shape(cz, render, render, n);
-}
-
 int cz_colorizer_pipelined(const cz_colorizer *cz) { return cz_unet_async(cz->unet); }
 
 cz_status cz_colorizer_launch(cz_colorizer *cz, cz_cjob *const *jobs, int n, int *handle) {

@@ -75,18 +75,16 @@ cz_status cz_colorizer_run(cz_colorizer *cz, cz_cjob *const *jobs, int n);
 cz_status cz_colorizer_launch(cz_colorizer *cz, cz_cjob *const *jobs, int n, int *handle);
 cz_status cz_colorizer_collect(cz_colorizer *cz, int handle);
 int cz_colorizer_pipelined(const cz_colorizer *cz);
-/* One forward pass of n zero images at the network size of a render x render photo, so that
- * the plans and primitives of that (n, size) exist before traffic (model owner thread); two
- * where the backend records forward passes, so that the recording exists too. */
-cz_status cz_colorizer_warm(cz_colorizer *cz, int render, int n);
 /* The network shapes photos at `render` can have: render x render first, then render x k*m and
  * k*m x render (wide, then tall) for k from render/m - 1 down to 1, m = 2^depth: nearest the
  * square first, which is where most photos land (a 4:3 photo at 1024 with m 256 runs at
  * 1024x768). Writes up to cap (w, h) pairs and returns how many there are (0 for an invalid
  * render). */
 int cz_render_shapes(const cz_colorizer *cz, int render, int *w, int *h, int cap);
-/* cz_colorizer_warm at a network shape: n images, or n == 0 to plan the shape for max_batch
- * without running it. */
+/* One forward pass of n zero images at a network shape, so that the plan and primitives of that
+ * (n, shape) exist before traffic (model owner thread); two where the backend records forward
+ * passes, so that the recording exists too. n == 0 plans the shape for max_batch without
+ * running it. */
 cz_status cz_colorizer_warm_shape(cz_colorizer *cz, int net_w, int net_h, int n);
 /* The warm-up steps of a shape, as batch sizes for cz_colorizer_warm_shape, largest first: a
  * square runs every size max_batch..1. Another shape runs the padded sizes where the backend
