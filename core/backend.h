@@ -113,6 +113,8 @@ typedef struct cz_adam_item {
 
 /* Loss slots of loss_queue / loss_read / adam_multi below. */
 #define CZ_LOSS_SLOTS 8
+/* Step variables of var_set / dropout_fwd_var / adam_multi_var below. */
+#define CZ_STEP_VARS 16
 
 typedef enum cz_act { CZ_ACT_NONE = 0, CZ_ACT_RELU = 1, CZ_ACT_LRELU = 2, CZ_ACT_TANH = 3 } cz_act;
 
@@ -234,8 +236,13 @@ typedef struct cz_backend_ops {
      * are undefined until a replay); record_end hands back the recording, or an error after
      * which nothing was recorded and the instance works as before. replay queues the recorded
      * ops again, on the same tensors (like any op: tensor_read or sync waits for them). Only ops
-     * between already-allocated tensors may be recorded: no tensor_write/read/zero, sync,
-     * alloc or free, no loss op (they read back to the host). A recording stays valid while the
+     * between already-allocated tensors may be recorded: no tensor_write/read, sync, alloc or
+     * free, no loss op that reads back to the host (bce_logits_fwd, l1_fwd, loss_read);
+     * tensor_zero, loss_queue, adam_multi and the step-variable ops below may be. An op that
+     * would grow backend-internal memory refuses while recording, so a sequence is run once
+     * unrecorded before it is recorded. A conversion of a weight to the activations' dtype
+     * that an op makes is recorded wherever the weight is first used in the recording, so a
+     * replay never relies on a converted copy made before it. A recording stays valid while the
      * tensors it used live and their contents are changed only by ops; replay answers
      * CZ_ERR_UNAVAILABLE when backend-internal memory it relied on has been reallocated since
      * (the caller frees it and records again). NULL on CPU backends: run the ops instead. */
@@ -283,12 +290,29 @@ typedef struct cz_backend_ops {
      * [0, n) to out. adam_multi queues adam_step on each of the n items (same arithmetic), all
      * of them skipped (params and moments untouched) when a slot whose bit is set in `gate`
      * holds a NaN or Inf at that point of the queue: a step can go on without reading its
-     * losses and still never apply a non-finite one. Not while recording. NULL: use
+     * losses and still never apply a non-finite one. loss_read not while recording (the
+     * other two may be recorded). NULL: use
      * bce_logits_fwd, l1_fwd and adam_step. */
     cz_status (*loss_queue)(cz_backend *be, int slot, const cz_tensor *a, const cz_tensor *b, float target);
     cz_status (*loss_read)(cz_backend *be, double *out, int n);
     cz_status (*adam_multi)(cz_backend *be, const cz_adam_item *items, int n, float lr, float beta1, float beta2,
                             float eps, int t, unsigned gate);
+
+    /* Step variables, so that one recording of a training step replays with each step's own
+     * dropout seed, learning rate and Adam bias corrections: CZ_STEP_VARS 64-bit variables in
+     * device memory, 0 until first set. var_set queues vars[first + i] = bits[i] (i < n) behind
+     * every op queued so far and returns at once (bits may be reused on return); ops queued
+     * after it see the new values. Not while recording. dropout_fwd_var is dropout_fwd with
+     * seed = vars[seed_var] + seed_add (mod 2^64), read when it runs. adam_multi_var is
+     * adam_multi with lr, 1 - beta1^t and 1 - beta2^t read when it runs, as the doubles whose
+     * IEEE bits are vars[var], vars[var + 1], vars[var + 2] (adam_multi computes those three
+     * the same way from its arguments: (double)lr, 1.0 - pow((double)beta1, t), ...). Both may
+     * be recorded. NULL (all three): the caller passes values and does not record its steps. */
+    cz_status (*var_set)(cz_backend *be, int first, int n, const uint64_t *bits);
+    cz_status (*dropout_fwd_var)(cz_backend *be, float p, int seed_var, uint64_t seed_add, const cz_tensor *x,
+                                 cz_tensor *mask, cz_tensor *y);
+    cz_status (*adam_multi_var)(cz_backend *be, const cz_adam_item *items, int n, float beta1, float beta2, float eps,
+                                int var, unsigned gate);
 } cz_backend_ops;
 
 /* Every backend instance starts with this header; implementations embed it first. */

@@ -8,6 +8,23 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
+
+/* Recorded steps (gan.h "Recorded steps"): the step variables (backend.h var_set) and one
+ * recording per batch size in use. */
+enum { VAR_SEED = 0, VAR_OPT_D = 1, VAR_OPT_G = 4, VAR_N = 7 };
+_Static_assert(VAR_N <= CZ_STEP_VARS, "more step variables than the backend holds");
+#define GAN_RECS 4
+enum { REC_NEW = 0, REC_SEEN, REC_READY, REC_OFF };
+typedef struct gan_rec {
+    int n;           /* batch size; 0: slot unused */
+    float dropout;   /* the probability the ops were queued with */
+    int state;       /* REC_SEEN: one step ran unrecorded (algorithms chosen, scratch sized);
+                      * REC_READY: rec replays; REC_OFF: recording failed, steps run unrecorded */
+    cz_recording *rec;
+    long used;       /* step number of its last use (the least recent is replaced) */
+} gan_rec;
+
 struct cz_gan {
     cz_backend *be;
     cz_gan_config cfg;
@@ -26,11 +43,14 @@ struct cz_gan {
     int staged_n;           /* images uploaded by cz_gan_stage for the next step, 0 none */
     uint64_t tickets[2];    /* and their transfers */
     int n_tickets;
+    int vars;               /* the backend has step variables and recordings: steps are recorded */
+    gan_rec recs[GAN_RECS];
+    cz_gan_record_stats rstats;
 };
 
 cz_gan_config cz_gan_config_default(void) {
     cz_gan_config c = {.adam = cz_adam_config_default(), .lambda_l1 = 100.f, .ndf = 64, .n_layers = 3,
-                       .dropout = 0.5f, .seed = 1, .act_dtype = CZ_F32};
+                       .dropout = 0.5f, .seed = 1, .act_dtype = CZ_F32, .unrecorded = 0};
     return c;
 }
 
@@ -44,7 +64,23 @@ void cz_gan_set_lr(cz_gan *gan, float lr) {
     cz_adam_set_lr(gan->opt_d, lr);
 }
 
+/* Frees every recording (their tensors are about to go, or the caller wants fresh ones). */
+static void drop_recordings(cz_gan *gan) {
+    for (int i = 0; i < GAN_RECS; i++) {
+        if (gan->recs[i].rec) gan->be->ops->record_free(gan->be, gan->recs[i].rec);
+        gan->recs[i] = (gan_rec){0};
+    }
+}
+
+cz_gan_record_stats cz_gan_recordings(const cz_gan *gan) {
+    cz_gan_record_stats r = gan->rstats;
+    r.active = 0;
+    for (int i = 0; i < GAN_RECS; i++) r.active += gan->recs[i].state == REC_READY;
+    return r;
+}
+
 static void free_plan(cz_gan *gan) {
+    drop_recordings(gan);
     cz_tensor_free(gan->be, &gan->b);
     cz_tensor_free(gan->be, &gan->gfake);
     cz_tensor_free(gan->be, &gan->ga);
@@ -125,6 +161,8 @@ cz_status cz_gan_create(cz_backend *be, const cz_gan_config *cfg, const cz_unet_
     gan->be = be;
     gan->cfg = c;
     gan->queued = o->loss_queue && o->loss_read && o->adam_multi;
+    gan->vars = gan->queued && !c.unrecorded && o->var_set && o->dropout_fwd_var && o->adam_multi_var &&
+                o->record_begin && o->record_end && o->replay && o->record_free;
     cz_status s = create_parts(gan, arch, init);
     if (s != CZ_OK) {
         cz_gan_destroy(gan);
@@ -135,6 +173,7 @@ cz_status cz_gan_create(cz_backend *be, const cz_gan_config *cfg, const cz_unet_
 }
 
 cz_status cz_gan_plan(cz_gan *gan, int max_batch, int h, int w) {
+    drop_recordings(gan); /* the parts may reallocate what they point into */
     CZ_TRY(cz_unet_train_plan(gan->g, max_batch, h, w));
     CZ_TRY(cz_patchgan_plan(gan->d, max_batch, h, w));
     if (gan->max_batch == max_batch && gan->h == h && gan->w == w) return CZ_OK;
@@ -243,30 +282,19 @@ cz_status cz_gan_stage(cz_gan *gan, int n, const float *A, const float *B) {
     return CZ_OK;
 }
 
-cz_status cz_gan_step_begin(cz_gan *gan, int n, const float *A, const float *B) {
-    CZ_TRY(check_batch(gan, n, "step"));
-    if (gan->in_flight) return cz_error_set(CZ_ERR_INVALID_ARG, "gan step: the previous step was not ended");
+/* Queues every op of step t on n images whose inputs are in place. vars != 0: the dropout seed
+ * and the optimizers' step values come from the step variables (set by step_vars), so that the
+ * ops may be recorded; the optimizers' counts were advanced there. */
+static cz_status queue_step(cz_gan *gan, int n, long t, int vars) {
     cz_backend *be = gan->be;
     const cz_backend_ops *ops = be->ops;
-    const long t = gan->steps + 1;
     cz_tensor a = cz_tensor_batch_view(*cz_unet_train_input(gan->g), n);
     cz_tensor b = cz_tensor_batch_view(gan->b, n), dlog = cz_tensor_batch_view(gan->dlog, n);
-    if (A || B) {
-        if (!A || !B) return cz_error_set(CZ_ERR_INVALID_ARG, "gan step: A or B is NULL");
-        CZ_TRY(drop_staged(gan)); /* its copies still read the caller's buffers */
-        CZ_TRY(ops->tensor_write(be, &a, A));
-        CZ_TRY(ops->tensor_write(be, &b, B));
-    } else {
-        if (gan->staged_n != n)
-            return cz_error_set(CZ_ERR_INVALID_ARG, "gan step: no staged batch of %d images (staged: %d)", n,
-                                gan->staged_n);
-        /* waiting for the copies lets the caller reuse its buffers once this returns; after a
-         * step in flight they are long done */
-        CZ_TRY(drop_staged(gan));
-    }
-
     const cz_tensor *fake;
-    CZ_TRY(cz_unet_train_forward(gan->g, n, 1, cz_gan_step_seed(gan->cfg.seed, t), &fake));
+    if (vars)
+        CZ_TRY(cz_unet_train_forward_var(gan->g, n, VAR_SEED, &fake));
+    else
+        CZ_TRY(cz_unet_train_forward(gan->g, n, 1, cz_gan_step_seed(gan->cfg.seed, t), &fake));
 
     /* ---- D step: 0.5 * (BCE(D(A, fake), 0) + BCE(D(A, B), 1)) */
     CZ_TRY(d_eval(gan, n, &a, fake, 0.f, 0.5f, SL_D_FAKE, &dlog));
@@ -274,7 +302,7 @@ cz_status cz_gan_step_begin(cz_gan *gan, int n, const float *A, const float *B) 
     CZ_TRY(d_eval(gan, n, &a, &b, 1.f, 0.5f, SL_D_REAL, &dlog));
     CZ_TRY(cz_patchgan_backward(gan->d, &dlog, CZ_GRAD_ACCUMULATE, NULL));
     CZ_TRY(check_now(gan, SL_D_FAKE, SL_D_REAL + 1, t));
-    CZ_TRY(cz_adam_step_gated(gan->opt_d, GATE_D));
+    CZ_TRY(vars ? cz_adam_step_var(gan->opt_d, VAR_OPT_D, GATE_D) : cz_adam_step_gated(gan->opt_d, GATE_D));
 
     /* ---- G step: BCE(D(A, fake), 1) + lambda * mean|fake - B|, D's parameters untouched */
     const cz_tensor *dx;
@@ -288,7 +316,118 @@ cz_status cz_gan_step_begin(cz_gan *gan, int n, const float *A, const float *B) 
     CZ_TRY(ops->tensor_zero(be, &ga));
     CZ_TRY(ops->concat_bwd(be, dx, &ga, &gf, 1));
     CZ_TRY(cz_unet_train_backward(gan->g, &gf, CZ_GRAD_OVERWRITE));
-    CZ_TRY(cz_adam_step_gated(gan->opt_g, GATE_G));
+    CZ_TRY(vars ? cz_adam_step_var(gan->opt_g, VAR_OPT_G, GATE_G) : cz_adam_step_gated(gan->opt_g, GATE_G));
+    return CZ_OK;
+}
+
+/* The slot for batch size n (dropout p), claiming the least recently used one if none. */
+static gan_rec *rec_slot(cz_gan *gan, int n, long t) {
+    gan_rec *best = &gan->recs[0];
+    for (int i = 0; i < GAN_RECS; i++) {
+        gan_rec *r = &gan->recs[i];
+        if (r->n == n && r->dropout == gan->cfg.dropout) {
+            r->used = t;
+            return r;
+        }
+        if (r->n == 0 || (best->n != 0 && r->used < best->used)) best = r;
+    }
+    if (best->rec) gan->be->ops->record_free(gan->be, best->rec);
+    *best = (gan_rec){.n = n, .dropout = gan->cfg.dropout, .state = REC_NEW, .used = t};
+    return best;
+}
+
+/* Records step t's ops into r->rec. On failure nothing was recorded and the cause is logged. */
+static cz_status record_step(cz_gan *gan, int n, long t, gan_rec *r) {
+    cz_backend *be = gan->be;
+    cz_status s = be->ops->record_begin(be);
+    if (s == CZ_OK) {
+        s = queue_step(gan, n, t, 1);
+        char why[256];
+        snprintf(why, sizeof why, "%s", s == CZ_OK ? "" : cz_error_detail());
+        cz_recording *rec = NULL;
+        cz_status e = be->ops->record_end(be, &rec); /* always ends the capture */
+        if (s == CZ_OK && e == CZ_OK) {
+            r->rec = rec;
+            return CZ_OK;
+        }
+        if (rec) be->ops->record_free(be, rec);
+        if (s != CZ_OK) s = cz_error_set(s, "%s", why);
+        else s = e;
+    }
+    CZ_LOGW("train", "training steps of %d images run unrecorded: %s", n, cz_error_detail());
+    return s;
+}
+
+/* step_vars once the variables are set. */
+static cz_status run_step(cz_gan *gan, int n, long t) {
+    cz_backend *be = gan->be;
+    gan_rec *r = rec_slot(gan, n, t);
+    if (r->state == REC_READY) {
+        cz_status s = be->ops->replay(be, r->rec);
+        if (s == CZ_OK) gan->rstats.replays++;
+        if (s != CZ_ERR_UNAVAILABLE) return s;
+        /* backend memory it used has moved: record again */
+        be->ops->record_free(be, r->rec);
+        r->rec = NULL;
+        r->state = REC_SEEN;
+        gan->rstats.stale++;
+    }
+    if (r->state == REC_SEEN) {
+        if (record_step(gan, n, t, r) == CZ_OK) {
+            r->state = REC_READY;
+            gan->rstats.made++;
+            CZ_TRY(be->ops->replay(be, r->rec));
+            gan->rstats.replays++;
+            return CZ_OK;
+        }
+        r->state = REC_OFF;
+        gan->rstats.failed++;
+    }
+    CZ_TRY(queue_step(gan, n, t, 1));
+    if (r->state == REC_NEW) r->state = REC_SEEN;
+    gan->rstats.unrecorded++;
+    return CZ_OK;
+}
+
+/* Step t with the step variables: set them, then replay the recording for n images, or record
+ * it (the second step of that size: the first ran unrecorded, choosing algorithms and sizing
+ * scratch memory), or run the ops unrecorded. */
+static cz_status step_vars(cz_gan *gan, int n, long t) {
+    cz_backend *be = gan->be;
+    uint64_t v[VAR_N];
+    v[VAR_SEED] = cz_gan_step_seed(gan->cfg.seed, t);
+    cz_adam_next_vars(gan->opt_d, v + VAR_OPT_D);
+    cz_adam_next_vars(gan->opt_g, v + VAR_OPT_G);
+    cz_status s = be->ops->var_set(be, 0, VAR_N, v);
+    if (s == CZ_OK) s = run_step(gan, n, t);
+    if (s != CZ_OK) { /* a failed step is not counted, nor are its optimizer updates */
+        cz_adam_rewind(gan->opt_d);
+        cz_adam_rewind(gan->opt_g);
+    }
+    return s;
+}
+
+cz_status cz_gan_step_begin(cz_gan *gan, int n, const float *A, const float *B) {
+    CZ_TRY(check_batch(gan, n, "step"));
+    if (gan->in_flight) return cz_error_set(CZ_ERR_INVALID_ARG, "gan step: the previous step was not ended");
+    cz_backend *be = gan->be;
+    const cz_backend_ops *ops = be->ops;
+    const long t = gan->steps + 1;
+    cz_tensor a = cz_tensor_batch_view(*cz_unet_train_input(gan->g), n), b = cz_tensor_batch_view(gan->b, n);
+    if (A || B) {
+        if (!A || !B) return cz_error_set(CZ_ERR_INVALID_ARG, "gan step: A or B is NULL");
+        CZ_TRY(drop_staged(gan)); /* its copies still read the caller's buffers */
+        CZ_TRY(ops->tensor_write(be, &a, A));
+        CZ_TRY(ops->tensor_write(be, &b, B));
+    } else {
+        if (gan->staged_n != n)
+            return cz_error_set(CZ_ERR_INVALID_ARG, "gan step: no staged batch of %d images (staged: %d)", n,
+                                gan->staged_n);
+        /* waiting for the copies lets the caller reuse its buffers once this returns; after a
+         * step in flight they are long done */
+        CZ_TRY(drop_staged(gan));
+    }
+    CZ_TRY(gan->vars ? step_vars(gan, n, t) : queue_step(gan, n, t, 0));
     gan->in_flight = 1;
     return CZ_OK;
 }

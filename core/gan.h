@@ -25,6 +25,15 @@
  * BatchNorm running statistics and gradients are not covered. The model should then be
  * reloaded from a checkpoint.
  *
+ * Recorded steps: on a backend with step variables and recordings (backend.h var_set,
+ * record_begin; cuda), the dropout seed and both optimizers' lr and bias corrections go to the
+ * device as step variables, and every op of a step reads them from there. The first step on n
+ * images runs its ops one by one (choosing convolution algorithms, sizing scratch memory), the
+ * second records them (a CUDA graph), and every later one replays that recording: one launch
+ * instead of hundreds. Results are the same bit for bit. Up to 4 batch sizes keep a recording;
+ * a recording that fails is logged and that size runs unrecorded from then on; cz_gan_plan
+ * drops them all. cz_gan_config.unrecorded turns this off.
+ *
  * Threading: one thread at a time (the backend's owner). Tested by tests/unit/test_train.c
  * (overfitting, non-finite detection, determinism) and tests/unit/test_train_golden.c
  * (losses, every gradient and five steps against PyTorch). */
@@ -49,6 +58,7 @@ typedef struct cz_gan_config {
     float dropout;       /* 0.5 */
     uint64_t seed;       /* fresh weights and the dropout streams */
     cz_dtype act_dtype;  /* CZ_F32, or CZ_BF16 for mixed precision (fp32 master weights) */
+    int unrecorded;      /* 1: never record steps (see "Recorded steps"); 0 */
 } cz_gan_config;
 
 cz_gan_config cz_gan_config_default(void);
@@ -90,6 +100,14 @@ cz_status cz_gan_stage(cz_gan *gan, int n, const float *A, const float *B);
 /* Sets both optimizers' learning rate (e.g. from cz_lr_linear). */
 void cz_gan_set_lr(cz_gan *gan, float lr);
 long cz_gan_steps(const cz_gan *gan);
+/* What "Recorded steps" did so far: steps replayed, recordings made, steps run op by op,
+ * recordings that failed, recordings found stale (backend memory moved; made again), and the
+ * recordings held now. */
+typedef struct cz_gan_record_stats {
+    long replays, made, unrecorded, failed, stale;
+    int active;
+} cz_gan_record_stats;
+cz_gan_record_stats cz_gan_recordings(const cz_gan *gan);
 uint64_t cz_gan_step_seed(uint64_t seed, long step);
 cz_unet_train *cz_gan_generator(cz_gan *gan);
 cz_patchgan *cz_gan_discriminator(cz_gan *gan);

@@ -195,6 +195,28 @@ cz_status cz_adam_step_gated(cz_adam *a, unsigned gate) {
     return CZ_OK;
 }
 
+static uint64_t double_bits(double d) {
+    uint64_t u;
+    memcpy(&u, &d, sizeof u);
+    return u;
+}
+
+void cz_adam_next_vars(cz_adam *a, uint64_t bits[3]) {
+    int t = ++a->t;
+    double b1 = a->cfg.beta1, b2 = a->cfg.beta2;
+    bits[0] = double_bits((double)a->cfg.lr);
+    bits[1] = double_bits(1.0 - pow(b1, t));
+    bits[2] = double_bits(1.0 - pow(b2, t));
+}
+
+cz_status cz_adam_step_var(cz_adam *a, int var, unsigned gate) {
+    const cz_backend_ops *o = a->be->ops;
+    if (!o->adam_multi_var)
+        return cz_error_set(CZ_ERR_UNSUPPORTED, "backend '%s' has no adam_multi_var", o->name);
+    if (!a->n_items) return CZ_OK;
+    return o->adam_multi_var(a->be, a->items, a->n_items, a->cfg.beta1, a->cfg.beta2, a->cfg.eps, var, gate);
+}
+
 void cz_adam_rewind(cz_adam *a) {
     if (a->t > 0) a->t--;
 }

@@ -85,6 +85,14 @@ cz_status cz_adam_step(cz_adam *a);
  * its losses before. The step count advances either way; cz_adam_rewind takes it back for a
  * step the device skipped. */
 cz_status cz_adam_step_gated(cz_adam *a, unsigned gate);
+/* The same gated update in two halves, for a backend with step variables (backend.h var_set),
+ * so that a recorded training step replays with each step's values. cz_adam_next_vars advances
+ * the step count and gives the update's lr, 1 - beta1^t and 1 - beta2^t as the IEEE bits of
+ * the doubles adam_multi computes, for var_set into three consecutive variables;
+ * cz_adam_step_var queues the update reading them from variables [var, var + 3) when it runs
+ * (adam_multi_var), and may be recorded. CZ_ERR_UNSUPPORTED without adam_multi_var. */
+void cz_adam_next_vars(cz_adam *a, uint64_t bits[3]);
+cz_status cz_adam_step_var(cz_adam *a, int var, unsigned gate);
 void cz_adam_rewind(cz_adam *a);
 void cz_adam_set_lr(cz_adam *a, float lr);
 float cz_adam_get_lr(const cz_adam *a);

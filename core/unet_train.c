@@ -280,7 +280,8 @@ static cz_status bn_fwd(cz_unet_train *g, int training, const cz_tensor *x, cz_p
     return be->ops->bn_infer(be, x, &gam->value, &bet->value, &rm->value, &rv->value, g->arch.bn_eps, y);
 }
 
-cz_status cz_unet_train_forward(cz_unet_train *g, int n, int training, uint64_t seed, const cz_tensor **out) {
+/* The forward pass; the dropout seed is `seed`, or backend variable seed_var when >= 0. */
+static cz_status forward(cz_unet_train *g, int n, int training, uint64_t seed, int seed_var, const cz_tensor **out) {
     if (!g->max_batch || n < 1 || n > g->max_batch)
         return cz_error_set(CZ_ERR_INVALID_ARG, "unet_train forward: batch %d not planned (max %d)", n, g->max_batch);
     cz_backend *be = g->be;
@@ -313,7 +314,10 @@ cz_status cz_unet_train_forward(cz_unet_train *g, int n, int training, uint64_t 
         cz_tensor eo = e;
         if (training && has_dropout(g, i)) {
             cz_tensor mask = V(l->mask), ed = V(l->ed);
-            CZ_TRY(ops->dropout_fwd(be, g->dropout, cz_unet_train_level_seed(seed, i), &e, &mask, &ed));
+            if (seed_var >= 0)
+                CZ_TRY(ops->dropout_fwd_var(be, g->dropout, seed_var, cz_unet_train_level_seed(0, i), &e, &mask, &ed));
+            else
+                CZ_TRY(ops->dropout_fwd(be, g->dropout, cz_unet_train_level_seed(seed, i), &e, &mask, &ed));
             eo = ed;
         }
         cz_tensor skip = a_of(g, i - 1, n), c = V(g->L[i - 1].c);
@@ -327,6 +331,19 @@ cz_status cz_unet_train_forward(cz_unet_train *g, int n, int training, uint64_t 
     g->n_last = training ? n : 0;
     *out = &g->out_view;
     return CZ_OK;
+}
+
+cz_status cz_unet_train_forward(cz_unet_train *g, int n, int training, uint64_t seed, const cz_tensor **out) {
+    return forward(g, n, training, seed, -1, out);
+}
+
+cz_status cz_unet_train_forward_var(cz_unet_train *g, int n, int seed_var, const cz_tensor **out) {
+    if (!g->be->ops->dropout_fwd_var)
+        return cz_error_set(CZ_ERR_UNSUPPORTED, "backend '%s' has no dropout_fwd_var", g->be->ops->name);
+    if (seed_var < 0 || seed_var >= CZ_STEP_VARS)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "unet_train forward: variable %d outside 0..%d", seed_var,
+                            CZ_STEP_VARS - 1);
+    return forward(g, n, 1, 0, seed_var, out);
 }
 
 cz_status cz_unet_train_backward(cz_unet_train *g, const cz_tensor *dout, cz_grad_mode mode) {

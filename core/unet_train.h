@@ -71,6 +71,11 @@ cz_tensor *cz_unet_train_input(cz_unet_train *g);
  * updated) and dropout with `seed`; 0: running statistics, no dropout (inference semantics).
  * *out is a batch view (n, out_ch, h, w), valid until the next forward. */
 cz_status cz_unet_train_forward(cz_unet_train *g, int n, int training, uint64_t seed, const cz_tensor **out);
+/* The training forward (training = 1) with its seed read from backend variable seed_var when
+ * the dropout runs (backend.h dropout_fwd_var), so that it may be recorded and replayed with
+ * each step's seed: the same as cz_unet_train_forward with seed = that variable's value.
+ * CZ_ERR_UNSUPPORTED on a backend without step variables. */
+cz_status cz_unet_train_forward_var(cz_unet_train *g, int n, int seed_var, const cz_tensor **out);
 /* Backward of the last training-mode forward from dout (shape of *out): parameter gradients
  * per `mode` (CZ_GRAD_OVERWRITE needs no zero_grad). */
 cz_status cz_unet_train_backward(cz_unet_train *g, const cz_tensor *dout, cz_grad_mode mode);

@@ -300,7 +300,6 @@ static cz_status cu_tensor_read(cz_backend *be, const cz_tensor *t, float *dst) 
 static cz_status cu_tensor_zero(cz_backend *be, cz_tensor *t) {
     cu_backend *b = (cu_backend *)be;
     CZ_TRY(cu_enter(b));
-    CZ_TRY(cu_recording_guard(b, "tensor_zero"));
     CZ_TRY(cu_check("tensor_zero", "t", t));
     if (cu_buf_of(t)->conv_dev) b->epoch++;
     CU_CHECK(b, cudaMemsetAsync(cu_dev(t), 0, cz_tensor_numel(t) * cz_dtype_size(t->dtype), b->stream));
@@ -341,11 +340,9 @@ cz_status cu_weight_as(cu_backend *b, const cz_tensor *w, cz_dtype dt, const voi
         return CZ_OK;
     }
     size_t count = cz_tensor_numel(w), need = count * cz_dtype_size(dt);
-    if (!buf->conv_dev || buf->conv_dtype != (int)dt || buf->conv_gen != buf->gen) {
-        /* under capture the cast below would only be recorded, yet the copy would count as
-         * fresh for the unrecorded pass that follows a failed capture: convert outside only
-         * (the unrecorded pass before every recording does it) */
-        CZ_TRY(cu_recording_guard(b, "converting a weight to another dtype"));
+    if (!buf->conv_dev || buf->conv_dtype != (int)dt || buf->conv_gen != buf->gen ||
+        buf->conv_epoch != b->conv_epoch) {
+        /* under capture the cast is recorded (conv_epoch in cuda_impl.h) */
         if (buf->conv_bytes < need) {
             CZ_TRY(cu_recording_guard(b, "allocating a converted weight copy"));
             b->epoch++;
@@ -358,6 +355,7 @@ cz_status cu_weight_as(cu_backend *b, const cz_tensor *w, cz_dtype dt, const voi
         CUK_CHECK(b, cuk_cast(buf->dev, w->dtype, buf->conv_dev, dt, count, b->stream));
         buf->conv_dtype = (int)dt;
         buf->conv_gen = buf->gen;
+        buf->conv_epoch = b->conv_epoch;
     }
     *out = buf->conv_dev;
     return CZ_OK;

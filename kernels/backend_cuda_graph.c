@@ -5,8 +5,9 @@
  * Recording is stream capture on the instance's stream, in thread-local mode (other threads'
  * CUDA calls are not affected). While it is on, everything that would allocate, free,
  * synchronize or move data to or from the host refuses with CZ_ERR_UNSUPPORTED
- * (cu_recording_guard), so a recording holds only kernels and cuDNN calls on memory that
- * already exists. A graph keeps raw device pointers, so each recording remembers the
+ * (cu_recording_guard), so a recording holds only kernels, cuDNN calls and memsets on memory
+ * that already exists. Weight conversions are recorded where the recording first uses each
+ * weight (conv_epoch in cuda_impl.h): a training step's weights change on every replay. A graph keeps raw device pointers, so each recording remembers the
  * instance's epoch (see cuda_impl.h) and replay refuses a stale one with CZ_ERR_UNAVAILABLE; the
  * model then records again. A capture that CUDA invalidated (an op did something a graph cannot
  * hold) ends with CZ_ERR_UNSUPPORTED and the instance keeps working unrecorded.
@@ -44,6 +45,7 @@ static cz_status cu_record_begin(cz_backend *be) {
     if (b->recording) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda record_begin: already recording");
     CU_CHECK(b, cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal));
     b->recording = 1;
+    b->conv_epoch++; /* each weight's first use in the recording records its conversion */
     return CZ_OK;
 }
 
@@ -53,6 +55,7 @@ static cz_status cu_record_end(cz_backend *be, cz_recording **out) {
     *out = NULL;
     if (!b->recording) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda record_end: not recording");
     b->recording = 0;
+    b->conv_epoch++; /* nothing recorded has run: convert again on the next unrecorded use */
     uint64_t epoch = b->epoch;
     cudaGraph_t g = NULL;
     cudaError_t e = cudaStreamEndCapture(b->stream, &g);

@@ -2,7 +2,7 @@
  * same rules and error codes as the ref backend), then cuDNN (cudnn_ops.c) for the
  * convolutions and our kernels (*.cu via cu_kernels.h) for everything else. Ops queue their
  * work on the instance's stream and return without waiting, except the two losses, which
- * copy their scalar back to the host.
+ * copy their scalar back to the host, and loss_read.
  *
  * Conventions beyond backend.h (shared with ref): the conv params' act is ignored by backward
  * ops; `accumulate` applies to parameter gradients and concat_bwd; bn_train_bwd overwrites dx;
@@ -27,6 +27,8 @@
 #include "cuda_impl.h"
 
 #define BE(be) ((cu_backend *)(be))
+
+static cz_status var_at(cu_backend *b, const char *op, int var, int n);
 
 /* ------------------------------------------------------------------------------ helpers */
 
@@ -492,10 +494,9 @@ static cz_status cu_concat_bwd(cz_backend *be, const cz_tensor *dy, cz_tensor *d
     return CZ_OK;
 }
 
-static cz_status cu_dropout_fwd(cz_backend *be, float p, uint64_t seed, const cz_tensor *x, cz_tensor *mask,
-                                cz_tensor *y) {
-    cu_backend *b = BE(be);
-    const char *op = "dropout_fwd";
+/* dropout_fwd, with the seed taken from variable seed_var plus `seed` when seed_var >= 0. */
+static cz_status dropout_fwd(cu_backend *b, const char *op, float p, uint64_t seed, int seed_var, const cz_tensor *x,
+                             cz_tensor *mask, cz_tensor *y) {
     CZ_TRY(cu_enter(b));
     CZ_TRY(cu_check(op, "x", x));
     CZ_TRY(cu_check(op, "mask", mask));
@@ -506,11 +507,29 @@ static cz_status cu_dropout_fwd(cz_backend *be, float p, uint64_t seed, const cz
     CZ_TRY(no_alias(op, "y", y, "mask", mask));
     if (!(p >= 0.0f && p < 1.0f))
         return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: p = %g must be in [0, 1)", op, (double)p);
-    CUK_CHECK(b, cuk_dropout_fwd(p, seed, cu_dev(x), x->dtype, cu_dev(mask), mask->dtype, cu_dev(y), y->dtype, x->n,
-                                 x->c, x->h, x->w, b->stream));
+    const uint64_t *sv = NULL;
+    if (seed_var >= 0) {
+        CZ_TRY(var_at(b, op, seed_var, 1));
+        sv = b->vars_dev + seed_var;
+    }
+    CUK_CHECK(b, cuk_dropout_fwd(p, seed, sv, cu_dev(x), x->dtype, cu_dev(mask), mask->dtype, cu_dev(y), y->dtype,
+                                 x->n, x->c, x->h, x->w, b->stream));
     cu_touch(mask);
     cu_touch(y);
     return CZ_OK;
+}
+
+static cz_status cu_dropout_fwd(cz_backend *be, float p, uint64_t seed, const cz_tensor *x, cz_tensor *mask,
+                                cz_tensor *y) {
+    return dropout_fwd(BE(be), "dropout_fwd", p, seed, -1, x, mask, y);
+}
+
+static cz_status cu_dropout_fwd_var(cz_backend *be, float p, int seed_var, uint64_t seed_add, const cz_tensor *x,
+                                    cz_tensor *mask, cz_tensor *y) {
+    if (seed_var < 0)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "cuda dropout_fwd_var: variable %d outside 0..%d", seed_var,
+                            CZ_STEP_VARS - 1);
+    return dropout_fwd(BE(be), "dropout_fwd_var", p, seed_add, seed_var, x, mask, y);
 }
 
 static cz_status cu_dropout_bwd(cz_backend *be, const cz_tensor *mask, const cz_tensor *dy, cz_tensor *dx) {
@@ -629,20 +648,31 @@ static cz_status cu_adam_step(cz_backend *be, cz_tensor *param, const cz_tensor 
 
 /* ---- queued losses and the gated multi-tensor Adam (backend.h loss_queue) ---- */
 
-/* The loss slots, zeroed on first use. */
+/* The loss slots and the step variables (one allocation), zeroed on first use. */
 static cz_status loss_slots(cu_backend *b, const char *op) {
     if (b->loss_dev) return CZ_OK;
     CZ_TRY(cu_recording_guard(b, op));
-    CU_CHECK(b, cudaMalloc((void **)&b->loss_dev, CZ_LOSS_SLOTS * sizeof(double)));
-    CU_CHECK(b, cudaMemsetAsync(b->loss_dev, 0, CZ_LOSS_SLOTS * sizeof(double), b->stream));
+    const size_t bytes = CZ_LOSS_SLOTS * sizeof(double) + CZ_STEP_VARS * sizeof(uint64_t);
+    void *p = NULL;
+    CU_CHECK(b, cudaMalloc(&p, bytes));
+    b->loss_dev = p;
+    b->vars_dev = (uint64_t *)(b->loss_dev + CZ_LOSS_SLOTS);
+    CU_CHECK(b, cudaMemsetAsync(p, 0, bytes, b->stream));
     return CZ_OK;
+}
+
+/* Variables [var, var + n) exist (made on first use; not while recording). */
+static cz_status var_at(cu_backend *b, const char *op, int var, int n) {
+    if (var < 0 || n < 1 || var > CZ_STEP_VARS - n)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: variables %d..%d outside 0..%d", op, var, var + n - 1,
+                            CZ_STEP_VARS - 1);
+    return loss_slots(b, op);
 }
 
 static cz_status cu_loss_queue(cz_backend *be, int slot, const cz_tensor *a, const cz_tensor *bt, float target) {
     cu_backend *b = BE(be);
     const char *op = "loss_queue";
     CZ_TRY(cu_enter(b));
-    CZ_TRY(cu_recording_guard(b, op));
     if (slot < 0 || slot >= CZ_LOSS_SLOTS)
         return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: slot %d outside 0..%d", op, slot, CZ_LOSS_SLOTS - 1);
     CZ_TRY(cu_check(op, "a", a));
@@ -677,13 +707,12 @@ static cz_status cu_loss_read(cz_backend *be, double *out, int n) {
     return CZ_OK;
 }
 
-static cz_status cu_adam_multi(cz_backend *be, const cz_adam_item *items, int n, float lr, float beta1, float beta2,
-                               float eps, int t, unsigned gate) {
-    cu_backend *b = BE(be);
-    const char *op = "adam_multi";
+/* adam_multi and adam_multi_var: lr, bc1 and bc2 from the arguments, or read when the kernel
+ * runs from variables [var, var + 3) when var >= 0. */
+static cz_status adam_multi(cu_backend *b, const char *op, const cz_adam_item *items, int n, double lr, float beta1,
+                            float beta2, float eps, double bc1, double bc2, int var, unsigned gate) {
     CZ_TRY(cu_enter(b));
     if (n < 0 || (n > 0 && !items)) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: %d items", op, n);
-    if (t < 1) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: step %d must be >= 1", op, t);
     if (CZ_LOSS_SLOTS < 32 && (gate >> CZ_LOSS_SLOTS))
         return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: gate 0x%x names slots past %d", op, gate, CZ_LOSS_SLOTS - 1);
     for (int i = 0; i < n; i++) {
@@ -704,9 +733,11 @@ static cz_status cu_adam_multi(cz_backend *be, const cz_adam_item *items, int n,
                 items[j].v->data == it->v->data)
                 return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: items %d and %d update the same tensor", op, j, i);
     }
-    CZ_TRY(loss_slots(b, op));
-    double b1 = beta1, b2 = beta2;
-    double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
+    if (var >= 0)
+        CZ_TRY(var_at(b, op, var, 3));
+    else
+        CZ_TRY(loss_slots(b, op));
+    const double *hv = var >= 0 ? (const double *)(b->vars_dev + var) : NULL;
     for (int i0 = 0; i0 < n; i0 += CUK_ADAM_MAX) {
         cuk_adam_list l;
         memset(&l, 0, sizeof l);
@@ -720,7 +751,8 @@ static cz_status cu_adam_multi(cz_backend *be, const cz_adam_item *items, int n,
             l.v[j] = cu_dev(it->v);
             l.count[j] = cz_tensor_numel(it->param);
         }
-        CUK_CHECK(b, cuk_adam_multi(&l, (double)lr, b1, b2, (double)eps, bc1, bc2, b->loss_dev, gate, b->stream));
+        CUK_CHECK(b, cuk_adam_multi(&l, lr, (double)beta1, (double)beta2, (double)eps, bc1, bc2, hv, b->loss_dev, gate,
+                                    b->stream));
     }
     for (int i = 0; i < n; i++) {
         cu_touch(items[i].param);
@@ -730,12 +762,45 @@ static cz_status cu_adam_multi(cz_backend *be, const cz_adam_item *items, int n,
     return CZ_OK;
 }
 
+static cz_status cu_adam_multi(cz_backend *be, const cz_adam_item *items, int n, float lr, float beta1, float beta2,
+                               float eps, int t, unsigned gate) {
+    if (t < 1) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda adam_multi: step %d must be >= 1", t);
+    double b1 = beta1, b2 = beta2;
+    return adam_multi(BE(be), "adam_multi", items, n, (double)lr, beta1, beta2, eps, 1.0 - pow(b1, t),
+                      1.0 - pow(b2, t), -1, gate);
+}
+
+static cz_status cu_adam_multi_var(cz_backend *be, const cz_adam_item *items, int n, float beta1, float beta2,
+                                   float eps, int var, unsigned gate) {
+    if (var < 0)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "cuda adam_multi_var: variable %d outside 0..%d", var,
+                            CZ_STEP_VARS - 1);
+    return adam_multi(BE(be), "adam_multi_var", items, n, 0.0, beta1, beta2, eps, 0.0, 0.0, var, gate);
+}
+
+static cz_status cu_var_set(cz_backend *be, int first, int n, const uint64_t *bits) {
+    cu_backend *b = BE(be);
+    const char *op = "var_set";
+    CZ_TRY(cu_enter(b));
+    CZ_TRY(cu_recording_guard(b, op));
+    if (!bits) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda %s: bits is NULL", op);
+    CZ_TRY(var_at(b, op, first, n));
+    _Static_assert(CZ_STEP_VARS <= CUK_VARS_MAX, "one launch sets every variable");
+    cuk_vars v = {.first = first, .n = n};
+    memcpy(v.bits, bits, (size_t)n * sizeof *bits);
+    CUK_CHECK(b, cuk_vars_set(b->vars_dev, &v, b->stream));
+    return CZ_OK;
+}
+
 void cu_fill_ops(cz_backend_ops *ops) {
     memset(ops, 0, sizeof *ops);
     cu_fill_mem_ops(ops);
     ops->loss_queue = cu_loss_queue;
     ops->loss_read = cu_loss_read;
     ops->adam_multi = cu_adam_multi;
+    ops->var_set = cu_var_set;
+    ops->dropout_fwd_var = cu_dropout_fwd_var;
+    ops->adam_multi_var = cu_adam_multi_var;
     ops->conv2d = cu_conv2d;
     ops->deconv2d = cu_deconv2d;
     ops->bn_infer = cu_bn_infer;

@@ -61,8 +61,10 @@ int cuk_concat_bwd(const void *dy, int dydt, void *da, int dadt, int ca, void *d
                    int accumulate, cuk_stream s);
 
 /* ---- dropout.cu: the SplitMix64 counter RNG of backend.h on the logical NCHW index ---- */
-int cuk_dropout_fwd(float p, uint64_t seed, const void *x, int xdt, void *mask, int mdt, void *y, int ydt, int n,
-                    int c, int h, int w, cuk_stream s);
+/* seed_var: NULL, or a device variable read when the kernel runs; the seed is then
+ * *seed_var + seed (mod 2^64). */
+int cuk_dropout_fwd(float p, uint64_t seed, const uint64_t *seed_var, const void *x, int xdt, void *mask, int mdt,
+                    void *y, int ydt, int n, int c, int h, int w, cuk_stream s);
 /* dx = dy * mask (elementwise, layout-agnostic). */
 int cuk_mul(const void *a, int adt, const void *b, int bdt, void *y, int ydt, size_t count, cuk_stream s);
 
@@ -124,8 +126,17 @@ typedef struct cuk_adam_list {
     size_t count[CUK_ADAM_MAX];
     int gdt[CUK_ADAM_MAX];
 } cuk_adam_list;
+/* hv: NULL, or three device doubles (lr, bc1, bc2) read when the kernel runs instead of the
+ * arguments of those names. */
 int cuk_adam_multi(const cuk_adam_list *l, double lr, double b1, double b2, double eps, double bc1, double bc2,
-                   const double *gate, unsigned mask, cuk_stream s);
+                   const double *hv, const double *gate, unsigned mask, cuk_stream s);
+/* vars[first + i] = bits[i] for i < n (n <= CUK_VARS_MAX), queued on s. */
+#define CUK_VARS_MAX 16
+typedef struct cuk_vars {
+    int first, n;
+    uint64_t bits[CUK_VARS_MAX];
+} cuk_vars;
+int cuk_vars_set(uint64_t *vars, const cuk_vars *v, cuk_stream s);
 
 /* ---- conv_naive.cu: direct convolutions, the fallback when cuDNN has no algorithm ---- */
 /* Convolution in cuDNN's terms: x (n, c, h, w), filter (k, c, r, r) stored KRSC, y (n, k, oh, ow),

@@ -13,7 +13,11 @@
  * captured into a CUDA graph; nothing may allocate, free or synchronize then (cu_recording_guard).
  * `epoch` counts reallocations of backend-internal memory a graph may point into (the scratch
  * buffers, converted weight copies) and rewrites of weights whose converted copy a graph may
- * have skipped; a recording made in an older epoch is stale.
+ * have skipped; a recording made in an older epoch is stale. `conv_epoch` moves at record_begin
+ * and record_end and makes every converted weight copy stale: inside a recording each weight's
+ * first use records its conversion (a replay cannot know whether the copy is current then),
+ * and after one the host no longer knows what ran (a recording is not run; a failed one never
+ * will be), so the next unrecorded use converts again.
  *
  * Threading: one thread at a time per instance (contract of backend.h). Errors: CU_CHECK and
  * DNN_CHECK turn a failing call into a cz_status with "file:line: call: message"; errors that
@@ -39,11 +43,12 @@ typedef struct cu_buf {
     uint64_t id;    /* unique per allocation, never reused */
     uint64_t gen;   /* bumped whenever the contents change through the backend */
     /* a copy of this buffer converted to another dtype (conv weights used with activations of
-     * another dtype); valid while conv_gen == gen */
+     * another dtype); valid while conv_gen == gen and conv_epoch == the instance's conv_epoch */
     void *conv_dev;
     size_t conv_bytes;
     int conv_dtype;
     uint64_t conv_gen;
+    uint64_t conv_epoch;
 } cu_buf;
 
 typedef struct cu_dnn cu_dnn; /* cudnn_ops.c */
@@ -91,6 +96,7 @@ typedef struct cu_backend {
     int no_graphs;   /* COLORIZE_CUDA_GRAPHS=0: record_begin answers CZ_ERR_UNSUPPORTED */
     int no_views;    /* COLORIZE_CUDA_VIEWS=0: view_ok refuses every view */
     uint64_t epoch;  /* see "Recording" above */
+    uint64_t conv_epoch; /* likewise */
     int sticky;      /* a sticky CUDA error happened: the instance is unusable */
     char sticky_msg[256];
     char device_name[256];
@@ -104,8 +110,10 @@ typedef struct cu_backend {
     uint64_t mg_seq; /* merges issued */
     void *lab_tab;
     /* loss_queue's slots (backend_cuda_ops.c): sums on the device, made zero on first use, and
-     * the element count of each slot's last loss (its mean = sum / count, taken at loss_read) */
+     * the element count of each slot's last loss (its mean = sum / count, taken at loss_read);
+     * the step variables (var_set) follow the slots in the same allocation */
     double *loss_dev;
+    uint64_t *vars_dev;
     double loss_count[CZ_LOSS_SLOTS];
 } cu_backend;
 

@@ -1,7 +1,9 @@
 /* dropout.cu: inverted dropout with the counter-based SplitMix64 draw that backend.h defines,
  * evaluated on the LOGICAL NCHW index of each element although storage is NHWC, so masks are
  * bit-identical to the ref backend's; plus the elementwise product used by dropout_bwd.
- * Stateless launchers. Tested by tests/unit/test_ops.c (dropout parity: mask and y). */
+ * The seed may be read from a device variable when the kernel runs (backend.h dropout_fwd_var).
+ * Stateless launchers. Tested by tests/unit/test_ops.c (dropout parity: mask and y; the
+ * variable form == the value form). */
 #include "cu_common.cuh"
 
 static __device__ __forceinline__ float draw(uint64_t seed, uint64_t i) {
@@ -12,8 +14,9 @@ static __device__ __forceinline__ float draw(uint64_t seed, uint64_t i) {
     return (float)(z >> 40) * (1.0f / 16777216.0f);
 }
 
-static __global__ void k_dropout(float p, float scale, uint64_t seed, const void *x, int xdt, void *mask, int mdt,
-                                 void *y, int ydt, int c, int hw, size_t count) {
+static __global__ void k_dropout(float p, float scale, uint64_t seed, const uint64_t *seed_var, const void *x,
+                                 int xdt, void *mask, int mdt, void *y, int ydt, int c, int hw, size_t count) {
+    if (seed_var) seed += *seed_var;
     CUK_FOR(i, count) {
         size_t ch = i % (size_t)c, pix = i / (size_t)c;
         size_t img = pix / (size_t)hw, pp = pix % (size_t)hw;
@@ -30,11 +33,12 @@ static __global__ void k_mul(const void *a, int adt, const void *b, int bdt, voi
     CUK_FOR(i, count) cuk_st_d(y, ydt, i, (double)cuk_ld(a, adt, i) * (double)cuk_ld(b, bdt, i));
 }
 
-extern "C" int cuk_dropout_fwd(float p, uint64_t seed, const void *x, int xdt, void *mask, int mdt, void *y,
-                               int ydt, int n, int c, int h, int w, cuk_stream s) {
+extern "C" int cuk_dropout_fwd(float p, uint64_t seed, const uint64_t *seed_var, const void *x, int xdt, void *mask,
+                               int mdt, void *y, int ydt, int n, int c, int h, int w, cuk_stream s) {
     size_t count = (size_t)n * c * h * w;
     float scale = 1.0f / (1.0f - p);
-    CUK_LAUNCH(k_dropout, cuk_blocks(count), CUK_THREADS, 0, s)(p, scale, seed, x, xdt, mask, mdt, y, ydt, c, h * w, count);
+    CUK_LAUNCH(k_dropout, cuk_blocks(count), CUK_THREADS, 0, s)(p, scale, seed, seed_var, x, xdt, mask, mdt, y, ydt, c,
+                                                                h * w, count);
     return cuk_last();
 }
 

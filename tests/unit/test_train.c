@@ -11,7 +11,8 @@
  *     one seed agree bit for bit, a checkpoint resumes to the same next step, and a NaN or
  *     Inf in the batch gives CZ_ERR_NONFINITE without touching D's weights;
  *   - step halves (begin / stage / end) on every backend that starts here, cuda included where
- *     there is one (its queued losses and gated optimizer steps): see test_step_halves. */
+ *     there is one (its queued losses and gated optimizer steps): see test_step_halves;
+ *   - recorded steps (cuda only) == steps run op by op, bit for bit: see test_recorded_steps. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -508,6 +509,116 @@ static void test_step_halves(void **state) {
     }
 }
 
+/* Recorded steps (gan.h): on a backend with step variables and recordings (cuda, on a GPU or
+ * the emulator), a gan that records its steps gives exactly what one running every op does,
+ * in fp32 and bf16 (where each replay converts the fp32 master weights again), over:
+ *  - a learning rate that changes every step and a dropout level (depth 6), so the seed and
+ *    the optimizers' values must come from the step variables, not the first recording;
+ *  - an eval-mode forward (a validation) just before the step that records, which leaves G's
+ *    converted weights current at that moment (bf16): the recording still converts them;
+ *  - a NaN batch in the middle (the replayed optimizer steps are skipped, counts taken back);
+ *  - a recording made stale by the backend's scratch memory growing (it is made again);
+ *  - a second batch size, then the first again (one recording each).
+ * Losses are compared bit for bit at every step, and whole checkpoints (weights, moments,
+ * counts) at the end; the counts of recordings made, replayed and run op by op are checked. */
+static void test_recorded_steps(void **state) {
+    (void)state;
+    cz_backend *be;
+    if (cz_backend_create("cuda", NULL, &be) != CZ_OK) {
+        printf("skipped: no GPU (cuda unavailable: %s); tests/gpu/emu_check.sh runs this on the emulator\n",
+               cz_error_detail());
+        return;
+    }
+    if (!be->ops->var_set) {
+        cz_backend_destroy(be);
+        fail_msg("cuda has no step variables");
+    }
+    enum { S = 64, N = 2, NB = 3, STEPS = 9 };
+    static float A[NB][N * S * S], B[NB][N * 2 * S * S];
+    for (int k = 0; k < NB; k++) {
+        tiny_batch(N, S, A[k], B[k]);
+        for (size_t i = 0; i < (size_t)N * S * S; i++) A[k][i] += 0.05f * (float)k * (float)((i * 3) % 7);
+    }
+    const cz_dtype dts[2] = {CZ_F32, CZ_BF16};
+    for (int di = 0; di < 2; di++) {
+        cz_gan *g[2];
+        for (int k = 0; k < 2; k++) {
+            cz_gan_config c = cz_gan_config_default();
+            c.seed = 31;
+            c.ndf = 4;
+            c.act_dtype = dts[di];
+            c.unrecorded = k == 0;
+            cz_unet_arch a = cz_unet_arch_default(4, CZ_COLOR_LAB);
+            a.depth = 6;
+            if (cz_gan_create(be, &c, &a, NULL, &g[k]) != CZ_OK) fail_msg("%s", cz_error_detail());
+            assert_int_equal(cz_gan_plan(g[k], N, S, S), CZ_OK);
+        }
+        cz_tensor big = {0};
+        for (int t = 1; t <= STEPS; t++) {
+            int n = t == 7 || t == 8 ? 1 : N, kb = t % NB;
+            float keep = A[kb][9];
+            if (t == 4) A[kb][9] = NAN;
+            if (t == 6) { /* grows the backend's reduction scratch: every recording goes stale */
+                double l;
+                assert_int_equal(cz_tensor_alloc(be, &big, dts[di], CZ_ROLE_ACT, 1, 1, 1024 << di, 1024), CZ_OK);
+                assert_int_equal(be->ops->tensor_zero(be, &big), CZ_OK);
+                assert_int_equal(be->ops->bce_logits_fwd(be, &big, 1.f, &l), CZ_OK);
+            }
+            cz_gan_losses L[2];
+            cz_status st[2];
+            for (int k = 0; k < 2; k++) {
+                if (t == 2) { /* a validation pass converts G's weights: the recording must not rely on it */
+                    const cz_tensor *out;
+                    assert_int_equal(cz_unet_train_forward(cz_gan_generator(g[k]), N, 0, 0, &out), CZ_OK);
+                }
+                cz_gan_set_lr(g[k], 2e-4f * (1.f - 0.07f * (float)t));
+                st[k] = cz_gan_step(g[k], n, A[kb], B[kb], &L[k]);
+            }
+            A[kb][9] = keep;
+            cz_gan_record_stats r = cz_gan_recordings(g[1]);
+            printf("cuda %s: step %d, %d images: G_L1 op by op %.9g, recorded %.9g (%ld made, %ld replays, %ld op by "
+                   "op, %ld stale)\n",
+                   cz_dtype_name(dts[di]), t, n, L[0].g_l1, L[1].g_l1, r.made, r.replays, r.unrecorded, r.stale);
+            assert_int_equal(st[0], t == 4 ? CZ_ERR_NONFINITE : CZ_OK);
+            assert_int_equal(st[1], st[0]);
+            if (st[0] == CZ_OK) assert_memory_equal(&L[0], &L[1], sizeof L[0]);
+        }
+        cz_tensor_free(be, &big);
+        cz_gan_record_stats r = cz_gan_recordings(g[1]), r0 = cz_gan_recordings(g[0]);
+        /* 1 op by op (batch 2), 2 recorded + replayed, 3-5 replayed (4: NaN), 6 stale: recorded
+         * again, 7 op by op (batch 1), 8 recorded, 9 replayed (batch 2) */
+        assert_int_equal(r.unrecorded, 2);
+        assert_int_equal(r.made, 3);
+        assert_int_equal(r.replays, 7);
+        assert_int_equal(r.stale, 1);
+        assert_int_equal(r.failed, 0);
+        assert_int_equal(r.active, 2);
+        assert_int_equal(r0.made + r0.replays, 0);
+        assert_int_equal(r0.unrecorded, 0); /* unrecorded gans do not use the step variables at all */
+        assert_int_equal(cz_gan_steps(g[0]), STEPS - 1);
+        assert_int_equal(cz_gan_steps(g[1]), STEPS - 1);
+        uint8_t *bytes[2];
+        size_t len[2];
+        for (int k = 0; k < 2; k++) {
+            cz_st_writer *w;
+            assert_int_equal(cz_st_writer_create(&w), CZ_OK);
+            assert_int_equal(cz_gan_save(g[k], w), CZ_OK);
+            assert_int_equal(cz_st_writer_bytes(w, &bytes[k], &len[k]), CZ_OK);
+            cz_st_writer_destroy(w);
+        }
+        assert_int_equal(len[0], len[1]);
+        int same = memcmp(bytes[0], bytes[1], len[0]) == 0;
+        printf("cuda %s: checkpoints after %d steps (%zu bytes: weights, moments, counts): %s\n", cz_dtype_name(dts[di]),
+               STEPS, len[0], same ? "identical" : "DIFFERENT");
+        assert_true(same);
+        free(bytes[0]);
+        free(bytes[1]);
+        cz_gan_destroy(g[0]);
+        cz_gan_destroy(g[1]);
+    }
+    cz_backend_destroy(be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_patchgan_sizes),
@@ -519,6 +630,9 @@ int main(void) {
         cmocka_unit_test(test_determinism_and_resume),
         cmocka_unit_test(test_nonfinite),
         cmocka_unit_test(test_step_halves),
+        cmocka_unit_test(test_recorded_steps),
     };
+    const char *only = getenv("CZ_TEST_FILTER"); /* e.g. test_recorded_steps: run that one alone */
+    if (only && *only) cmocka_set_test_filter(only);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
