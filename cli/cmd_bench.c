@@ -8,7 +8,9 @@
  * `bench --train`: the same for one pix2pix training step (G forward/backward, three D passes,
  * both Adam updates; core/gan.h) on synthetic data, for each (precision, ngf, batch): fp32, or
  * bf16 activations with fp32 master weights (mixed precision). Each step's batch comes from host
- * memory, uploaded while the step before runs, as in a training run. tests/bench/torch_train_bench.py
+ * memory, uploaded while the step before runs, as in a training run. Two warm-up steps: on a
+ * backend that records steps (cuda; gan.h "Recorded steps") the second records the step and the
+ * timed ones replay it; --unrecorded times them op by op instead. tests/bench/torch_train_bench.py
  * times the same step in PyTorch. */
 #include <getopt.h>
 #include <stdio.h>
@@ -89,7 +91,7 @@ static cz_status median_time(timed_call *c, double min_time, double *median, int
 
 /* Training throughput: one G+D step per iteration, median over the timed iterations. */
 static int bench_train(const char *backend, const char *ngf_s, const int *batches, int nb, const char *precs_s,
-                       int size, int threads, double min_time, int json) {
+                       int size, int threads, double min_time, int json, int unrecorded) {
     int ngfs[8];
     int nn = cli_parse_int_list(ngf_s, ngfs, 8);
     if (nb < 0 || nn < 0 || size < 32 || size > 4096 || min_time < 0) {
@@ -120,8 +122,8 @@ static int bench_train(const char *backend, const char *ngf_s, const int *batche
     if (!json) {
         printf("colorize bench --train: pix2pix step (U-Net depth %d + 70x70 PatchGAN ndf 64), %dx%d, "
                "backend %s, threads %d\n", depth, size, size, be->ops->name, threads);
-        printf("%-5s %-5s %6s %12s %12s %14s %8s\n", "prec", "ngf", "batch", "ms/step", "images/s", "G fwd GFLOP/img",
-               "iters");
+        printf("%-5s %-5s %6s %12s %12s %14s %8s %9s\n", "prec", "ngf", "batch", "ms/step", "images/s", "G fwd GFLOP/img",
+               "iters", "recorded");
     }
     int rc = 0;
     for (int pi = 0; pi < np; pi++)
@@ -133,6 +135,7 @@ static int bench_train(const char *backend, const char *ngf_s, const int *batche
             cz_gan_config gc = cz_gan_config_default();
             gc.seed = 1;
             gc.act_dtype = precs[pi];
+            gc.unrecorded = unrecorded;
             cz_gan *gan = NULL;
             size_t an = (size_t)n * a.in_ch * size * size, bn = (size_t)n * a.out_ch * size * size;
             /* the trainer's batches live in the backend's host memory (page-locked on cuda) */
@@ -150,7 +153,8 @@ static int bench_train(const char *backend, const char *ngf_s, const int *batche
                     float x = (float)((r >> 40) & 0xffff) / 32768.0f - 1.0f;
                     if (i < an) A[i] = x; else B[i - an] = 0.5f * x;
                 }
-                s = cz_gan_step(gan, n, A, B, NULL); /* warm-up */
+                s = cz_gan_step(gan, n, A, B, NULL); /* warm-up: op by op, then recorded where steps are */
+                if (s == CZ_OK) s = cz_gan_step(gan, n, A, B, NULL);
                 if (s == CZ_OK) s = cz_gan_stage(gan, n, A, B);
             }
             timed_call tc = {.kind = 0, .gan = gan, .n = n, .in = A, .B = B};
@@ -161,14 +165,18 @@ static int bench_train(const char *backend, const char *ngf_s, const int *batche
                 rc = 1;
             } else {
                 double gflop = cz_unet_flops(&a, size, size) / 1e9;
+                /* recorded: every timed step replayed the recording */
+                cz_gan_record_stats rs = cz_gan_recordings(gan);
+                int recorded = rs.replays >= iters && rs.failed == 0;
                 if (json)
                     printf("{\"engine\":\"colorize\",\"mode\":\"train\",\"backend\":\"%s\",\"precision\":\"%s\","
                            "\"ngf\":%d,\"size\":%d,\"batch\":%d,\"threads\":%d,\"ms_per_step\":%.3f,"
-                           "\"images_per_s\":%.4f,\"iters\":%d}\n",
-                           be->ops->name, cz_dtype_name(precs[pi]), a.ngf, size, n, threads, med * 1e3, n / med, iters);
+                           "\"images_per_s\":%.4f,\"iters\":%d,\"recorded\":%s}\n",
+                           be->ops->name, cz_dtype_name(precs[pi]), a.ngf, size, n, threads, med * 1e3, n / med, iters,
+                           recorded ? "true" : "false");
                 else
-                    printf("%-5s %-5d %6d %12.1f %12.3f %14.2f %8d\n", cz_dtype_name(precs[pi]), a.ngf, n, med * 1e3,
-                           n / med, gflop, iters);
+                    printf("%-5s %-5d %6d %12.1f %12.3f %14.2f %8d %9s\n", cz_dtype_name(precs[pi]), a.ngf, n,
+                           med * 1e3, n / med, gflop, iters, recorded ? "yes" : "no");
                 fflush(stdout);
             }
             cz_gan_destroy(gan); /* (waits for a staged upload still reading A and B) */
@@ -187,10 +195,10 @@ int cz_cmd_bench(int argc, char **argv) {
         {"size", required_argument, 0, 's'},    {"threads", required_argument, 0, 't'},
         {"min-time", required_argument, 0, 'T'}, {"json", no_argument, 0, 'j'},
         {"model", required_argument, 0, 'm'},   {"train", no_argument, 0, 'R'},
-        {0, 0, 0, 0}};
+        {"unrecorded", no_argument, 0, 'U'},   {0, 0, 0, 0}};
     const char *backend = "auto", *batches_s = "1,8", *precs_s = "fp32,bf16", *model = NULL;
     const char *ngf_s = "64";
-    int ngf = 64, size = 256, threads = 0, json = 0, train = 0, batch_given = 0, c;
+    int ngf = 64, size = 256, threads = 0, json = 0, train = 0, batch_given = 0, unrecorded = 0, c;
     double min_time = 3.0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "b:B:n:p:s:t:T:jm:", opts, NULL)) != -1) {
@@ -200,6 +208,7 @@ int cz_cmd_bench(int argc, char **argv) {
         case 'B': batches_s = optarg; batch_given = 1; break;
         case 'n': ngf_s = optarg; ngf = atoi(optarg); break;
         case 'R': train = 1; break;
+        case 'U': unrecorded = 1; break;
         case 'p': precs_s = optarg; break;
         case 's': size = atoi(optarg); break;
         case 't': threads = atoi(optarg); break;
@@ -211,7 +220,11 @@ int cz_cmd_bench(int argc, char **argv) {
     int batches[16];
     if (train && !batch_given) batches_s = "1";
     int nb = cli_parse_int_list(batches_s, batches, 16);
-    if (train) return bench_train(backend, ngf_s, batches, nb, precs_s, size, threads, min_time, json);
+    if (unrecorded && !train) {
+        fprintf(stderr, "colorize bench: --unrecorded applies to --train\n");
+        return 2;
+    }
+    if (train) return bench_train(backend, ngf_s, batches, nb, precs_s, size, threads, min_time, json, unrecorded);
     if (nb < 0 || ngf < 1 || size < 32 || size > 4096 || min_time < 0) {
         fprintf(stderr, "colorize bench: bad --batch, --ngf, --size or --min-time\n");
         return 2;

@@ -15,6 +15,7 @@ static void usage(FILE *f) {
             "  colorize bench [--backend B] [--batch 1,8,32] [--ngf N | --model WEIGHTS] [--precision fp32,bf16]\n"
             "                 [--size 256] [--threads N] [--min-time SECONDS]\n"
             "  colorize bench --train [--backend B] [--ngf 64,32] [--batch 1,16] [--size 256] [--threads N]\n"
+            "                 [--unrecorded]\n"
             "  colorize train --data DIR [--val DIR] [--steps N | --epochs N] [--batch B] [--size S]\n"
             "           [--ngf N] [--ndf N] [--init WEIGHTS|CHECKPOINT] [-o OUT.safetensors] [--out-dir DIR]\n"
             "           [--backend B] [--seed S] [--validate-every N] [--checkpoint-every N] [--lr LR]\n"

@@ -374,6 +374,8 @@ static cz_status run_step(cz_gan *gan, int n, long t) {
     }
     if (r->state == REC_SEEN) {
         if (record_step(gan, n, t, r) == CZ_OK) {
+            cz_log(gan->rstats.made ? CZ_LOG_DEBUG : CZ_LOG_INFO, "train",
+                   "training steps of %d images recorded as one graph; later steps of that size replay it", n);
             r->state = REC_READY;
             gan->rstats.made++;
             CZ_TRY(be->ops->replay(be, r->rec));

@@ -739,7 +739,9 @@ static cz_status finish_as(cz_trainer *t, cz_train_status st) {
     s = write_state(t);
     if (s != CZ_OK) return fail(t, s);
     t->final_status = CZ_OK;
-    CZ_LOGI(MOD, "run %s at step %ld of %ld", cz_train_status_name(st), t->step, t->total);
+    cz_gan_record_stats r = cz_gan_recordings(t->gan);
+    CZ_LOGI(MOD, "run %s at step %ld of %ld (%ld steps replayed from %ld recordings, %ld op by op)",
+            cz_train_status_name(st), t->step, t->total, r.replays, r.made, r.unrecorded);
     return CZ_OK;
 }
 

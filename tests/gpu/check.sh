@@ -11,7 +11,9 @@
 #      test_unet: batch invariance, CUDA-graph recordings and pipelined passes on cuda;
 #   2. PyTorch: test_unet_golden (whole generator) and test_train_golden (a full pix2pix step:
 #      losses, every gradient, five steps of losses) against PyTorch fixtures from the same
-#      weights, now including the cuda backend; plus torch on this GPU against the same fixture;
+#      weights, now including the cuda backend (steps 2-5 replay the recorded step); test_train:
+#      recorded training steps == op by op, bit for bit; plus torch on this GPU against the same
+#      fixture;
 #   3. serving: colorized --backend cuda on 127.0.0.1:0, concurrent curl uploads, outputs against
 #      a CPU (dnnl) daemon within tolerance, batched == alone byte for byte (pipelined passes),
 #      a second render planned at start (server.plan_renders) with its other aspect ratios
@@ -117,6 +119,20 @@ for t in test_unet_golden test_train_golden; do
     bad "$t (exit $rc, log $WORK/$t.log)"; tail -20 "$WORK/$t.log"
   fi
 done
+# recorded training steps (CUDA graphs replayed with each step's variables) == op-by-op steps,
+# bit for bit (test_train's cuda-only test; its ref tests ran in CI)
+if [ -x "$BIN/test_train" ]; then
+  CZ_TEST_FILTER=test_recorded_steps timeout 120 "$BIN/test_train" > "$WORK/test_train.log" 2>&1; rc=$?
+  grep -E "checkpoints after|step 9|skipped" "$WORK/test_train.log" | head -6
+  if [ $rc -eq 0 ] && grep -q "cuda bf16: checkpoints after .*: identical" "$WORK/test_train.log"; then
+    ok "test_train: recorded training steps == op by op on cuda (fp32, bf16)"
+  else
+    bad "test_train recorded steps (exit $rc, log $WORK/test_train.log)"; tail -20 "$WORK/test_train.log"
+  fi
+  cp "$WORK/test_train.log" "$RESULTS/" 2>/dev/null
+else
+  echo "warn: no $BIN/test_train in the bundle: recorded training steps not checked (see tests/gpu/README.md)"
+fi
 # PyTorch itself on this GPU, same fixture weights: how far torch's own GPU run is from the
 # float64 oracle, for scale beside ours (printed above). Only where torch sees a GPU.
 $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" > /dev/null 2>&1 &&
@@ -275,18 +291,23 @@ else
     timeout 150 "$BIN/colorize" bench --backend cuda --precision bf16 --ngf $ngf --batch 1,16,64,256 --size 256 \
       --min-time 1 --json >> "$B" 2> "$WORK/bench_fwd_$ngf.err" || bad "colorize bench ngf $ngf (see $WORK/bench_fwd_$ngf.err)"
   done
-  timeout 150 "$BIN/colorize" bench --train --backend cuda --precision bf16,fp32 --ngf 64 --batch 16,64 --size 256 --min-time 1 --json \
+  timeout 150 "$BIN/colorize" bench --train --backend cuda --precision bf16,fp32 --ngf 64 --batch 1,16,64 --size 256 --min-time 1 --json \
     >> "$B" 2> "$WORK/bench_train.err" || bad "colorize bench --train (see $WORK/bench_train.err)"
+  # the same steps op by op at batch 1 and 16: what recording the step as a CUDA graph brings
+  timeout 60 "$BIN/colorize" bench --train --unrecorded --backend cuda --precision bf16,fp32 --ngf 64 --batch 1,16 --size 256 \
+    --min-time 1 --json 2>> "$WORK/bench_train.err" | sed 's/^{/{"unrecorded_run":true,/' >> "$B" ||
+    bad "colorize bench --train --unrecorded (see $WORK/bench_train.err)"
   PYTHONUNBUFFERED=1 timeout 360 $PY tests/bench/torch_gpu_bench.py --ngf 64,32 --batch 1,16,64,256 \
-    --train-batch 16,64 --compile-budget "${CZ_GPU_COMPILE_BUDGET:-150}" --json >> "$B" 2> "$WORK/torch_bench.err" ||
+    --train-batch 1,16,64 --compile-budget "${CZ_GPU_COMPILE_BUDGET:-150}" --json >> "$B" 2> "$WORK/torch_bench.err" ||
     bad "torch_gpu_bench.py (see $WORK/torch_bench.err)"
   cp "$B" "$RESULTS/" 2>/dev/null
   $PY - "$B" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-def get(engine, kind, ngf, batch, mode=None, prec=None):
+def get(engine, kind, ngf, batch, mode=None, prec=None, unrecorded=False):
     for r in rows:
         if prec and r.get("precision") != prec: continue
+        if bool(r.get("unrecorded_run")) != unrecorded: continue
         k = "train" if r.get("mode") == "train" or r.get("kind") == "train" else "fwd"
         if r.get("engine") == engine and k == kind and r.get("ngf") == ngf and r.get("batch") == batch:
             if engine == "torch" and r.get("mode") != mode: continue
@@ -311,15 +332,20 @@ for ngf in (64, 32):
 o, e = get("colorize", "fwd", 64, 1), get("torch", "fwd", 64, 1, "eager-bf16")
 ms = lambda r: f"{r['ms_per_batch']:>10.3f}" if r else f"{'-':>10}"
 print(f"{'forward ngf 64 batch 1 latency (ms)':<34} {ms(dev(o))} {ms(o)} {'':>10} {ms(e):>11}")
-for b in (16, 64):
+rec = lambda r: "" if not r else (" (graph)" if r.get("recorded") else " (NOT recorded)")
+for b in (1, 16, 64):
     o, o32 = get("colorize", "train", 64, b, prec="bf16"), get("colorize", "train", 64, b, prec="fp32")
     e, f = get("torch", "train", 64, b, "eager-bf16"), get("torch", "train", 64, b, "eager-fp32")
-    print(f"{f'train ngf 64 batch {b} bf16 (img/s)':<34} {cell(o)} {'':>10} {'':>10} {cell(e):>11} {ratio(o, e)}")
-    print(f"{f'train ngf 64 batch {b} fp32 (img/s)':<34} {cell(o32)} {'':>10} {'':>10} {cell(f):>11} {ratio(o32, f)}")
+    print(f"{f'train ngf 64 batch {b} bf16 (img/s)':<34} {cell(o)} {'':>10} {'':>10} {cell(e):>11} {ratio(o, e)}{rec(o)}")
+    print(f"{f'train ngf 64 batch {b} fp32 (img/s)':<34} {cell(o32)} {'':>10} {'':>10} {cell(f):>11} {ratio(o32, f)}{rec(o32)}")
+for b in (1, 16):
+    for p in ("bf16", "fp32"):
+        u, o = get("colorize", "train", 64, b, prec=p, unrecorded=True), get("colorize", "train", 64, b, prec=p)
+        print(f"{f'train ngf 64 batch {b} {p} op by op':<34} {cell(u)} {'':>10} {'':>10} {'':>11} {'':>8}   recorded/op by op {ratio(o, u)}")
 print("ours: colorize bench, bf16; forward 'ours' = the recorded forward pass alone (input already on the device),")
 print("      'ours e2e' = with the host upload and download from page-locked buffers, one pass at a time;")
 print("      'ours pipe' = the same, the next batch launched before this one is waited for (copies overlap compute);")
-print("      training: one G+D step, bf16 mixed and fp32;")
+print("      training: one G+D step, bf16 mixed and fp32, replaying the step recorded as a CUDA graph ('op by op': --unrecorded);")
 print("torch: tests/bench/torch_gpu_bench.py, device-resident tensors, bf16 channels_last (training: autocast bf16; fp32 with TF32 off)")
 EOF
   # Where the forward time goes: per-layer times and roofline fraction (tests/bench/bench_layers.c; its

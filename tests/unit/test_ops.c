@@ -26,6 +26,11 @@
  *       adam_multi on 40 parameters of varied sizes equals adam_step on each, bit for bit, over
  *       two steps; a NaN or Inf in a gated slot leaves every parameter and moment as it was,
  *       a finite gate updates all of them; and the invalid arguments they must refuse.
+ *   (f) step variables (var_set, dropout_fwd_var, adam_multi_var), for every backend that has
+ *       them, in fp32 and bf16: the variable forms equal the value forms bit for bit; recorded
+ *       once (with a tensor_zero) and replayed with three sets of values, each replay equals
+ *       the value forms with that replay's values; var_set refuses to be recorded; and the
+ *       invalid arguments they must refuse.
  * Dtype convention in (b): activations and conv weights use the dtype under test; per-channel
  * vectors (bias, BatchNorm parameters and statistics) and the Adam state are fp32.
  * Prints one line per (backend, dtype, op, shape). */
@@ -2375,6 +2380,130 @@ static void test_backend_queued_training(void **state) {
                        queued_dtype);
 }
 
+/* ----------------------------------------------------------------------------------------- */
+/* (f) step variables (var_set, dropout_fwd_var, adam_multi_var) and what recordings may hold  */
+/* ----------------------------------------------------------------------------------------- */
+
+static uint64_t dbits(double d) {
+    uint64_t u;
+    memcpy(&u, &d, sizeof u);
+    return u;
+}
+
+/* Whether tensors a and b read back bit for bit equal. */
+static int same_bits(cz_backend *be, const cz_tensor *a, const cz_tensor *b) {
+    float *x = get(be, a), *y = get(be, b);
+    int same = memcmp(x, y, cz_tensor_numel(a) * sizeof *x) == 0;
+    free(x), free(y);
+    return same;
+}
+
+static int vars_dtype(cz_backend *be, cz_dtype dt) {
+    const char *tag = be->ops->name, *dn = cz_dtype_name(dt);
+    const cz_backend_ops *o = be->ops;
+    int failed = 0;
+    enum { VS = 3, VA = 9, QN = 5 };
+    const float p = 0.4f, b1 = 0.5f, b2 = 0.999f, eps = 1e-8f;
+    const uint64_t add = 0x9FB21C651E98DF25ull * 5;
+    cz_tensor x, m0, y0, m1, y1;
+    float *xv = hrand(numel4(2, 5, 7, 9), 701, -2, 2);
+    put(be, &x, dt, CZ_ROLE_ACT, 2, 5, 7, 9, xv);
+    put(be, &m0, dt, CZ_ROLE_ACT, 2, 5, 7, 9, NULL);
+    put(be, &y0, dt, CZ_ROLE_ACT, 2, 5, 7, 9, NULL);
+    put(be, &m1, dt, CZ_ROLE_ACT, 2, 5, 7, 9, NULL);
+    put(be, &y1, dt, CZ_ROLE_ACT, 2, 5, 7, 9, NULL);
+    /* the variable form == the value form, unrecorded */
+    uint64_t seed = 0xFFFFFFFFFFFFFF00ull; /* seed + add wraps around 2^64 */
+    OK(o->var_set(be, VS, 1, &seed));
+    OK(o->dropout_fwd_var(be, p, VS, add, &x, &m1, &y1));
+    OK(o->dropout_fwd(be, p, seed + add, &x, &m0, &y0));
+    int dsame = same_bits(be, &m0, &m1) && same_bits(be, &y0, &y1);
+    printf("[%s %s] dropout_fwd_var == dropout_fwd (seed from a variable, plus an offset): %s\n", tag, dn,
+           dsame ? "ok" : "FAIL");
+    failed += !dsame;
+
+    /* recorded once, replayed with three sets of values: each replay equals the value forms
+     * with that replay's values (a zeroed tensor and the Adam update recorded too) */
+    qa_param *a = calloc(QN, sizeof *a), *b = calloc(QN, sizeof *b);
+    cz_adam_item *items = calloc(QN, sizeof *items);
+    assert_true(a && b && items);
+    qa_params(be, a, QN, dt, 800);
+    qa_params(be, b, QN, dt, 800);
+    for (int i = 0; i < QN; i++) items[i] = (cz_adam_item){&b[i].p, &b[i].g, &b[i].m, &b[i].v};
+    cz_tensor z;
+    float *zv = hrand(numel4(1, 3, 4, 4), 702, 1, 2);
+    put(be, &z, dt, CZ_ROLE_ACT, 1, 3, 4, 4, zv);
+    cz_recording *rec = NULL;
+    OK(o->record_begin(be));
+    cz_status rs[4] = {o->dropout_fwd_var(be, p, VS, add, &x, &m1, &y1),
+                       o->adam_multi_var(be, items, QN, b1, b2, eps, VA, 0x1), o->tensor_zero(be, &z),
+                       o->var_set(be, VS, 1, &seed)};
+    OK(o->record_end(be, &rec));
+    int rbad = rs[0] != CZ_OK || rs[1] != CZ_OK || rs[2] != CZ_OK || rs[3] != CZ_ERR_UNSUPPORTED;
+    printf("[%s %s] recording dropout_fwd_var, adam_multi_var, tensor_zero: %s; var_set refused: %s\n", tag, dn,
+           rbad ? "FAIL" : "ok", rs[3] == CZ_ERR_UNSUPPORTED ? "ok" : "FAIL");
+    failed += rbad;
+    int rep_bad = 0;
+    for (int k = 0; k < 3 && !rbad; k++) {
+        const int t = k + 1;
+        const float lr = 2e-4f * (float)(3 - k);
+        uint64_t sk = 1000003ull * (uint64_t)(k + 7);
+        uint64_t hv[3] = {dbits((double)lr), dbits(1.0 - pow((double)b1, t)), dbits(1.0 - pow((double)b2, t))};
+        OK(o->var_set(be, VS, 1, &sk));
+        OK(o->var_set(be, VA, 3, hv));
+        OK(o->replay(be, rec));
+        OK(o->dropout_fwd(be, p, sk + add, &x, &m0, &y0));
+        for (int i = 0; i < QN; i++) OK(o->adam_step(be, &a[i].p, &a[i].g, &a[i].m, &a[i].v, lr, b1, b2, eps, t));
+        float *zr = get(be, &z);
+        int zeroed = 1;
+        for (size_t i = 0; i < cz_tensor_numel(&z); i++) zeroed &= zr[i] == 0.f;
+        free(zr);
+        int ok = same_bits(be, &m0, &m1) && same_bits(be, &y0, &y1) && qa_differ(be, a, b, QN) == 0 && zeroed;
+        printf("[%s %s] replay %d (seed %llu, lr %g, step %d) == the ops with those values: %s\n", tag, dn, k + 1,
+               (unsigned long long)sk, (double)lr, t, ok ? "ok" : "FAIL");
+        rep_bad += !ok;
+        OK(be->ops->tensor_write(be, &z, zv)); /* the next replay must zero it again */
+    }
+    failed += rep_bad != 0;
+    if (rec) o->record_free(be, rec);
+
+    /* refusals */
+    uint64_t one = 1;
+    cz_status r[8] = {o->var_set(be, -1, 1, &one),
+                      o->var_set(be, CZ_STEP_VARS - 1, 2, (uint64_t[2]){1, 2}),
+                      o->var_set(be, 0, 0, &one),
+                      o->var_set(be, 0, 1, NULL),
+                      o->dropout_fwd_var(be, p, -1, 0, &x, &m1, &y1),
+                      o->dropout_fwd_var(be, p, CZ_STEP_VARS, 0, &x, &m1, &y1),
+                      o->adam_multi_var(be, items, QN, b1, b2, eps, CZ_STEP_VARS - 2, 0),
+                      o->adam_multi_var(be, items, QN, b1, b2, eps, -1, 0)};
+    int fbad = 0;
+    for (int i = 0; i < 8; i++) fbad += r[i] != CZ_ERR_INVALID_ARG;
+    printf("[%s %s] step variable refusals (outside 0..%d, none, NULL): %s\n", tag, dn, CZ_STEP_VARS - 1,
+           fbad ? "FAIL" : "ok");
+    failed += fbad != 0;
+    qa_free(be, a, QN), qa_free(be, b, QN);
+    free(a), free(b), free(items), free(xv), free(zv);
+    cz_tensor_free(be, &x), cz_tensor_free(be, &m0), cz_tensor_free(be, &y0), cz_tensor_free(be, &m1);
+    cz_tensor_free(be, &y1), cz_tensor_free(be, &z);
+    return failed;
+}
+
+static int has_step_vars(const cz_backend *be) {
+    const cz_backend_ops *o = be->ops;
+    assert_true((o->var_set != NULL) == (o->dropout_fwd_var != NULL) &&
+                (o->var_set != NULL) == (o->adam_multi_var != NULL));
+    if (o->var_set) assert_non_null(o->record_begin);
+    return o->var_set != NULL;
+}
+
+static void test_backend_step_vars(void **state) {
+    (void)state;
+    const cz_dtype dts[2] = {CZ_F32, CZ_BF16};
+    each_backend_dtype("step variables", has_step_vars, "has none (training steps are not recorded)", dts, 2,
+                       vars_dtype);
+}
+
 int main(void) {
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -2390,7 +2519,10 @@ int main(void) {
         cmocka_unit_test(test_ref_speed),         cmocka_unit_test(test_backend_parity),
         cmocka_unit_test(test_ref_refuses_views), cmocka_unit_test(test_backend_views),
         cmocka_unit_test(test_backend_merge_lab), cmocka_unit_test(test_backend_queued_training),
+        cmocka_unit_test(test_backend_step_vars),
     };
+    const char *only = getenv("CZ_TEST_FILTER"); /* e.g. test_backend_step_vars: run that one alone */
+    if (only && *only) cmocka_set_test_filter(only);
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     printf("test_ops: wall time %.2f s\n",
