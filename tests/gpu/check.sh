@@ -20,9 +20,11 @@
 #      (server.plan_shapes: a 3:1 photo runs on a shape planned at start), jobs finished on the
 #      GPU (the default) == finished on the host (server.pinned_mb=0) byte for byte;
 #   4. speed: one table of our forward img/s (batch 1/16/64/256, ngf 64 and 32, bf16), batch-1
-#      latency and training img/s (batch 16/64) beside PyTorch (tests/bench/torch_gpu_bench.py)
-#      measured in the same run, with the ratio; then bench_layers' per-layer times and roofline
-#      fraction (bf16, ngf 64, batch 64 and 1). Numbers are printed, never asserted.
+#      latency and training img/s (batch 1/16/64, bf16 and fp32, recorded and op by op) beside
+#      PyTorch (tests/bench/torch_gpu_bench.py) measured in the same run, with the ratio; then
+#      bench_layers' per-layer times and roofline fraction (bf16, ngf 64, batch 64 and 1) and its
+#      per-layer training backward times (bf16 batch 64, fp32 batch 1). Numbers are printed,
+#      never asserted.
 # Budget: under 8 minutes on an H100/H200. Environment: CZ_GPU_BIN (default .device/bundle),
 # CZ_GPU_STEPS (e.g. 1,2 or 3,4), CZ_GPU_SKIP_BENCH=1, CZ_GPU_COMPILE_BUDGET (seconds for torch.compile, default 150),
 # CZ_GPU_MODEL and CZ_GPU_RENDER (step 3's model and render size; default the shipped model at
@@ -361,6 +363,18 @@ EOF
       if [ "$rc" = 124 ]; then echo "warn: bench_layers batch $lb timed out after $lim s (partial table above)"
       elif [ "$rc" != 0 ]; then bad "bench_layers batch $lb (exit $rc, see $WORK/bench_layers_$lb.err)"
         tail -3 "$WORK/bench_layers_$lb.err"
+      fi
+    done
+    # and where a training step's convolution time goes: backward-data and backward-weights of each
+    # conv (--pass bwd), at the two training settings of the speed goals (bf16 batch 64, fp32 batch 1)
+    step "4. speed: where the training backward time goes (bench_layers --pass bwd, ngf 64)"
+    for cfg in "64 bf16 45" "1 fp32 20"; do
+      set -- $cfg
+      timeout $3 "$BIN/bench_layers" --backend cuda --pass bwd --ngf 64 --size 256 --batch $1 --dtype $2 --min-ms 100 \
+        --json-file "$LJ" 2> "$WORK/bench_layers_bwd_$1.err" | tee -a "$LT"; rc=${PIPESTATUS[0]}
+      if [ "$rc" = 124 ]; then echo "warn: bench_layers --pass bwd batch $1 timed out after $3 s (partial table above)"
+      elif [ "$rc" != 0 ]; then bad "bench_layers --pass bwd batch $1 (exit $rc, see $WORK/bench_layers_bwd_$1.err)"
+        tail -3 "$WORK/bench_layers_bwd_$1.err"
       fi
     done
     cp "$LT" "$LJ" "$RESULTS/" 2>/dev/null
