@@ -160,13 +160,17 @@ if want 3; then
 step "3. colorized --backend cuda over loopback"
 start_daemon() { # start_daemon NAME ARGS... ; sets port_NAME
   local name=$1; shift
+  local t0; t0=$(date +%s.%N)
   "$BIN/colorized" --listen 127.0.0.1:0 --port-file "$WORK/$name.port" --log-level warn "$@" \
     > "$WORK/$name.out" 2> "$WORK/$name.err" &
   pids+=($!)
   for _ in $(seq 1 300); do [ -s "$WORK/$name.port" ] && break; sleep 0.1; done
   local port; port=$(cat "$WORK/$name.port" 2>/dev/null)
   if [ -z "$port" ]; then bad "daemon $name did not start"; tail -5 "$WORK/$name.err"; return 1; fi
-  for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/readyz" > /dev/null && break; sleep 0.1; done
+  # ready once its warm-up (memory planned, algorithms chosen, passes recorded) is done
+  local ready=no
+  for _ in $(seq 1 900); do curl -sf "http://127.0.0.1:$port/readyz" > /dev/null && { ready=yes; break; }; sleep 0.1; done
+  echo "(daemon $name: $([ $ready = yes ] && echo ready || echo NOT ready) $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s after start)"
   eval "port_$name=$port"
 }
 imgs=(tests/data/old_a.jpg tests/data/old_w_scratch_c.jpg)
