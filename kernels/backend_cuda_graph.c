@@ -7,7 +7,8 @@
  * synchronize or move data to or from the host refuses with CZ_ERR_UNSUPPORTED
  * (cu_recording_guard), so a recording holds only kernels, cuDNN calls and memsets on memory
  * that already exists. Weight conversions are recorded where the recording first uses each
- * weight (conv_epoch in cuda_impl.h): a training step's weights change on every replay. A graph keeps raw device pointers, so each recording remembers the
+ * weight (conv_epoch in cuda_impl.h): a training step's weights change on every replay. A graph
+ * keeps raw device pointers, so each recording remembers the
  * instance's epoch (see cuda_impl.h) and replay refuses a stale one with CZ_ERR_UNAVAILABLE; the
  * model then records again. A capture that CUDA invalidated (an op did something a graph cannot
  * hold) ends with CZ_ERR_UNSUPPORTED and the instance keeps working unrecorded.
@@ -17,8 +18,9 @@
  * in tensor_write from such a buffer is asynchronous: the caller must not change the buffer
  * before the next tensor_read or sync (the model's forward pass ends with both).
  * Threading: one thread at a time per instance. Tested by tests/unit/test_unet.c (forward with
- * recordings == without, padded batch sizes, stale recordings) on the emulator build and on a
- * GPU. */
+ * recordings == without, padded batch sizes, stale recordings), tests/unit/test_train.c
+ * (recorded training steps == op by op) and tests/unit/test_ops.c (f) on the emulator build and
+ * on a GPU. */
 #include <cuda_runtime_api.h>
 #include <stdlib.h>
 
