@@ -740,8 +740,8 @@ static cz_status finish_as(cz_trainer *t, cz_train_status st) {
     if (s != CZ_OK) return fail(t, s);
     t->final_status = CZ_OK;
     cz_gan_record_stats r = cz_gan_recordings(t->gan);
-    CZ_LOGI(MOD, "run %s at step %ld of %ld (%ld steps replayed from %ld recordings, %ld op by op)",
-            cz_train_status_name(st), t->step, t->total, r.replays, r.made, r.unrecorded);
+    CZ_LOGI(MOD, "run %s at step %ld of %ld (steps: %ld replayed, %ld op by op; recordings made: %ld)",
+            cz_train_status_name(st), t->step, t->total, r.replays, r.unrecorded, r.made);
     return CZ_OK;
 }
 
