@@ -29,8 +29,10 @@
  * record_begin; cuda), the dropout seed and both optimizers' lr and bias corrections go to the
  * device as step variables, and every op of a step reads them from there. The first step on n
  * images runs its ops one by one (choosing convolution algorithms, sizing scratch memory), the
- * second records them (a CUDA graph), and every later one replays that recording: one launch
- * instead of hundreds. Results are the same bit for bit. Up to 4 batch sizes keep a recording;
+ * second records them (a CUDA graph), and every later one replays that recording: two launches
+ * (the variables, the graph) instead of hundreds of calls. The results are the same bit for bit
+ * (the same deterministic algorithms run either way; tests/unit/test_train.c checks it). Up to 4
+ * batch sizes keep a recording;
  * a recording that fails is logged and that size runs unrecorded from then on; cz_gan_plan
  * drops them all. cz_gan_config.unrecorded turns this off.
  *
