@@ -31,6 +31,11 @@ struct cz_recording {
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     uint64_t epoch;
+    /* the loss slots it queues into and their element counts: loss_read divides by the count of
+     * the last loss queued, which after a replay is the recording's, not the last one the host
+     * queued itself */
+    unsigned loss_slots;
+    double loss_count[CZ_LOSS_SLOTS];
 };
 
 static void rec_destroy(cz_recording *r) {
@@ -47,6 +52,7 @@ static cz_status cu_record_begin(cz_backend *be) {
     if (b->recording) return cz_error_set(CZ_ERR_INVALID_ARG, "cuda record_begin: already recording");
     CU_CHECK(b, cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeThreadLocal));
     b->recording = 1;
+    b->rec_loss_slots = 0;
     b->conv_epoch++; /* each weight's first use in the recording records its conversion */
     return CZ_OK;
 }
@@ -76,6 +82,8 @@ static cz_status cu_record_end(cz_backend *be, cz_recording **out) {
     }
     r->graph = g;
     r->epoch = epoch;
+    r->loss_slots = b->rec_loss_slots;
+    for (int i = 0; i < CZ_LOSS_SLOTS; i++) r->loss_count[i] = b->loss_count[i];
     e = cudaGraphInstantiate(&r->exec, g, 0);
     if (e != cudaSuccess) {
         r->exec = NULL;
@@ -94,6 +102,8 @@ static cz_status cu_replay(cz_backend *be, cz_recording *r) {
     if (r->epoch != b->epoch)
         return cz_error_set(CZ_ERR_UNAVAILABLE, "cuda replay: the recording is stale (backend memory moved)");
     CU_CHECK(b, cudaGraphLaunch(r->exec, b->stream));
+    for (int i = 0; i < CZ_LOSS_SLOTS; i++)
+        if (r->loss_slots >> i & 1u) b->loss_count[i] = r->loss_count[i];
     return CZ_OK;
 }
 

@@ -689,6 +689,7 @@ static cz_status cu_loss_queue(cz_backend *be, int slot, const cz_tensor *a, con
     CUK_CHECK(b, cuk_loss_sum(bt ? 1 : 0, cu_dev(a), a->dtype, bt ? cu_dev(bt) : NULL, dt_opt(bt), target, n, p,
                               b->loss_dev + slot, b->stream));
     b->loss_count[slot] = (double)n;
+    if (b->recording) b->rec_loss_slots |= 1u << slot; /* a replay sets the count again */
     return CZ_OK;
 }
 

@@ -114,6 +114,7 @@ typedef struct cu_backend {
      * the step variables (var_set) follow the slots in the same allocation */
     double *loss_dev;
     uint64_t *vars_dev;
+    unsigned rec_loss_slots; /* slots loss_queue wrote in the recording being made (bit per slot) */
     double loss_count[CZ_LOSS_SLOTS];
 } cu_backend;
 

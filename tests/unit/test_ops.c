@@ -29,8 +29,9 @@
  *   (f) step variables (var_set, dropout_fwd_var, adam_multi_var), for every backend that has
  *       them, in fp32 and bf16: the variable forms equal the value forms bit for bit; recorded
  *       once (with a tensor_zero) and replayed with three sets of values, each replay equals
- *       the value forms with that replay's values; var_set refuses to be recorded; and the
- *       invalid arguments they must refuse.
+ *       the value forms with that replay's values; var_set refuses to be recorded; a recorded
+ *       loss_queue, replayed after an unrecorded loss of another size in its slot, reads back
+ *       its own mean; and the invalid arguments they must refuse.
  * Dtype convention in (b): activations and conv weights use the dtype under test; per-channel
  * vectors (bias, BatchNorm parameters and statistics) and the Adam state are fp32.
  * Prints one line per (backend, dtype, op, shape). */
@@ -2466,6 +2467,25 @@ static int vars_dtype(cz_backend *be, cz_dtype dt) {
     }
     failed += rep_bad != 0;
     if (rec) o->record_free(be, rec);
+
+    /* a recorded loss keeps its own element count: after an unrecorded loss of another size in
+     * the same slot, a replay of the recorded one reads back that one's mean */
+    double want = 0, got[2] = {0, 0};
+    OK(o->bce_logits_fwd(be, &x, 1.f, &want));
+    OK(o->loss_queue(be, 1, &x, NULL, 1.f)); /* unrecorded first: sizes the reduction scratch */
+    rec = NULL;
+    OK(o->record_begin(be));
+    cz_status lq = o->loss_queue(be, 1, &x, NULL, 1.f);
+    OK(o->record_end(be, &rec));
+    OK(lq);
+    OK(o->loss_queue(be, 1, &z, NULL, 1.f));
+    OK(o->loss_read(be, got, 2));
+    OK(o->replay(be, rec));
+    OK(o->loss_read(be, got, 2));
+    o->record_free(be, rec);
+    printf("[%s %s] recorded loss_queue replayed after a loss of another size: %.9g (bce_logits_fwd %.9g): %s\n", tag,
+           dn, got[1], want, got[1] == want ? "ok" : "FAIL");
+    failed += got[1] != want;
 
     /* refusals */
     uint64_t one = 1;
