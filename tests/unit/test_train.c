@@ -556,7 +556,7 @@ static void test_recorded_steps(void **state) {
         }
         cz_tensor big = {0};
         for (int t = 1; t <= STEPS; t++) {
-            int n = t == 7 || t == 8 ? N : 1, kb = t % NB; /* batch 1 keeps the emulator quick */
+            int n = t == 7 || t == 8 ? N : 1, kb = t % NB; /* mostly batch 1, the setting of the batch-1 goal */
             float keep = A[kb][9];
             if (t == 4) A[kb][9] = NAN;
             if (t == 6) { /* grows the backend's reduction scratch: every recording goes stale */
