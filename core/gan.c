@@ -18,7 +18,6 @@ _Static_assert(VAR_N <= CZ_STEP_VARS, "more step variables than the backend hold
 enum { REC_NEW = 0, REC_SEEN, REC_READY, REC_OFF };
 typedef struct gan_rec {
     int n;           /* batch size; 0: slot unused */
-    float dropout;   /* the probability the ops were queued with */
     int state;       /* REC_SEEN: one step ran unrecorded (algorithms chosen, scratch sized);
                       * REC_READY: rec replays; REC_OFF: recording failed, steps run unrecorded */
     cz_recording *rec;
@@ -320,19 +319,20 @@ static cz_status queue_step(cz_gan *gan, int n, long t, int vars) {
     return CZ_OK;
 }
 
-/* The slot for batch size n (dropout p), claiming the least recently used one if none. */
+/* The slot for batch size n, claiming the least recently used one if none. (The dropout
+ * probability, also baked into a recording, is set once, at cz_gan_create.) */
 static gan_rec *rec_slot(cz_gan *gan, int n, long t) {
     gan_rec *best = &gan->recs[0];
     for (int i = 0; i < GAN_RECS; i++) {
         gan_rec *r = &gan->recs[i];
-        if (r->n == n && r->dropout == gan->cfg.dropout) {
+        if (r->n == n) {
             r->used = t;
             return r;
         }
         if (r->n == 0 || (best->n != 0 && r->used < best->used)) best = r;
     }
     if (best->rec) gan->be->ops->record_free(gan->be, best->rec);
-    *best = (gan_rec){.n = n, .dropout = gan->cfg.dropout, .state = REC_NEW, .used = t};
+    *best = (gan_rec){.n = n, .state = REC_NEW, .used = t};
     return best;
 }
 
