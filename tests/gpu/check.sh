@@ -33,7 +33,8 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${CZ_GPU_BIN:-.device/bundle}
 PY=${PYTHON:-python3}
-WORK=$(mktemp -d /tmp/cz_gpu.XXXXXX)
+# logs go to a fresh directory under $TMPDIR (default /tmp): point TMPDIR somewhere to keep them
+WORK=$(mktemp -d)
 RESULTS=${OUT:-$WORK}
 export CZ_SOURCE_DIR=$PWD
 t0=$(date +%s)
@@ -158,23 +159,42 @@ fi
 # ------------------------------------------------------------------------------ 3. serving
 if want 3; then
 step "3. colorized --backend cuda over loopback"
+# curl is the machine's own: run it without the bundle's libraries (env.sh puts an older libcurl
+# first on the library path, which the GPU machine's curl cannot load)
+sys_ld=$(printf '%s' "${LD_LIBRARY_PATH:-}" | tr ':' '\n' | grep -v '/device-bundle-' | paste -sd: -)
+curl() { LD_LIBRARY_PATH=$sys_ld command curl "$@"; }
+curl --version > /dev/null 2>&1 || bad "curl does not run here: $(curl --version 2>&1 | head -1)"
 start_daemon() { # start_daemon NAME ARGS... ; sets port_NAME
   local name=$1; shift
   local t0; t0=$(date +%s.%N)
   "$BIN/colorized" --listen 127.0.0.1:0 --port-file "$WORK/$name.port" --log-level warn "$@" \
     > "$WORK/$name.out" 2> "$WORK/$name.err" &
-  pids+=($!)
+  local dpid=$!
+  pids+=($dpid)
   for _ in $(seq 1 300); do [ -s "$WORK/$name.port" ] && break; sleep 0.1; done
   local port; port=$(cat "$WORK/$name.port" 2>/dev/null)
   if [ -z "$port" ]; then bad "daemon $name did not start"; tail -5 "$WORK/$name.err"; return 1; fi
   # ready once its warm-up (memory planned, algorithms chosen, passes recorded) is done
   local ready=no
-  for _ in $(seq 1 900); do curl -sf "http://127.0.0.1:$port/readyz" > /dev/null && { ready=yes; break; }; sleep 0.1; done
+  for _ in $(seq 1 900); do
+    curl -sf "http://127.0.0.1:$port/readyz" > /dev/null && { ready=yes; break; }
+    kill -0 "$dpid" 2> /dev/null || break # it exited: no use waiting
+    sleep 0.1
+  done
   echo "(daemon $name: $([ $ready = yes ] && echo ready || echo NOT ready) $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s after start)"
+  [ $ready = yes ] || { bad "daemon $name never became ready"; tail -5 "$WORK/$name.err"; return 1; }
   eval "port_$name=$port"
 }
 imgs=(tests/data/old_a.jpg tests/data/old_w_scratch_c.jpg)
 model_args=()
+# the shipped model is not in git (scripts/quickstart.sh writes it): where it is missing, make the
+# same one (ngf 64, seed 2017) with the bundled colorize, so the daemons start on a bare machine
+if [ -z "${CZ_GPU_MODEL:-}" ] && [ ! -f models/colorize-default.safetensors ]; then
+  CZ_GPU_MODEL=$WORK/colorize-default.safetensors
+  "$BIN/colorize" init --ngf 64 --seed 2017 -o "$CZ_GPU_MODEL" > /dev/null ||
+    bad "colorize init could not write the default model to $CZ_GPU_MODEL"
+  echo "(no models/colorize-default.safetensors here: made the shipped one with colorize init --ngf 64 --seed 2017)"
+fi
 [ -n "${CZ_GPU_MODEL:-}" ] && model_args+=(--model "$CZ_GPU_MODEL")
 [ -n "${CZ_GPU_RENDER:-}" ] && model_args+=(--set "image.render=$CZ_GPU_RENDER")
 post() { # post PORT IMAGE OUT
