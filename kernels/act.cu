@@ -6,15 +6,6 @@
  * Tested by tests/unit/test_ops.c (act_fwd/act_bwd and every conv case with bias/act). */
 #include "cu_common.cuh"
 
-static __device__ __forceinline__ float act_f(int act, float alpha, float v) {
-    switch (act) {
-    case 1: return v > 0.f ? v : 0.f;
-    case 2: return v > 0.f ? v : alpha * v;
-    case 3: return tanhf(v);
-    default: return v;
-    }
-}
-
 static __global__ void k_bias_act(const void *x, int xdt, int xs, int xo, const void *bias, int bdt, int act,
                                   float alpha, void *y, int ydt, int ys, int yo, size_t count, int c) {
     CUK_FOR(i, count) {
@@ -22,7 +13,7 @@ static __global__ void k_bias_act(const void *x, int xdt, int xs, int xo, const 
         int ch = (int)(i % (size_t)c);
         float v = cuk_ld(x, xdt, pix * (size_t)xs + (size_t)(xo + ch));
         if (bias) v += cuk_ld(bias, bdt, (size_t)ch);
-        cuk_st(y, ydt, pix * (size_t)ys + (size_t)(yo + ch), act_f(act, alpha, v));
+        cuk_st(y, ydt, pix * (size_t)ys + (size_t)(yo + ch), cuk_act_f(act, alpha, v));
     }
 }
 

@@ -449,6 +449,10 @@ cz_status cz_backend_cuda_create(const cz_backend_options *opt, cz_backend **out
     b->no_graphs = gv && !strcmp(gv, "0");
     gv = getenv("COLORIZE_CUDA_VIEWS");
     b->no_views = gv && !strcmp(gv, "0");
+    /* conv_thin.cu: the conv kernel by default; the transposed one only when asked for (on an
+     * H200 it made the forward pass slower than cuDNN, tests/gpu/README.md) */
+    gv = getenv("COLORIZE_CUDA_THIN");
+    b->thin = b->force_naive || (gv && !strcmp(gv, "0")) ? 0 : gv && !strcmp(gv, "all") ? 3 : 1;
     long ws_mb = 1024;
     const char *wm = getenv("COLORIZE_CUDA_WS_MB");
     if (wm && *wm) ws_mb = strtol(wm, NULL, 10);
@@ -470,9 +474,10 @@ cz_status cz_backend_cuda_create(const cz_backend_options *opt, cz_backend **out
         cu_destroy(&b->base);
         return s;
     }
-    CZ_LOGI("cuda", "device %d: %s (sm_%d%d, %d SMs, %.1f GiB), cuDNN %s%s%s", dev, prop.name, prop.major,
+    CZ_LOGI("cuda", "device %d: %s (sm_%d%d, %d SMs, %.1f GiB), cuDNN %s%s%s%s", dev, prop.name, prop.major,
             prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0),
-            cdn_version_string(), b->allow_tf32 ? ", TF32 allowed" : "", b->force_naive ? ", naive convs" : "");
+            cdn_version_string(), b->allow_tf32 ? ", TF32 allowed" : "", b->force_naive ? ", naive convs" : "",
+            b->thin == 3 ? ", thin convs and transposed convs" : b->thin || b->force_naive ? "" : ", no thin convs");
     *out = &b->base;
     return CZ_OK;
 }

@@ -166,6 +166,22 @@ static cz_status conv_like_fwd(cz_backend *be, const char *op, int tr, const cz_
     CZ_TRY(cu_expect_vec(op, "b", bias, out_c));
     CZ_TRY(same_dtype(op, "x", x, "y", y));
     const void *wp;
+    /* a thin end (at most CUK_THIN_MAX channels in, or out of a transposed conv): our direct
+     * kernel with the bias and activation fused, straight into y (conv_thin.cu; b->thin says
+     * which of the two are in use) */
+    cuk_conv tp = tr ? (cuk_conv){x->dtype, x->n, out_c, oh, ow, in_c, k, x->h, x->w, p->stride, p->pad}
+                     : (cuk_conv){x->dtype, x->n, in_c, x->h, x->w, out_c, k, oh, ow, p->stride, p->pad};
+    if ((b->thin & (tr ? 2 : 1)) && cuk_conv_thin_ok(&tp, tr)) {
+        CZ_TRY(cu_weight_as(b, w, CZ_F32, &wp));
+        if (tr)
+            CUK_CHECK(b, cuk_deconv_thin_out_fwd(&tp, cu_dev(x), wp, dev_opt(bias), dt_opt(bias), (int)p->act,
+                                                 p->alpha, cu_dev(y), cu_ch_stride(y), cu_ch_off(y), b->stream));
+        else
+            CUK_CHECK(b, cuk_conv_thin_in_fwd(&tp, cu_dev(x), wp, dev_opt(bias), dt_opt(bias), (int)p->act, p->alpha,
+                                              cu_dev(y), cu_ch_stride(y), cu_ch_off(y), b->stream));
+        cu_touch(y);
+        return CZ_OK;
+    }
     CZ_TRY(cu_weight_as(b, w, x->dtype, &wp));
     /* a view output: cuDNN writes a packed temporary, the epilogue the view */
     void *tmp = NULL, *out = cu_dev(y);
@@ -173,14 +189,10 @@ static cz_status conv_like_fwd(cz_backend *be, const char *op, int tr, const cz_
         CZ_TRY(cu_scratch_get(b, &b->tmp2, cz_tensor_numel(y) * cz_dtype_size(y->dtype), &tmp));
         out = tmp;
     }
-    if (tr) {
-        /* cuDNN's convolution maps y (out channels) to x (in channels) */
-        cuk_conv cp = {x->dtype, x->n, out_c, oh, ow, in_c, k, x->h, x->w, p->stride, p->pad};
-        CZ_TRY(cdn_conv_bwd_data(b, &cp, wp, cu_dev(x), out));
-    } else {
-        cuk_conv cp = {x->dtype, x->n, in_c, x->h, x->w, out_c, k, oh, ow, p->stride, p->pad};
-        CZ_TRY(cdn_conv_fwd(b, &cp, cu_dev(x), wp, out));
-    }
+    if (tr) /* cuDNN's convolution maps y (out channels) to x (in channels) */
+        CZ_TRY(cdn_conv_bwd_data(b, &tp, wp, cu_dev(x), out));
+    else
+        CZ_TRY(cdn_conv_fwd(b, &tp, cu_dev(x), wp, out));
     CZ_TRY(epilogue(b, tmp, y, bias, p));
     cu_touch(y);
     return CZ_OK;

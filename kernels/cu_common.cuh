@@ -51,6 +51,23 @@ static __device__ __forceinline__ bool cuk_finite(double x) { return std::isfini
 static __device__ __forceinline__ bool cuk_finite(double x) { return isfinite(x); }
 #endif
 
+/* Fully unroll the loop that follows (nvcc; the emulator's host compiler has no such pragma). */
+#ifdef CZ_CUDA_EMU
+#define CUK_UNROLL
+#else
+#define CUK_UNROLL _Pragma("unroll")
+#endif
+
+/* act(v) for the backend's activation codes: 0 none, 1 relu, 2 leaky relu (alpha), 3 tanh. */
+static __device__ __forceinline__ float cuk_act_f(int act, float alpha, float v) {
+    switch (act) {
+    case 1: return v > 0.f ? v : 0.f;
+    case 2: return v > 0.f ? v : alpha * v;
+    case 3: return tanhf(v);
+    default: return v;
+    }
+}
+
 #define CUK_THREADS 256
 
 /* Grid caps. The emulator build can lower them (CZ_CUEMU_MAX_BLOCKS for grid-stride loops,

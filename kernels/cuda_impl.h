@@ -95,6 +95,8 @@ typedef struct cu_backend {
     int recording;   /* the stream is being captured (record_begin .. record_end) */
     int no_graphs;   /* COLORIZE_CUDA_GRAPHS=0: record_begin answers CZ_ERR_UNSUPPORTED */
     int no_views;    /* COLORIZE_CUDA_VIEWS=0: view_ok refuses every view */
+    int thin;        /* conv_thin.cu's kernels in use: bit 0 the conv (default), bit 1 the transposed
+                      * conv (COLORIZE_CUDA_THIN=all); 0 with COLORIZE_CUDA_THIN=0 or NAIVE */
     uint64_t epoch;  /* see "Recording" above */
     uint64_t conv_epoch; /* likewise */
     int sticky;      /* a sticky CUDA error happened: the instance is unusable */

@@ -90,6 +90,9 @@ parity() { # parity LABEL [ENV...]
 }
 parity cudnn
 parity naive COLORIZE_CUDA_NAIVE=1
+# and with conv_thin.cu's transposed-conv kernel too (off by default; emu_check.sh covers it in
+# its capped-grid run and sets CZ_GPU_THIN_ALL=0)
+[ "${CZ_GPU_THIN_ALL:-1}" = 1 ] && parity thin_all COLORIZE_CUDA_THIN=all
 
 # test_unet on cuda: batch invariance (an image alone == inside a batch, bit for bit, through
 # real cuDNN's algorithm choice), recorded (CUDA graph) passes == op by op, pipelined passes
@@ -323,6 +326,16 @@ else
   timeout 60 "$BIN/colorize" bench --train --unrecorded --backend cuda --precision bf16,fp32 --ngf 64 --batch 1,16 --size 256 \
     --min-time 1 --json 2>> "$WORK/bench_train.err" | sed 's/^{/{"unrecorded_run":true,/' >> "$B" ||
     bad "colorize bench --train --unrecorded (see $WORK/bench_train.err)"
+  # conv_thin.cu's kernels against cuDNN for the thin layers: none (0), the conv only (the
+  # default, above) and both (all), forward at batch 1 and 64 and the bf16 training step at 64
+  for thin in 0 all; do
+    COLORIZE_CUDA_THIN=$thin timeout 60 "$BIN/colorize" bench --backend cuda --precision bf16 --ngf 64 --batch 1,64 \
+      --size 256 --min-time 1 --json 2>> "$WORK/bench_thin.err" | sed "s/^{/{\"thin\":\"$thin\",/" >> "$B" ||
+      bad "colorize bench COLORIZE_CUDA_THIN=$thin (see $WORK/bench_thin.err)"
+    COLORIZE_CUDA_THIN=$thin timeout 40 "$BIN/colorize" bench --train --backend cuda --precision bf16 --ngf 64 --batch 64 \
+      --size 256 --min-time 1 --json 2>> "$WORK/bench_thin.err" | sed "s/^{/{\"thin\":\"$thin\",/" >> "$B" ||
+      bad "colorize bench --train COLORIZE_CUDA_THIN=$thin (see $WORK/bench_thin.err)"
+  done
   PYTHONUNBUFFERED=1 timeout 360 $PY tests/bench/torch_gpu_bench.py --ngf 64,32 --batch 1,16,64,256 \
     --train-batch 1,16,64 --compile-budget "${CZ_GPU_COMPILE_BUDGET:-150}" --json >> "$B" 2> "$WORK/torch_bench.err" ||
     bad "torch_gpu_bench.py (see $WORK/torch_bench.err)"
@@ -330,10 +343,11 @@ else
   $PY - "$B" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-def get(engine, kind, ngf, batch, mode=None, prec=None, unrecorded=False):
+def get(engine, kind, ngf, batch, mode=None, prec=None, unrecorded=False, thin=None):
     for r in rows:
         if prec and r.get("precision") != prec: continue
         if bool(r.get("unrecorded_run")) != unrecorded: continue
+        if r.get("thin") != thin: continue
         k = "train" if r.get("mode") == "train" or r.get("kind") == "train" else "fwd"
         if r.get("engine") == engine and k == kind and r.get("ngf") == ngf and r.get("batch") == batch:
             if engine == "torch" and r.get("mode") != mode: continue
@@ -368,10 +382,16 @@ for b in (1, 16):
     for p in ("bf16", "fp32"):
         u, o = get("colorize", "train", 64, b, prec=p, unrecorded=True), get("colorize", "train", 64, b, prec=p)
         print(f"{f'train ngf 64 batch {b} {p} op by op':<34} {cell(u)} {'':>10} {'':>10} {'':>11} {'':>8}   recorded/op by op {ratio(o, u)}")
+for label, kind, b in (("forward ngf 64 batch 1", "fwd", 1), ("forward ngf 64 batch 64", "fwd", 64), ("train ngf 64 batch 64", "train", 64)):
+    d = get("colorize", kind, 64, b, prec="bf16")
+    n, a = get("colorize", kind, 64, b, prec="bf16", thin="0"), get("colorize", kind, 64, b, prec="bf16", thin="all")
+    f = dev if kind == "fwd" else (lambda r: r)
+    print(f"{label + ' bf16, thin convs':<34} none {cell(f(n))}  conv (default) {cell(f(d))} {ratio(f(d), f(n))}  conv+deconv {cell(f(a))} {ratio(f(a), f(n))}")
 print("ours: colorize bench, bf16; forward 'ours' = the recorded forward pass alone (input already on the device),")
 print("      'ours e2e' = with the host upload and download from page-locked buffers, one pass at a time;")
 print("      'ours pipe' = the same, the next batch launched before this one is waited for (copies overlap compute);")
 print("      training: one G+D step, bf16 mixed and fp32, replaying the step recorded as a CUDA graph ('op by op': --unrecorded);")
+print("      thin convs: COLORIZE_CUDA_THIN=0 / default / all (kernels/conv_thin.cu against cuDNN for the <= 4-channel layers);")
 print("torch: tests/bench/torch_gpu_bench.py, device-resident tensors, bf16 channels_last (training: autocast bf16; fp32 with TF32 off)")
 EOF
   # Where the forward time goes: per-layer times and roofline fraction (tests/bench/bench_layers.c; its

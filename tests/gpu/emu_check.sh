@@ -50,7 +50,7 @@ done
 "$BUILD/colorize" init --ngf 8 --depth 6 --seed 7 -o "$WORK/tiny.safetensors" > /dev/null || exit 1
 
 fail=0
-CZ_GPU_BIN=$WORK CZ_GPU_SKIP_BENCH=1 CZ_GPU_MODEL=$WORK/tiny.safetensors CZ_GPU_RENDER=64 \
+CZ_GPU_BIN=$WORK CZ_GPU_SKIP_BENCH=1 CZ_GPU_THIN_ALL=0 CZ_GPU_MODEL=$WORK/tiny.safetensors CZ_GPU_RENDER=64 \
   bash tests/gpu/check.sh || fail=1
 
 echo
@@ -68,8 +68,9 @@ done
 
 echo
 echo "=== emulator: op parity again with grids capped at 3 blocks and 2 partial sums, threads run last to first"
-echo "    (small tensors then take the several-passes paths of real sizes; a race between threads changes results)"
-if CZ_CUEMU_ORDER=reverse CZ_CUEMU_MAX_BLOCKS=3 CZ_CUEMU_MAX_PARTS=2 "$BUILD/tests/test_ops" > "$WORK/test_ops_capped.log" 2>&1 &&
+echo "    (small tensors then take the several-passes paths of real sizes; a race between threads changes results),"
+echo "    and both of conv_thin.cu's kernels in use (COLORIZE_CUDA_THIN=all; check.sh ran the default)"
+if COLORIZE_CUDA_THIN=all CZ_CUEMU_ORDER=reverse CZ_CUEMU_MAX_BLOCKS=3 CZ_CUEMU_MAX_PARTS=2 "$BUILD/tests/test_ops" > "$WORK/test_ops_capped.log" 2>&1 &&
    ! grep -q "skipped: cuda not available" "$WORK/test_ops_capped.log"; then
   echo "ok   test_ops, capped grids, reverse order: $(grep -m1 '^parity:' "$WORK/test_ops_capped.log")"
 else
