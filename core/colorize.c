@@ -76,6 +76,7 @@ cz_status cz_colorizer_create(cz_backend *be, const char *weights_path, const cz
         free(cz);
         return cz_error_set(s, "%s: %s", weights_path, msg);
     }
+    cz_unet_set_full_batches(cz->unet, opt->full_batches);
     for (int i = 0; i < CZ_COLORIZER_PASSES; i++) {
         cz->pass[i].jobs = calloc((size_t)opt->max_batch, sizeof *cz->pass[i].jobs);
         cz->pass[i].items = calloc((size_t)opt->max_batch, sizeof *cz->pass[i].items);
@@ -195,7 +196,9 @@ int cz_render_shapes(const cz_colorizer *cz, int render, int *w, int *h, int cap
 
 int cz_colorizer_warm_sizes(const cz_colorizer *cz, int square, int *n, int cap) {
     int k = 0;
-    if (square) {
+    if (cz_unet_full_batches(cz->unet)) { /* every pass runs max_batch images */
+        if (k < cap) n[k++] = square || cz->be->ops->record_begin ? cz->max_batch : 0;
+    } else if (square) {
         for (int b = cz->max_batch; b >= 1; b--)
             if (k < cap) n[k++] = b;
     } else if (!cz->be->ops->record_begin) {

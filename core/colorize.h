@@ -25,6 +25,8 @@ typedef struct cz_colorizer_opts {
      * (merge_lab) with a lab model, a job whose L and RGB fit in it is finished by the device:
      * the host then neither upsamples nor converts it (see cz_cjob_finish). Not owned. */
     struct cz_host_pool *pool;
+    /* 1: every forward pass runs max_batch images (cz_unet_set_full_batches; server.full_batches) */
+    int full_batches;
 } cz_colorizer_opts;
 
 typedef struct cz_colorizer cz_colorizer;
@@ -91,7 +93,9 @@ cz_status cz_colorizer_warm_shape(cz_colorizer *cz, int net_w, int net_h, int n)
  * records forward passes (its algorithms are chosen and its recordings made before traffic)
  * and is only planned (0) elsewhere: on a CPU a pass per batch size at every shape would
  * take minutes at large renders, and a first pass there adds only the creation of its
- * primitives. Returns the count written (at most cap). */
+ * primitives. With full batches (cz_colorizer_opts) every shape runs max_batch alone (a shape
+ * without recordings that is not a square is only planned). Returns the count written (at most
+ * cap). */
 int cz_colorizer_warm_sizes(const cz_colorizer *cz, int square, int *n, int cap);
 /* The warm-up a daemon does at start and after a model swap, as steps of one
  * cz_colorizer_warm_shape call each, so that queued work can run between them:

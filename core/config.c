@@ -81,6 +81,11 @@ static const key_row k_keys[] = {
      "goes up and their RGB comes back by DMA, and the CPU neither upsamples nor converts them (7 bytes per "
      "source pixel while a job is queued); a job that finds none free is finished on the CPU; 0: the CPU "
      "finishes every job"},
+    {"server.full_batches", T_INT, F(full_batches), 0, -1, 1, "-1",
+     "1: every forward pass runs model.max_batch images, however few are queued, so that an image's output is "
+     "the same bits alone or in any batch where the backend's arithmetic depends on the batch size (cuDNN in "
+     "bf16 does); 0: a batch runs at its own size (padded to the next power of two where passes are recorded); "
+     "-1: 1 on cuda, 0 on CPU backends"},
     {"server.drain_timeout_s", T_INT, F(drain_timeout_s), 0, 0, 3600, "20",
      "on SIGTERM, how long in-flight requests get to finish"},
     {"server.max_json_bytes", T_INT, F(max_json_bytes), 0, 64, 1 << 24, "65536",
@@ -271,6 +276,11 @@ static int parse_plan_renders(const cz_config *c, int *out, int cap) {
         }
     }
     return n;
+}
+
+int cz_config_full_batches(const cz_config *c, int device) {
+    if (c->full_batches >= 0) return c->full_batches;
+    return device ? 1 : 0;
 }
 
 int cz_config_max_wait_us(const cz_config *c, int device) {

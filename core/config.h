@@ -48,6 +48,7 @@ typedef struct cz_config {
     char plan_renders[64];     /* more renders planned + warmed at start: "512,1024", "" (none) or "auto" */
     int plan_shapes;           /* network shapes planned at start in all (squares first; batcher.h) */
     int pinned_mb;             /* page-locked arena for jobs the GPU finishes (MiB; 0: the host finishes all) */
+    int full_batches;          /* every forward pass at max_batch (-1: by backend, cz_config_full_batches) */
     int drain_timeout_s;       /* SIGTERM: time in-flight requests get to finish */
     int max_json_bytes;        /* JSON request bodies (admin API), at most */
     /* admin */
@@ -84,6 +85,12 @@ cz_status cz_config_validate(const cz_config *c);
  * millisecond, so waiting 2 ms for company would multiply a lone request's latency, while a
  * CPU pass takes tens of milliseconds and 2 ms buys fuller batches. */
 int cz_config_max_wait_us(const cz_config *c, int device);
+/* server.full_batches, with -1 resolved for the backend: on a GPU (cuDNN's results depend on
+ * the batch size; a full batch costs little more than one image there) every pass runs
+ * max_batch images, so that batched == alone holds; on a CPU backend (batch-invariant, and a
+ * pass costs in proportion to its images) batches are padded to the next power of two only
+ * where passes are recorded. */
+int cz_config_full_batches(const cz_config *c, int device);
 /* The renders server.plan_renders asks to plan at start besides image.render, into out[0..cap);
  * returns how many. A list is taken as written (validate has checked it: integers in
  * 32..server.max_render, at most CZ_CFG_MAX_PLAN_RENDERS). "auto": where `device` (a GPU

@@ -276,6 +276,7 @@ struct cz_unet {
     int nplans;
     uint64_t clock;
     int no_rec;                 /* cz_unet_set_recording(u, 0) */
+    int full;                   /* cz_unet_set_full_batches(u, 1) */
     cz_unet_rec_stats rec_stats;
 };
 
@@ -768,7 +769,7 @@ static cz_status find_plan(cz_unet *u, int n, int h, int w, plan **out) {
 }
 
 /* x -> out on the device for a batch of n: recorded where the backend records. */
-static cz_status forward_device(cz_unet *u, plan *p, int n) {
+static cz_status forward_at(cz_unet *u, plan *p, int n) {
     if (u->be->ops->record_begin && !u->no_rec) {
         /* rows n..m-1 of a padded batch hold whatever an earlier batch left: every image is
          * computed independently (BatchNorm is folded), so they only cost time */
@@ -776,6 +777,19 @@ static cz_status forward_device(cz_unet *u, plan *p, int n) {
         return forward_recorded(u, p, k, m);
     }
     return forward_ops(u, p, n);
+}
+
+/* With full batches every pass runs the plan's max_batch images, so that the backend sees one
+ * problem size whatever n is; a full pass that runs out of device memory is retried at n (the
+ * caller's split-and-retry on memory then still works, at the price of those passes' bits). */
+static cz_status forward_device(cz_unet *u, plan *p, int n) {
+    if (u->full && n < p->max_batch) {
+        cz_status s = forward_at(u, p, p->max_batch);
+        if (s != CZ_ERR_NOMEM) return s;
+        CZ_LOGW("unet", "a full batch of %d at %dx%d ran out of device memory: running its %d image(s) alone (%s)",
+                p->max_batch, p->w, p->h, n, cz_error_detail());
+    }
+    return forward_at(u, p, n);
 }
 
 cz_status cz_unet_forward(cz_unet *u, int n, int h, int w, const float *in, float *out) {
@@ -837,5 +851,7 @@ cz_status cz_unet_forward_device(cz_unet *u, int n, int h, int w) {
 }
 
 void cz_unet_set_recording(cz_unet *u, int on) { u->no_rec = !on; }
+void cz_unet_set_full_batches(cz_unet *u, int on) { u->full = on != 0; }
+int cz_unet_full_batches(const cz_unet *u) { return u->full; }
 
 cz_unet_rec_stats cz_unet_recording_stats(const cz_unet *u) { return u->rec_stats; }

@@ -160,6 +160,15 @@ typedef struct cz_unet_rec_stats {
     uint64_t failed;     /* recordings that failed (that size then runs op by op) */
 } cz_unet_rec_stats;
 void cz_unet_set_recording(cz_unet *u, int on);
+/* Full batches (off by default): every forward pass on the device runs the plan's max_batch
+ * images, the rows past n holding whatever an earlier pass left, so that the backend computes
+ * one problem size per shape. Where the backend's arithmetic depends on the batch size (cuDNN
+ * picks other kernels, with other rounding, for other sizes: seen in bf16 on an H200), that
+ * keeps an image's output the same bits alone or in any batch; it costs a lone image the time
+ * of a full batch. Recording then uses the max_batch slot alone. A full pass that runs out of
+ * device memory is retried at n (logged), so that a caller's split-and-retry still works. */
+void cz_unet_set_full_batches(cz_unet *u, int on);
+int cz_unet_full_batches(const cz_unet *u);
 cz_unet_rec_stats cz_unet_recording_stats(const cz_unet *u);
 
 #endif

@@ -310,7 +310,8 @@ int main(int argc, char **argv) {
             CZ_LOGW("main", "server.pinned_mb: %s; every job is finished on the CPU", cz_error_detail());
     }
     int prec = cz_dtype_parse(s.cfg.precision);
-    cz_colorizer_opts co = {.max_batch = s.cfg.max_batch, .precision = (cz_dtype)(prec < 0 ? 0 : prec), .pool = s.pool};
+    cz_colorizer_opts co = {.max_batch = s.cfg.max_batch, .precision = (cz_dtype)(prec < 0 ? 0 : prec), .pool = s.pool,
+                            .full_batches = cz_config_full_batches(&s.cfg, !strcmp(s.be->ops->name, "cuda"))};
     const char *initial = srv_model_initial_path(&s);
     if (cz_colorizer_create(s.be, initial, &co, &s.cz) != CZ_OK && initial != s.cfg.model_path) {
         CZ_LOGW("main", "the activated checkpoint %s does not load (%s); serving model.path", initial, cz_error_detail());
@@ -375,8 +376,9 @@ int main(int argc, char **argv) {
     }
     char where[96];
     listen_text(&s, where, sizeof where);
-    CZ_LOGI("main", "listening on %s; batches of up to %d images, a queued image waits at most %d us for others",
-            where, s.cfg.max_batch, (int)bopt.max_wait_us);
+    CZ_LOGI("main", "listening on %s; batches of up to %d images%s, a queued image waits at most %d us for others",
+            where, s.cfg.max_batch, co.full_batches ? " (each pass runs all of them)" : "",
+            (int)bopt.max_wait_us);
     if (o.port_file && write_port_file(o.port_file, s.port) != 0) {
         srv_http_stop(&s);
         cz_batcher_destroy(s.batcher);

@@ -49,7 +49,8 @@ static cz_status load_aside(cz_colorizer **czp, void *arg) {
     swap_ctx *sc = arg;
     srv_ctx *s = sc->s;
     cz_colorizer_opts co = {.max_batch = s->cfg.max_batch, .precision = (cz_dtype)cz_dtype_parse(s->cfg.precision),
-                            .pool = s->pool};
+                            .pool = s->pool,
+                            .full_batches = cz_config_full_batches(&s->cfg, !strcmp(s->be->ops->name, "cuda"))};
     cz_status st = cz_colorizer_create(s->be, sc->path, &co, &sc->fresh);
     if (st != CZ_OK) {
         snprintf(sc->err, sizeof sc->err, "%s", cz_error_detail());

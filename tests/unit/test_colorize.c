@@ -205,6 +205,17 @@ static void test_render_shapes(void **state) {
         assert_int_equal(k, 1);
         assert_int_equal(n[0], 0);
     }
+    /* with full batches (server.full_batches) every pass runs 5 images: one warm-up size */
+    cz_colorizer *full;
+    cz_colorizer_opts fo = {.max_batch = 5, .precision = CZ_F32, .full_batches = 1};
+    assert_int_equal(cz_colorizer_create(be, path, &fo, &full), CZ_OK);
+    assert_true(cz_unet_full_batches(cz_colorizer_unet(full)));
+    assert_false(cz_unet_full_batches(cz_colorizer_unet(cz)));
+    assert_int_equal(cz_colorizer_warm_sizes(full, 1, n, 8), 1);
+    assert_int_equal(n[0], 5);
+    assert_int_equal(cz_colorizer_warm_sizes(full, 0, n, 8), 1);
+    assert_int_equal(n[0], be->ops->record_begin ? 5 : 0);
+    cz_colorizer_destroy(full);
     /* out of memory: reserving the stores goes on, anything else before the main render's
      * square is kept fails, after it stops */
     const cz_warm_step reserve = {1024, 1024, 0, 0}, pass = {256, 256, 2, 0}, last = {512, 256, 1, 1};
