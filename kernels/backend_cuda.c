@@ -273,10 +273,11 @@ static cz_status cu_tensor_write(cz_backend *be, cz_tensor *t, const float *src)
     size_t n = cz_tensor_numel(t);
     void *stage;
     CZ_TRY(cu_scratch_get(b, &b->tmp, n * sizeof(float), &stage));
+    cu_prof_mark(b, "copy host->device");
     CU_CHECK(b, cudaMemcpyAsync(stage, src, n * sizeof(float), cudaMemcpyHostToDevice, b->stream));
     /* The caller may reuse src when this returns. From page-locked memory (host_alloc) the copy
      * above is still queued, so wait for it (write_async is the call that does not wait). */
-    CU_CHECK(b, cudaStreamSynchronize(b->stream));
+    CU_SYNC(b);
     CUK_CHECK(b, cuk_nchw_f32_to_nhwc(stage, cu_dev(t), t->dtype, t->n, t->c, t->h, t->w, b->stream));
     cu_touch(t);
     return CZ_OK;
@@ -292,8 +293,9 @@ static cz_status cu_tensor_read(cz_backend *be, const cz_tensor *t, float *dst) 
     void *stage;
     CZ_TRY(cu_scratch_get(b, &b->tmp, n * sizeof(float), &stage));
     CUK_CHECK(b, cuk_nhwc_to_nchw_f32(cu_dev(t), t->dtype, stage, t->n, t->c, t->h, t->w, b->stream));
+    cu_prof_mark(b, "copy device->host");
     CU_CHECK(b, cudaMemcpyAsync(dst, stage, n * sizeof(float), cudaMemcpyDeviceToHost, b->stream));
-    CU_CHECK(b, cudaStreamSynchronize(b->stream));
+    CU_SYNC(b);
     return CZ_OK;
 }
 
@@ -302,6 +304,7 @@ static cz_status cu_tensor_zero(cz_backend *be, cz_tensor *t) {
     CZ_TRY(cu_enter(b));
     CZ_TRY(cu_check("tensor_zero", "t", t));
     if (cu_buf_of(t)->conv_dev) b->epoch++;
+    cu_prof_mark(b, "memset (tensor_zero)");
     CU_CHECK(b, cudaMemsetAsync(cu_dev(t), 0, cz_tensor_numel(t) * cz_dtype_size(t->dtype), b->stream));
     cu_touch(t);
     return CZ_OK;
@@ -311,7 +314,7 @@ static cz_status cu_sync(cz_backend *be) {
     cu_backend *b = (cu_backend *)be;
     CZ_TRY(cu_enter(b));
     CZ_TRY(cu_recording_guard(b, "sync"));
-    CU_CHECK(b, cudaStreamSynchronize(b->stream));
+    CU_SYNC(b);
     return cu_xfer_sync(b);
 }
 
@@ -369,6 +372,7 @@ static void cu_destroy(cz_backend *be) {
     (void)cudaSetDevice(b->device);
     if (!b->sticky && b->stream) (void)cudaStreamSynchronize(b->stream);
     if (!b->sticky) (void)cu_xfer_sync(b);
+    cu_prof_finish(b);
     cu_xfer_destroy(b);
     cdn_destroy(b);
     scratch_free(&b->ws);
@@ -474,6 +478,7 @@ cz_status cz_backend_cuda_create(const cz_backend_options *opt, cz_backend **out
         cu_destroy(&b->base);
         return s;
     }
+    cu_prof_start(b);
     CZ_LOGI("cuda", "device %d: %s (sm_%d%d, %d SMs, %.1f GiB), cuDNN %s%s%s%s", dev, prop.name, prop.major,
             prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0),
             cdn_version_string(), b->allow_tf32 ? ", TF32 allowed" : "", b->force_naive ? ", naive convs" : "",

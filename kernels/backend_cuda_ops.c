@@ -573,7 +573,7 @@ static cz_status loss_sum(cu_backend *b, int mode, const cz_tensor *a, const cz_
                               b->stream));
     double sum = 0;
     CU_CHECK(b, cudaMemcpyAsync(&sum, res, sizeof sum, cudaMemcpyDeviceToHost, b->stream));
-    CU_CHECK(b, cudaStreamSynchronize(b->stream));
+    CU_SYNC(b);
     *out = sum / (double)n;
     return CZ_OK;
 }
@@ -715,7 +715,7 @@ static cz_status cu_loss_read(cz_backend *be, double *out, int n) {
     CZ_TRY(loss_slots(b, op));
     double sums[CZ_LOSS_SLOTS];
     CU_CHECK(b, cudaMemcpyAsync(sums, b->loss_dev, sizeof sums, cudaMemcpyDeviceToHost, b->stream));
-    CU_CHECK(b, cudaStreamSynchronize(b->stream));
+    CU_SYNC(b);
     for (int i = 0; i < n; i++) out[i] = b->loss_count[i] > 0 ? sums[i] / b->loss_count[i] : 0.0;
     return CZ_OK;
 }

@@ -52,6 +52,7 @@ typedef struct cu_buf {
 } cu_buf;
 
 typedef struct cu_dnn cu_dnn; /* cudnn_ops.c */
+typedef struct cu_prof cu_prof; /* backend_cuda_prof.c */
 
 typedef struct cu_scratch {
     void *p;
@@ -118,6 +119,7 @@ typedef struct cu_backend {
     uint64_t *vars_dev;
     unsigned rec_loss_slots; /* slots loss_queue wrote in the recording being made (bit per slot) */
     double loss_count[CZ_LOSS_SLOTS];
+    cu_prof *prof; /* COLORIZE_CUDA_PROFILE=1 (backend_cuda_prof.c), else NULL */
 } cu_backend;
 
 /* Error conversion (backend_cuda.c). */
@@ -127,8 +129,32 @@ cz_status cu_fail(cu_backend *b, cudaError_t e, const char *file, int line, cons
         cudaError_t cu_e_ = (expr);                                                                \
         if (cu_e_ != cudaSuccess) return cu_fail((b), cu_e_, __FILE__, __LINE__, #expr);           \
     } while (0)
-/* For our kernel launchers (they return cudaGetLastError() as int). */
-#define CUK_CHECK(b, expr) CU_CHECK(b, (cudaError_t)(expr))
+/* Profiling (backend_cuda_prof.c): a mark tags the device work queued after it; free when off. */
+void cu_prof_start(cu_backend *b);
+void cu_prof_finish(cu_backend *b);
+void cu_prof_mark_(cu_backend *b, const char *what);
+void cu_prof_markf_(cu_backend *b, const char *fmt, ...);
+#define cu_prof_mark(b, what)                                                                      \
+    do {                                                                                           \
+        if ((b)->prof) cu_prof_mark_((b), (what));                                                 \
+    } while (0)
+#define cu_prof_markf(b, ...)                                                                      \
+    do {                                                                                           \
+        if ((b)->prof) cu_prof_markf_((b), __VA_ARGS__);                                           \
+    } while (0)
+/* For our kernel launchers (they return cudaGetLastError() as int); marked for the profile. */
+#define CUK_CHECK(b, expr)                                                                         \
+    do {                                                                                           \
+        cu_prof_mark((b), #expr);                                                                  \
+        CU_CHECK(b, (cudaError_t)(expr));                                                          \
+    } while (0)
+/* cudaStreamSynchronize on the compute stream; the profile charges the time until the next
+ * launch to the host. */
+#define CU_SYNC(b)                                                                                 \
+    do {                                                                                           \
+        CU_CHECK(b, cudaStreamSynchronize((b)->stream));                                           \
+        cu_prof_mark((b), "host: after a sync");                                                 \
+    } while (0)
 
 /* CZ_OK, or CZ_ERR_UNSUPPORTED naming `what` when the stream is being recorded (allocation,
  * host transfers and synchronization cannot be part of a CUDA graph). */

@@ -209,6 +209,7 @@ static cz_status choose_algo(cu_backend *b, cdn_plan *pl) {
     size_t ws = 0;
     cudnnMathType_t math = CUDNN_DEFAULT_MATH;
     cudnnStatus_t st;
+    cu_prof_mark(b, "cudnn algorithm search");
     for (int pass = b->dnn->use_find ? 0 : 1; pass < 2 && !found; pass++) {
         if (pl->kind == CDN_FWD) {
             cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
@@ -377,6 +378,7 @@ static cz_status fwd_one(cu_backend *b, const cuk_conv *p, const void *x, const 
         void *ws = NULL;
         if (pl->ws) CZ_TRY(cu_scratch_get(b, &b->ws, pl->ws, &ws));
         const float one = 1.f, zero = 0.f;
+        cu_prof_markf(b, "cudnn fwd %d->%d %dx%d->%dx%d", p->c, p->k, p->h, p->w, p->oh, p->ow);
         cudnnStatus_t st = cudnnConvolutionForward(b->dnn->h, &one, pl->xd, x, pl->wd, w, pl->cd,
                                                    (cudnnConvolutionFwdAlgo_t)pl->algo, ws, pl->ws, &zero, pl->yd, y);
         if (st == CUDNN_STATUS_SUCCESS) return CZ_OK;
@@ -393,6 +395,7 @@ static cz_status bwd_data_one(cu_backend *b, const cuk_conv *p, const void *w, c
         void *ws = NULL;
         if (pl->ws) CZ_TRY(cu_scratch_get(b, &b->ws, pl->ws, &ws));
         const float one = 1.f, zero = 0.f;
+        cu_prof_markf(b, "cudnn bwd-data %d->%d %dx%d->%dx%d", p->c, p->k, p->h, p->w, p->oh, p->ow);
         cudnnStatus_t st = cudnnConvolutionBackwardData(b->dnn->h, &one, pl->wd, w, pl->yd, dy, pl->cd,
                                                         (cudnnConvolutionBwdDataAlgo_t)pl->algo, ws, pl->ws, &zero,
                                                         pl->xd, dx);
@@ -411,6 +414,7 @@ static cz_status bwd_filter_one(cu_backend *b, const cuk_conv *p, const void *x,
         void *ws = NULL;
         if (pl->ws) CZ_TRY(cu_scratch_get(b, &b->ws, pl->ws, &ws));
         const float one = 1.f, beta = accumulate ? 1.f : 0.f;
+        cu_prof_markf(b, "cudnn bwd-filter %d->%d %dx%d->%dx%d", p->c, p->k, p->h, p->w, p->oh, p->ow);
         cudnnStatus_t st = cudnnConvolutionBackwardFilter(b->dnn->h, &one, pl->xd, x, pl->yd, dy, pl->cd,
                                                           (cudnnConvolutionBwdFilterAlgo_t)pl->algo, ws, pl->ws,
                                                           &beta, pl->wd, dw);

@@ -427,6 +427,24 @@ EOF
   fi
 fi
 
+# Where an op-by-op step's device time goes, launch by launch (COLORIZE_CUDA_PROFILE,
+# kernels/backend_cuda_prof.c): the bf16 training step at batch 64 and the forward pass at 64
+# with graphs off; whole tables to profile_*.txt beside the other results
+if want 4 && [ "${CZ_GPU_SKIP_BENCH:-0}" != 1 ]; then
+  step "4. speed: where the device time goes, launch by launch (COLORIZE_CUDA_PROFILE)"
+  COLORIZE_CUDA_PROFILE=1 timeout 60 "$BIN/colorize" bench --train --unrecorded --backend cuda --precision bf16 --ngf 64 \
+    --batch 64 --size 256 --min-time 1 > /dev/null 2> "$WORK/profile_train_b64.txt" ||
+    bad "profiled training bench (see $WORK/profile_train_b64.txt)"
+  COLORIZE_CUDA_PROFILE=1 COLORIZE_CUDA_GRAPHS=0 timeout 60 "$BIN/colorize" bench --backend cuda --precision bf16 --ngf 64 \
+    --batch 64 --size 256 --min-time 1 > /dev/null 2> "$WORK/profile_fwd_b64.txt" ||
+    bad "profiled forward bench (see $WORK/profile_fwd_b64.txt)"
+  for f in profile_train_b64 profile_fwd_b64; do
+    echo "-- $f (top 25; the whole table in $f.txt):"
+    grep -A26 "^cuda profile" "$WORK/$f.txt"
+    cp "$WORK/$f.txt" "$RESULTS/" 2>/dev/null
+  done
+fi
+
 step "done"
 echo "$pass passed, $fail failed"
 echo "logs in $WORK"

@@ -112,6 +112,16 @@ else
   fail=1; echo "FAIL bench_layers --backend cuda"; tail -5 "$WORK/layers.txt"
 fi
 
+# the launch-by-launch profile check.sh prints (kernels/backend_cuda_prof.c): it runs and tags
+if COLORIZE_CUDA_PROFILE=1 COLORIZE_CUDA_GRAPHS=0 "$BUILD/colorize" bench --backend cuda --ngf 4 --size 256 --batch 1 \
+     --precision fp32 --min-time 0 > /dev/null 2> "$WORK/profile.txt" && grep -q "^cuda profile" "$WORK/profile.txt" &&
+     grep -q "^cudnn fwd 8->16 64x64->32x32 " "$WORK/profile.txt" && grep -q "^cuk_bias_act " "$WORK/profile.txt" &&
+     grep -q "^host: after a sync " "$WORK/profile.txt"; then
+  echo "ok   COLORIZE_CUDA_PROFILE=1 colorize bench: $(grep -c -E '^(cudnn|cuk_|copy|memset|host)' "$WORK/profile.txt") tags timed"
+else
+  fail=1; echo "FAIL COLORIZE_CUDA_PROFILE=1 colorize bench (stderr below)"; tail -20 "$WORK/profile.txt"
+fi
+
 echo
 echo "=== emulator only: device failures while serving"
 pass=0
