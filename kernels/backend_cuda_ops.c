@@ -166,7 +166,7 @@ static cz_status conv_like_fwd(cz_backend *be, const char *op, int tr, const cz_
     CZ_TRY(cu_expect_vec(op, "b", bias, out_c));
     CZ_TRY(same_dtype(op, "x", x, "y", y));
     const void *wp;
-    /* a thin end (at most CUK_THIN_MAX channels in, or out of a transposed conv): our direct
+    /* a thin end (at most CUK_THIN_MAX channels in; 2 or 3 out of a transposed conv): our direct
      * kernel with the bias and activation fused, straight into y (conv_thin.cu; b->thin says
      * which of the two are in use) */
     cuk_conv tp = tr ? (cuk_conv){x->dtype, x->n, out_c, oh, ow, in_c, k, x->h, x->w, p->stride, p->pad}

@@ -1,6 +1,7 @@
 /* conv_thin.cu: direct kernels for the convolutions at the two thin ends of the networks, where
- * one side has at most CUK_THIN_MAX channels: the U-Net's first down conv (1 -> ngf), the
- * PatchGAN's first conv (3 -> 64) and the U-Net's last up conv (2 ngf -> 2, bias + tanh).
+ * one side has few channels (at most CUK_THIN_MAX into a conv, 2 or 3 out of a transposed one):
+ * the U-Net's first down conv (1 -> ngf), the PatchGAN's first conv (3 -> 64) and the U-Net's
+ * last up conv (2 ngf -> 2, bias + tanh).
  * cuDNN's tensor-core kernels are built for wide channels, and these layers are memory-bound
  * with little arithmetic, so plain fp32 FMAs on CUDA cores suffice.
  *
@@ -129,7 +130,7 @@ CUK_UNROLL
     }
 }
 
-/* ---- transposed conv, 4x4 kernel, stride 2, padding 1, K <= CUK_THIN_MAX output channels ----
+/* ---- transposed conv, 4x4 kernel, stride 2, padding 1, 2 or 3 output channels ----
  * Output row oy = 2a + py takes input rows a (tap 1 when py = 0, tap 2 when py = 1) and a - 1
  * (tap 3, py = 0) or a + 1 (tap 0, py = 1); columns alike. So one thread per input pixel (a, b)
  * computes the 2x2 output block (2a.., 2b..) from the 3x3 input pixels around (a, b): every tap
@@ -237,8 +238,10 @@ static bool aligned16(const void *q) { return ((uintptr_t)q & 15u) == 0; }
 extern "C" int cuk_conv_thin_ok(const cuk_conv *p, int transposed) {
     if (p->r != 4) return 0;
     if (!transposed) return p->c >= 1 && p->c <= CUK_THIN_MAX;
-    /* transposed: p->c is the output's channels (the backend's cuDNN terms), p->k the input's */
-    return p->k >= 1 && p->c >= 1 && p->c <= CUK_THIN_MAX && p->stride == 2 && p->pad == 1 && p->oh * 2 == p->h &&
+    /* transposed: p->c is the output's channels (the backend's cuDNN terms), p->k the input's;
+     * built for the generators' 2 (Lab) and 3 (RGB) output channels only (each variant is a
+     * large unrolled kernel, and this one is off by default) */
+    return p->k >= 1 && (p->c == 2 || p->c == 3) && p->stride == 2 && p->pad == 1 && p->oh * 2 == p->h &&
            p->ow * 2 == p->w;
 }
 
@@ -298,12 +301,10 @@ static void launch_out(const cuk_conv *p, const void *x, const float *w, const v
 template <typename T>
 static int thin_out_dt(const cuk_conv *p, const void *x, const float *w, const void *bias, int bdt, int act,
                        float alpha, void *y, int ys, int yo, cuk_stream s) {
-    switch (p->c) {
-    case 1: launch_out<T, 1>(p, x, w, bias, bdt, act, alpha, y, ys, yo, s); break;
-    case 2: launch_out<T, 2>(p, x, w, bias, bdt, act, alpha, y, ys, yo, s); break;
-    case 3: launch_out<T, 3>(p, x, w, bias, bdt, act, alpha, y, ys, yo, s); break;
-    default: launch_out<T, 4>(p, x, w, bias, bdt, act, alpha, y, ys, yo, s); break;
-    }
+    if (p->c == 2)
+        launch_out<T, 2>(p, x, w, bias, bdt, act, alpha, y, ys, yo, s);
+    else
+        launch_out<T, 3>(p, x, w, bias, bdt, act, alpha, y, ys, yo, s);
     return cuk_last();
 }
 

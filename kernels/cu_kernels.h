@@ -149,12 +149,12 @@ int cuk_conv_bwd_data_naive(const cuk_conv *p, const void *wt, const void *dy, v
 int cuk_conv_bwd_filter_naive(const cuk_conv *p, const void *x, const void *dy, void *dw, int accumulate,
                               cuk_stream s);
 
-/* ---- conv_thin.cu: the convolutions with at most CUK_THIN_MAX channels on one side ----
+/* ---- conv_thin.cu: the convolutions with few channels on one side ----
  * y = act(conv(x, w) + bias) with a 4x4 kernel, written into y at pixel stride ys, first channel
  * yo (a channel view, or (k, 0) dense); w in fp32, 16-byte aligned. p is in the backend's cuDNN
  * terms: for cuk_conv_thin_in_fwd the conv itself (p->c <= CUK_THIN_MAX input channels, any
  * stride and padding); for cuk_deconv_thin_out_fwd the transposed conv seen as backward data
- * (its input x has p->k channels at p->oh x p->ow, its output p->c <= CUK_THIN_MAX channels at
+ * (its input x has p->k channels at p->oh x p->ow, its output p->c = 2 or 3 channels at
  * p->h x p->w; stride 2, padding 1 only). cuk_conv_thin_ok says whether a shape is taken. */
 #define CUK_THIN_MAX 4
 int cuk_conv_thin_ok(const cuk_conv *p, int transposed);
