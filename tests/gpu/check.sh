@@ -35,7 +35,12 @@ BIN=${CZ_GPU_BIN:-.device/bundle}
 PY=${PYTHON:-python3}
 # logs go to a fresh directory under $TMPDIR (default /tmp): point TMPDIR somewhere to keep them
 WORK=$(mktemp -d)
-RESULTS=${OUT:-$WORK}
+# the results worth keeping are copied to $RESULTS; with $OUT set (the device tool, which brings
+# back at most 8 files) they are also packed into $OUT/check_results.tgz at every step, so that a
+# command stopped at its time limit still returns what the finished steps wrote
+RESULTS=$WORK/results
+mkdir -p "$RESULTS"
+publish() { [ -n "${OUT:-}" ] && tar czf "$OUT/check_results.tgz" -C "$RESULTS" . 2> /dev/null; return 0; }
 export CZ_SOURCE_DIR=$PWD
 t0=$(date +%s)
 pass=0 fail=0
@@ -44,7 +49,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; }
 trap cleanup EXIT
 ok() { pass=$((pass + 1)); echo "ok   $*"; }
 bad() { fail=$((fail + 1)); echo "FAIL $*"; }
-step() { echo; echo "=== $* ($(( $(date +%s) - t0 )) s)"; }
+step() { publish; echo; echo "=== $* ($(( $(date +%s) - t0 )) s)"; }
 # CZ_GPU_STEPS (default 1,2,3,4): the steps to run, so that a short device session can split
 # the check into several commands
 want() { case ",${CZ_GPU_STEPS:-1,2,3,4}," in *,$1,*) return 0 ;; *) return 1 ;; esac; }
@@ -447,5 +452,5 @@ fi
 
 step "done"
 echo "$pass passed, $fail failed"
-echo "logs in $WORK"
+echo "logs in $WORK (results to keep in $RESULTS$([ -n "${OUT:-}" ] && echo ", packed in \$OUT/check_results.tgz"))"
 [ $fail -eq 0 ]
