@@ -215,6 +215,33 @@ static void test_batch_invariance(void **state) {
 #endif
 }
 
+/* A cuda backend with recordings, or NULL after saying why the test is skipped. */
+static cz_backend *recording_cuda(void) {
+    cz_backend *be;
+    if (cz_backend_create("cuda", NULL, &be) != CZ_OK) {
+        printf("skipped: cuda not available: %s\n", cz_error_detail());
+        return NULL;
+    }
+    if (!be->ops->record_begin) {
+        printf("skipped: cuda has no recordings\n");
+        cz_backend_destroy(be);
+        return NULL;
+    }
+    return be;
+}
+
+/* Two models of one set of fresh ngf-4 depth-6 weights on be: *u as created (recording), *plain
+ * running every op directly. The caller closes the returned weights and frees *bytes. */
+static cz_safetensors *model_pair(cz_backend *be, cz_dtype dt, cz_unet **u, cz_unet **plain, uint8_t **bytes) {
+    cz_unet_arch a = cz_unet_arch_default(4, CZ_COLOR_LAB);
+    a.depth = 6;
+    cz_safetensors *st = make_weights(&a, NULL, bytes);
+    assert_int_equal(cz_unet_create(be, st, dt, u), CZ_OK);
+    assert_int_equal(cz_unet_create(be, st, dt, plain), CZ_OK);
+    cz_unet_set_recording(*plain, 0);
+    return st;
+}
+
 /* Recordings (CUDA graphs; the emulator build runs them on the CPU): a model that records and
  * replays gives the same bits as one that runs every op, for every batch size (each padded to
  * its slot's size), a recording made stale by the backend growing a buffer it points into (a
@@ -224,24 +251,11 @@ static void test_recordings(void **state) {
     (void)state;
     const cz_dtype dts[2] = {CZ_F32, CZ_BF16};
     for (int di = 0; di < 2; di++) {
-        cz_backend *be; /* a fresh instance per dtype: its buffers start small */
-        if (cz_backend_create("cuda", NULL, &be) != CZ_OK) {
-            printf("skipped: cuda not available: %s\n", cz_error_detail());
-            return;
-        }
-        if (!be->ops->record_begin) {
-            printf("skipped: cuda has no recordings\n");
-            cz_backend_destroy(be);
-            return;
-        }
-        cz_unet_arch a = cz_unet_arch_default(4, CZ_COLOR_LAB);
-        a.depth = 6;
+        cz_backend *be = recording_cuda(); /* a fresh instance per dtype: its buffers start small */
+        if (!be) return;
         uint8_t *bytes;
-        cz_safetensors *st = make_weights(&a, NULL, &bytes);
         cz_unet *rec, *plain;
-        assert_int_equal(cz_unet_create(be, st, dts[di], &rec), CZ_OK);
-        assert_int_equal(cz_unet_create(be, st, dts[di], &plain), CZ_OK);
-        cz_unet_set_recording(plain, 0);
+        cz_safetensors *st = model_pair(be, dts[di], &rec, &plain, &bytes);
         const int B = 5, S = 64;
         size_t px = (size_t)S * S;
         float *in = malloc(4 * B * px * sizeof *in), *o1 = malloc(4 * B * 2 * px * sizeof *o1);
@@ -296,25 +310,12 @@ static void test_recordings(void **state) {
  * model of normal batches. */
 static void test_full_batches(void **state) {
     (void)state;
-    cz_backend *be;
-    if (cz_backend_create("cuda", NULL, &be) != CZ_OK) {
-        printf("skipped: cuda not available: %s\n", cz_error_detail());
-        return;
-    }
-    if (!be->ops->record_begin) {
-        printf("skipped: cuda has no recordings\n");
-        cz_backend_destroy(be);
-        return;
-    }
-    cz_unet_arch a = cz_unet_arch_default(4, CZ_COLOR_LAB);
-    a.depth = 6;
+    cz_backend *be = recording_cuda();
+    if (!be) return;
     uint8_t *bytes;
-    cz_safetensors *st = make_weights(&a, NULL, &bytes);
     cz_unet *full, *plain;
-    assert_int_equal(cz_unet_create(be, st, CZ_F32, &full), CZ_OK);
-    assert_int_equal(cz_unet_create(be, st, CZ_F32, &plain), CZ_OK);
+    cz_safetensors *st = model_pair(be, CZ_F32, &full, &plain, &bytes);
     cz_unet_set_full_batches(full, 1);
-    cz_unet_set_recording(plain, 0);
     const int B = 5, S = 64;
     size_t px = (size_t)S * S;
     /* B + 1 images: odd calls start one image in */
