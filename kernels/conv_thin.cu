@@ -6,9 +6,9 @@
  * with little arithmetic, so plain fp32 FMAs on CUDA cores suffice.
  *
  * Measured on an H200 (session 9 of issue 5; tests/gpu/README.md): with both kernels in use the
- * bf16 training step at batch 64 went from 1136 to 1304 images/s (two leases, so perhaps two
- * machines), but the bf16 forward pass at batch 64 went from 16,187 to 12,693 images/s (same
- * machine, COLORIZE_CUDA_THIN=0 against both). The transposed-conv kernel is the likely cause:
+ * bf16 training step at batch 64 went from 1136 to 1304 images/s (two device calls in two leases,
+ * so perhaps two machines), but the bf16 forward pass at batch 64 went from 16,187 to 12,693
+ * images/s (one call, COLORIZE_CUDA_THIN=0 against both). The transposed-conv kernel is the likely cause:
  * its threads walk one pixel each with the channels in the outer loop, so a warp's 16-byte loads
  * land on 32 different 128-byte lines and every line is fetched again for each 8 channels. So
  * the backend uses only the conv kernel by default (cuda_impl.h `thin`); COLORIZE_CUDA_THIN=all
