@@ -139,7 +139,8 @@ static void test_validation(void **state) {
 
 /* Runs 8 random images as one batch and each alone; outputs must match bit for bit. With
  * `full`, every pass runs the plan's 8 images (cz_unet_set_full_batches): what the daemon does
- * on cuda, where a batch of 1 and one of 8 may get different cuDNN kernels. */
+ * on cuda, where a batch of 1 and one of 8 may get different cuDNN kernels; images 0 and 5 are
+ * then run alone. */
 static void check_batch_invariance(const char *backend, cz_dtype dt, int ngf, int depth, int size, int full) {
     cz_backend *be;
     if (cz_backend_create(backend, NULL, &be) != CZ_OK) {
@@ -171,7 +172,10 @@ static void check_batch_invariance(const char *backend, cz_dtype dt, int ngf, in
         sum += fabs(out[i]);
     }
     assert_true(sum / (B * 2 * px) > 1e-3); /* not trivially zero */
-    for (int b = 0; b < B; b++) {
+    /* with full batches every pass below costs B images: the first and a middle one alone
+     * (what matters there is that companions and position do not; the CPU emulator in CI
+     * would take minutes for all eight) */
+    for (int b = 0; b < B; b += full ? 5 : 1) {
         assert_int_equal(cz_unet_forward(u, 1, size, size, in + b * px, one), CZ_OK);
         if (memcmp(one, out + (size_t)b * 2 * px, 2 * px * sizeof *one)) {
             /* how far apart, so that a GPU run tells a rounding-order difference from a bug */
@@ -209,9 +213,11 @@ static void test_batch_invariance(void **state) {
     check_batch_invariance("dnnl", CZ_BF16, 16, 8, 256, 0);
 #ifdef CZ_HAVE_CUDA
     /* on an H200, fp32 held at the padded sizes; bf16 did not in the daemon (a batch of 1 and
-     * of 8 differed by 1/255 in some pixels), hence full batches there (server.full_batches) */
+     * of 8 differed by 1/255 in some pixels), hence full batches there (server.full_batches).
+     * At 64x64, depth 6: the CPU emulator in CI runs this too, and check.sh step 3 checks bf16
+     * batched == alone through the daemon at the real model's shapes */
     check_batch_invariance("cuda", CZ_F32, 16, 8, 256, 0);
-    check_batch_invariance("cuda", CZ_BF16, 16, 8, 256, 1);
+    check_batch_invariance("cuda", CZ_BF16, 16, 6, 64, 1);
 #endif
 }
 
