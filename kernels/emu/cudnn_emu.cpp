@@ -25,7 +25,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <initializer_list>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -172,26 +174,6 @@ cudnnStatus_t check_ws(const char *fn, int algo, size_t need, const void *ws, si
     }
     if (need && check_mem(fn, "the workspace", ws, need) != CUDNN_STATUS_SUCCESS) return CUDNN_STATUS_BAD_PARAM;
     return CUDNN_STATUS_SUCCESS;
-}
-
-/* For each (output pixel, filter tap) pair that touches the input: f(n, oy, ox, iy, ix, r, s). */
-template <typename F> void taps(const cudnnTensorStruct &x, const cudnnFilterStruct &f, const cudnnConvolutionStruct &cd,
-                                const cudnnTensorStruct &y, F fn) {
-    for (int n = 0; n < y.n; n++)
-        for (int oy = 0; oy < y.h; oy++)
-            for (int ox = 0; ox < y.w; ox++)
-                for (int r = 0; r < f.r; r++) {
-                    int iy = oy * cd.u - cd.pad_h + r * cd.dil_h;
-                    if (iy < 0 || iy >= x.h) continue;
-                    for (int s = 0; s < f.s; s++) {
-                        int ix = ox * cd.v - cd.pad_w + s * cd.dil_w;
-                        if (ix < 0 || ix >= x.w) continue;
-                        /* convolution mode flips the filter; cross-correlation does not */
-                        int fr = cd.mode == CUDNN_CONVOLUTION ? f.r - 1 - r : r;
-                        int fs = cd.mode == CUDNN_CONVOLUTION ? f.s - 1 - s : s;
-                        fn(n, oy, ox, iy, ix, fr, fs);
-                    }
-                }
 }
 
 /* out = alpha * acc + beta * out, not reading out when beta is 0. */
@@ -382,6 +364,61 @@ cudnnStatus_t submit(cudnnHandle_t h, const char *fn, std::function<cudaError_t(
     return CUDNN_STATUS_SUCCESS;
 }
 
+/* Host threads for one large convolution: the machine's cores, at most 8, or
+ * CZ_CUEMU_CONV_THREADS. */
+int workers() {
+    static const int n = [] {
+        const char *v = getenv("CZ_CUEMU_CONV_THREADS");
+        long k = v && *v ? strtol(v, nullptr, 10) : (long)std::thread::hardware_concurrency();
+        return (int)(k < 1 ? 1 : k > 8 ? 8 : k);
+    }();
+    return n;
+}
+
+/* a[0] * b[0] + a[1] * b[1] + ..., left to right. Not instrumented (this file is built
+ * without ASan, and UBSan's alignment checks are off here): much of the emulator's time is
+ * here, and both rows lie in vectors of doubles that conv_call sized itself. */
+__attribute__((no_sanitize("alignment"))) double dot(const double *a, const double *b, int n) {
+    double t = 0;
+    for (int i = 0; i < n; i++) t += a[i] * b[i];
+    return t;
+}
+
+/* y[l[0].first] * x[l[0].second] + ..., left to right, accumulated as algorithm `algo` does
+ * (see accum). Unchecked by UBSan's alignment checks, as dot() is. */
+__attribute__((no_sanitize("alignment"))) double pair_sum(const double *y, const double *x,
+                                                          const std::pair<size_t, size_t> *l, size_t n, int algo) {
+    double a = 0;
+    if (algo == 2)
+        for (size_t i = 0; i < n; i++) a = (double)(float)(a + y[l[i].first] * x[l[i].second]);
+    else
+        for (size_t i = 0; i < n; i++) a += y[l[i].first] * x[l[i].second];
+    return a;
+}
+
+/* A tensor's elements as doubles in n,h,w,c order, whatever its format. */
+std::vector<double> channels_last(const void *p, const t4 &T) {
+    std::vector<double> v(T.numel());
+    size_t i = 0;
+    for (int n = 0; n < T.d.n; n++)
+        for (int h = 0; h < T.d.h; h++)
+            for (int w = 0; w < T.d.w; w++)
+                for (int c = 0; c < T.d.c; c++) v[i++] = load(p, T.d.dt, T.off(n, c, h, w));
+    return v;
+}
+
+/* A filter's elements as doubles in k,r,s,c order, or r,s,c,k (k innermost) with by_k. */
+std::vector<double> filter_doubles(const void *p, const f4 &F, bool by_k) {
+    std::vector<double> v(F.numel());
+    for (int k = 0; k < F.d.k; k++)
+        for (int r = 0; r < F.d.r; r++)
+            for (int s = 0; s < F.d.s; s++)
+                for (int c = 0; c < F.d.c; c++)
+                    v[by_k ? (((size_t)r * F.d.s + s) * F.d.c + c) * F.d.k + k
+                           : (((size_t)k * F.d.r + r) * F.d.s + s) * F.d.c + c] = load(p, F.d.dt, F.off(k, c, r, s));
+    return v;
+}
+
 /* The three primitives in the terms of check_problem: x (n,c,h,w) * filter (k,c,r,s) -> y
  * (n,k,oh,ow). `out` names the one that is written (forward: y, backward data: x, backward
  * filter: the filter), as out = alpha * op(the other two) + beta * out; the others are read. */
@@ -426,29 +463,113 @@ cudnnStatus_t conv_call(const char *fn, conv_out out, cudnnHandle_t h, const cud
         auto at = [&](int i0, int i1, int i2, int i3) -> double & {
             return acc[(((size_t)i0 * d1 + i1) * d2 + i2) * d3 + i3];
         };
-        taps(X.d, W.d, cd, Y.d, [&](int n, int oy, int ox, int iy, int ix, int r, int s) {
+        /* The two read tensors as doubles, channels innermost (x, y: n,h,w,c; the filter:
+         * k,r,s,c, or r,s,c,k for backward data), each element loaded once, so that the dot
+         * products below run over contiguous memory. The sums are taken in the same order as
+         * over the tensors themselves, so the bits do not depend on the layouts. */
+        const int C = W.d.c, K = W.d.k, R = W.d.r, S = W.d.s;
+        std::vector<double> xv, yv, wv;
+        if (out != OUT_X) xv = channels_last(x, X);
+        if (out != OUT_Y) yv = channels_last(y, Y);
+        if (out != OUT_W) wv = filter_doubles(w, W, out == OUT_X);
+        /* Each worker takes a range of the outer channel loop (k, or c for backward data), so
+         * that no two write the same sum. Each element written is one sum in a fixed order:
+         * forward, over the filter taps (r, s) that land inside the input, each tap's product
+         * summed over c first; backward data, over the output pixels that reach the input
+         * pixel in row-major order, each summed over k first; backward filter, over n and the
+         * output pixels in row-major order, one product at a time. So the bits do not depend on
+         * the number of workers. "Convolution" mode flips the filter (r -> R-1-r). */
+        const int pad_h = cd.pad_h, pad_w = cd.pad_w, u = cd.u, v = cd.v, dh = cd.dil_h, dw = cd.dil_w;
+        const bool flip = cd.mode == CUDNN_CONVOLUTION;
+        auto tap = [&](int i, int o, int stride, int pad, int dil, int nfilt) { /* filter index, or -1 */
+            int t = i - o * stride + pad;
+            if (t < 0 || t % dil) return -1;
+            t /= dil;
+            return t < nfilt ? t : -1;
+        };
+        auto xrow = [&](int n, int iy, int ix) { return &xv[(((size_t)n * X.d.h + iy) * X.d.w + ix) * C]; };
+        auto yrow = [&](int n, int oy, int ox) { return &yv[(((size_t)n * Y.d.h + oy) * Y.d.w + ox) * K]; };
+        auto part = [&](int lo, int hi) {
             if (out == OUT_Y) {
-                for (int k = 0; k < W.d.k; k++) {
-                    double t = 0;
-                    for (int c = 0; c < W.d.c; c++)
-                        t += load(x, X.d.dt, X.off(n, c, iy, ix)) * load(w, W.d.dt, W.off(k, c, r, s));
-                    accum(at(n, k, oy, ox), t, algo);
-                }
+                std::vector<std::pair<const double *, int>> list; /* (x row, filter r*S+s) per tap */
+                for (int n = 0; n < Y.d.n; n++)
+                    for (int oy = 0; oy < Y.d.h; oy++)
+                        for (int ox = 0; ox < Y.d.w; ox++) {
+                            list.clear();
+                            for (int r = 0; r < R; r++) {
+                                int iy = oy * u - pad_h + r * dh;
+                                if (iy < 0 || iy >= X.d.h) continue;
+                                for (int s = 0; s < S; s++) {
+                                    int ix = ox * v - pad_w + s * dw;
+                                    if (ix < 0 || ix >= X.d.w) continue;
+                                    list.emplace_back(xrow(n, iy, ix), (flip ? R - 1 - r : r) * S + (flip ? S - 1 - s : s));
+                                }
+                            }
+                            for (int k = lo; k < hi; k++) {
+                                double acc_k = 0;
+                                for (auto &e : list) {
+                                    const double *wp = &wv[((size_t)k * R * S + e.second) * C];
+                                    accum(acc_k, dot(e.first, wp, C), algo);
+                                }
+                                at(n, k, oy, ox) = acc_k;
+                            }
+                        }
             } else if (out == OUT_X) {
-                for (int c = 0; c < W.d.c; c++) {
-                    double t = 0;
-                    for (int k = 0; k < W.d.k; k++)
-                        t += load(y, Y.d.dt, Y.off(n, k, oy, ox)) * load(w, W.d.dt, W.off(k, c, r, s));
-                    accum(at(n, c, iy, ix), t, algo);
-                }
+                /* the (output row, filter row) pairs that reach each input row, rows ascending;
+                 * the same for columns */
+                std::vector<std::vector<std::pair<int, int>>> rows(X.d.h), cols(X.d.w);
+                for (int iy = 0; iy < X.d.h; iy++)
+                    for (int oy = 0; oy < Y.d.h; oy++) {
+                        int r = tap(iy, oy, u, pad_h, dh, R);
+                        if (r >= 0) rows[iy].emplace_back(oy, flip ? R - 1 - r : r);
+                    }
+                for (int ix = 0; ix < X.d.w; ix++)
+                    for (int ox = 0; ox < Y.d.w; ox++) {
+                        int s = tap(ix, ox, v, pad_w, dw, S);
+                        if (s >= 0) cols[ix].emplace_back(ox, flip ? S - 1 - s : s);
+                    }
+                for (int n = 0; n < X.d.n; n++)
+                    for (int iy = 0; iy < X.d.h; iy++)
+                        for (int ix = 0; ix < X.d.w; ix++)
+                            for (int c = lo; c < hi; c++) {
+                                double acc_c = 0;
+                                for (auto &ry : rows[iy])
+                                    for (auto &sx : cols[ix]) {
+                                        const double *yp = yrow(n, ry.first, sx.first);
+                                        const double *wp = &wv[(((size_t)ry.second * S + sx.second) * C + c) * K];
+                                        accum(acc_c, dot(yp, wp, K), algo);
+                                    }
+                                at(n, c, iy, ix) = acc_c;
+                            }
             } else {
-                for (int k = 0; k < W.d.k; k++) {
-                    double g = load(y, Y.d.dt, Y.off(n, k, oy, ox));
-                    for (int c = 0; c < W.d.c; c++)
-                        accum(at(k, c, r, s), g * load(x, X.d.dt, X.off(n, c, iy, ix)), algo);
-                }
+                std::vector<std::pair<size_t, size_t>> list; /* (y row, x row) offsets per output pixel */
+                for (int r = 0; r < R; r++)
+                    for (int s = 0; s < S; s++) {
+                        list.clear();
+                        for (int n = 0; n < Y.d.n; n++)
+                            for (int oy = 0; oy < Y.d.h; oy++) {
+                                int iy = oy * u - pad_h + r * dh;
+                                if (iy < 0 || iy >= X.d.h) continue;
+                                for (int ox = 0; ox < Y.d.w; ox++) {
+                                    int ix = ox * v - pad_w + s * dw;
+                                    if (ix < 0 || ix >= X.d.w) continue;
+                                    list.emplace_back(yrow(n, oy, ox) - yv.data(), xrow(n, iy, ix) - xv.data());
+                                }
+                            }
+                        for (int k = lo; k < hi; k++)
+                            for (int c = 0; c < C; c++)
+                                at(k, c, flip ? R - 1 - r : r, flip ? S - 1 - s : s) =
+                                    pair_sum(yv.data() + k, xv.data() + c, list.data(), list.size(), algo);
+                    }
             }
-        });
+        };
+        const int outer = out == OUT_X ? C : K;
+        const double macs = (double)Y.numel() * C * R * S;
+        const int nw = macs < (1 << 20) ? 1 : std::min(outer, workers());
+        std::vector<std::thread> th;
+        for (int i = 1; i < nw; i++) th.emplace_back(part, outer * i / nw, outer * (i + 1) / nw);
+        part(0, outer / nw);
+        for (auto &t : th) t.join();
         void *dst = (void *)(out == OUT_W ? w : out == OUT_X ? x : y);
         blend(dst, xd->dt, acc, a, b, offs);
         return cudaSuccess;

@@ -14,8 +14,9 @@
  *   kernel faults on a real GPU too), and every thread of every block runs in order on the
  *   synchronizing thread (or in reverse order with CZ_CUEMU_ORDER=reverse, see cuemu_rt.cpp);
  * - CUK_LAUNCH_SYNC(...) is for kernels that call __syncthreads(): each thread of a block
- *   runs on its own host thread, blocks one after another, with a real barrier, so shared
- *   memory (__shared__ becomes a function-local static) behaves as on the device. A
+ *   runs as a fiber (its own stack and ucontext) on the synchronizing thread, blocks one after
+ *   another, and every thread of the block reaches a barrier before any goes past it, so
+ *   shared memory (__shared__ becomes a function-local static) behaves as on the device. A
  *   __syncthreads() under plain CUK_LAUNCH aborts with the kernel's name.
  * The host side (cudaMalloc, streams, copies, errors, cuDNN) is kernels/emu/cuemu_rt.cpp and
  * kernels/emu/cudnn_emu.cpp, linked in place of cudart and libcudnn.
@@ -58,7 +59,7 @@ namespace cuemu {
 
 struct coords {
     uint3 tid, bid;
-    dim3 bdim, gdim;
+    uint3 bdim, gdim;   /* (uint3, not dim3: a trivial type needs no TLS init call per use) */
     const char *kernel; /* name of the kernel being run, for diagnostics */
     int threaded;       /* launched with CUK_LAUNCH_SYNC: __syncthreads is allowed */
     unsigned bars;      /* __syncthreads() this thread reached in its current block */

@@ -49,15 +49,19 @@
  * cudaErrorMemoryAllocation), CZ_CUEMU_FAULT_LAUNCH=N (the Nth kernel to run faults with a
  * sticky illegal address), CZ_CUEMU_FAULT_FILE=PATH (every kernel faults that way while PATH
  * exists: lets a test break the device at a moment of its choosing), CZ_CUEMU_ORDER=reverse
- * (threads of CUK_LAUNCH kernels run last to first: a race between them changes the result),
+ * (threads and blocks run last to first, and so do the threads of a CUK_LAUNCH_SYNC block
+ * between barriers: a race between them changes the result),
  * and, read by cu_common.cuh at each launch, CZ_CUEMU_MAX_BLOCKS / CZ_CUEMU_MAX_PARTS (lower
  * grid caps, so that small tensors take the several-passes paths of large ones).
  * Threading: every entry point takes one global lock; kernels run one at a time. */
 #include "cuemu.h"
 #include "cuemu_internal.h"
 
-#include <pthread.h>
+#include <sys/mman.h>
+#include <ucontext.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <cstdarg>
 #include <cstdint>
@@ -68,7 +72,6 @@
 #include <map>
 #include <mutex>
 #include <string>
-#include <thread>
 
 /* Under ASan, the padding past each allocation's end and the whole of a freed (quarantined)
  * allocation are poisoned, so a kernel or copy that reads or writes a few bytes past a buffer,
@@ -346,50 +349,175 @@ bool capture_allows_stream(cudaStream_t s, const char *what) {
 
 /* ---- the kernel engine ---- */
 
-struct grid_run {
-    const launch_desc *d;
-    const std::function<void()> *body;
-    pthread_barrier_t bar;
-    std::vector<unsigned> at; /* per thread: where it waits (block_barrier) */
-};
-grid_run *g_run; /* the threaded launch in progress (kernels run one at a time) */
+/* Kernels launched with CUK_LAUNCH_SYNC run as fibers: one ucontext per thread of the block,
+ * all on the synchronizing host thread, switched at each __syncthreads() and at the block's
+ * end. Each round resumes every thread of the block once, in index order (or last to first
+ * with CZ_CUEMU_ORDER=reverse), and each runs until it reaches its next barrier or the end, so
+ * a race between the threads of a block (one reading what another writes before a barrier
+ * orders them) gives different results in the two orders. After each round every thread's
+ * post (whether it ended, and how many __syncthreads() it passed in this block) must equal
+ * thread 0's: a __syncthreads() that some threads skip (a return before it, or a condition
+ * that differs between threads) is undefined on a GPU ("likely to hang", CUDA C Programming
+ * Guide, Synchronization Functions) and aborts here with the kernel's name. A fiber stays with
+ * its thread index for the whole grid and runs the body once per block; stacks are mapped once
+ * (with a guard page below each) and kept for later launches. Fibers replaced one OS thread
+ * per block thread with pthread barriers, whose futex traffic was most of the emulator's
+ * system time. */
+/* 64 KiB: the kernels' frames are small even under ASan, and ASan's swapcontext interceptor
+ * clears the shadow of the whole target stack at every switch, so a larger stack costs time on
+ * every resume. */
+constexpr size_t k_fiber_stack = 64 * 1024;
 
-/* Every wait of a threaded block, at a __syncthreads() or at the block's end. Each thread posts
- * where it is (the end flag and how many __syncthreads() it passed in this block), all wait, and
- * each compares its post with thread 0's: a __syncthreads() that some threads of the block skip
- * (a return before it, or a condition that differs between threads) pairs one thread's barrier
- * with another's elsewhere, which a GPU leaves undefined ("likely to hang", CUDA C Programming
- * Guide, Synchronization Functions). That aborts with the kernel's name. A second wait keeps
- * the posts until every thread has read them. */
-void block_barrier(bool end) {
-    grid_run *g = g_run;
-    const launch_desc &d = *g->d;
-    unsigned me = t_at.tid.x + d.block.x * (t_at.tid.y + d.block.y * t_at.tid.z);
-    unsigned post = (end ? 0x80000000u : 0u) | t_at.bars;
-    g->at[me] = post;
-    pthread_barrier_wait(&g->bar);
-    unsigned first = g->at[0];
-    if (post != first) {
-        report("kernel %s, block (%u,%u,%u): thread %u is at %s after %u __syncthreads() while thread 0 is at %s "
-               "after %u: a __syncthreads() that not every thread of the block reaches",
-               d.kernel ? d.kernel : "?", t_at.bid.x, t_at.bid.y, t_at.bid.z, me, end ? "the end" : "a barrier",
-               post & 0x7fffffffu, (first & 0x80000000u) ? "the end" : "a barrier", first & 0x7fffffffu);
+struct fiber {
+    ucontext_t ctx;
+    coords at;       /* the thread's coordinates while it is switched out */
+    unsigned post;   /* where it waits: end flag | __syncthreads() passed in this block */
+    void *fake = nullptr; /* ASan's fake stack while switched out */
+};
+
+struct fiber_sched {
+    const std::function<void()> *body;
+    std::vector<fiber> f;
+    ucontext_t main{}; /* zeroed: no uc_stack, so ASan's interceptor clears nothing on the way back */
+    void *main_fake = nullptr;
+    const void *main_bottom = nullptr; /* the synchronizing thread's stack, for ASan */
+    size_t main_size = 0;
+    fiber *cur = nullptr;
+    bool quit = false; /* the grid is done: each fiber returns from its entry */
+};
+thread_local fiber_sched *t_sched;
+
+/* One mapping of stacks, grown to the largest block seen and never unmapped (a test-only
+ * engine; the mapping is address space, touched only as deep as the kernels go). */
+char *g_stacks;
+size_t g_stack_count;
+
+char *fiber_stack(unsigned i) { return g_stacks + (size_t)i * (k_fiber_stack + 4096) + 4096; }
+
+void ensure_stacks(unsigned n) {
+    if (n <= g_stack_count) return;
+    size_t bytes = (size_t)n * (k_fiber_stack + 4096);
+    void *m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) {
+        report("cannot map %u fiber stacks: %s", n, strerror(errno));
         abort();
     }
-    pthread_barrier_wait(&g->bar);
+    if (g_stacks) munmap(g_stacks, g_stack_count * (k_fiber_stack + 4096));
+    g_stacks = (char *)m;
+    g_stack_count = n;
+    for (unsigned i = 0; i < n; i++) mprotect(fiber_stack(i) - 4096, 4096, PROT_NONE); /* overflow faults */
 }
 
-void for_each_block(const launch_desc &d, unsigned tx, unsigned ty, unsigned tz, const std::function<void()> &body,
-                    bool threaded) {
-    for (unsigned bz = 0; bz < d.grid.z; bz++)
-        for (unsigned by = 0; by < d.grid.y; by++)
-            for (unsigned bx = 0; bx < d.grid.x; bx++) {
-                t_at.bid = make_uint3(bx, by, bz);
-                t_at.tid = make_uint3(tx, ty, tz);
-                t_at.bars = 0;
-                body();
-                if (threaded) block_barrier(true); /* the block ends for every thread together */
-            }
+/* From fiber to scheduler and back. */
+void fiber_yield(fiber &me, bool last) {
+    fiber_sched *s = t_sched;
+#ifdef CUEMU_ASAN
+    __sanitizer_start_switch_fiber(last ? nullptr : &me.fake, s->main_bottom, s->main_size);
+#endif
+    swapcontext(&me.ctx, &s->main);
+#ifdef CUEMU_ASAN
+    __sanitizer_finish_switch_fiber(me.fake, nullptr, nullptr);
+#endif
+    (void)last;
+}
+
+void fiber_entry() {
+    fiber_sched *s = t_sched;
+    fiber &me = *s->cur;
+#ifdef CUEMU_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &s->main_bottom, &s->main_size);
+#endif
+    while (!s->quit) {
+        (*s->body)();
+        me.post = 0x80000000u | t_at.bars;
+        fiber_yield(me, false);
+    }
+    fiber_yield(me, true); /* never resumed */
+}
+
+/* From scheduler to fiber i, until it yields. */
+void fiber_resume(fiber_sched &s, unsigned i) {
+    fiber &f = s.f[i];
+    s.cur = &f;
+    t_at = f.at;
+#ifdef CUEMU_ASAN
+    __sanitizer_start_switch_fiber(&s.main_fake, fiber_stack(i), k_fiber_stack);
+#endif
+    swapcontext(&s.main, &f.ctx);
+#ifdef CUEMU_ASAN
+    __sanitizer_finish_switch_fiber(s.main_fake, nullptr, nullptr);
+#endif
+    f.at = t_at;
+}
+
+/* Every wait of a threaded block but its end: the fiber posts and yields. */
+void block_barrier() {
+    fiber &me = *t_sched->cur;
+    me.post = t_at.bars;
+    fiber_yield(me, false);
+}
+
+void run_block_fibers(fiber_sched &s, const launch_desc &d, uint3 bid, bool rev) {
+    const unsigned nt = (unsigned)s.f.size();
+    for (auto &f : s.f) {
+        f.at.bid = bid;
+        f.at.bars = 0;
+    }
+    for (;;) {
+        for (unsigned k = 0; k < nt; k++) fiber_resume(s, rev ? nt - 1 - k : k);
+        const unsigned first = s.f[0].post;
+        for (unsigned i = 1; i < nt; i++) {
+            unsigned post = s.f[i].post;
+            if (post == first) continue;
+            report("kernel %s, block (%u,%u,%u): thread %u is at %s after %u __syncthreads() while thread 0 is at %s "
+                   "after %u: a __syncthreads() that not every thread of the block reaches",
+                   d.kernel ? d.kernel : "?", bid.x, bid.y, bid.z, i, (post & 0x80000000u) ? "the end" : "a barrier",
+                   post & 0x7fffffffu, (first & 0x80000000u) ? "the end" : "a barrier", first & 0x7fffffffu);
+            abort();
+        }
+        if (first & 0x80000000u) return;
+    }
+}
+
+/* A context that starts fiber_entry on its own stack (apart, since getcontext returns twice and
+ * the caller's locals would be at risk). */
+__attribute__((noinline)) void fiber_init(ucontext_t &ctx, char *stack) {
+    CUEMU_UNPOISON(stack, k_fiber_stack); /* frames a previous grid left poisoned */
+    getcontext(&ctx);
+    ctx.uc_stack.ss_sp = stack;
+    ctx.uc_stack.ss_size = k_fiber_stack;
+    ctx.uc_link = nullptr;
+    makecontext(&ctx, fiber_entry, 0);
+}
+
+void run_grid_fibers(const launch_desc &d, const std::function<void()> &body, bool rev) {
+    const unsigned nt = d.block.x * d.block.y * d.block.z;
+    ensure_stacks(nt);
+    fiber_sched s;
+    s.body = &body;
+    s.f.resize(nt);
+    fiber_sched *saved = t_sched;
+    t_sched = &s;
+    for (unsigned i = 0; i < nt; i++) {
+        fiber &f = s.f[i];
+        f.at.tid = make_uint3(i % d.block.x, (i / d.block.x) % d.block.y, i / (d.block.x * d.block.y));
+        f.at.bdim = d.block;
+        f.at.gdim = d.grid;
+        f.at.kernel = d.kernel;
+        f.at.threaded = 1;
+        fiber_init(f.ctx, fiber_stack(i));
+    }
+    const size_t nb = (size_t)d.grid.x * d.grid.y * d.grid.z;
+    for (size_t k = 0; k < nb; k++) {
+        size_t b = rev ? nb - 1 - k : k;
+        run_block_fibers(s, d,
+                         make_uint3((unsigned)(b % d.grid.x), (unsigned)(b / d.grid.x % d.grid.y),
+                                    (unsigned)(b / ((size_t)d.grid.x * d.grid.y))),
+                         rev);
+    }
+    s.quit = true; /* each fiber leaves its loop and ends */
+    for (unsigned i = 0; i < nt; i++) fiber_resume(s, i);
+    t_sched = saved;
 }
 
 void run_grid(const launch_desc &d, const std::function<void()> &body) {
@@ -398,40 +526,27 @@ void run_grid(const launch_desc &d, const std::function<void()> &body) {
     t_at.gdim = d.grid;
     t_at.kernel = d.kernel;
     t_at.threaded = 0;
+    /* one thread after another (or block after block of fibers), in index order, or in reverse
+     * with CZ_CUEMU_ORDER=reverse: a kernel whose threads race (two writing one element, one
+     * reading what another writes) then gives different results in the two orders, which a
+     * GPU would show as flakiness */
+    const bool rev = g_reverse;
     if (!d.threaded) {
-        /* one thread after another, in index order, or in reverse with CZ_CUEMU_ORDER=reverse: a
-         * kernel whose threads race (two writing one element, one reading what another writes)
-         * then gives different results in the two orders, which a GPU would show as flakiness */
-        const size_t nb = (size_t)d.grid.x * d.grid.y * d.grid.z, nt = (size_t)d.block.x * d.block.y * d.block.z;
-        const bool rev = g_reverse;
-        for (size_t k = 0; k < nb * nt; k++) {
-            size_t i = rev ? nb * nt - 1 - k : k, b = i / nt, t = i % nt;
-            t_at.bid = make_uint3((unsigned)(b % d.grid.x), (unsigned)(b / d.grid.x % d.grid.y),
-                                  (unsigned)(b / ((size_t)d.grid.x * d.grid.y)));
-            t_at.tid = make_uint3((unsigned)(t % d.block.x), (unsigned)(t / d.block.x % d.block.y),
-                                  (unsigned)(t / ((size_t)d.block.x * d.block.y)));
-            body();
-        }
+        const dim3 g = d.grid, b = d.block;
+        for (unsigned kz = 0; kz < g.z; kz++)
+            for (unsigned ky = 0; ky < g.y; ky++)
+                for (unsigned kx = 0; kx < g.x; kx++) {
+                    t_at.bid = rev ? make_uint3(g.x - 1 - kx, g.y - 1 - ky, g.z - 1 - kz) : make_uint3(kx, ky, kz);
+                    for (unsigned tz = 0; tz < b.z; tz++)
+                        for (unsigned ty = 0; ty < b.y; ty++)
+                            for (unsigned tx = 0; tx < b.x; tx++) {
+                                t_at.tid = rev ? make_uint3(b.x - 1 - tx, b.y - 1 - ty, b.z - 1 - tz)
+                                               : make_uint3(tx, ty, tz);
+                                body();
+                            }
+                }
     } else {
-        unsigned nt = d.block.x * d.block.y * d.block.z;
-        grid_run gr{&d, &body, {}, std::vector<unsigned>(nt)};
-        pthread_barrier_init(&gr.bar, nullptr, nt);
-        g_run = &gr;
-        std::vector<std::thread> th;
-        th.reserve(nt);
-        for (unsigned i = 0; i < nt; i++) {
-            unsigned tx = i % d.block.x, ty = (i / d.block.x) % d.block.y, tz = i / (d.block.x * d.block.y);
-            th.emplace_back([&d, &body, &gr, tx, ty, tz]() {
-                t_at.bdim = d.block;
-                t_at.gdim = d.grid;
-                t_at.kernel = d.kernel;
-                t_at.threaded = 1;
-                for_each_block(d, tx, ty, tz, body, true);
-            });
-        }
-        for (auto &t : th) t.join();
-        g_run = nullptr;
-        pthread_barrier_destroy(&gr.bar);
+        run_grid_fibers(d, body, rev);
     }
     t_at = saved;
 }
@@ -467,7 +582,7 @@ void syncthreads() {
         abort();
     }
     t_at.bars++;
-    block_barrier(false);
+    block_barrier();
 }
 
 void launch(const launch_desc &d, ptr_args ptrs, std::function<void()> thread_body) {

@@ -50,6 +50,8 @@ done
 "$BUILD/colorize" init --ngf 8 --depth 6 --seed 7 -o "$WORK/tiny.safetensors" > /dev/null || exit 1
 
 fail=0
+t0=$(date +%s)
+since() { echo "$(( $(date +%s) - ${1:-$t0} )) s"; } # seconds since $1 (default: the start)
 CZ_GPU_BIN=$WORK CZ_GPU_SKIP_BENCH=1 CZ_GPU_THIN_ALL=0 CZ_GPU_MODEL=$WORK/tiny.safetensors CZ_GPU_RENDER=64 \
   bash tests/gpu/check.sh || fail=1
 
@@ -57,10 +59,12 @@ echo
 echo "=== emulator: the batcher, training, U-Net, colorizer and trainer unit tests on the emulated device (auto"
 echo "    = cuda here; test_unet compares recorded (CUDA graph) forward passes with op-by-op ones, test_colorize"
 echo "    jobs finished on the device with the host's; test_trainer whole runs, steps overlapping the next upload)"
+echo "    (check.sh steps 1-3 took $(since))"
 for t in test_batcher test_train test_unet test_colorize test_trainer; do
+  t1=$(date +%s)
   if CZ_SOURCE_DIR=$PWD CZ_TEST_BACKEND=cuda "$BUILD/tests/$t" > "$WORK/$t.log" 2>&1 &&
      grep -q '"module":"cuda"' "$WORK/$t.log"; then
-    echo "ok   $t on the emulated cuda backend ($(grep -c '\[       OK \]' "$WORK/$t.log") tests)"
+    echo "ok   $t on the emulated cuda backend ($(grep -c '\[       OK \]' "$WORK/$t.log") tests, $(since "$t1"))"
   else
     fail=1; echo "FAIL $t (log below)"; tail -30 "$WORK/$t.log"
   fi
@@ -70,9 +74,10 @@ echo
 echo "=== emulator: op parity again with grids capped at 3 blocks and 2 partial sums, threads run last to first"
 echo "    (small tensors then take the several-passes paths of real sizes; a race between threads changes results),"
 echo "    and both of conv_thin.cu's kernels in use (COLORIZE_CUDA_THIN=all; check.sh ran the default)"
+t1=$(date +%s)
 if COLORIZE_CUDA_THIN=all CZ_CUEMU_ORDER=reverse CZ_CUEMU_MAX_BLOCKS=3 CZ_CUEMU_MAX_PARTS=2 "$BUILD/tests/test_ops" > "$WORK/test_ops_capped.log" 2>&1 &&
    ! grep -q "skipped: cuda not available" "$WORK/test_ops_capped.log"; then
-  echo "ok   test_ops, capped grids, reverse order: $(grep -m1 '^parity:' "$WORK/test_ops_capped.log")"
+  echo "ok   test_ops, capped grids, reverse order: $(grep -m1 '^parity:' "$WORK/test_ops_capped.log") ($(since "$t1"))"
 else
   fail=1; echo "FAIL test_ops with capped grids (log below)"; grep -E "FAIL|parity:" "$WORK/test_ops_capped.log" | head -20
 fi
@@ -80,10 +85,11 @@ fi
 echo
 echo "=== emulator: op parity again with cuDNN calls limited to 8192 elements (sub-batches; larger images on"
 echo "    the direct kernels), as calls of 2^31 elements or more are split on a GPU"
+t1=$(date +%s)
 if COLORIZE_CUDNN_MAX_ELEMS=8192 "$BUILD/tests/test_ops" > "$WORK/test_ops_split.log" 2>&1 &&
    ! grep -q "skipped: cuda not available" "$WORK/test_ops_split.log" &&
    grep -q "more than cuDNN takes (8192)" "$WORK/test_ops_split.log"; then
-  echo "ok   test_ops, cuDNN calls split: $(grep -m1 '^parity:' "$WORK/test_ops_split.log")"
+  echo "ok   test_ops, cuDNN calls split: $(grep -m1 '^parity:' "$WORK/test_ops_split.log") ($(since "$t1"))"
 else
   fail=1; echo "FAIL test_ops with cuDNN calls split (log below)"; grep -E "FAIL|parity:" "$WORK/test_ops_split.log" | head -20
 fi
@@ -167,4 +173,5 @@ if start sticky "CZ_CUEMU_FAULT_FILE=$fault" --; then
 fi
 
 echo "emulator failure checks: $pass passed"
+echo "emu_check: $(since) in all"
 [ $fail -eq 0 ]

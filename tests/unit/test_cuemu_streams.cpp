@@ -65,6 +65,17 @@ void bars_even(uint32_t *p, uint32_t v) {
     __syncthreads();
 }
 
+/* each thread reads what its neighbour wrote to shared memory before the barrier: right only
+ * if every thread of the block wrote before any read, whatever order they run in */
+void bars_neighbour(uint32_t *p, uint32_t v) {
+    __shared__ uint32_t sh[64];
+    sh[threadIdx.x] = v + blockIdx.x * 100 + threadIdx.x;
+    __syncthreads();
+    uint32_t got = sh[(threadIdx.x + 1) % blockDim.x];
+    __syncthreads(); /* the next block's writes wait for this one's reads */
+    p[blockIdx.x * blockDim.x + threadIdx.x] = got;
+}
+
 /* thread 1 returns before the barrier the others wait at */
 void bars_divergent(uint32_t *p, uint32_t v) {
     if (threadIdx.x == 1) return;
@@ -234,6 +245,15 @@ int main() {
         CK(cudaMemcpyAsync(p, d, 16, cudaMemcpyDeviceToHost, A));
         CK(cudaStreamSynchronize(A));
         check(p[0] == 5 && p[3] == 5, "k1", "a kernel whose threads all reach its two barriers runs");
+        uint32_t *d3 = dev_words(3 * 64), *p3 = pinned_words(3 * 64);
+        CUK_LAUNCH_SYNC(bars_neighbour, 3, 64, 0, A)(d3, 7u);
+        CK(cudaGetLastError());
+        CK(cudaMemcpyAsync(p3, d3, 3 * 64 * 4, cudaMemcpyDeviceToHost, A));
+        CK(cudaStreamSynchronize(A));
+        int neighbours_ok = 1;
+        for (uint32_t b = 0; b < 3; b++)
+            for (uint32_t t = 0; t < 64; t++) neighbours_ok &= p3[b * 64 + t] == 7u + b * 100 + (t + 1) % 64;
+        check(neighbours_ok, "k3", "after a barrier each thread reads what its neighbour wrote before it, in every block");
         fflush(stdout);
         FILE *log = tmpfile(); /* the child's stderr */
         int fd = fileno(log);
