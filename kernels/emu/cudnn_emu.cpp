@@ -17,15 +17,17 @@
  *   GPU); running with a workspace smaller than the algorithm asked for is BAD_PARAM;
  * - the work is queued on the handle's stream and runs at the next synchronization, with fp64
  *   accumulation and one rounding into the data type on store.
- * Threading: descriptors and handles as in cuDNN (one thread at a time per handle). */
+ * Threading: descriptors and handles as in cuDNN (one thread at a time per handle); a large
+ * convolution, when it runs, is split over host threads by output channel
+ * (CZ_CUEMU_CONV_THREADS, default the machine's cores, at most 8) with the same bits as one. */
 #include "cuemu.h"
 #include "cuemu_internal.h"
 
 #include <cudnn.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <algorithm>
 #include <initializer_list>
 #include <thread>
 #include <utility>

@@ -62,7 +62,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
@@ -362,10 +361,10 @@ bool capture_allows_stream(cudaStream_t s, const char *what) {
  * its thread index for the whole grid and runs the body once per block; stacks are mapped once
  * (with a guard page below each) and kept for later launches. Fibers replaced one OS thread
  * per block thread with pthread barriers, whose futex traffic was most of the emulator's
- * system time. */
-/* 64 KiB: the kernels' frames are small even under ASan, and ASan's swapcontext interceptor
- * clears the shadow of the whole target stack at every switch, so a larger stack costs time on
- * every resume. */
+ * system time.
+ * Stacks are 64 KiB: the kernels' frames are small even under ASan, and ASan's swapcontext
+ * interceptor clears the shadow of the whole target stack at every switch, so a larger stack
+ * costs time on every resume. */
 constexpr size_t k_fiber_stack = 64 * 1024;
 
 struct fiber {
