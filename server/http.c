@@ -22,8 +22,13 @@
  *
  * Body intake: POST /colorize keeps its body, in a buffer grown geometrically up to
  * server.max_body_bytes; the JSON POSTs of the admin API keep theirs up to
- * server.max_json_bytes (the same rules below apply with that limit). A Content-Length above the limit is refused with 413 before any body
- * byte is read (MHD then stops reading and closes the connection after the answer). A body
+ * server.max_json_bytes (the same rules below apply with that limit). A Content-Length above
+ * the limit is refused with 413 before any body byte is read. When the client sent no
+ * "Expect: 100-continue" and the declared body ends within SRV_DRAIN_EXTRA past the limit, the
+ * answer is written to the socket (as below for streamed bodies) and the body is read and
+ * dropped before the connection closes: closing on an unread body resets the connection, which
+ * can destroy the answer before the client reads it. Otherwise MHD sends the answer, stops
+ * reading and closes (a client that asked for 100-continue has sent no body). A body
  * without a length that grows past the limit is no longer stored: we try to answer 413 at
  * once, but libmicrohttpd 0.9.75 refuses a response in the middle of an upload, so in
  * practice we drop the rest (up to SRV_DRAIN_EXTRA = 16 MiB more, never stored) and answer
@@ -388,7 +393,12 @@ static void mhd_logger(void *cls, const char *fm, va_list ap) {
     vsnprintf(msg, sizeof msg, fm, ap);
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
-    CZ_LOGW("mhd", "%s", msg);
+    /* A client hanging up mid-request is the client's business (every client that stops
+     * sending once it has read an early 413 does it): info, not a warning. */
+    if (strstr(msg, "detected connection closure"))
+        CZ_LOGI("mhd", "%s", msg);
+    else
+        CZ_LOGW("mhd", "%s", msg);
 }
 
 static srv_req *req_new(struct MHD_Connection *c, const char *url, const char *method) {
@@ -484,57 +494,6 @@ static enum MHD_Result send_413(struct MHD_Connection *c, srv_req *req, const sr
     return srv_send_error(c, req, 413, "payload_too_large", msg, 0, NULL);
 }
 
-/* First call for a request: state, route, early refusals. */
-static enum MHD_Result on_first_call(srv_ctx *s, struct MHD_Connection *c, const char *url, const char *method,
-                                     void **con_cls) {
-    srv_req *req = req_new(c, url, method);
-    if (!req) return MHD_NO;
-    *con_cls = req;
-    atomic_fetch_add(&s->inflight, 1);
-    conn_mark(c, true);
-    route_request(req, url, method);
-    if (!req->early_http && req->admin) check_admin(s, c, req);
-    if (req->early_http || !(req->route == SRV_ROUTE_COLORIZE || req->json_body)) return MHD_YES;
-    req->keep_body = true;
-    const char *limit_key;
-    const uint64_t limit = body_limit(s, req, &limit_key);
-    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl) {
-        char *end = NULL;
-        errno = 0;
-        unsigned long long n = strtoull(cl, &end, 10);
-        bool over = (errno == ERANGE) || (end && *end == '\0' && n > limit);
-        if (over) {
-            cz_log_set_request_id(req->id);
-            enum MHD_Result q = send_413(c, req, s);
-            cz_log_set_request_id(NULL);
-            return q;
-        }
-        /* Pre-size the buffer from the declared length, but only up to 1 MiB: a client that
-         * declares a large body and sends nothing must not pin memory. */
-        if (end && *end == '\0' && n > 0) {
-            size_t cap = n < (1u << 20) ? (size_t)n : (size_t)1 << 20;
-            req->body = malloc(cap);
-            if (req->body) req->body_cap = cap;
-        }
-    }
-    return MHD_YES;
-}
-
-static bool body_append(srv_req *req, const char *data, size_t n) {
-    if (req->body_len + n > req->body_cap) {
-        size_t cap = req->body_cap ? req->body_cap : 64 * 1024;
-        while (cap < req->body_len + n) cap *= 2;
-        uint8_t *nb = realloc(req->body, cap);
-        if (!nb) return false;
-        req->body = nb;
-        req->body_cap = cap;
-    }
-    memcpy(req->body + req->body_len, data, n);
-    req->body_len += n;
-    return true;
-}
-
 /* Writes a complete 413 answer straight to the socket (MHD will not queue one in the middle of
  * an upload) and half-closes it. Returns true when the whole answer went out. */
 static bool send_raw_413(struct MHD_Connection *c, srv_req *req, const srv_ctx *s) {
@@ -574,6 +533,67 @@ static bool send_raw_413(struct MHD_Connection *c, srv_req *req, const srv_ctx *
     req->bytes_out = blen;
     req->raw_answered = true;
     srv_metrics_reject(SRV_REJ_TOO_LARGE);
+    return true;
+}
+
+/* First call for a request: state, route, early refusals. */
+static enum MHD_Result on_first_call(srv_ctx *s, struct MHD_Connection *c, const char *url, const char *method,
+                                     void **con_cls) {
+    srv_req *req = req_new(c, url, method);
+    if (!req) return MHD_NO;
+    *con_cls = req;
+    atomic_fetch_add(&s->inflight, 1);
+    conn_mark(c, true);
+    route_request(req, url, method);
+    if (!req->early_http && req->admin) check_admin(s, c, req);
+    if (req->early_http || !(req->route == SRV_ROUTE_COLORIZE || req->json_body)) return MHD_YES;
+    req->keep_body = true;
+    const char *limit_key;
+    const uint64_t limit = body_limit(s, req, &limit_key);
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+        char *end = NULL;
+        errno = 0;
+        unsigned long long n = strtoull(cl, &end, 10);
+        const bool huge = errno == ERANGE;
+        bool over = huge || (end && *end == '\0' && n > limit);
+        if (over) {
+            /* A client that did not ask for 100-continue is sending its body right now. If MHD
+             * answered and closed, the unread body would make the kernel reset the connection,
+             * and the reset can destroy the 413 before the client reads it (curl then says
+             * "send failure", error 55). So when the rest is within the drain cap, answer on the
+             * socket, half-close, and read the body to its end before closing. A client that
+             * asked for 100-continue gets MHD's answer instead, and sends no body at all. */
+            const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+            const bool drain = !huge && !expect && n - limit <= SRV_DRAIN_EXTRA;
+            cz_log_set_request_id(req->id);
+            req->too_large = true;
+            enum MHD_Result q = drain && send_raw_413(c, req, s) ? MHD_YES : send_413(c, req, s);
+            cz_log_set_request_id(NULL);
+            return q;
+        }
+        /* Pre-size the buffer from the declared length, but only up to 1 MiB: a client that
+         * declares a large body and sends nothing must not pin memory. */
+        if (end && *end == '\0' && n > 0) {
+            size_t cap = n < (1u << 20) ? (size_t)n : (size_t)1 << 20;
+            req->body = malloc(cap);
+            if (req->body) req->body_cap = cap;
+        }
+    }
+    return MHD_YES;
+}
+
+static bool body_append(srv_req *req, const char *data, size_t n) {
+    if (req->body_len + n > req->body_cap) {
+        size_t cap = req->body_cap ? req->body_cap : 64 * 1024;
+        while (cap < req->body_len + n) cap *= 2;
+        uint8_t *nb = realloc(req->body, cap);
+        if (!nb) return false;
+        req->body = nb;
+        req->body_cap = cap;
+    }
+    memcpy(req->body + req->body_len, data, n);
+    req->body_len += n;
     return true;
 }
 
