@@ -28,7 +28,8 @@
  *   later op and health() fail with CZ_ERR_BACKEND naming it. The owner must then destroy the
  *   instance (and, in the daemon, exit so that a supervisor restarts it).
  * Environment: COLORIZE_CUDA_DEVICE (index, default 0), COLORIZE_CUDA_TF32=1,
- * COLORIZE_CUDA_NAIVE=1, COLORIZE_CUDA_ALGO=heuristic, COLORIZE_CUDA_WS_MB (workspace cap,
+ * COLORIZE_CUDA_NAIVE=1, COLORIZE_CUDA_ALGO=heuristic, COLORIZE_CUDA_NONDET=1 (cudnn_ops.c),
+ * COLORIZE_CUDA_WS_MB (workspace cap,
  * default 1024), COLORIZE_CUDA_GRAPHS=0 (no recordings: the model runs its ops one by one),
  * COLORIZE_CUDA_VIEWS=0 (no channel views: the model uses concat).
  * Threading: one thread at a time per instance; the device is re-selected on entry to every
@@ -479,9 +480,11 @@ cz_status cz_backend_cuda_create(const cz_backend_options *opt, cz_backend **out
         return s;
     }
     cu_prof_start(b);
-    CZ_LOGI("cuda", "device %d: %s (sm_%d%d, %d SMs, %.1f GiB), cuDNN %s%s%s%s", dev, prop.name, prop.major,
+    CZ_LOGI("cuda", "device %d: %s (sm_%d%d, %d SMs, %.1f GiB), cuDNN %s%s%s%s%s", dev, prop.name, prop.major,
             prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0),
-            cdn_version_string(), b->allow_tf32 ? ", TF32 allowed" : "", b->force_naive ? ", naive convs" : "",
+            cdn_version_string(), b->allow_tf32 ? ", TF32 allowed" : "",
+            cdn_any_determinism(b) ? ", non-deterministic cuDNN algorithms allowed" : "",
+            b->force_naive ? ", naive convs" : "",
             b->thin == 3 ? ", thin convs and transposed convs" : b->thin || b->force_naive ? "" : ", no thin convs");
     *out = &b->base;
     return CZ_OK;

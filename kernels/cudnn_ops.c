@@ -11,6 +11,9 @@
  *   cudnnFind*Algorithm (benchmarks every algorithm on the device; COLORIZE_CUDA_ALGO=heuristic
  *   picks by cudnnGet*_v7 instead, faster start), restricted to deterministic algorithms
  *   (batch views and batched == alone must be bit-exact) whose workspace fits ws_limit.
+ *   COLORIZE_CUDA_NONDET=1 lifts the determinism rule, for measuring what it costs (PyTorch's
+ *   default, cudnn.benchmark without cudnn.deterministic, has no such rule): with it, runs of
+ *   the same training step or batch may differ in their last bits.
  * - One algorithm per problem whatever the batch size: the first batch size seen for a
  *   (primitive, problem) runs the search, and every other batch size of it reuses that
  *   algorithm (with its own workspace size), so that an image's result does not depend on the
@@ -63,6 +66,7 @@ struct cu_dnn {
     int n, cap;
     int use_find;
     int per_batch; /* COLORIZE_CUDA_ALGO_PER_BATCH=1 */
+    int any_determinism; /* COLORIZE_CUDA_NONDET=1: non-deterministic algorithms may be chosen */
     int64_t max_elems; /* most elements of x or y in one cuDNN call (sub_batch) */
     int warned_large;  /* logged that an image exceeded it */
 };
@@ -117,6 +121,8 @@ cz_status cdn_create(cu_backend *b) {
     d->use_find = !(algo && !strcmp(algo, "heuristic"));
     const char *pb = getenv("COLORIZE_CUDA_ALGO_PER_BATCH");
     d->per_batch = pb && *pb && strcmp(pb, "0") != 0;
+    const char *nd = getenv("COLORIZE_CUDA_NONDET");
+    d->any_determinism = nd && *nd && strcmp(nd, "0") != 0;
     d->max_elems = INT32_MAX;
     /* a lower limit, for tests: the emulator cannot hold tensors of 2^31 elements */
     const char *me = getenv("COLORIZE_CUDNN_MAX_ELEMS");
@@ -163,6 +169,8 @@ void cdn_destroy(cu_backend *b) {
 
 int cdn_plan_count(const cu_backend *b) { return b->dnn ? b->dnn->n : 0; }
 
+int cdn_any_determinism(const cu_backend *b) { return b->dnn ? b->dnn->any_determinism : 0; }
+
 static cudnnDataType_t dnn_type(int dt) {
     return dt == CZ_BF16 ? CUDNN_DATA_BFLOAT16 : dt == CZ_F16 ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT;
 }
@@ -176,11 +184,11 @@ static int math_ok(const cdn_plan *pl, cudnnMathType_t m) {
 
 /* Picks the first acceptable entry of a perf list (cuDNN sorts them fastest first). The three
  * perf struct types share these fields, hence the macro. */
-#define PICK(perf, count, pl, limit, out_algo, out_ws, out_math, found)                              \
+#define PICK(perf, count, pl, limit, any_det, out_algo, out_ws, out_math, found)                     \
     do {                                                                                           \
         for (int i_ = 0; i_ < (count) && !(found); i_++) {                                         \
             if ((perf)[i_].status != CUDNN_STATUS_SUCCESS) continue;                               \
-            if ((perf)[i_].determinism != CUDNN_DETERMINISTIC) continue;                           \
+            if (!(any_det) && (perf)[i_].determinism != CUDNN_DETERMINISTIC) continue;             \
             if ((perf)[i_].memory > (limit)) continue;                                             \
             if (!math_ok((pl), (perf)[i_].mathType)) continue;                                     \
             (out_algo) = (int)(perf)[i_].algo;                                                     \
@@ -217,7 +225,7 @@ static cz_status choose_algo(cu_backend *b, cdn_plan *pl) {
                                                                    CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, perf)
                            : cudnnGetConvolutionForwardAlgorithm_v7(h, pl->xd, pl->wd, pl->cd, pl->yd,
                                                                     CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, perf);
-            if (st == CUDNN_STATUS_SUCCESS) PICK(perf, got, pl, b->ws_limit, algo, ws, math, found);
+            if (st == CUDNN_STATUS_SUCCESS) PICK(perf, got, pl, b->ws_limit, b->dnn->any_determinism, algo, ws, math, found);
         } else if (pl->kind == CDN_BWD_DATA) {
             cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
             st = pass == 0 ? cudnnFindConvolutionBackwardDataAlgorithm(h, pl->wd, pl->yd, pl->cd, pl->xd,
@@ -226,7 +234,7 @@ static cz_status choose_algo(cu_backend *b, cdn_plan *pl) {
                            : cudnnGetConvolutionBackwardDataAlgorithm_v7(h, pl->wd, pl->yd, pl->cd, pl->xd,
                                                                          CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got,
                                                                          perf);
-            if (st == CUDNN_STATUS_SUCCESS) PICK(perf, got, pl, b->ws_limit, algo, ws, math, found);
+            if (st == CUDNN_STATUS_SUCCESS) PICK(perf, got, pl, b->ws_limit, b->dnn->any_determinism, algo, ws, math, found);
         } else {
             cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
             st = pass == 0 ? cudnnFindConvolutionBackwardFilterAlgorithm(h, pl->xd, pl->yd, pl->cd, pl->wd,
@@ -235,7 +243,7 @@ static cz_status choose_algo(cu_backend *b, cdn_plan *pl) {
                            : cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, pl->xd, pl->yd, pl->cd, pl->wd,
                                                                            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
                                                                            &got, perf);
-            if (st == CUDNN_STATUS_SUCCESS) PICK(perf, got, pl, b->ws_limit, algo, ws, math, found);
+            if (st == CUDNN_STATUS_SUCCESS) PICK(perf, got, pl, b->ws_limit, b->dnn->any_determinism, algo, ws, math, found);
         }
         if (alloc_failed(st) || env_broken(st)) return dnn_fail(st, __FILE__, __LINE__, "cudnnFind*Algorithm");
         if (st != CUDNN_STATUS_SUCCESS)

@@ -11,13 +11,18 @@ Measured:
     (compilation per batch size is slow; cells past the budget are skipped and say so);
   * one training step in the reference order (fake = G(A); D on (A, fake.detach()) and (A, B)
     with BCE-with-logits, Adam on D; G on BCE(D(A, fake), 1) + 100 L1, Adam on G): autocast
-    bf16 + channels_last ("eager-bf16") and plain fp32 with TF32 off ("eager-fp32").
+    bf16 + channels_last ("eager-bf16") and plain fp32 with TF32 off ("eager-fp32"); and two
+    settings beside them, for comparing like with like: bf16 with cudnn.deterministic
+    ("eager-bf16-det", at --det-batch: our backend only takes deterministic algorithms unless
+    COLORIZE_CUDA_NONDET=1) and fp32 with TF32 allowed ("eager-tf32", at --tf32-batch: PyTorch's
+    default for cuDNN convolutions; ours with COLORIZE_CUDA_TF32=1).
 Tensors stay on the device (no host copies: generous to torch; our bench includes them).
 Timing: CUDA-synchronized wall clock, one warm-up, then iterations until both --min-time and
 3 iterations; the median is reported. Output: a table, or JSON lines with --json (engine
 "torch", kind fwd|train, mode, ngf, batch, ms_per_batch, images_per_s).
 Usage: python3 tests/bench/torch_gpu_bench.py [--ngf 64,32] [--batch 1,16,64,256]
-           [--train-batch 16,64] [--size 256] [--min-time 1] [--compile-budget 150] [--json]
+           [--train-batch 16,64] [--det-batch 64] [--tf32-batch 1] [--size 256] [--min-time 1]
+           [--compile-budget 150] [--json]
            [--device cuda|cpu]
 Needs a CUDA build of PyTorch (2.x). Single process, one GPU. --device cpu is a smoke test of
 this script on a machine without one (small --size and --ngf; its numbers mean nothing). """
@@ -119,7 +124,8 @@ def bench_forward(args, ngf, compile_deadline):
 def bench_train(args, ngf, batch, mode):
     g = make_gen(ngf, args.size).train()
     d = tt.PatchGAN(3, ndf=64, n_layers=3).to(DEV).train()
-    if mode == "eager-bf16":
+    bf16 = mode in ("eager-bf16", "eager-bf16-det")
+    if bf16:
         g = g.to(memory_format=torch.channels_last)
         d = d.to(memory_format=torch.channels_last)
     opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -127,10 +133,10 @@ def bench_train(args, ngf, batch, mode):
     bce, l1 = nn.BCEWithLogitsLoss(), nn.L1Loss()
     A = torch.rand(batch, 1, args.size, args.size, device=DEV) * 2 - 1
     B = (torch.rand(batch, 2, args.size, args.size, device=DEV) * 2 - 1) * 0.5
-    if mode == "eager-bf16":
+    if bf16:
         A = A.contiguous(memory_format=torch.channels_last)
         B = B.contiguous(memory_format=torch.channels_last)
-    use_amp = mode == "eager-bf16" and DEV == "cuda"
+    use_amp = bf16 and DEV == "cuda"
 
     def step():
         with torch.autocast(DEV, dtype=torch.bfloat16, enabled=use_amp):
@@ -152,7 +158,14 @@ def bench_train(args, ngf, batch, mode):
         loss_g.backward()
         opt_g.step()
 
-    sec, it = timed(step, args.min_time)
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.deterministic = mode == "eager-bf16-det"
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = mode == "eager-tf32"
+    try:
+        sec, it = timed(step, args.min_time)
+    finally:
+        (torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32,
+         torch.backends.cuda.matmul.allow_tf32) = saved
     emit(args, "train", mode, ngf, batch, sec, it)
     del g, d, opt_g, opt_d, A, B
     empty_cache()
@@ -163,6 +176,8 @@ def main():
     p.add_argument("--ngf", default="64,32")
     p.add_argument("--batch", default="1,16,64,256")
     p.add_argument("--train-batch", default="16,64")
+    p.add_argument("--det-batch", default="64", help="training batches also run with cudnn.deterministic")
+    p.add_argument("--tf32-batch", default="1", help="training batches also run in fp32 with TF32 allowed")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--min-time", type=float, default=1.0)
     p.add_argument("--compile-budget", type=float, default=150.0)
@@ -186,6 +201,10 @@ def main():
     for b in ints(args.train_batch):
         for mode in ("eager-bf16", "eager-fp32"):
             bench_train(args, 64, b, mode)
+    for b in ints(args.det_batch):
+        bench_train(args, 64, b, "eager-bf16-det")
+    for b in ints(args.tf32_batch):
+        bench_train(args, 64, b, "eager-tf32")
     return 0
 
 

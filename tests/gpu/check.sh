@@ -341,6 +341,15 @@ else
       --size 256 --min-time 1 --json 2>> "$WORK/bench_thin.err" | sed "s/^{/{\"thin\":\"$thin\",/" >> "$B" ||
       bad "colorize bench --train COLORIZE_CUDA_THIN=$thin (see $WORK/bench_thin.err)"
   done
+  # what our two precision rules cost in training: any cuDNN algorithm instead of deterministic
+  # ones only (bf16, batch 64), and TF32 allowed in fp32 (batch 1); torch_gpu_bench.py times
+  # the same two settings on its side (eager-bf16-det, eager-tf32)
+  COLORIZE_CUDA_NONDET=1 timeout 40 "$BIN/colorize" bench --train --backend cuda --precision bf16 --ngf 64 --batch 64 \
+    --size 256 --min-time 1 --json 2>> "$WORK/bench_variant.err" | sed 's/^{/{"variant":"nondet",/' >> "$B" ||
+    bad "colorize bench --train COLORIZE_CUDA_NONDET=1 (see $WORK/bench_variant.err)"
+  COLORIZE_CUDA_TF32=1 timeout 40 "$BIN/colorize" bench --train --backend cuda --precision fp32 --ngf 64 --batch 1 \
+    --size 256 --min-time 1 --json 2>> "$WORK/bench_variant.err" | sed 's/^{/{"variant":"tf32",/' >> "$B" ||
+    bad "colorize bench --train COLORIZE_CUDA_TF32=1 (see $WORK/bench_variant.err)"
   PYTHONUNBUFFERED=1 timeout 360 $PY tests/bench/torch_gpu_bench.py --ngf 64,32 --batch 1,16,64,256 \
     --train-batch 1,16,64 --compile-budget "${CZ_GPU_COMPILE_BUDGET:-150}" --json >> "$B" 2> "$WORK/torch_bench.err" ||
     bad "torch_gpu_bench.py (see $WORK/torch_bench.err)"
@@ -348,11 +357,12 @@ else
   $PY - "$B" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-def get(engine, kind, ngf, batch, mode=None, prec=None, unrecorded=False, thin=None):
+def get(engine, kind, ngf, batch, mode=None, prec=None, unrecorded=False, thin=None, variant=None):
     for r in rows:
         if prec and r.get("precision") != prec: continue
         if bool(r.get("unrecorded_run")) != unrecorded: continue
         if r.get("thin") != thin: continue
+        if r.get("variant") != variant: continue
         k = "train" if r.get("mode") == "train" or r.get("kind") == "train" else "fwd"
         if r.get("engine") == engine and k == kind and r.get("ngf") == ngf and r.get("batch") == batch:
             if engine == "torch" and r.get("mode") != mode: continue
@@ -392,12 +402,20 @@ for label, kind, b in (("forward ngf 64 batch 1", "fwd", 1), ("forward ngf 64 ba
     n, a = get("colorize", kind, 64, b, prec="bf16", thin="0"), get("colorize", kind, 64, b, prec="bf16", thin="all")
     f = dev if kind == "fwd" else (lambda r: r)
     print(f"{label + ' bf16, thin convs':<34} none {cell(f(n))}  conv (default) {cell(f(d))} {ratio(f(d), f(n))}  conv+deconv {cell(f(a))} {ratio(f(a), f(n))}")
+o, n = get("colorize", "train", 64, 64, prec="bf16"), get("colorize", "train", 64, 64, prec="bf16", variant="nondet")
+e, ed = get("torch", "train", 64, 64, "eager-bf16"), get("torch", "train", 64, 64, "eager-bf16-det")
+print(f"{'train ngf 64 batch 64 bf16, cuDNN':<34} ours deterministic {cell(o)} any {cell(n)} {ratio(n, o)}   torch deterministic {cell(ed)} any {cell(e)} {ratio(e, ed)}")
+o, t = get("colorize", "train", 64, 1, prec="fp32"), get("colorize", "train", 64, 1, prec="fp32", variant="tf32")
+f, ft = get("torch", "train", 64, 1, "eager-fp32"), get("torch", "train", 64, 1, "eager-tf32")
+print(f"{'train ngf 64 batch 1 fp32, TF32':<34} ours off {cell(o)} on {cell(t)} {ratio(t, o)}   torch off {cell(f)} on {cell(ft)} {ratio(ft, f)}   ours/torch with TF32 {ratio(t, ft)}")
 print("ours: colorize bench, bf16; forward 'ours' = the recorded forward pass alone (input already on the device),")
 print("      'ours e2e' = with the host upload and download from page-locked buffers, one pass at a time;")
 print("      'ours pipe' = the same, the next batch launched before this one is waited for (copies overlap compute);")
 print("      training: one G+D step, bf16 mixed and fp32, replaying the step recorded as a CUDA graph ('op by op': --unrecorded);")
 print("      thin convs: COLORIZE_CUDA_THIN=0 / default / all (kernels/conv_thin.cu against cuDNN for the <= 4-channel layers);")
-print("torch: tests/bench/torch_gpu_bench.py, device-resident tensors, bf16 channels_last (training: autocast bf16; fp32 with TF32 off)")
+print("      cuDNN 'any': COLORIZE_CUDA_NONDET=1 (non-deterministic algorithms allowed, as in PyTorch's default); TF32 on: COLORIZE_CUDA_TF32=1;")
+print("torch: tests/bench/torch_gpu_bench.py, device-resident tensors, bf16 channels_last (training: autocast bf16; fp32 with TF32 off,")
+print("       and the two rows above: cudnn.deterministic on, TF32 on)")
 EOF
   # Where the forward time goes: per-layer times and roofline fraction (tests/bench/bench_layers.c; its
   # default peaks are assumed H200 figures, printed in each table's title). Batch 64 (at most 90 s) and
