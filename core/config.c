@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "log.h"
@@ -47,7 +48,8 @@ static const key_row k_keys[] = {
     {"image.jpeg_optimize", T_INT, F(jpeg_optimize), 0, 0, 1, "0",
      "1: Huffman tables per image (8-10% smaller JPEGs, encoding about 2.6x slower)"},
     {"server.listen", T_STR, F(listen), SZ(listen), 0, 0, "0.0.0.0:8080", "ADDR:PORT to listen on (port 0: ephemeral)"},
-    {"server.http_threads", T_INT, F(http_threads), 0, 1, 256, "4", "HTTP worker threads (decode/encode run there)"},
+    {"server.http_threads", T_INT, F(http_threads), 0, 0, 256, "0",
+     "HTTP worker threads (decode/encode run there); 0 = auto: one per online CPU, 4..64"},
     {"server.max_connections", T_INT, F(max_connections), 0, 1, 100000, "256", "open connections, at most"},
     {"server.max_connections_per_ip", T_INT, F(max_connections_per_ip), 0, 1, 100000, "64",
      "open connections per client address, at most"},
@@ -281,6 +283,12 @@ static int parse_plan_renders(const cz_config *c, int *out, int cap) {
 int cz_config_full_batches(const cz_config *c, int device) {
     if (c->full_batches >= 0) return c->full_batches;
     return device ? 1 : 0;
+}
+
+int cz_config_http_threads(const cz_config *c) {
+    if (c->http_threads > 0) return c->http_threads;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 4 ? 4 : n > 64 ? 64 : (int)n;
 }
 
 int cz_config_max_wait_us(const cz_config *c, int device) {

@@ -32,7 +32,7 @@ typedef struct cz_config {
     int jpeg_optimize; /* 1: optimized Huffman tables (smaller, slower to encode) */
     /* server (colorized) */
     char listen[64];           /* ADDR:PORT; port 0 = ephemeral (the bound port is logged) */
-    int http_threads;          /* libmicrohttpd thread pool size */
+    int http_threads;          /* libmicrohttpd thread pool size (0: auto, cz_config_http_threads) */
     int max_connections;       /* open connections, at most */
     int max_connections_per_ip;
     int connection_timeout_s;  /* idle / slow client timeout */
@@ -85,6 +85,15 @@ cz_status cz_config_validate(const cz_config *c);
  * millisecond, so waiting 2 ms for company would multiply a lone request's latency, while a
  * CPU pass takes tens of milliseconds and 2 ms buys fuller batches. */
 int cz_config_max_wait_us(const cz_config *c, int device);
+/* server.http_threads, with 0 resolved: one per online CPU, at least 4 and at most 64. Each
+ * request's decode, preparation, host finishing and encode run on one of these threads, so
+ * they bound the daemon's requests/s when the backend is fast. With the old fixed default of
+ * 4, an H200 machine (16 CPUs) served 436 requests/s of 1024x768 JPEGs finished on the GPU and
+ * 182 finished on the host: about what 4 threads allow at the CPU time such a photo takes
+ * (tests/bench/bench_stages: 8-9 ms, or 30-50 ms finishing on the host, on this project's
+ * 2-core build machine). Each thread may hold one image of up to image.max_pixels while it
+ * works on it. */
+int cz_config_http_threads(const cz_config *c);
 /* server.full_batches, with -1 resolved for the backend: on a GPU (cuDNN's results depend on
  * the batch size; a full batch costs little more than one image there) every pass runs
  * max_batch images, so that batched == alone holds; on a CPU backend (batch-invariant, and a

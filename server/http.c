@@ -734,7 +734,7 @@ cz_status srv_http_start(srv_ctx *s) {
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
     s->daemon = MHD_start_daemon(
         flags, (uint16_t)port, NULL, NULL, on_access, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)s->cfg.http_threads, MHD_OPTION_CONNECTION_LIMIT,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cz_config_http_threads(&s->cfg), MHD_OPTION_CONNECTION_LIMIT,
         (unsigned int)s->cfg.max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
         (unsigned int)s->cfg.max_connections_per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned int)s->cfg.connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)s->cfg.connection_memory,

@@ -376,8 +376,10 @@ int main(int argc, char **argv) {
     }
     char where[96];
     listen_text(&s, where, sizeof where);
-    CZ_LOGI("main", "listening on %s; batches of up to %d images%s, a queued image waits at most %d us for others",
-            where, s.cfg.max_batch, co.full_batches ? " (each pass runs all of them)" : "",
+    CZ_LOGI("main",
+            "listening on %s with %d HTTP threads; batches of up to %d images%s, a queued image waits at most %d us "
+            "for others",
+            where, cz_config_http_threads(&s.cfg), s.cfg.max_batch, co.full_batches ? " (each pass runs all of them)" : "",
             (int)bopt.max_wait_us);
     if (o.port_file && write_port_file(o.port_file, s.port) != 0) {
         srv_http_stop(&s);

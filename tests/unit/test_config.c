@@ -1,11 +1,13 @@
 /* test_config.c: defaults in range, JSON/env/flag layering, every error names its key,
- * server.max_wait_us resolved by backend, server.plan_renders. */
+ * server.max_wait_us resolved by backend, server.http_threads resolved from the CPU count,
+ * server.plan_renders. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 
@@ -90,6 +92,25 @@ static void test_max_wait(void **state) {
     assert_int_equal(cz_config_set(&c, "server.max_wait_us", "-2"), CZ_ERR_CONFIG);
 }
 
+static void test_http_threads(void **state) {
+    (void)state;
+    cz_config c;
+    cz_config_defaults(&c);
+    /* default 0: one per online CPU, 4..64 */
+    assert_int_equal(c.http_threads, 0);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int want = cpus < 4 ? 4 : cpus > 64 ? 64 : (int)cpus;
+    assert_int_equal(cz_config_http_threads(&c), want);
+    assert_true(cz_config_http_threads(&c) >= 4 && cz_config_http_threads(&c) <= 64);
+    /* a value given is taken as it is */
+    assert_int_equal(cz_config_set(&c, "server.http_threads", "1"), CZ_OK);
+    assert_int_equal(cz_config_http_threads(&c), 1);
+    assert_int_equal(cz_config_set(&c, "server.http_threads", "200"), CZ_OK);
+    assert_int_equal(cz_config_http_threads(&c), 200);
+    assert_int_equal(cz_config_set(&c, "server.http_threads", "-1"), CZ_ERR_CONFIG);
+    assert_int_equal(cz_config_set(&c, "server.http_threads", "257"), CZ_ERR_CONFIG);
+}
+
 static void test_plan_renders(void **state) {
     (void)state;
     cz_config c;
@@ -131,7 +152,7 @@ static void test_plan_renders(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_max_wait), cmocka_unit_test(test_plan_renders),
+        cmocka_unit_test(test_max_wait), cmocka_unit_test(test_http_threads), cmocka_unit_test(test_plan_renders),
         cmocka_unit_test(test_defaults_valid),
         cmocka_unit_test(test_layering),
         cmocka_unit_test(test_errors),
