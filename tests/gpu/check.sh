@@ -314,7 +314,7 @@ PYEOF
         *) what="finish on the GPU, http_threads=4" ;;
       esac
       echo "-- loadgen, 1024x768 JPEG in and out, daemon $d ($what):"
-      timeout 60 "$BIN/loadgen" --url "http://127.0.0.1:$p" --concurrency 32 --requests 256 --time-limit 15 \
+      timeout 60 "$BIN/loadgen" --url "http://127.0.0.1:$p" --concurrency 32 --requests 1024 --time-limit 10 \
         --size 1024x768 2>&1 | tail -3
     done
   fi
