@@ -220,6 +220,10 @@ cz_status cz_config_load_env(cz_config *c, char *const *envp) {
         for (size_t i = 0; i < n; i++) name[i] = (char)tolower((unsigned char)e[9 + i]);
         name[n] = '\0';
         if (!strcmp(name, "config")) continue;
+        /* the cuda backend's own switches (COLORIZE_CUDA_DEVICE, COLORIZE_CUDA_TF32, ...,
+         * COLORIZE_CUDNN_MAX_ELEMS: kernels/backend_cuda.c and cudnn_ops.c read them) are not
+         * configuration keys; no configuration section is named cuda or cudnn */
+        if (!strncmp(name, "cuda_", 5) || !strncmp(name, "cudnn_", 6)) continue;
         /* map NAME_WITH_UNDERSCORES to a key: the first '_' separates the section */
         const key_row *r = NULL;
         for (size_t i = 0; i < NKEYS && !r; i++) {

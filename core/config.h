@@ -75,7 +75,8 @@ cz_status cz_config_load_file(cz_config *c, const char *path);
 /* Applies a JSON text (for tests and embedded defaults). */
 cz_status cz_config_load_json(cz_config *c, const char *text, const char *origin);
 /* Applies every COLORIZE_* variable of `envp` (NULL-terminated, as environ). COLORIZE_CONFIG
- * is the config file path and is skipped here. */
+ * is the config file path, and COLORIZE_CUDA_* / COLORIZE_CUDNN_* are the cuda backend's own
+ * switches: all are skipped here. */
 cz_status cz_config_load_env(cz_config *c, char *const *envp);
 /* Sets one key from a string (flags, env). */
 cz_status cz_config_set(cz_config *c, const char *key, const char *value);

@@ -69,6 +69,13 @@ static void test_errors(void **state) {
     assert_non_null(strstr(cz_error_detail(), "COLORIZE_IMAGE_RENDER"));
     char *env2[] = {"COLORIZE_NO_SUCH=1", NULL};
     assert_int_equal(cz_config_load_env(&c, env2), CZ_ERR_CONFIG);
+    /* the cuda backend's own switches are left to it; a near miss is still refused */
+    char *env3[] = {"COLORIZE_CUDA_DEVICE=1", "COLORIZE_CUDA_TF32=1", "COLORIZE_CUDNN_MAX_ELEMS=4096",
+                    "COLORIZE_IMAGE_RENDER=512", NULL};
+    assert_int_equal(cz_config_load_env(&c, env3), CZ_OK);
+    assert_int_equal(c.render, 512);
+    char *env4[] = {"COLORIZE_CUDAX_DEVICE=1", NULL};
+    assert_int_equal(cz_config_load_env(&c, env4), CZ_ERR_CONFIG);
     assert_int_equal(cz_config_set(&c, "model.backend", "tpu"), CZ_OK);
     assert_int_equal(cz_config_validate(&c), CZ_ERR_CONFIG);
     assert_non_null(strstr(cz_error_detail(), "model.backend"));
