@@ -454,8 +454,9 @@ cz_status cz_backend_cuda_create(const cz_backend_options *opt, cz_backend **out
     b->no_graphs = gv && !strcmp(gv, "0");
     gv = getenv("COLORIZE_CUDA_VIEWS");
     b->no_views = gv && !strcmp(gv, "0");
-    /* conv_thin.cu: the conv kernel by default; the transposed one only when asked for (on an
-     * H200 it made the forward pass slower than cuDNN, tests/gpu/README.md) */
+    /* conv_thin.cu: the conv kernel by default; the transposed one only when asked for (its first
+     * version made the forward pass slower than cuDNN on an H200, tests/gpu/README.md; its
+     * rewrite has not been timed yet) */
     gv = getenv("COLORIZE_CUDA_THIN");
     b->thin = b->force_naive || (gv && !strcmp(gv, "0")) ? 0 : gv && !strcmp(gv, "all") ? 3 : 1;
     long ws_mb = 1024;

@@ -8,11 +8,15 @@
  * Measured on an H200 (session 9 of issue 5; tests/gpu/README.md): with both kernels in use the
  * bf16 training step at batch 64 went from 1136 to 1304 images/s (two device calls in two leases,
  * so perhaps two machines), but the bf16 forward pass at batch 64 went from 16,187 to 12,693
- * images/s (one call, COLORIZE_CUDA_THIN=0 against both). The transposed-conv kernel is the likely cause:
- * its threads walk one pixel each with the channels in the outer loop, so a warp's 16-byte loads
- * land on 32 different 128-byte lines and every line is fetched again for each 8 channels. So
- * the backend uses only the conv kernel by default (cuda_impl.h `thin`); COLORIZE_CUDA_THIN=all
- * adds the transposed one, =0 neither, for the measurements still to be made.
+ * images/s (one call, COLORIZE_CUDA_THIN=0 against both). The transposed-conv kernel was the
+ * likely cause: its threads walked one pixel each with the channels in the outer loop, so a
+ * warp's 16-byte loads landed on 32 different 128-byte lines and every line was fetched again
+ * for each 8 channels. So the backend uses only the conv kernel by default (cuda_impl.h `thin`);
+ * COLORIZE_CUDA_THIN=all adds the transposed one, =0 neither. Session 11 rewrote the transposed
+ * kernel around shared-memory tiles (below; same bits as before, checked on the emulator), with
+ * no GPU to time it: it stays off by default until check.sh step 4's thin-conv row shows it
+ * beats cuDNN. (By its arithmetic, at bf16 batch 64 the U-Net's last layer is 8.6 GFLOP of fp32
+ * FMAs, about 130 us at the H200's 67 TFLOP/s, against 0.82 ms for cuDNN in session 9.)
  *
  * Both fuse the bias and the activation and write the result straight into y (a channel view
  * too: pixel stride ys, first channel yo), and sum in one fixed order per output element with
@@ -132,68 +136,78 @@ CUK_UNROLL
 
 /* ---- transposed conv, 4x4 kernel, stride 2, padding 1, 2 or 3 output channels ----
  * Output row oy = 2a + py takes input rows a (tap 1 when py = 0, tap 2 when py = 1) and a - 1
- * (tap 3, py = 0) or a + 1 (tap 0, py = 1); columns alike. So one thread per input pixel (a, b)
- * computes the 2x2 output block (2a.., 2b..) from the 3x3 input pixels around (a, b): every tap
- * of every input channel is used exactly once, in a fixed order. The thread walks the input
- * channels (8 at a time, one vector load per pixel, when VEC: 8 | C and the rows are aligned),
- * reading the channel's 16 x KO weights as float4 (the same address across the warp). */
-template <typename T, int KO, bool VEC>
+ * (tap 3, py = 0) or a + 1 (tap 0, py = 1); columns alike. So input pixel (a, b) owns the 2x2
+ * output block (2a.., 2b..), computed from the 3x3 input pixels around it: every tap of every
+ * input channel is used exactly once.
+ * A block takes a tile of TO_TH x TO_TW input pixels, 2 adjacent pixels of a row per thread.
+ * It walks the input channels TO_CC at a time: the block first copies the tile with a one-pixel
+ * halo for those channels into shared memory as fp32 (channel-major, rows padded to an odd
+ * length so that the two rows a warp reads fall in different banks), and their 16 x KO weights;
+ * then each thread reads its 3x4 neighbourhood per channel from there and the weights as
+ * float4 broadcasts. Global reads are whole 32-byte sectors (a pixel's TO_CC channels are
+ * contiguous), each input byte is read about 1.3 times (the halo) instead of 9 (the 3x3
+ * neighbourhoods of the per-pixel kernel this replaced, which also read 16 bytes per lane from
+ * 32 different lines per load), and the weight loads are shared by the thread's two pixels.
+ * Each output element is summed over the channels in increasing order, per channel over the
+ * taps (row tap u, column tap v) in the order (0,0), (0,1), (1,0), (1,1): the per-pixel kernel's
+ * order, so the two give the same bits. */
+#define TO_TW 32 /* input columns per tile (2 per thread) */
+#define TO_TH 8  /* input rows per tile */
+#define TO_CC 16 /* input channels per pass through shared memory */
+#define TO_RS (TO_TW + 3) /* shared row stride: the halo (2) plus 1, odd */
+
+template <typename T, int KO>
 static __global__ void k_thin_out(cuk_conv p, const T *x, const float *w, const void *bias, int bdt, int act,
-                                  float alpha, T *y, int ys, int yo, size_t count) {
-    CUK_FOR(i, count) {
-        const int b = (int)(i % (size_t)p.w);
-        size_t t = i / (size_t)p.w;
-        const int a = (int)(t % (size_t)p.h);
-        const size_t n = t / (size_t)p.h;
-        /* the 3x3 neighbourhood: row offsets -1, 0, 1 and column offsets alike */
-        const T *px[3][3];
-        bool in[3][3];
+                                  float alpha, T *y, int ys, int yo) {
+    __shared__ float xs[TO_CC][TO_TH + 2][TO_RS];
+    __shared__ float4 wq[TO_CC * 4 * KO]; /* channel cc's 16 KO weights: wq[cc * 4 KO ..] */
+    const int tx = (int)threadIdx.x, ty = (int)threadIdx.y;
+    const int tid = ty * (TO_TW / 2) + tx, nthr = (TO_TW / 2) * TO_TH;
+    const int b0 = (int)blockIdx.x * TO_TW, a0 = (int)blockIdx.y * TO_TH;
+    const size_t n = blockIdx.z;
+    const int a = a0 + ty, bl = b0 + 2 * tx; /* this thread's row and left pixel */
+    float acc[2][2][2][KO];                 /* [pixel][py][px][k] */
 CUK_UNROLL
-        for (int dr = 0; dr < 3; dr++)
-CUK_UNROLL
-            for (int dc = 0; dc < 3; dc++) {
-                const int iy = a + dr - 1, ix = b + dc - 1;
-                in[dr][dc] = iy >= 0 && iy < p.h && ix >= 0 && ix < p.w;
-                px[dr][dc] = x + ((n * (size_t)p.h + (size_t)(in[dr][dc] ? iy : a)) * (size_t)p.w +
-                                  (size_t)(in[dr][dc] ? ix : b)) * (size_t)p.c;
-            }
-        float acc[2][2][KO];
+    for (int j = 0; j < 2; j++)
 CUK_UNROLL
         for (int q = 0; q < 2; q++)
 CUK_UNROLL
             for (int r = 0; r < 2; r++)
 CUK_UNROLL
-                for (int k = 0; k < KO; k++) acc[q][r][k] = 0.f;
-        const int step = VEC ? 8 : 1;
-        for (int c0 = 0; c0 < p.c; c0 += step) {
-            float xv[3][3][8];
+                for (int k = 0; k < KO; k++) acc[j][q][r][k] = 0.f;
+    for (int c0 = 0; c0 < p.c; c0 += TO_CC) {
+        const int cn = p.c - c0 < TO_CC ? p.c - c0 : TO_CC;
+        /* the tile and its halo, channels fastest (contiguous in x), zero outside the image */
+        for (int l = tid; l < (TO_TH + 2) * (TO_TW + 2) * TO_CC; l += nthr) {
+            const int cc = l % TO_CC, pix = l / TO_CC;
+            const int pc = pix % (TO_TW + 2), pr = pix / (TO_TW + 2);
+            const int iy = a0 - 1 + pr, ix = b0 - 1 + pc;
+            float v = 0.f;
+            if (cc < cn && iy >= 0 && iy < p.h && ix >= 0 && ix < p.w)
+                v = to_f(x[((n * (size_t)p.h + (size_t)iy) * (size_t)p.w + (size_t)ix) * (size_t)p.c + (size_t)(c0 + cc)]);
+            xs[cc][pr][pc] = v;
+        }
+        const float4 *wg = (const float4 *)(w + (size_t)c0 * (16 * KO));
+        for (int l = tid; l < TO_CC * 4 * KO; l += nthr) wq[l] = l < cn * 4 * KO ? wg[l] : make_float4(0.f, 0.f, 0.f, 0.f);
+        __syncthreads();
+        for (int cc = 0; cc < cn; cc++) {
+            /* input rows a-1 .. a+1 and columns bl-1 .. bl+2 (shared rows ty.., columns 2 tx..) */
+            float xv[3][4];
 CUK_UNROLL
             for (int dr = 0; dr < 3; dr++)
 CUK_UNROLL
-                for (int dc = 0; dc < 3; dc++) {
-                    if (VEC) {
-                        if (in[dr][dc])
-                            load8(px[dr][dc] + c0, xv[dr][dc]);
-                        else
+                for (int q = 0; q < 4; q++) xv[dr][q] = xs[cc][ty + dr][2 * tx + q];
+            float wv[16 * KO];
 CUK_UNROLL
-                            for (int j = 0; j < 8; j++) xv[dr][dc][j] = 0.f;
-                    } else {
-                        xv[dr][dc][0] = in[dr][dc] ? to_f(px[dr][dc][c0]) : 0.f;
-                    }
-                }
+            for (int q = 0; q < 4 * KO; q++) {
+                const float4 v = wq[cc * 4 * KO + q];
+                wv[4 * q] = v.x;
+                wv[4 * q + 1] = v.y;
+                wv[4 * q + 2] = v.z;
+                wv[4 * q + 3] = v.w;
+            }
 CUK_UNROLL
-            for (int j = 0; j < step; j++) {
-                /* weights of input channel c0 + j: [ky][kx][k], 16 KO floats */
-                float wv[16 * KO];
-                const float4 *wr = (const float4 *)(w + (size_t)(c0 + j) * (16 * KO));
-CUK_UNROLL
-                for (int q = 0; q < 4 * KO; q++) {
-                    const float4 v = wr[q];
-                    wv[4 * q] = v.x;
-                    wv[4 * q + 1] = v.y;
-                    wv[4 * q + 2] = v.z;
-                    wv[4 * q + 3] = v.w;
-                }
+            for (int j = 0; j < 2; j++)
 CUK_UNROLL
                 for (int py = 0; py < 2; py++)
 CUK_UNROLL
@@ -207,23 +221,30 @@ CUK_UNROLL
                             for (int v = 0; v < 2; v++) {
                                 const int dc = pxx == 0 ? (v == 0 ? 1 : 0) : (v == 0 ? 1 : 2);
                                 const int kx = pxx == 0 ? (v == 0 ? 1 : 3) : (v == 0 ? 2 : 0);
-                                const float xe = xv[dr][dc][j];
+                                const float xe = xv[dr][j + dc];
 CUK_UNROLL
-                                for (int k = 0; k < KO; k++) acc[py][pxx][k] += xe * wv[(ky * 4 + kx) * KO + k];
+                                for (int k = 0; k < KO; k++)
+                                    acc[j][py][pxx][k] += xe * wv[(ky * 4 + kx) * KO + k];
                             }
                         }
-            }
         }
-        const int oh = 2 * p.h, ow = 2 * p.w;
+        __syncthreads();
+    }
+    if (a >= p.h) return;
+    const int oh = 2 * p.h, ow = 2 * p.w;
+CUK_UNROLL
+    for (int j = 0; j < 2; j++) {
+        if (bl + j >= p.w) break;
 CUK_UNROLL
         for (int py = 0; py < 2; py++)
 CUK_UNROLL
             for (int pxx = 0; pxx < 2; pxx++) {
-                const size_t opix = (n * (size_t)oh + (size_t)(2 * a + py)) * (size_t)ow + (size_t)(2 * b + pxx);
+                const size_t opix =
+                    (n * (size_t)oh + (size_t)(2 * a + py)) * (size_t)ow + (size_t)(2 * (bl + j) + pxx);
                 T *o = y + opix * (size_t)ys + (size_t)yo;
 CUK_UNROLL
                 for (int k = 0; k < KO; k++) {
-                    float v = acc[py][pxx][k];
+                    float v = acc[j][py][pxx][k];
                     if (bias) v += cuk_ld(bias, bdt, (size_t)k);
                     o[k] = from_f<T>(cuk_act_f(act, alpha, v));
                 }
@@ -277,8 +298,6 @@ extern "C" int cuk_conv_thin_in_fwd(const cuk_conv *p, const void *x, const floa
     return thin_in_dt<float>(p, x, w, bias, bdt, act, alpha, y, ys, yo, s);
 }
 
-#define THIN_OUT_THREADS 128 /* at batch 1 the 128x128 last layer is 16384 threads: 128 blocks */
-
 template <typename T, int KO>
 static void launch_out(const cuk_conv *p, const void *x, const float *w, const void *bias, int bdt, int act,
                        float alpha, void *y, int ys, int yo, cuk_stream s) {
@@ -288,14 +307,11 @@ static void launch_out(const cuk_conv *p, const void *x, const float *w, const v
     q.h = p->oh;
     q.w = p->ow;
     q.c = p->k;
-    size_t count = (size_t)q.n * q.h * q.w;
-    unsigned blocks = (unsigned)((count + THIN_OUT_THREADS - 1) / THIN_OUT_THREADS);
-    size_t cap = CUK_CAP("CZ_CUEMU_MAX_BLOCKS", 65536);
-    if (blocks > cap) blocks = (unsigned)cap;
-    const bool vec = q.c % 8 == 0 && aligned16(x);
-    void (*kern)(cuk_conv, const T *, const float *, const void *, int, int, float, T *, int, int, size_t) =
-        vec ? k_thin_out<T, KO, true> : k_thin_out<T, KO, false>;
-    CUK_LAUNCH(kern, blocks, THIN_OUT_THREADS, 0, s)(q, (const T *)x, w, bias, bdt, act, alpha, (T *)y, ys, yo, count);
+    dim3 grid((unsigned)((q.w + TO_TW - 1) / TO_TW), (unsigned)((q.h + TO_TH - 1) / TO_TH), (unsigned)q.n);
+    dim3 block(TO_TW / 2, TO_TH);
+    /* through a pointer: the macro cannot take a template's commas */
+    void (*kern)(cuk_conv, const T *, const float *, const void *, int, int, float, T *, int, int) = k_thin_out<T, KO>;
+    CUK_LAUNCH_SYNC(kern, grid, block, 0, s)(q, (const T *)x, w, bias, bdt, act, alpha, (T *)y, ys, yo);
 }
 
 template <typename T>
