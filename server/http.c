@@ -46,7 +46,8 @@
  * complete within T of the connection opening (or of the previous response on a keep-alive
  * connection), enforced by a watchdog thread that shuts down late sockets (MHD then closes
  * them itself); and a body must arrive at server.min_body_rate bytes/s on average after a grace
- * of T, checked as bytes arrive. Suspended connections (waiting on inference) are exempt:
+ * of T, checked as bytes arrive (a body read and dropped after an early 413 as well).
+ * Suspended connections (waiting on inference) are exempt:
  * the request deadline covers them. The watchdog and MHD agree on socket lifetime through
  * MHD's connection notifications: a socket leaves the watch list (under its mutex) before MHD
  * closes it, so the watchdog never touches a descriptor that may have been reused.
@@ -606,9 +607,11 @@ static enum MHD_Result on_upload(srv_ctx *s, struct MHD_Connection *c, srv_req *
         CZ_LOGW("http", "closing the connection: client kept sending %" PRIu64 " body bytes", req->bytes_in);
         return MHD_NO;
     }
-    /* Slow bodies: after a grace of connection_timeout_s, at least server.min_body_rate on average. */
+    /* Slow bodies: after a grace of connection_timeout_s, at least server.min_body_rate on average.
+     * A body drained after an early 413 too: its client has had the grace to read the answer, and
+     * must not hold the connection by trickling the rest. */
     double elapsed = (double)(cz_now_ns() - req->t_start_ns) * 1e-9;
-    if (!req->raw_answered && elapsed > s->cfg.connection_timeout_s + (double)req->bytes_in / s->cfg.min_body_rate) {
+    if (elapsed > s->cfg.connection_timeout_s + (double)req->bytes_in / s->cfg.min_body_rate) {
         CZ_LOGI("http", "closing a slow upload: %" PRIu64 " bytes in %.1f s", req->bytes_in, elapsed);
         return MHD_NO;
     }

@@ -191,6 +191,32 @@ static void raw_413_declared_body(void) {
     }
 }
 
+/* After an early 413 the daemon reads the declared body only at server.min_body_rate: a client
+ * that trickles it is cut off like any slow upload (server.connection_timeout_s = 2 s of grace
+ * here), not kept as long as it sends a byte now and then. */
+static void raw_413_then_trickle(void) {
+    const char *req = "POST /colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                      "Content-Length: 1048577\r\n\r\n";
+    int fd = it_connect(g_main.port);
+    if (!it_check(fd >= 0, "raw connect")) return;
+    it_send(fd, req, strlen(req));
+    char buf[4096];
+    int closed;
+    it_recv_all(fd, buf, sizeof buf, 3.0, &closed);
+    it_check(it_raw_status(buf) == 413, "declared body above the limit -> 413 at once (got %d)", it_raw_status(buf));
+    double t0 = it_now(), cut = -1;
+    while (it_now() - t0 < 10.0) {
+        if (it_send(fd, "x", 1)) {
+            cut = it_now() - t0;
+            break;
+        }
+        usleep(200 * 1000);
+    }
+    it_check(cut >= 0 && cut < 6.0,
+             "a client trickling the rest of the body after the 413 is cut off (after %.1f s; grace 2 s)", cut);
+    close(fd);
+}
+
 /* Chunked bodies past the limit. A terminated one must get 413; an endless one must be refused
  * while it streams (CONTRACT: "refused as soon as known: Content-Length, or while streaming"). */
 static void raw_413_chunked(void) {
@@ -304,6 +330,7 @@ void test_errors(void **state) {
     free(big);
     raw_413_content_length();
     raw_413_declared_body();
+    raw_413_then_trickle();
     raw_413_chunked();
 
     /* 415 */
