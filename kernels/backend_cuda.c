@@ -29,8 +29,8 @@
  *   instance (and, in the daemon, exit so that a supervisor restarts it).
  * Environment: COLORIZE_CUDA_DEVICE (index, default 0), COLORIZE_CUDA_TF32=1,
  * COLORIZE_CUDA_NAIVE=1, COLORIZE_CUDA_ALGO=heuristic, COLORIZE_CUDA_NONDET=1 (cudnn_ops.c),
- * COLORIZE_CUDA_WS_MB (workspace cap,
- * default 1024), COLORIZE_CUDA_GRAPHS=0 (no recordings: the model runs its ops one by one),
+ * COLORIZE_CUDA_WS_MB (workspace cap, default 1024), COLORIZE_CUDA_GRAPHS=0 (no recordings: the
+ * model runs its ops one by one),
  * COLORIZE_CUDA_VIEWS=0 (no channel views: the model uses concat).
  * Threading: one thread at a time per instance; the device is re-selected on entry to every
  * op, so the instance may move between threads. Tested by tests/unit/test_ops.c (parity with
