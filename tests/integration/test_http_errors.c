@@ -138,6 +138,21 @@ static void raw_413_content_length(void) {
     close(fd);
 }
 
+/* Sends the headers of a POST /colorize declaring max_body_bytes + 1 (with `extra` header lines)
+ * and reads what comes back within 3 s into buf; returns the socket, -1 when it cannot connect. */
+static int raw_declared_413(const char *extra, char *buf, size_t cap, int *closed) {
+    char req[256];
+    snprintf(req, sizeof req,
+             "POST /colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+             "Content-Length: %d\r\n%s\r\n",
+             1048576 + 1, extra);
+    int fd = it_connect(g_main.port);
+    if (!it_check(fd >= 0, "raw connect")) return -1;
+    it_send(fd, req, strlen(req));
+    it_recv_all(fd, buf, cap, 3.0, closed);
+    return fd;
+}
+
 /* A declared body just above the limit, sent without waiting for 100-continue. The 413 must
  * come at once, and the daemon must then read the body to its end and close in order (FIN):
  * closing on an unread body makes the kernel reset the connection, which can destroy the 413
@@ -148,18 +163,11 @@ static void raw_413_content_length(void) {
  * without any body sent. */
 static void raw_413_declared_body(void) {
     const size_t n = 1048576 + 1; /* server.max_body_bytes + 1 */
-    char req[256];
     for (int expect = 0; expect < 2; expect++) {
-        snprintf(req, sizeof req,
-                 "POST /colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
-                 "Content-Length: %zu\r\n%s\r\n",
-                 n, expect ? "Expect: 100-continue\r\n" : "");
-        int fd = it_connect(g_main.port);
-        if (!it_check(fd >= 0, "raw connect")) return;
-        it_send(fd, req, strlen(req));
         char buf[4096];
         int closed;
-        it_recv_all(fd, buf, sizeof buf, 3.0, &closed);
+        int fd = raw_declared_413(expect ? "Expect: 100-continue\r\n" : "", buf, sizeof buf, &closed);
+        if (fd < 0) return;
         const char *what = expect ? "with Expect: 100-continue" : "body not yet sent";
         it_check(it_raw_status(buf) == 413 && strstr(buf, "payload_too_large"),
                  "Content-Length max_body_bytes + 1, %s -> 413 payload_too_large at once (got '%.40s')", what,
@@ -195,14 +203,10 @@ static void raw_413_declared_body(void) {
  * that trickles it is cut off like any slow upload (server.connection_timeout_s = 2 s of grace
  * here), not kept as long as it sends a byte now and then. */
 static void raw_413_then_trickle(void) {
-    const char *req = "POST /colorize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
-                      "Content-Length: 1048577\r\n\r\n";
-    int fd = it_connect(g_main.port);
-    if (!it_check(fd >= 0, "raw connect")) return;
-    it_send(fd, req, strlen(req));
     char buf[4096];
     int closed;
-    it_recv_all(fd, buf, sizeof buf, 3.0, &closed);
+    int fd = raw_declared_413("", buf, sizeof buf, &closed);
+    if (fd < 0) return;
     it_check(it_raw_status(buf) == 413, "declared body above the limit -> 413 at once (got %d)", it_raw_status(buf));
     double t0 = it_now(), cut = -1;
     while (it_now() - t0 < 10.0) {
