@@ -568,7 +568,6 @@ static enum MHD_Result on_first_call(srv_ctx *s, struct MHD_Connection *c, const
             const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
             const bool drain = !huge && !expect && n - limit <= SRV_DRAIN_EXTRA;
             cz_log_set_request_id(req->id);
-            req->too_large = true;
             enum MHD_Result q = drain && send_raw_413(c, req, s) ? MHD_YES : send_413(c, req, s);
             cz_log_set_request_id(NULL);
             return q;

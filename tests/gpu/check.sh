@@ -354,12 +354,12 @@ else
   # what our two precision rules cost in training: any cuDNN algorithm instead of deterministic
   # ones only (bf16, batch 64), and TF32 allowed in fp32 (batch 1); torch_gpu_bench.py times
   # the same two settings on its side (eager-bf16-det, eager-tf32)
-  COLORIZE_CUDA_NONDET=1 timeout 40 "$BIN/colorize" bench --train --backend cuda --precision bf16 --ngf 64 --batch 64 \
-    --size 256 --min-time 1 --json 2>> "$WORK/bench_variant.err" | sed 's/^{/{"variant":"nondet",/' >> "$B" ||
-    bad "colorize bench --train COLORIZE_CUDA_NONDET=1 (see $WORK/bench_variant.err)"
-  COLORIZE_CUDA_TF32=1 timeout 40 "$BIN/colorize" bench --train --backend cuda --precision fp32 --ngf 64 --batch 1 \
-    --size 256 --min-time 1 --json 2>> "$WORK/bench_variant.err" | sed 's/^{/{"variant":"tf32",/' >> "$B" ||
-    bad "colorize bench --train COLORIZE_CUDA_TF32=1 (see $WORK/bench_variant.err)"
+  for v in "nondet COLORIZE_CUDA_NONDET=1 bf16 64" "tf32 COLORIZE_CUDA_TF32=1 fp32 1"; do
+    set -- $v
+    env "$2" timeout 40 "$BIN/colorize" bench --train --backend cuda --precision $3 --ngf 64 --batch $4 --size 256 \
+      --min-time 1 --json 2>> "$WORK/bench_variant.err" | sed "s/^{/{\"variant\":\"$1\",/" >> "$B" ||
+      bad "colorize bench --train $2 (see $WORK/bench_variant.err)"
+  done
   PYTHONUNBUFFERED=1 timeout 360 $PY tests/bench/torch_gpu_bench.py --ngf 64,32 --batch 1,16,64,256 \
     --train-batch 1,16,64 --compile-budget "${CZ_GPU_COMPILE_BUDGET:-150}" --json >> "$B" 2> "$WORK/torch_bench.err" ||
     bad "torch_gpu_bench.py (see $WORK/torch_bench.err)"
