@@ -18,11 +18,11 @@
  *
  * Decode -> load size: a JPEG is decoded at the smallest DCT scale of 1/8, 1/4, 1/2 that keeps
  * both sides >= 2 x load (libjpeg's scaled IDCT: a 4000x3000 photo decodes at 1/4 for S = 256;
- * see bench_loader for what it saves). The 8-bit image is then box-averaged by
- * an integer factor k (chosen so both sides stay >= 2 x load; 1 for most JPEGs after the scaled
- * decode) while it is converted to float planes, one channel at a time, which keeps the scratch
- * memory small for large photos; cz_resize_plane then stretches to load x load (area or
- * bilinear, see image_geom.c).
+ * see bench_loader for what it saves). cz_resize_rgb8 then stretches the 8-bit RGB photo to
+ * load x load 8-bit RGB in one pass: cz_resize_plane's filter (area averaging beyond 2x
+ * reduction, bilinear otherwise; image_geom.c), vertical taps first straight from the 8-bit rows,
+ * in float. A PNG of any size, or a JPEG still large after 1/8, is area-averaged the same way
+ * (each source row is read about once).
  *
  * Grayscale test: on a grid of at most ~64k pixels, a pixel is colourful when its channel
  * spread max - min exceeds 12 levels; fewer than 1% colourful pixels means gray (this keeps
@@ -335,24 +335,21 @@ static cz_status list_tree(const char *dir, const char *prefix, size_t max, list
 /* ------------------------------------------------------------------ decoding */
 
 typedef struct scratch {
-    float *plane; /* box-reduced channel */
-    size_t plane_cap;
-    float *rs;    /* 3 x load x load */
-    uint8_t *row; /* one sample row, 8-bit RGB interleaved (3 x S) */
+    uint8_t *rs;  /* the photo stretched to load x load, 8-bit RGB interleaved */
+    uint8_t *row; /* one mirrored sample row, 8-bit RGB interleaved (3 x S) */
     float *lab;   /* its L, a and b planes (3 x S) */
 } scratch;
 
 /* 1 when the per-thread buffers are allocated, 0 when out of memory. */
 static int scratch_open(const cz_dataset *ds, scratch *sc) {
     memset(sc, 0, sizeof *sc);
-    sc->rs = malloc(3 * (size_t)ds->load * ds->load * sizeof(float));
+    sc->rs = malloc(3 * (size_t)ds->load * ds->load);
     sc->row = malloc(3 * (size_t)ds->S);
     sc->lab = malloc(3 * (size_t)ds->S * sizeof(float));
     return sc->rs && sc->row && sc->lab;
 }
 
 static void scratch_close(scratch *sc) {
-    free(sc->plane);
     free(sc->rs);
     free(sc->row);
     free(sc->lab);
@@ -396,68 +393,31 @@ int cz_dataset_image_is_gray(const cz_image *img) {
     return colourful * 100 < total;
 }
 
-/* Stretches an RGB image to load x load float planes (0..255) in sc->rs. */
+/* Stretches an RGB image to load x load 8-bit RGB in sc->rs. */
 static cz_status to_load_size(const cz_image *img, int load, scratch *sc) {
-    int k = 1;
-    while (img->width / (k + 1) >= 2 * load && img->height / (k + 1) >= 2 * load)
-        k++;
-    const int w = img->width / k, h = img->height / k;
-    const size_t need = (size_t)w * h;
-    if (need > sc->plane_cap) {
-        float *p = realloc(sc->plane, need * sizeof *p);
-        if (!p) return cz_error_set(CZ_ERR_NOMEM, "dataset: out of memory resizing");
-        sc->plane = p;
-        sc->plane_cap = need;
-    }
-    const float inv = 1.0f / (float)(k * k);
-    for (int c = 0; c < 3; c++) {
-        for (int y = 0; y < h; y++) {
-            float *dst = sc->plane + (size_t)y * w;
-            const uint8_t *row = img->px + (size_t)y * k * img->width * 3 + c;
-            if (k == 1) { /* no reduction: a straight conversion */
-                for (int x = 0; x < w; x++) dst[x] = (float)row[3 * (size_t)x];
-                continue;
-            }
-            for (int x = 0; x < w; x++) {
-                unsigned sum = 0;
-                for (int dy = 0; dy < k; dy++) {
-                    const uint8_t *p = row + ((size_t)dy * img->width + (size_t)x * k) * 3;
-                    for (int dx = 0; dx < k; dx++)
-                        sum += p[3 * dx];
-                }
-                dst[x] = (float)sum * inv;
-            }
-        }
-        cz_resize_plane(sc->plane, w, h, sc->rs + (size_t)c * load * load, load, load);
-    }
-    return CZ_OK;
+    if (img->channels != 3)
+        return cz_error_set(CZ_ERR_INVALID_ARG, "dataset: %d-channel image after the gray test", img->channels);
+    return cz_resize_rgb8(img->px, img->width, img->height, sc->rs, load, load);
 }
 
 static inline float clampf(float v, float lo, float hi) {
     return v < lo ? lo : v > hi ? hi : v;
 }
 
-/* v clamped to [0, 255] and rounded half to even, as lrintf does, without the libm call: adding
- * and subtracting 1.5 * 2^23 leaves the nearest integer in float arithmetic (|v| < 2^22). */
-static inline uint8_t round_u8(float v) {
-    v = clampf(v, 0.f, 255.f);
-    return (uint8_t)(int)((v + 12582912.0f) - 12582912.0f);
-}
-
-/* Writes one S x S sample from the stretched planes: window at (cx, cy), mirrored if flip.
- * The resized values are rounded to 8 bits first, as the reference's PIL pipeline does, which
- * also lets the conversion use the table-driven sRGB -> Lab (a row at a time in lab mode). */
+/* Writes one S x S sample from the stretched image: window at (cx, cy), mirrored if flip. The
+ * stretch already rounded to 8 bits, as the reference's PIL pipeline does, which lets the
+ * conversion use the table-driven sRGB -> Lab (a row at a time in lab mode). */
 static void emit_sample(const cz_dataset *ds, scratch *sc, int cx, int cy, int flip, float *A, float *B) {
     const int S = ds->S, load = ds->load;
-    const float *rs = sc->rs;
-    const size_t plane = (size_t)S * S, lp = (size_t)load * load;
+    const size_t plane = (size_t)S * S;
     float *L = sc->lab, *a = L + S, *b = a + S;
     for (int y = 0; y < S; y++) {
-        for (int x = 0; x < S; x++) {
-            const size_t si = (size_t)(cy + y) * load + (size_t)(cx + (flip ? S - 1 - x : x));
-            for (int c = 0; c < 3; c++) sc->row[3 * x + c] = round_u8(rs[c * lp + si]);
+        const uint8_t *row = sc->rs + ((size_t)(cy + y) * load + (size_t)cx) * 3;
+        if (flip) {
+            for (int x = 0; x < S; x++) memcpy(sc->row + 3 * (size_t)x, row + 3 * (size_t)(S - 1 - x), 3);
+            row = sc->row;
         }
-        cz_srgb8_row_to_lab(sc->row, (size_t)S, L, a, b);
+        cz_srgb8_row_to_lab(row, (size_t)S, L, a, b);
         const size_t o = (size_t)y * S;
         if (ds->cfg.mode == CZ_COLOR_LAB) {
             for (int x = 0; x < S; x++) {
@@ -472,13 +432,12 @@ static void emit_sample(const cz_dataset *ds, scratch *sc, int cx, int cy, int f
             cz_lab_to_srgbf(gl, g);
             for (int c = 0; c < 3; c++) {
                 A[c * plane + o + x] = g[0] * 2.0f - 1.0f;
-                B[c * plane + o + x] = (float)sc->row[3 * x + c] * (2.0f / 255.0f) - 1.0f;
+                B[c * plane + o + x] = (float)row[3 * x + c] * (2.0f / 255.0f) - 1.0f;
             }
         }
     }
 }
 
-/* Produces the sample of `file`; returns 1 on success, 0 when the file is skipped. */
 static int load_sample(cz_dataset *ds, uint32_t file, scratch *sc, int cx, int cy, int flip, float *A,
                        float *B) {
     if (atomic_load(&ds->fstate[file]) >= FILE_BAD) return 0;
@@ -487,7 +446,8 @@ static int load_sample(cz_dataset *ds, uint32_t file, scratch *sc, int cx, int c
     cz_image img = {0};
     cz_status s = cz_file_read(ds->files[file].real, ds->cfg.max_file_bytes, &data, &len);
     /* a JPEG much larger than load x load is decoded at a reduced DCT scale: a large photo then
-     * costs a fraction of a full decode (same 2 x load floor as the box reduction below) */
+     * costs a fraction of a full decode (the 2 x load floor keeps the last reduction an area
+     * average of at least 2x2 pixels) */
     if (s == CZ_OK) s = cz_image_decode_reduced(data, len, &ds->cfg.limits, 2 * ds->load, &img, NULL);
     free(data);
     if (s != CZ_OK) {

@@ -151,6 +151,20 @@ void cz_resize_plane(const float *src, int sw, int sh, float *dst, int dw, int d
 /* The same resize computed one output pixel at a time: bit-identical to cz_resize_plane, slower;
  * the reference cz_resize_plane is tested against. */
 void cz_resize_plane_pixelwise(const float *src, int sw, int sh, float *dst, int dw, int dh);
+/* The filter of cz_resize_plane along one axis of sn -> dn samples, as a table for code that
+ * resamples other layouts (the training loader's interleaved 8-bit RGB): output d is the sum of
+ * w[d * ntaps + k] * source[first[d] + k] for k < ntaps. Every output gets the same ntaps (its
+ * own taps plus zero weights, the window kept inside [0, sn)); cz_resample_ntaps(sn, dn) is the
+ * smallest such count, at most sn (0 for a non-positive size). The weights are cz_resize_plane's,
+ * rounded to float: they sum to 1 within float rounding. `first` holds dn entries, w dn * ntaps;
+ * nothing is written for bad arguments (ntaps < 1 or > sn). */
+int cz_resample_ntaps(int sn, int dn);
+void cz_resample_taps(int sn, int dn, int ntaps, int *first, float *w);
+/* A 3-channel interleaved 8-bit image (sw x sh, rows of 3 * sw bytes) resized to dw x dh with
+ * the same filter (cz_resample_taps), computed in float instead of double, each value rounded
+ * half to even into [0, 255]. For the training loader, where speed matters and the last bit does
+ * not. Allocates a row and the tap tables per call: CZ_ERR_NOMEM, CZ_ERR_INVALID_ARG. */
+cz_status cz_resize_rgb8(const uint8_t *src, int sw, int sh, uint8_t *dst, int dw, int dh);
 /* Reflect padding (like numpy 'reflect': edge not repeated) of a sw x sh plane into a
  * dw x dh plane at (ox, oy). Requires pads smaller than the source side, otherwise repeats
  * the reflection (handles any size). */

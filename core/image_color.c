@@ -34,14 +34,8 @@
 
 #include "image.h"
 #include "lab_exact.h"
+#include "simd.h" /* the vectorized row functions get an AVX2 copy */
 
-/* The vectorized row functions get a second, AVX2 copy on x86-64 picked at run time (not under
- * the sanitizers, whose builds stay plain). */
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
-#define CZ_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define CZ_SIMD_CLONES
-#endif
 
 static const double k_xn = 0.95047, k_yn = 1.0, k_zn = 1.08883;
 static const double k_eps = 216.0 / 24389.0;

@@ -25,14 +25,18 @@
  *                    program fails otherwise since the figure would then be wrong
  * Parts (on the calling thread, median of single calls after one warm-up call, at least 5
  * calls and until 0.3 s of calls; shown once, not per row, not added to anything):
- *   jpg dec    cz_image_decode of the first synthetic file
- *   lab        cz_srgb8_to_lab over S x S pixels (one sample's colour conversion)
+ *   jpg dec    cz_image_decode_reduced of the first synthetic file with the loader's floor of
+ *              2 x load (its size is printed: 1/2, 1/4 or 1/8 scale, or full size)
+ *   stretch    cz_resize_rgb8 of that decode to load x load (load = S * 286 / 256)
+ *   lab        cz_srgb8_row_to_lab over S rows of S pixels (one sample's colour conversion)
+ * What a sample costs beyond these: reading the file, the grayscale test, crop and flip, the
+ * normalization into the batch.
  *
  * Options: --files N (32), --size WxH (1024x768), --workers LIST (1,2), --image-size S (256),
  * --batch B (16), --min-time SECONDS (2), --min-batches N (8), --json (one JSON object per row
  * instead of the table; fields engine "colorize", bench "loader", cpu, workers, files, width,
  * height, image_size, batch, samples_per_s, ms_per_sample_per_worker, consumer_waits, and also
- * batches, seconds, jpeg_decode_ms, lab_ms).
+ * batches, seconds, jpeg_decode_ms, decoded_width, decoded_height, stretch_ms, lab_ms).
  *
  * Build: tests/bench/CMakeLists.txt, target bench_loader (build-dir/tests/bench/bench_loader).
  * A benchmark prints numbers; it asserts nothing (it exits non-zero only when a call fails or
@@ -147,56 +151,48 @@ static void make_files(int nfiles, int w, int h, uint8_t **first, size_t *first_
 
 static double median_ms(double *t, int n) { return 1e3 * bu_median(t, n); }
 
-static volatile float g_sink; /* keeps the Lab loop from being optimized away */
+typedef struct {
+    const uint8_t *jpeg;
+    size_t len;
+    const cz_image_limits *lim;
+    int floor;          /* the decode's 2 x load floor */
+    const cz_image *photo; /* the reduced decode, for stretch */
+    uint8_t *stretched; /* load x load x 3 */
+    int load, S;
+    float *lab;         /* 3 x S x S */
+} part_ctx;
 
-static double time_decode(const uint8_t *jpeg, size_t len, const cz_image_limits *lim, double *t) {
+static void part_decode(part_ctx *c) {
+    cz_image img;
+    memset(&img, 0, sizeof img);
+    BU_CHECK("cz_image_decode_reduced", cz_image_decode_reduced(c->jpeg, c->len, c->lim, c->floor, &img, NULL));
+    cz_image_free(&img);
+}
+
+static void part_stretch(part_ctx *c) {
+    BU_CHECK("cz_resize_rgb8",
+             cz_resize_rgb8(c->photo->px, c->photo->width, c->photo->height, c->stretched, c->load, c->load));
+}
+
+static void part_lab(part_ctx *c) {
+    float *L = c->lab, *a = L + (size_t)c->S * c->S, *b = a + (size_t)c->S * c->S;
+    for (int y = 0; y < c->S; y++) /* the sample's rows: the top-left S x S of the stretched image */
+        cz_srgb8_row_to_lab(c->stretched + (size_t)y * c->load * 3, (size_t)c->S, L + (size_t)y * c->S,
+                            a + (size_t)y * c->S, b + (size_t)y * c->S);
+}
+
+/* Median of single calls of fn, after one warm-up call: at least 5, until PART_MIN_S seconds. */
+static double time_part(void (*fn)(part_ctx *), part_ctx *c, double *t) {
     int n = 0;
     double spent = 0;
     for (int k = -1; k < 5 || (spent < PART_MIN_S && k < PART_RUNS); k++) { /* k = -1: warm-up */
-        cz_image img;
-        memset(&img, 0, sizeof img);
         double t0 = bu_now_s();
-        BU_CHECK("cz_image_decode", cz_image_decode(jpeg, len, lim, &img, NULL));
+        fn(c);
         double dt = bu_now_s() - t0;
-        cz_image_free(&img);
         if (k < 0) continue;
         t[n++] = dt;
         spent += dt;
     }
-    return median_ms(t, n);
-}
-
-/* cz_srgb8_to_lab over S x S pixels taken from the decoded first file (wrapping if smaller). */
-static double time_lab(const uint8_t *jpeg, size_t len, const cz_image_limits *lim, int S, double *t) {
-    cz_image img;
-    memset(&img, 0, sizeof img);
-    BU_CHECK("cz_image_decode", cz_image_decode(jpeg, len, lim, &img, NULL));
-    if (img.channels != 3) {
-        fprintf(stderr, "bench_loader: the synthetic photo decoded to %d channels\n", img.channels);
-        cz_image_free(&img);
-        cleanup();
-        exit(1);
-    }
-    const size_t npx = (size_t)S * S, src = (size_t)img.width * img.height;
-    uint8_t *rgb = bu_xmalloc(3 * npx);
-    for (size_t i = 0; i < npx; i++)
-        memcpy(rgb + 3 * i, img.px + 3 * (i % src), 3);
-    cz_image_free(&img);
-    float *lab = bu_xmalloc(3 * npx * sizeof(float));
-    int n = 0;
-    double spent = 0;
-    for (int k = -1; k < 5 || (spent < PART_MIN_S && k < PART_RUNS); k++) {
-        double t0 = bu_now_s();
-        for (size_t i = 0; i < npx; i++)
-            cz_srgb8_to_lab(rgb + 3 * i, lab + 3 * i);
-        double dt = bu_now_s() - t0;
-        g_sink = lab[3 * (npx / 2)];
-        if (k < 0) continue;
-        t[n++] = dt;
-        spent += dt;
-    }
-    free(lab);
-    free(rgb);
     return median_ms(t, n);
 }
 
@@ -206,7 +202,8 @@ typedef struct {
     int files, width, height, image_size, batch, min_batches, json;
     double min_s;
     const char *cpu;
-    double dec_ms, lab_ms;
+    double dec_ms, stretch_ms, lab_ms;
+    int dec_w, dec_h; /* the reduced decode's size */
 } opts;
 
 static void bench_row(const opts *o, int workers) {
@@ -262,9 +259,11 @@ static void bench_row(const opts *o, int workers) {
         printf("{\"engine\":\"colorize\",\"bench\":\"loader\",\"cpu\":\"%s\",\"workers\":%d,\"files\":%d,"
                "\"width\":%d,\"height\":%d,\"image_size\":%d,\"batch\":%d,\"samples_per_s\":%.6g,"
                "\"ms_per_sample_per_worker\":%.6g,\"consumer_waits\":%llu,\"batches\":%llu,\"seconds\":%.6g,"
-               "\"jpeg_decode_ms\":%.6g,\"lab_ms\":%.6g}\n",
+               "\"jpeg_decode_ms\":%.6g,\"decoded_width\":%d,\"decoded_height\":%d,\"stretch_ms\":%.6g,"
+               "\"lab_ms\":%.6g}\n",
                cpu, workers, o->files, o->width, o->height, o->image_size, o->batch, rate, ms_worker,
-               (unsigned long long)waits, (unsigned long long)batches, secs, o->dec_ms, o->lab_ms);
+               (unsigned long long)waits, (unsigned long long)batches, secs, o->dec_ms, o->dec_w, o->dec_h,
+               o->stretch_ms, o->lab_ms);
     } else {
         printf("%7d %10.1f %14.3f %8llu %8llu %8.2f %8zu\n", workers, rate, ms_worker, (unsigned long long)waits,
                (unsigned long long)batches, secs, skipped);
@@ -403,21 +402,31 @@ int main(int argc, char **argv) {
     uint8_t *first = NULL;
     size_t first_len = 0;
     make_files(o.files, o.width, o.height, &first, &first_len);
+    const int load = (o.image_size * 286 + 128) / 256; /* dataset.h: the loader's stretch size */
     double *t = bu_xmalloc((PART_RUNS + 8) * sizeof(double));
-    o.dec_ms = time_decode(first, first_len, &lim, t);
-    o.lab_ms = time_lab(first, first_len, &lim, o.image_size, t);
+    cz_image photo;
+    BU_CHECK("cz_image_decode_reduced", cz_image_decode_reduced(first, first_len, &lim, 2 * load, &photo, NULL));
+    part_ctx pc = {first, first_len, &lim, 2 * load, &photo, bu_xmalloc(3 * (size_t)load * load), load,
+                   o.image_size, bu_xmalloc(3 * (size_t)o.image_size * o.image_size * sizeof(float))};
+    o.dec_w = photo.width;
+    o.dec_h = photo.height;
+    o.dec_ms = time_part(part_decode, &pc, t);
+    o.stretch_ms = time_part(part_stretch, &pc, t);
+    o.lab_ms = time_part(part_lab, &pc, t);
+    cz_image_free(&photo);
+    free(pc.stretched);
+    free(pc.lab);
     free(t);
     free(first);
 
     if (!o.json) {
-        const int load = (o.image_size * 286 + 128) / 256;
         printf("== training data loader (core/dataset.c), %s, %ld online CPUs ==\n", cpu, ncpu);
         printf("%d synthetic colour JPEGs (q%d) of %dx%d; lab mode, S %d (load %d), batch %d; wall clock,\n"
                "one warm-up batch, then >= %.3g s and >= %d batches per row\n",
                o.files, JPEG_QUALITY, o.width, o.height, o.image_size, load, o.batch, o.min_s, o.min_batches);
-        printf("parts, one core, median of single calls (not per row): jpg dec %.3f ms per photo, "
-               "lab (cz_srgb8_to_lab x %dx%d) %.3f ms per sample\n",
-               o.dec_ms, o.image_size, o.image_size, o.lab_ms);
+        printf("parts, one core, median of single calls (not per row): jpg dec at %dx%d %.3f ms, "
+               "stretch to %dx%d %.3f ms, lab of %dx%d %.3f ms\n",
+               o.dec_w, o.dec_h, o.dec_ms, load, load, o.stretch_ms, o.image_size, o.image_size, o.lab_ms);
         printf("ms/smp/worker = workers / (samples/s) * 1000; waits = consumer_waits in the timed batches\n");
         printf("%7s %10s %14s %8s %8s %8s %8s\n", "workers", "samples/s", "ms/smp/worker", "waits", "batches",
                "seconds", "skipped");
@@ -425,6 +434,5 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nw; i++) bench_row(&o, wl[i]);
 
     cleanup();
-    (void)g_sink;
     return 0;
 }

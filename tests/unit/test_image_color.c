@@ -6,7 +6,8 @@
  * pixels (with its float error measured against its assumed bound), the row resampler
  * bit-identical to the pixel-wise one, the merge identical to its pixel-wise definition, the
  * vectorized sRGB -> Lab rows bit-identical to the scalar conversion on all 2^24 colours, and
- * the conversions' cube root within 4 ulp of libm's. */
+ * the conversions' cube root within 4 ulp of libm's. Also the training loader's float 8-bit RGB
+ * resize against the double one. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -526,6 +527,72 @@ static void test_resize_rows_match_pixelwise(void **state) {
     }
 }
 
+/* The tap tables (cz_resample_taps) and the 8-bit RGB resize built on them (the training loader's
+ * stretch) against cz_resize_plane on the same sizes: the tables stay inside the source and their
+ * weights sum to 1; every resized value is within one level of the rounded double-precision
+ * result, nearly all equal; same size is an exact copy; bad arguments are refused. */
+static void test_resize_rgb8_matches_plane(void **state) {
+    (void)state;
+    const int dims[][4] = {{64, 48, 300, 200}, {256, 256, 286, 286}, {300, 200, 170, 101}, {1000, 30, 37, 29},
+                           {17, 500, 400, 9},  {1, 1, 5, 7},         {7, 1, 1, 3},        {1024, 768, 286, 286},
+                           {3, 90, 90, 3},     {4000, 8, 286, 3}};
+    size_t values = 0, equal = 0;
+    for (size_t k = 0; k < sizeof dims / sizeof dims[0]; k++) {
+        const int sw = dims[k][0], sh = dims[k][1], dw = dims[k][2], dh = dims[k][3];
+        for (int axis = 0; axis < 2; axis++) {
+            const int sn = axis ? sh : sw, dn = axis ? dh : dw, nt = cz_resample_ntaps(sn, dn);
+            assert_true(nt >= 1 && nt <= sn);
+            int *first = malloc(sizeof(int) * dn);
+            float *w = malloc(sizeof(float) * dn * nt);
+            cz_resample_taps(sn, dn, nt, first, w);
+            for (int d = 0; d < dn; d++) {
+                double sum = 0.0;
+                for (int t = 0; t < nt; t++) sum += w[d * nt + t];
+                if (first[d] < 0 || first[d] + nt > sn || fabs(sum - 1.0) > 1e-6)
+                    fail_msg("%d -> %d, output %d: window [%d, %d), weights sum to %.9g", sn, dn, d, first[d],
+                             first[d] + nt, sum);
+            }
+            free(first);
+            free(w);
+        }
+        const size_t sp = (size_t)sw * sh, dp = (size_t)dw * dh;
+        uint8_t *src = malloc(3 * sp), *dst = malloc(3 * dp);
+        float *plane = malloc(sizeof(float) * sp), *ref = malloc(sizeof(float) * dp);
+        uint32_t r = 77u + (uint32_t)k;
+        for (size_t i = 0; i < 3 * sp; i++) { /* smooth ramps plus noise, like a photo */
+            r = r * 1664525u + 1013904223u;
+            size_t px = i / 3;
+            src[i] = (uint8_t)((px % sw * 97 / (sw + 1) + px / sw * 131 / (sh + 1) + (r >> 27) + 40 * (i % 3)) % 256);
+        }
+        assert_int_equal(cz_resize_rgb8(src, sw, sh, dst, dw, dh), CZ_OK);
+        for (int c = 0; c < 3; c++) {
+            for (size_t i = 0; i < sp; i++) plane[i] = src[3 * i + c];
+            cz_resize_plane(plane, sw, sh, ref, dw, dh);
+            for (size_t i = 0; i < dp; i++) {
+                float want = rintf(ref[i] < 0.0f ? 0.0f : ref[i] > 255.0f ? 255.0f : ref[i]);
+                if (fabsf((float)dst[3 * i + c] - want) > 1.0f)
+                    fail_msg("%dx%d -> %dx%d, pixel %zu channel %d: %d, double-precision resize %.6f", sw, sh, dw, dh,
+                             i, c, dst[3 * i + c], ref[i]);
+                values++;
+                equal += (float)dst[3 * i + c] == want;
+            }
+        }
+        free(src);
+        free(dst);
+        free(plane);
+        free(ref);
+    }
+    if (equal * 1000 < values * 999) fail_msg("only %zu of %zu values equal the rounded double resize", equal, values);
+
+    uint8_t img[5 * 4 * 3], out[5 * 4 * 3];
+    for (size_t i = 0; i < sizeof img; i++) img[i] = (uint8_t)(i * 37 + 11);
+    assert_int_equal(cz_resize_rgb8(img, 5, 4, out, 5, 4), CZ_OK);
+    assert_memory_equal(img, out, sizeof img);
+    assert_int_equal(cz_resize_rgb8(img, 0, 4, out, 5, 4), CZ_ERR_INVALID_ARG);
+    assert_int_equal(cz_resize_rgb8(NULL, 5, 4, out, 5, 4), CZ_ERR_INVALID_ARG);
+    assert_int_equal(cz_resample_ntaps(0, 3), 0);
+}
+
 /* The merge against its definition, pixel by pixel: crop, pixel-wise resize of both ab planes
  * to the source size, cz_lab_to_srgb8 with the source's L. */
 static void test_merge_matches_pixelwise(void **state) {
@@ -580,6 +647,7 @@ int main(void) {
         cmocka_unit_test(test_lab_row_matches_scalar),
         cmocka_unit_test(test_resize_rows_match_pixelwise),
         cmocka_unit_test(test_merge_matches_pixelwise),
+        cmocka_unit_test(test_resize_rgb8_matches_plane),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
