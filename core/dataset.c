@@ -406,7 +406,8 @@ static inline float clampf(float v, float lo, float hi) {
 
 /* Writes one S x S sample from the stretched image: window at (cx, cy), mirrored if flip. The
  * stretch already rounded to 8 bits, as the reference's PIL pipeline does, which lets the
- * conversion use the table-driven sRGB -> Lab (a row at a time in lab mode). */
+ * conversion start from the 8-bit -> linear table (cz_srgb8_row_to_lab_f: float, a row at a
+ * time). */
 static void emit_sample(const cz_dataset *ds, scratch *sc, int cx, int cy, int flip, float *A, float *B) {
     const int S = ds->S, load = ds->load;
     const size_t plane = (size_t)S * S;
@@ -417,7 +418,7 @@ static void emit_sample(const cz_dataset *ds, scratch *sc, int cx, int cy, int f
             for (int x = 0; x < S; x++) memcpy(sc->row + 3 * (size_t)x, row + 3 * (size_t)(S - 1 - x), 3);
             row = sc->row;
         }
-        cz_srgb8_row_to_lab(row, (size_t)S, L, a, b);
+        cz_srgb8_row_to_lab_f(row, (size_t)S, L, a, b);
         const size_t o = (size_t)y * S;
         if (ds->cfg.mode == CZ_COLOR_LAB) {
             for (int x = 0; x < S; x++) {

@@ -50,6 +50,7 @@ static const double k_cell_margin = 1.2e-5; /* above the in-gamut 2.5 * k_raw_er
 static struct {
     cz_lab_exact_tab lx; /* minv (exact inverse of k_m, so the round trip is exact), ysum, thr */
     double lin[256];    /* 8-bit code -> linear light */
+    float lin_f[256];   /* the same rounded to float, for cz_srgb8_row_to_lab_f */
     uint8_t code_at[CODE_LUT + 1]; /* code of linear value i / CODE_LUT (a lower bound) */
     float minv_f[3][3]; /* minv and thr rounded to float, for the fast row path */
     float thr_f[256];   /* thr_f[255] = 2: a sentinel above every in-gamut value */
@@ -78,7 +79,10 @@ static void build_tables(void) {
             int r0 = (j + 1) % 3, r1 = (j + 2) % 3, c0 = (i + 1) % 3, c1 = (i + 2) % 3;
             g_tab.lx.minv[i][j] = (m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0]) / det;
         }
-    for (int k = 0; k < 256; k++) g_tab.lin[k] = srgb_decode(k / 255.0);
+    for (int k = 0; k < 256; k++) {
+        g_tab.lin[k] = srgb_decode(k / 255.0);
+        g_tab.lin_f[k] = (float)g_tab.lin[k];
+    }
     for (int k = 0; k < 255; k++) g_tab.lx.thr[k] = srgb_decode((k + 0.5) / 255.0);
     g_tab.lx.ysum = k_m[1][0] + k_m[1][1] + k_m[1][2];
     for (int i = 0; i < 3; i++)
@@ -364,6 +368,64 @@ CZ_SIMD_CLONES static void lab_chunk_linear_f(const float *L, const float *A, co
         memcpy(lin + ROW_CHUNK + i, &o1, sizeof o1);
         memcpy(lin + 2 * ROW_CHUNK + i, &o2, sizeof o2);
         memcpy(err + i, &er, sizeof er);
+    }
+}
+
+/* ---- cz_srgb8_row_to_lab_f: sRGB -> Lab in float, 8 pixels at a time ----
+ * linear_to_lab's steps in float: the 8-bit code -> linear table rounded to float, the matrix,
+ * and the cube root from the same exponent-thirds estimate (within about 6%) with two Halley
+ * steps instead of three (6% -> 2e-4 -> below float resolution). test_image_color measures its
+ * error against cz_srgb8_to_lab on all 2^24 colours. */
+static inline void lab_f_f(const v8f *tp, v8f *out) {
+    const v8f t = *tp;
+    v8i i;
+    memcpy(&i, &t, sizeof i);
+    i = __builtin_convertvector(__builtin_convertvector(i, v8f) * (1.0f / 3.0f), v8i) + 0x2a508935;
+    v8f r;
+    memcpy(&r, &i, sizeof r);
+    for (int k = 0; k < 2; k++) {
+        v8f r3 = r * r * r;
+        r = r * (r3 + 2.0f * t) / (2.0f * r3 + t);
+    }
+    /* below epsilon (also t = 0, where the estimate is meaningless) the linear segment */
+    *out = vsel(t > vsplat((float)k_eps), r, (vsplat((float)k_kappa) * t + 16.0f) * (1.0f / 116.0f));
+}
+
+CZ_SIMD_CLONES static void srgb8_octets_to_lab_f(const uint8_t *rgb, size_t octets, float *L, float *A, float *B) {
+    const float *lt = g_tab.lin_f;
+    for (size_t q = 0; q < octets; q++) {
+        const uint8_t *p = rgb + 24 * q;
+        v8f l0 = {lt[p[0]], lt[p[3]], lt[p[6]], lt[p[9]], lt[p[12]], lt[p[15]], lt[p[18]], lt[p[21]]};
+        v8f l1 = {lt[p[1]], lt[p[4]], lt[p[7]], lt[p[10]], lt[p[13]], lt[p[16]], lt[p[19]], lt[p[22]]};
+        v8f l2 = {lt[p[2]], lt[p[5]], lt[p[8]], lt[p[11]], lt[p[14]], lt[p[17]], lt[p[20]], lt[p[23]]};
+        v8f tx = (float)(k_m[0][0] / k_xn) * l0 + (float)(k_m[0][1] / k_xn) * l1 + (float)(k_m[0][2] / k_xn) * l2;
+        v8f ty = (float)(k_m[1][0] / k_yn) * l0 + (float)(k_m[1][1] / k_yn) * l1 + (float)(k_m[1][2] / k_yn) * l2;
+        v8f tz = (float)(k_m[2][0] / k_zn) * l0 + (float)(k_m[2][1] / k_zn) * l1 + (float)(k_m[2][2] / k_zn) * l2;
+        v8f fx, fy, fz;
+        lab_f_f(&tx, &fx);
+        lab_f_f(&ty, &fy);
+        lab_f_f(&tz, &fz);
+        v8f l = 116.0f * fy - 16.0f;
+        l = vsel(l > vsplat(100.0f), vsplat(100.0f), vsel(l < vsplat(0.0f), vsplat(0.0f), l));
+        v8f af = 500.0f * (fx - fy), bf = 200.0f * (fy - fz);
+        memcpy(L + 8 * q, &l, sizeof l);
+        memcpy(A + 8 * q, &af, sizeof af);
+        memcpy(B + 8 * q, &bf, sizeof bf);
+    }
+}
+
+void cz_srgb8_row_to_lab_f(const uint8_t *rgb, size_t n, float *L, float *a, float *b) {
+    tables_ready();
+    const size_t octets = n / 8, done = 8 * octets;
+    srgb8_octets_to_lab_f(rgb, octets, L, a, b);
+    if (done < n) { /* the last pixels through a zero-padded octet */
+        uint8_t pad[24] = {0};
+        float l8[8], a8[8], b8[8];
+        memcpy(pad, rgb + 3 * done, 3 * (n - done));
+        srgb8_octets_to_lab_f(pad, 1, l8, a8, b8);
+        memcpy(L + done, l8, (n - done) * sizeof *L);
+        memcpy(a + done, a8, (n - done) * sizeof *a);
+        memcpy(b + done, b8, (n - done) * sizeof *b);
     }
 }
 

@@ -28,7 +28,7 @@
  *   jpg dec    cz_image_decode_reduced of the first synthetic file with the loader's floor of
  *              2 x load (its size is printed: 1/2, 1/4 or 1/8 scale, or full size)
  *   stretch    cz_resize_rgb8 of that decode to load x load (load = S * 286 / 256)
- *   lab        cz_srgb8_row_to_lab over S rows of S pixels (one sample's colour conversion)
+ *   lab        cz_srgb8_row_to_lab_f over S rows of S pixels (one sample's colour conversion)
  * What a sample costs beyond these: reading the file, the grayscale test, crop and flip, the
  * normalization into the batch.
  *
@@ -177,7 +177,7 @@ static void part_stretch(part_ctx *c) {
 static void part_lab(part_ctx *c) {
     float *L = c->lab, *a = L + (size_t)c->S * c->S, *b = a + (size_t)c->S * c->S;
     for (int y = 0; y < c->S; y++) /* the sample's rows: the top-left S x S of the stretched image */
-        cz_srgb8_row_to_lab(c->stretched + (size_t)y * c->load * 3, (size_t)c->S, L + (size_t)y * c->S,
+        cz_srgb8_row_to_lab_f(c->stretched + (size_t)y * c->load * 3, (size_t)c->S, L + (size_t)y * c->S,
                             a + (size_t)y * c->S, b + (size_t)y * c->S);
 }
 
