@@ -115,8 +115,7 @@ void cz_srgb8_row_to_lab_f(const uint8_t *rgb, size_t n, float *L, float *a, flo
 /* Lab -> sRGB 8-bit, gamut-clipped. */
 void cz_lab_to_srgb8(const float lab[3], uint8_t rgb[3]);
 /* n pixels from L, a, b planes -> interleaved 8-bit RGB, byte-identical to cz_lab_to_srgb8 on
- * each pixel and about twice as fast on moderate colours (a float path with a double fallback;
- * image_color.c). */
+ * each pixel (the same double arithmetic, four pixels at a time; image_color.c). */
 void cz_lab_row_to_srgb8(const float *L, const float *a, const float *b, size_t n, uint8_t *rgb);
 /* The tables of lab_exact.h the host conversions use (built on first use, immutable), for a
  * device that must give the same bytes (the cuda backend copies them once). */
@@ -124,10 +123,6 @@ struct cz_lab_exact_tab;
 const struct cz_lab_exact_tab *cz_lab_exact_tables(void);
 /* The cube root the Lab conversions use, for t > k_eps = 216/24389 (and any finite t > 0). */
 double cz_cbrt_pos(double t);
-/* For tests: over n pixels, the row path's largest |float - double| linear-light error as a
- * fraction of the bound it assumes (pixels it leaves to the double path aside), and in *fast how
- * many pixels it finishes in float. */
-float cz_lab_row_fast_error(const float *L, const float *a, const float *b, size_t n, size_t *fast);
 /* Float sRGB in [0,1] <-> Lab (for rgb-mode models). */
 void cz_srgbf_to_lab(const float rgb[3], float lab[3]);
 void cz_lab_to_srgbf(const float lab[3], float rgb[3]);

@@ -16,14 +16,14 @@
  * Tables: 8-bit -> linear (256 entries), the 255 linear thresholds that round a linear
  * value to the nearest 8-bit code (exactly what round(255 * encode(v)) gives, without pow()),
  * a 4096-entry index into them, and 16384 cells of linear light each holding its code when no
- * threshold falls inside (code_exact; code_cell, for the float row path, also wants a margin).
+ * threshold falls inside (code_exact).
  * They are built once under pthread_once and immutable afterwards, so every function here is
  * thread-safe. The exact Lab -> linear RGB and code arithmetic is in lab_exact.h, shared with
  * the GPU's merge.
  *
- * Row functions: cz_srgb8_row_to_lab and the colour path of cz_image_lightness work four
- * pixels at a time (bit-identical to the scalar code); cz_lab_row_to_srgb8 converts in float
- * with a proven error margin and falls back to the double path near thresholds (byte-identical).
+ * Row functions: cz_srgb8_row_to_lab, the colour path of cz_image_lightness and
+ * cz_lab_row_to_srgb8 work four pixels at a time in double (bit-identical to the scalar code);
+ * cz_srgb8_row_to_lab_f, for the training loader, eight at a time in float (not identical).
  *
  * Tested by tests/unit/test_image_color.c (known values, round trips on all grays and random
  * colours, the luminance promise with random L and ab in [-110, 110], the row functions against
@@ -45,18 +45,13 @@ static const double k_m[3][3] = {{0.4124564, 0.3575761, 0.1804375},
                                  {0.0193339, 0.1191920, 0.9503041}};
 
 enum { CODE_LUT = 4096, CODE_CELLS = 16384 };
-static const double k_cell_margin = 1.2e-5; /* above the in-gamut 2.5 * k_raw_err */
 
 static struct {
     cz_lab_exact_tab lx; /* minv (exact inverse of k_m, so the round trip is exact), ysum, thr */
     double lin[256];    /* 8-bit code -> linear light */
     float lin_f[256];   /* the same rounded to float, for cz_srgb8_row_to_lab_f */
     uint8_t code_at[CODE_LUT + 1]; /* code of linear value i / CODE_LUT (a lower bound) */
-    float minv_f[3][3]; /* minv and thr rounded to float, for the fast row path */
-    float thr_f[256];   /* thr_f[255] = 2: a sentinel above every in-gamut value */
     int16_t code_exact[CODE_CELLS + 1]; /* the code of every v in the cell, when one code, else -1 */
-    int16_t code_cell[CODE_CELLS + 1]; /* the code of every v in [i, i + 1) / CODE_CELLS when all
-                                          of them are k_cell_margin clear of the thresholds, else -1 */
 } g_tab;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
@@ -85,21 +80,10 @@ static void build_tables(void) {
     }
     for (int k = 0; k < 255; k++) g_tab.lx.thr[k] = srgb_decode((k + 0.5) / 255.0);
     g_tab.lx.ysum = k_m[1][0] + k_m[1][1] + k_m[1][2];
-    for (int i = 0; i < 3; i++)
-        for (int j = 0; j < 3; j++) g_tab.minv_f[i][j] = (float)g_tab.lx.minv[i][j];
-    for (int k = 0; k < 255; k++) g_tab.thr_f[k] = (float)g_tab.lx.thr[k];
-    g_tab.thr_f[255] = 2.0f;
     for (int i = 0, c = 0; i <= CODE_CELLS; i++) {
         double lo = (double)i / CODE_CELLS, hi = (double)(i + 1) / CODE_CELLS;
         while (c < 255 && lo >= g_tab.lx.thr[c]) c++;
         g_tab.code_exact[i] = (int16_t)(c == 255 || hi <= g_tab.lx.thr[c] ? c : -1);
-    }
-    for (int i = 0, c = 0; i <= CODE_CELLS; i++) {
-        double lo = (double)i / CODE_CELLS, hi = (double)(i + 1) / CODE_CELLS;
-        while (c < 255 && lo >= g_tab.thr_f[c]) c++;
-        int clear = (c == 255 || hi <= (double)g_tab.thr_f[c] - k_cell_margin) &&
-                    (c == 0 || lo >= (double)g_tab.thr_f[c - 1] + k_cell_margin);
-        g_tab.code_cell[i] = (int16_t)(clear ? c : -1);
     }
     for (int i = 0, c = 0; i <= CODE_LUT; i++) {
         double v = (double)i / CODE_LUT;
@@ -273,103 +257,14 @@ void cz_lab_to_srgb8(const float lab[3], uint8_t rgb[3]) {
     for (int i = 0; i < 3; i++) rgb[i] = linear_to_code(lin[i]);
 }
 
-/* ---- the fast row path (cz_lab_row_to_srgb8) ----
- * Pass 1 is lab_to_linear_clipped in float, branch-free so that the compiler vectorizes it (and
- * on x86-64 a second, AVX2 copy of it is picked at run time), for L in [0, 100] and |a|, |b| <= 128.
- * It also bounds how far its result can be from the double one: k_raw_err on the unclipped linear
- * values (terms under 4 in magnitude, a few roundings each; test_image_color measures the real
- * error and checks it stays well under the bound), and for a clipped colour k_raw_err * (1 + 2 / d),
- * d being the smallest distance from gray to an out-of-range channel (the desaturation factor
- * divides by it). A pixel is left to the double path (err < 0) outside that box or when a channel
- * lies within k_raw_err of 0 or 1 before clipping, where the double path's in/out-of-gamut
- * decision could differ.
- * Pass 2 turns each channel into its code with one table lookup (code_cell) when no threshold is
- * within 2.5 bounds of it, with the exact thresholds when one is near but not that near, and sends
- * the pixel to the double path otherwise. So the row function is byte-identical to
- * cz_lab_to_srgb8 (also tested on a million pixels); about 2x faster on moderate colours, less
- * on saturated ones, where more pixels take the double path. */
-static const float k_raw_err = 4e-6f;
-enum { ROW_CHUNK = 256 };
-
-
-/* Pass 1 is written with GCC/Clang vector extensions, 8 lanes, so that it is vectorized on any
- * target (two SSE halves on baseline x86-64, one AVX register in the AVX2 clone). Comparisons give
- * lane masks of all ones or zeros; vsel picks by mask (macros: see V4D_SEL). */
+/* Eight float lanes for cz_srgb8_row_to_lab_f, written with GCC/Clang vector extensions so that
+ * they are vectorized on any target (two SSE halves on baseline x86-64, one AVX register in the
+ * AVX2 clone). Comparisons give lane masks of all ones or zeros; vsel picks by mask. */
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 
 #define vsel(m, x, y) ((v8f)(((m) & (v8i)(x)) | (~(m) & (v8i)(y))))
 #define vsplat(x) ((v8f){(x), (x), (x), (x), (x), (x), (x), (x)})
-
-/* One channel's part of the gamut decision. */
-static inline void chan_gamut(const v8f *vp, const v8f *grayp, v8i *inside, v8i *edge, v8f *t, v8f *dmin) {
-    const v8f v = *vp, gray = *grayp;
-    const v8f e = vsplat(k_raw_err), one = vsplat(1.0f), zero = vsplat(0.0f);
-    *inside &= (v >= e) & (v <= one - e);
-    *edge |= ((v > -e) & (v < e)) | ((v > one - e) & (v < one + e));
-    v8i over = v > one, under = v < zero;
-    v8f d = vsel(over, v - gray, vsel(under, gray - v, vsplat(2.0f)));
-    v8f r = vsel(over, one - gray, gray) / d;
-    *t = vsel((over | under) & (r < *t), r, *t);
-    *dmin = vsel(d < *dmin, d, *dmin);
-}
-
-/* *out = the channel *vp after the clip (unchanged where inside) */
-static inline void chan_clipped(const v8f *vp, const v8f *grayp, const v8f *tp, const v8i *inside, v8f *out) {
-    const v8f v = *vp, gray = *grayp, t = *tp;
-    const v8f one = vsplat(1.0f), zero = vsplat(0.0f);
-    v8f c = vsel(t > zero, gray + t * (v - gray), gray);
-    c = vsel(c < zero, zero, vsel(c > one, one, c));
-    *out = vsel(*inside, v, c);
-}
-
-/* Pass 1 over ROW_CHUNK pixels (the caller pads a short chunk): clipped linear RGB into lin (3
- * planes of ROW_CHUNK) and the error bound into err, or err = -1 where the double path must
- * decide. */
-CZ_SIMD_CLONES static void lab_chunk_linear_f(const float *L, const float *A, const float *B, const float *mi,
-                                              float *lin, float *err) {
-    const v8f e = vsplat(k_raw_err), one = vsplat(1.0f), zero = vsplat(0.0f);
-    const v8f eps = vsplat((float)(216.0 / 24389.0)), ik = vsplat((float)(27.0 / 24389.0));
-    const v8f c16 = vsplat(16.0f), c116 = vsplat(116.0f);
-    const v8f kg = vsplat((float)(1.0 / (0.2126729 + 0.7151522 + 0.0721750))); /* 1 / sum of k_m's Y row */
-    for (int i = 0; i < ROW_CHUNK; i += 8) {
-        v8f l0, a0, b0;
-        memcpy(&l0, L + i, sizeof l0);
-        memcpy(&a0, A + i, sizeof a0);
-        memcpy(&b0, B + i, sizeof b0);
-        v8i box = (l0 >= zero) & (l0 <= vsplat(100.0f)) & (a0 >= vsplat(-128.0f)) & (a0 <= vsplat(128.0f)) &
-                  (b0 >= vsplat(-128.0f)) & (b0 <= vsplat(128.0f)); /* false for NaN */
-        v8f l = vsel(box, l0, vsplat(50.0f)), a = vsel(box, a0, zero), b = vsel(box, b0, zero);
-        v8f fy = (l + c16) * vsplat(1.0f / 116.0f);
-        v8f y = vsel(l > vsplat(8.0f), fy * fy * fy, l * ik);
-        v8f fx = fy + a * vsplat(1.0f / 500.0f), fz = fy - b * vsplat(1.0f / 200.0f);
-        v8f x3 = fx * fx * fx, z3 = fz * fz * fz;
-        v8f x = vsplat((float)k_xn) * vsel(x3 > eps, x3, (c116 * fx - c16) * ik);
-        v8f z = vsplat((float)k_zn) * vsel(z3 > eps, z3, (c116 * fz - c16) * ik);
-        v8i gray_in = (a == zero) & (b == zero);
-        v8f r0 = vsel(gray_in, y, vsplat(mi[0]) * x + vsplat(mi[1]) * y + vsplat(mi[2]) * z);
-        v8f r1 = vsel(gray_in, y, vsplat(mi[3]) * x + vsplat(mi[4]) * y + vsplat(mi[5]) * z);
-        v8f r2 = vsel(gray_in, y, vsplat(mi[6]) * x + vsplat(mi[7]) * y + vsplat(mi[8]) * z);
-        v8f gray = y * kg;
-        gray = vsel(gray > one, one, gray);
-        v8i inside = box | ~box, edge = box & ~box; /* all ones, all zeros */
-        v8f t = one, dmin = vsplat(2.0f);
-        chan_gamut(&r0, &gray, &inside, &edge, &t, &dmin);
-        chan_gamut(&r1, &gray, &inside, &edge, &t, &dmin);
-        chan_gamut(&r2, &gray, &inside, &edge, &t, &dmin);
-        t = vsel(t < zero, zero, t);
-        v8f o0, o1, o2;
-        chan_clipped(&r0, &gray, &t, &inside, &o0);
-        chan_clipped(&r1, &gray, &t, &inside, &o1);
-        chan_clipped(&r2, &gray, &t, &inside, &o2);
-        v8f bound = vsel(inside, e, e * (one + vsplat(2.0f) / dmin));
-        v8f er = vsel(box & ~edge, bound, vsplat(-1.0f));
-        memcpy(lin + i, &o0, sizeof o0);
-        memcpy(lin + ROW_CHUNK + i, &o1, sizeof o1);
-        memcpy(lin + 2 * ROW_CHUNK + i, &o2, sizeof o2);
-        memcpy(err + i, &er, sizeof er);
-    }
-}
 
 /* ---- cz_srgb8_row_to_lab_f: sRGB -> Lab in float, 8 pixels at a time ----
  * linear_to_lab's steps in float: the 8-bit code -> linear table rounded to float, the matrix,
@@ -429,82 +324,135 @@ void cz_srgb8_row_to_lab_f(const uint8_t *rgb, size_t n, float *L, float *a, flo
     }
 }
 
-/* The code of linear value v in [0, 1], or -1 when a threshold is within m of it. Most values
- * take one lookup: v * CODE_CELLS is exact (a power of two), so v lies in the cell it indexes. */
-static inline int code_fast(float v, float m) {
-    int c = g_tab.code_cell[(int)(v * (float)CODE_CELLS)];
-    if (c >= 0 && m <= (float)k_cell_margin) return c;
-    c = g_tab.code_at[(int)(v * (float)CODE_LUT)];
-    while (v >= g_tab.thr_f[c]) c++; /* thr_f[255] = 2 stops it */
-    if (g_tab.thr_f[c] - v < m) return -1;
-    if (c > 0 && v - g_tab.thr_f[c - 1] < m) return -1;
-    return c;
+/* ---- cz_lab_row_to_srgb8: cz_lx_linear_clipped four pixels at a time ----
+ * Pass 1 runs lab_exact.h's cz_lx_linear_clipped on four lanes of doubles: the same operations
+ * in the same order on every lane, its branches turned into masks (each lane keeps what the
+ * scalar code would have computed; the other side's values, divisions by zero included, are
+ * dropped), and no fused multiply-adds, so every linear value is bit-identical to the scalar
+ * one. Pass 2 turns each into its code with linear_to_code. The row is therefore byte-identical
+ * to cz_lab_to_srgb8 by construction (tested on a million pixels, special values included),
+ * and takes the same time whatever the colours. */
+enum { ROW_CHUNK = 256 }; /* pixels per pass: 3 planes of doubles stay in the L1 cache */
+
+/* lanes of x that are finite (false for NaN and the infinities) */
+#define V4D_FINITE(x) (((x) == (x)) & ((x) < V4D_SPLAT(INFINITY)) & ((x) > V4D_SPLAT(-INFINITY)))
+
+/* cz_lx_finv on a vector */
+static inline void finv_v(const v4d *fp, v4d *out) {
+    const v4d f = *fp, f3 = f * f * f;
+    *out = V4D_SEL(f3 > V4D_SPLAT(CZ_LX_EPS), f3, (116.0 * f - 16.0) * CZ_LX_INV_KAPPA);
 }
 
-/* Pass 1 over the m <= ROW_CHUNK pixels at L, a, b (a short chunk is padded with zeros
- * in `pad` first). */
-static void chunk_pass1(const float *L, const float *a, const float *b, int m, float (*pad)[ROW_CHUNK],
-                        float *lin, float *err) {
-    if (m < ROW_CHUNK) {
-        memset(pad, 0, 3 * sizeof *pad);
-        memcpy(pad[0], L, (size_t)m * sizeof *L);
-        memcpy(pad[1], a, (size_t)m * sizeof *a);
-        memcpy(pad[2], b, (size_t)m * sizeof *b);
-        L = pad[0];
-        a = pad[1];
-        b = pad[2];
+/* One channel of cz_lx_linear_clipped's gamut loop: its step limit folded into *s. */
+static inline void gamut_limit_v(const v4d *vp, const v4d *grayp, v4d *s) {
+    const v4d v = *vp, gray = *grayp;
+    const v4l fin = V4D_FINITE(v), over = fin & (v > 1.0), under = fin & ~over & (v < 0.0);
+    const v4d r = V4D_SEL(over, (1.0 - gray) / (v - gray), gray / (gray - v));
+    *s = V4D_SEL(~fin, V4D_SPLAT(0.0), V4D_SEL((over | under) & (r < *s), r, *s));
+}
+
+/* One channel's result: in gamut, clamped; otherwise moved toward gray by s, then clamped. */
+static inline void gamut_apply_v(const v4d *vp, const v4d *grayp, const v4d *sp, v4l inside, v4d *out) {
+    const v4d v = *vp, gray = *grayp, s = *sp, zero = V4D_SPLAT(0.0), one = V4D_SPLAT(1.0);
+    const v4d in = V4D_SEL(v < 0.0, zero, V4D_SEL(v > 1.0, one, v));
+    v4d o = V4D_SEL(s > 0.0, gray + s * (v - gray), gray);
+    o = V4D_SEL(o < 0.0, zero, V4D_SEL(o > 1.0, one, o));
+    *out = V4D_SEL(inside, in, o);
+}
+
+/* Pass 1 over `quads` groups of four pixels: clipped linear RGB into lin (3 planes of ROW_CHUNK)
+ * and its code_exact cell, (int)(v * CODE_CELLS) as in linear_to_code, into cell (the same
+ * layout). The gamut clip is skipped for a group whose four pixels are all in gamut: there it
+ * only clamps, and its five divisions are the most expensive part of the pass. */
+CZ_SIMD_CLONES static void lab_quads_linear(const float *Lp, const float *Ap, const float *Bp, int quads,
+                                            double *lin, int32_t *cell) {
+    const cz_lab_exact_tab *t = &g_tab.lx;
+    const double tol = 1e-12; /* cz_lx_linear_clipped's */
+    for (int q = 0; q < quads; q++) {
+        v4f lf, af, bf;
+        memcpy(&lf, Lp + 4 * q, sizeof lf);
+        memcpy(&af, Ap + 4 * q, sizeof af);
+        memcpy(&bf, Bp + 4 * q, sizeof bf);
+        v4d L = __builtin_convertvector(lf, v4d), a = __builtin_convertvector(af, v4d),
+            b = __builtin_convertvector(bf, v4d);
+        const v4d zero = V4D_SPLAT(0.0);
+        L = V4D_SEL(V4D_FINITE(L), L, zero); /* cz_lx_finite_or_zero */
+        a = V4D_SEL(V4D_FINITE(a), a, zero);
+        b = V4D_SEL(V4D_FINITE(b), b, zero);
+        L = V4D_SEL(L < 0.0, zero, L);
+        L = V4D_SEL(L > 100.0, V4D_SPLAT(100.0), L);
+        /* cz_lx_linear_raw */
+        const v4d fy = (L + 16.0) * (1.0 / 116.0);
+        const v4d y = V4D_SEL(L > CZ_LX_KAPPA * CZ_LX_EPS, fy * fy * fy, L * CZ_LX_INV_KAPPA);
+        const v4l gray_in = (a == 0.0) & (b == 0.0);
+        v4d fx = fy + a * (1.0 / 500.0), fz = fy - b * (1.0 / 200.0), x, z;
+        finv_v(&fx, &x);
+        finv_v(&fz, &z);
+        x = CZ_LX_XN * x;
+        z = CZ_LX_ZN * z;
+        v4d r[3];
+        for (int i = 0; i < 3; i++)
+            r[i] = V4D_SEL(gray_in, y, t->minv[i][0] * x + t->minv[i][1] * y + t->minv[i][2] * z);
+        /* the gamut clip */
+        v4l inside = (r[0] >= -tol) & (r[0] <= 1.0 + tol);
+        inside &= (r[1] >= -tol) & (r[1] <= 1.0 + tol);
+        inside &= (r[2] >= -tol) & (r[2] <= 1.0 + tol);
+        v4d o[3];
+        if ((inside[0] & inside[1] & inside[2] & inside[3]) != 0) {
+            for (int i = 0; i < 3; i++)
+                o[i] = V4D_SEL(r[i] < 0.0, zero, V4D_SEL(r[i] > 1.0, V4D_SPLAT(1.0), r[i]));
+        } else {
+            v4d gray = y / t->ysum;
+            gray = V4D_SEL(gray > 1.0, V4D_SPLAT(1.0), gray);
+            v4d s = V4D_SPLAT(1.0);
+            for (int i = 0; i < 3; i++) gamut_limit_v(&r[i], &gray, &s);
+            s = V4D_SEL(s < 0.0, zero, s);
+            for (int i = 0; i < 3; i++) gamut_apply_v(&r[i], &gray, &s, inside, &o[i]);
+        }
+        for (int i = 0; i < 3; i++) {
+            v4i c = __builtin_convertvector(o[i] * (double)CODE_CELLS, v4i); /* o is in [0, 1] */
+            memcpy(lin + (size_t)i * ROW_CHUNK + 4 * q, &o[i], sizeof o[i]);
+            memcpy(cell + (size_t)i * ROW_CHUNK + 4 * q, &c, sizeof c);
+        }
     }
-    lab_chunk_linear_f(L, a, b, &g_tab.minv_f[0][0], lin, err);
 }
 
 void cz_lab_row_to_srgb8(const float *L, const float *a, const float *b, size_t n, uint8_t *rgb) {
     tables_ready();
-    float lin[3 * ROW_CHUNK], err[ROW_CHUNK], pad[3][ROW_CHUNK];
+    double lin[3 * ROW_CHUNK];
+    int32_t cell[3 * ROW_CHUNK];
     for (size_t base = 0; base < n; base += ROW_CHUNK) {
-        int m = n - base < ROW_CHUNK ? (int)(n - base) : ROW_CHUNK;
-        chunk_pass1(L + base, a + base, b + base, m, pad, lin, err);
-        for (int i = 0; i < m; i++) {
-            uint8_t *o = rgb + 3 * (base + i);
-            if (err[i] >= 0.0f) {
-                float mg = 2.5f * err[i];
-                int c0 = code_fast(lin[i], mg), c1 = code_fast(lin[ROW_CHUNK + i], mg),
-                    c2 = code_fast(lin[2 * ROW_CHUNK + i], mg);
-                if ((c0 | c1 | c2) >= 0) {
-                    o[0] = (uint8_t)c0;
-                    o[1] = (uint8_t)c1;
-                    o[2] = (uint8_t)c2;
-                    continue;
-                }
-            }
-            double dl[3];
-            lab_to_linear_clipped((const float[3]){L[base + i], a[base + i], b[base + i]}, dl);
-            for (int k = 0; k < 3; k++) o[k] = linear_to_code(dl[k]);
-        }
-    }
-}
-
-float cz_lab_row_fast_error(const float *L, const float *a, const float *b, size_t n, size_t *fast) {
-    tables_ready();
-    float lin[3 * ROW_CHUNK], err[ROW_CHUNK], pad[3][ROW_CHUNK];
-    double worst = 0.0;
-    *fast = 0;
-    for (size_t base = 0; base < n; base += ROW_CHUNK) {
-        int m = n - base < ROW_CHUNK ? (int)(n - base) : ROW_CHUNK;
-        chunk_pass1(L + base, a + base, b + base, m, pad, lin, err);
-        for (int i = 0; i < m; i++) {
-            if (err[i] < 0.0f) continue;
-            float mg = 2.5f * err[i];
-            *fast += (code_fast(lin[i], mg) | code_fast(lin[ROW_CHUNK + i], mg) |
-                      code_fast(lin[2 * ROW_CHUNK + i], mg)) >= 0;
-            double ref[3];
-            lab_to_linear_clipped((const float[3]){L[base + i], a[base + i], b[base + i]}, ref);
-            for (int k = 0; k < 3; k++) {
-                double e = fabs((double)lin[k * ROW_CHUNK + i] - ref[k]) / err[i];
-                if (e > worst) worst = e;
+        const int m = n - base < ROW_CHUNK ? (int)(n - base) : ROW_CHUNK, quads = m / 4, rest = m - 4 * quads;
+        lab_quads_linear(L + base, a + base, b + base, quads, lin, cell);
+        if (rest) { /* the last pixels through a zero-padded quad */
+            float pad[3][4] = {{0}};
+            memcpy(pad[0], L + base + 4 * quads, (size_t)rest * sizeof *L);
+            memcpy(pad[1], a + base + 4 * quads, (size_t)rest * sizeof *a);
+            memcpy(pad[2], b + base + 4 * quads, (size_t)rest * sizeof *b);
+            double tl[3 * ROW_CHUNK];
+            int32_t tc[3 * ROW_CHUNK];
+            lab_quads_linear(pad[0], pad[1], pad[2], 1, tl, tc);
+            for (int c = 0; c < 3; c++) {
+                memcpy(lin + (size_t)c * ROW_CHUNK + 4 * quads, tl + (size_t)c * ROW_CHUNK, (size_t)rest * sizeof *lin);
+                memcpy(cell + (size_t)c * ROW_CHUNK + 4 * quads, tc + (size_t)c * ROW_CHUNK, (size_t)rest * sizeof *cell);
             }
         }
+        /* pass 2: linear_to_code, whose range checks pass 1's [0, 1] values never need (0 and 1
+         * fall in cells of one code); about 1.5% of cells hold a threshold and take its search */
+        uint8_t *o = rgb + 3 * base;
+        for (int i = 0; i < m; i++) {
+            int c0 = g_tab.code_exact[cell[i]], c1 = g_tab.code_exact[cell[ROW_CHUNK + i]],
+                c2 = g_tab.code_exact[cell[2 * ROW_CHUNK + i]];
+            if ((c0 | c1 | c2) < 0) {
+                c0 = linear_to_code(lin[i]);
+                c1 = linear_to_code(lin[ROW_CHUNK + i]);
+                c2 = linear_to_code(lin[2 * ROW_CHUNK + i]);
+            }
+            o[3 * i] = (uint8_t)c0;
+            o[3 * i + 1] = (uint8_t)c1;
+            o[3 * i + 2] = (uint8_t)c2;
+        }
     }
-    return (float)worst;
 }
 
 void cz_srgbf_to_lab(const float rgb[3], float lab[3]) {

@@ -3,11 +3,11 @@
  * (output L == input L up to 8-bit rounding, for any ab), render geometry, resize, reflect
  * padding (numpy semantics), crop, render_input_L and render_merge_ab; and that the fast paths
  * change nothing: the row Lab -> sRGB conversion byte-identical to the scalar one on a million
- * pixels (with its float error measured against its assumed bound), the row resampler
+ * pixels (special values included), the row resampler
  * bit-identical to the pixel-wise one, the merge identical to its pixel-wise definition, the
  * vectorized sRGB -> Lab rows bit-identical to the scalar conversion on all 2^24 colours, and
- * the conversions' cube root within 4 ulp of libm's. Also the training loader's float 8-bit RGB
- * resize against the double one. */
+ * the conversions' cube root within 4 ulp of libm's. Also the training loader's float paths
+ * (sRGB -> Lab rows on all 2^24 colours, the 8-bit RGB resize) against the double ones. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -434,8 +434,9 @@ static void test_srgb8_row_exhaustive(void **state) {
     free(b);
 }
 
-/* cz_lab_row_to_srgb8 must be byte-identical to cz_lab_to_srgb8, whichever path (float or
- * double fallback) each pixel takes, and its float path must stay well inside its margin. */
+/* cz_lab_row_to_srgb8 must be byte-identical to cz_lab_to_srgb8 on every pixel: anywhere in and
+ * beyond the Lab box, moderate chroma, grays on the code thresholds, NaN and the infinities, and
+ * row lengths that leave a partial group of four (N - 3 below). */
 static void test_lab_row_matches_scalar(void **state) {
     (void)state;
     enum { N = 1 << 20 };
@@ -490,8 +491,8 @@ static void test_lab_row_matches_scalar(void **state) {
             break;
         }
     }
-    cz_lab_row_to_srgb8(L, a, b, N, got);
-    for (int i = 0; i < N; i++) {
+    cz_lab_row_to_srgb8(L, a, b, N - 3, got);
+    for (int i = 0; i < N - 3; i++) {
         uint8_t want[3];
         cz_lab_to_srgb8((const float[3]){L[i], a[i], b[i]}, want);
         if (memcmp(want, got + 3 * (size_t)i, 3))
@@ -499,23 +500,7 @@ static void test_lab_row_matches_scalar(void **state) {
                      (double)a[i], (double)b[i], got[3 * i], got[3 * i + 1], got[3 * i + 2], want[0], want[1],
                      want[2]);
     }
-    size_t fast, typical = 0;
-    float worst = cz_lab_row_fast_error(L, a, b, N, &fast);
-    for (int i = 1; i < N; i += 5) { /* the moderate-chroma case, gathered */
-        L[typical] = L[i];
-        a[typical] = a[i];
-        b[typical++] = b[i];
-    }
-    (void)cz_lab_row_fast_error(L, a, b, typical, &fast);
-    print_message("lab row: %d pixels byte-identical to the scalar conversion; float path on %.1f%% of "
-                  "moderate-chroma pixels; worst float error %.2f of its assumed bound\n",
-                  N, 100.0 * (double)fast / (double)typical, (double)worst);
-    /* codes are only trusted 2.5 bounds away from a threshold: the error must stay under half a
-     * bound to leave that a wide safety factor */
-    if (worst > 0.5f) fail_msg("float path error reached %.3g of its assumed bound", (double)worst);
-    /* the float path must carry most typical pixels, or the row function is just slower (the rest
-     * are out of gamut, near black or white, or near a code threshold) */
-    if (fast < typical * 6 / 10) fail_msg("float path taken on only %zu of %zu typical pixels", fast, typical);
+    print_message("lab row: %d pixels byte-identical to the scalar conversion\n", N);
     free(L);
     free(a);
     free(b);
