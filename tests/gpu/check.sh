@@ -23,8 +23,9 @@
 #      latency and training img/s (batch 1/16/64, bf16 and fp32, recorded and op by op) beside
 #      PyTorch (tests/bench/torch_gpu_bench.py) measured in the same run, with the ratio; then
 #      bench_layers' per-layer times and roofline fraction (bf16, ngf 64, batch 64 and 1) and its
-#      per-layer training backward times (bf16 batch 64, fp32 batch 1). Numbers are printed,
-#      never asserted.
+#      per-layer training backward times (bf16 batch 64, fp32 batch 1), launch-by-launch
+#      profiles, and the training photo loader's samples/s with the cuda default worker count.
+#      Numbers are printed, never asserted.
 # Budget: under 8 minutes on an H100/H200. Environment: CZ_GPU_BIN (default .device/bundle),
 # CZ_GPU_STEPS (e.g. 1,2 or 3,4), CZ_GPU_SKIP_BENCH=1, CZ_GPU_COMPILE_BUDGET (seconds for torch.compile, default 150),
 # CZ_GPU_MODEL and CZ_GPU_RENDER (step 3's model and render size; default the shipped model at
@@ -476,6 +477,24 @@ if want 4 && [ "${CZ_GPU_SKIP_BENCH:-0}" != 1 ]; then
     grep -A26 "^cuda profile" "$WORK/$f.txt"
     cp "$WORK/$f.txt" "$RESULTS/" 2>/dev/null
   done
+fi
+
+# Can the photo loader feed that training step on this machine? bench_loader with the worker
+# count `colorize train` uses on cuda (online CPUs less two, 2..16), on synthetic colour JPEGs of
+# two sizes: its samples/s against the training step's images/s above
+if want 4 && [ "${CZ_GPU_SKIP_BENCH:-0}" != 1 ]; then
+  if [ -x "$BIN/bench_loader" ]; then
+    lw=$(( $(nproc) - 2 )); [ $lw -lt 2 ] && lw=2; [ $lw -gt 16 ] && lw=16
+    step "4. speed: the training photo loader with $lw workers (bench_loader)"
+    for sz in 1024x768 256x256; do
+      timeout 60 "$BIN/bench_loader" --workers $lw --size $sz --files 64 --batch 64 --min-time 2 \
+        2> "$WORK/bench_loader_$sz.err" | tee -a "$WORK/bench_loader.txt" | grep -E "^parts|^ *$lw " ||
+        bad "bench_loader $sz (see $WORK/bench_loader_$sz.err)"
+    done
+    cp "$WORK/bench_loader.txt" "$RESULTS/" 2>/dev/null
+  else
+    echo "warn: no $BIN/bench_loader in the bundle: the loader row is skipped (see tests/gpu/README.md)"
+  fi
 fi
 
 step "done"

@@ -16,7 +16,7 @@ fi
 BIN=$(mktemp -d /tmp/cz_gpu_bin.XXXXXX)
 trap 'rm -rf "$BIN"' EXIT
 for b in colorize colorized tests/test_ops tests/test_unet_golden tests/test_train_golden tests/bench/bench_layers \
-  tests/test_unet tests/integration/loadgen; do
+  tests/test_unet tests/integration/loadgen tests/bench/bench_loader; do
   [ -e "$BUILD/$b" ] && ln -s "$BUILD/$b" "$BIN/$(basename "$b")"
 done
 CZ_GPU_BIN=$BIN bash "$HERE/check.sh"
