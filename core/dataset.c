@@ -439,6 +439,7 @@ static void emit_sample(const cz_dataset *ds, scratch *sc, int cx, int cy, int f
     }
 }
 
+/* Produces the sample of `file`; returns 1 on success, 0 when the file is skipped. */
 static int load_sample(cz_dataset *ds, uint32_t file, scratch *sc, int cx, int cy, int flip, float *A,
                        float *B) {
     if (atomic_load(&ds->fstate[file]) >= FILE_BAD) return 0;

@@ -354,8 +354,9 @@ static inline void gamut_limit_v(const v4d *vp, const v4d *grayp, v4d *s) {
 }
 
 /* One channel's result: in gamut, clamped; otherwise moved toward gray by s, then clamped. */
-static inline void gamut_apply_v(const v4d *vp, const v4d *grayp, const v4d *sp, v4l inside, v4d *out) {
+static inline void gamut_apply_v(const v4d *vp, const v4d *grayp, const v4d *sp, const v4l *insidep, v4d *out) {
     const v4d v = *vp, gray = *grayp, s = *sp, zero = V4D_SPLAT(0.0), one = V4D_SPLAT(1.0);
+    const v4l inside = *insidep;
     const v4d in = V4D_SEL(v < 0.0, zero, V4D_SEL(v > 1.0, one, v));
     v4d o = V4D_SEL(s > 0.0, gray + s * (v - gray), gray);
     o = V4D_SEL(o < 0.0, zero, V4D_SEL(o > 1.0, one, o));
@@ -365,7 +366,7 @@ static inline void gamut_apply_v(const v4d *vp, const v4d *grayp, const v4d *sp,
 /* Pass 1 over `quads` groups of four pixels: clipped linear RGB into lin (3 planes of ROW_CHUNK)
  * and its code_exact cell, (int)(v * CODE_CELLS) as in linear_to_code, into cell (the same
  * layout). The gamut clip is skipped for a group whose four pixels are all in gamut: there it
- * only clamps, and its five divisions are the most expensive part of the pass. */
+ * only clamps, and its seven divisions are the most expensive part of the pass. */
 CZ_SIMD_CLONES static void lab_quads_linear(const float *Lp, const float *Ap, const float *Bp, int quads,
                                             double *lin, int32_t *cell) {
     const cz_lab_exact_tab *t = &g_tab.lx;
@@ -409,7 +410,7 @@ CZ_SIMD_CLONES static void lab_quads_linear(const float *Lp, const float *Ap, co
             v4d s = V4D_SPLAT(1.0);
             for (int i = 0; i < 3; i++) gamut_limit_v(&r[i], &gray, &s);
             s = V4D_SEL(s < 0.0, zero, s);
-            for (int i = 0; i < 3; i++) gamut_apply_v(&r[i], &gray, &s, inside, &o[i]);
+            for (int i = 0; i < 3; i++) gamut_apply_v(&r[i], &gray, &s, &inside, &o[i]);
         }
         for (int i = 0; i < 3; i++) {
             v4i c = __builtin_convertvector(o[i] * (double)CODE_CELLS, v4i); /* o is in [0, 1] */
