@@ -270,13 +270,24 @@ static inline void lab_f_f(const v8f *tp, v8f *out) {
     *out = vsel(t > vsplat((float)k_eps), r, (vsplat((float)k_kappa) * t + 16.0f) * (1.0f / 116.0f));
 }
 
-CZ_SIMD_CLONES static void srgb8_octets_to_lab_f(const uint8_t *rgb, size_t octets, float *L, float *A, float *B) {
+/* The linear light of eight interleaved 8-bit RGB pixels, one vector per channel. */
+static inline void octet_linear_f(const uint8_t *p, v8f *l0, v8f *l1, v8f *l2) {
     const float *lt = g_tab.lin_f;
+    *l0 = (v8f){lt[p[0]], lt[p[3]], lt[p[6]], lt[p[9]], lt[p[12]], lt[p[15]], lt[p[18]], lt[p[21]]};
+    *l1 = (v8f){lt[p[1]], lt[p[4]], lt[p[7]], lt[p[10]], lt[p[13]], lt[p[16]], lt[p[19]], lt[p[22]]};
+    *l2 = (v8f){lt[p[2]], lt[p[5]], lt[p[8]], lt[p[11]], lt[p[14]], lt[p[17]], lt[p[20]], lt[p[23]]};
+}
+
+/* 116 f(y) - 16 clamped to [0, 100] */
+static inline void lightness_f(const v8f *fyp, v8f *out) {
+    v8f l = 116.0f * *fyp - 16.0f;
+    *out = vsel(l > vsplat(100.0f), vsplat(100.0f), vsel(l < vsplat(0.0f), vsplat(0.0f), l));
+}
+
+CZ_SIMD_CLONES static void srgb8_octets_to_lab_f(const uint8_t *rgb, size_t octets, float *L, float *A, float *B) {
     for (size_t q = 0; q < octets; q++) {
-        const uint8_t *p = rgb + 24 * q;
-        v8f l0 = {lt[p[0]], lt[p[3]], lt[p[6]], lt[p[9]], lt[p[12]], lt[p[15]], lt[p[18]], lt[p[21]]};
-        v8f l1 = {lt[p[1]], lt[p[4]], lt[p[7]], lt[p[10]], lt[p[13]], lt[p[16]], lt[p[19]], lt[p[22]]};
-        v8f l2 = {lt[p[2]], lt[p[5]], lt[p[8]], lt[p[11]], lt[p[14]], lt[p[17]], lt[p[20]], lt[p[23]]};
+        v8f l0, l1, l2;
+        octet_linear_f(rgb + 24 * q, &l0, &l1, &l2);
         v8f tx = (float)(k_m[0][0] / k_xn) * l0 + (float)(k_m[0][1] / k_xn) * l1 + (float)(k_m[0][2] / k_xn) * l2;
         v8f ty = (float)(k_m[1][0] / k_yn) * l0 + (float)(k_m[1][1] / k_yn) * l1 + (float)(k_m[1][2] / k_yn) * l2;
         v8f tz = (float)(k_m[2][0] / k_zn) * l0 + (float)(k_m[2][1] / k_zn) * l1 + (float)(k_m[2][2] / k_zn) * l2;
@@ -284,8 +295,8 @@ CZ_SIMD_CLONES static void srgb8_octets_to_lab_f(const uint8_t *rgb, size_t octe
         lab_f_f(&tx, &fx);
         lab_f_f(&ty, &fy);
         lab_f_f(&tz, &fz);
-        v8f l = 116.0f * fy - 16.0f;
-        l = vsel(l > vsplat(100.0f), vsplat(100.0f), vsel(l < vsplat(0.0f), vsplat(0.0f), l));
+        v8f l;
+        lightness_f(&fy, &l);
         v8f af = 500.0f * (fx - fy), bf = 200.0f * (fy - fz);
         memcpy(L + 8 * q, &l, sizeof l);
         memcpy(A + 8 * q, &af, sizeof af);
@@ -296,17 +307,13 @@ CZ_SIMD_CLONES static void srgb8_octets_to_lab_f(const uint8_t *rgb, size_t octe
 /* The L of cz_image_lightness for colour pixels: srgb8_octets_to_lab_f's L, the same operations
  * without x and z, so the two give the same bits. */
 CZ_SIMD_CLONES static void srgb8_octets_lightness_f(const uint8_t *rgb, size_t octets, float *L) {
-    const float *lt = g_tab.lin_f;
     for (size_t q = 0; q < octets; q++) {
-        const uint8_t *p = rgb + 24 * q;
-        v8f l0 = {lt[p[0]], lt[p[3]], lt[p[6]], lt[p[9]], lt[p[12]], lt[p[15]], lt[p[18]], lt[p[21]]};
-        v8f l1 = {lt[p[1]], lt[p[4]], lt[p[7]], lt[p[10]], lt[p[13]], lt[p[16]], lt[p[19]], lt[p[22]]};
-        v8f l2 = {lt[p[2]], lt[p[5]], lt[p[8]], lt[p[11]], lt[p[14]], lt[p[17]], lt[p[20]], lt[p[23]]};
+        v8f l0, l1, l2;
+        octet_linear_f(rgb + 24 * q, &l0, &l1, &l2);
         v8f ty = (float)(k_m[1][0] / k_yn) * l0 + (float)(k_m[1][1] / k_yn) * l1 + (float)(k_m[1][2] / k_yn) * l2;
-        v8f fy;
+        v8f fy, l;
         lab_f_f(&ty, &fy);
-        v8f l = 116.0f * fy - 16.0f;
-        l = vsel(l > vsplat(100.0f), vsplat(100.0f), vsel(l < vsplat(0.0f), vsplat(0.0f), l));
+        lightness_f(&fy, &l);
         memcpy(L + 8 * q, &l, sizeof l);
     }
 }
