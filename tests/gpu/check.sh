@@ -23,10 +23,11 @@
 #      latency and training img/s (batch 1/16/64, bf16 and fp32, recorded and op by op) beside
 #      PyTorch (tests/bench/torch_gpu_bench.py) measured in the same run, with the ratio; then
 #      bench_layers' per-layer times and roofline fraction (bf16, ngf 64, batch 64 and 1) and its
-#      per-layer training backward times (bf16 batch 64, fp32 batch 1), launch-by-launch
-#      profiles, and the training photo loader's samples/s with the cuda default worker count.
+#      per-layer training backward times (bf16 batch 64, fp32 batch 1), the direct kernels'
+#      per-layer times at fp32 batch 1, launch-by-launch profiles, and the training photo
+#      loader's samples/s with the cuda default worker count.
 #      Numbers are printed, never asserted.
-# Budget: under 8 minutes on an H100/H200. Environment: CZ_GPU_BIN (default .device/bundle),
+# Budget: under 8 minutes on an H100/H200; in a short device session run 1,2 then 3 then 4. Environment: CZ_GPU_BIN (default .device/bundle),
 # CZ_GPU_STEPS (e.g. 1,2 or 3,4), CZ_GPU_SKIP_BENCH=1, CZ_GPU_COMPILE_BUDGET (seconds for torch.compile, default 150),
 # CZ_GPU_MODEL and CZ_GPU_RENDER (step 3's model and render size; default the shipped model at
 # its own render). tests/gpu/emu_check.sh runs steps 1-3 on the CPU emulator build with these.
@@ -432,29 +433,37 @@ EOF
   # default peaks are assumed H200 figures, printed in each table's title). Batch 64 (at most 90 s) and
   # batch 1 (at most 30 s); tables to bench_layers.txt, JSON lines to bench_layers.jsonl in $RESULTS.
   if [ -x "$BIN/bench_layers" ]; then
+    # layers NAME LIMIT_S TXT JSONL [ENV=VALUE...] -- BENCH_LAYERS_ARGS...: one bench_layers run
+    # on cuda at ngf 64, 256x256, its table appended to TXT (and shown), JSON lines to JSONL
+    layers() {
+      local name=$1 lim=$2 txt=$3 js=$4 rc; shift 4
+      local envs=(); while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
+      env "${envs[@]}" timeout "$lim" "$BIN/bench_layers" --backend cuda --ngf 64 --size 256 "$@" --json-file "$js" \
+        2> "$WORK/bench_layers_$name.err" | tee -a "$txt"; rc=${PIPESTATUS[0]}
+      if [ "$rc" = 124 ]; then echo "warn: bench_layers $name timed out after $lim s (partial table above)"
+      elif [ "$rc" != 0 ]; then bad "bench_layers $name (exit $rc, see $WORK/bench_layers_$name.err)"
+        tail -3 "$WORK/bench_layers_$name.err"
+      fi
+    }
     step "4. speed: where the forward time goes (bench_layers, bf16, ngf 64)"
     LT=$WORK/bench_layers.txt LJ=$WORK/bench_layers.jsonl; : > "$LT"; : > "$LJ"
-    for lb in 64 1; do
-      lim=90; [ $lb = 1 ] && lim=30
-      timeout $lim "$BIN/bench_layers" --backend cuda --ngf 64 --size 256 --batch $lb --dtype bf16 --min-ms 200 \
-        --json-file "$LJ" 2> "$WORK/bench_layers_$lb.err" | tee -a "$LT"; rc=${PIPESTATUS[0]}
-      if [ "$rc" = 124 ]; then echo "warn: bench_layers batch $lb timed out after $lim s (partial table above)"
-      elif [ "$rc" != 0 ]; then bad "bench_layers batch $lb (exit $rc, see $WORK/bench_layers_$lb.err)"
-        tail -3 "$WORK/bench_layers_$lb.err"
-      fi
-    done
+    layers fwd_b64 90 "$LT" "$LJ" -- --batch 64 --dtype bf16 --min-ms 200
+    layers fwd_b1 30 "$LT" "$LJ" -- --batch 1 --dtype bf16 --min-ms 200
     # and where a training step's convolution time goes: backward-data and backward-weights of each
     # conv (--pass bwd), at the two training settings of the speed goals (bf16 batch 64, fp32 batch 1)
     step "4. speed: where the training backward time goes (bench_layers --pass bwd, ngf 64)"
-    for cfg in "64 bf16 45" "1 fp32 20"; do
-      set -- $cfg
-      timeout $3 "$BIN/bench_layers" --backend cuda --pass bwd --ngf 64 --size 256 --batch $1 --dtype $2 --min-ms 100 \
-        --json-file "$LJ" 2> "$WORK/bench_layers_bwd_$1.err" | tee -a "$LT"; rc=${PIPESTATUS[0]}
-      if [ "$rc" = 124 ]; then echo "warn: bench_layers --pass bwd batch $1 timed out after $3 s (partial table above)"
-      elif [ "$rc" != 0 ]; then bad "bench_layers --pass bwd batch $1 (exit $rc, see $WORK/bench_layers_bwd_$1.err)"
-        tail -3 "$WORK/bench_layers_bwd_$1.err"
-      fi
-    done
+    layers bwd_b64 45 "$LT" "$LJ" -- --pass bwd --batch 64 --dtype bf16 --min-ms 100
+    layers bwd_b1 20 "$LT" "$LJ" -- --pass bwd --batch 1 --dtype fp32 --min-ms 100
+    # the fp32 batch-1 setting layer by layer with cuDNN and with the direct kernels
+    # (COLORIZE_CUDA_NAIVE=1, kernels/conv_naive.cu): in session 9 cuDNN's backward-data took
+    # 0.27-0.42 ms on each innermost layer (1x1 to 4x4 pixels, under 1.1 GFLOP), far from what
+    # reading their weights costs; where the direct kernels win, a per-shape choice pays
+    step "4. speed: cuDNN against the direct kernels layer by layer, fp32 batch 1"
+    NT=$WORK/bench_layers_naive.txt NJ=$WORK/bench_layers_naive.jsonl; : > "$NT"; : > "$NJ"
+    layers fwd_b1_fp32 30 "$LT" "$LJ" -- --batch 1 --dtype fp32 --min-ms 100
+    layers naive_fwd_b1 40 "$NT" "$NJ" COLORIZE_CUDA_NAIVE=1 -- --batch 1 --dtype fp32 --min-ms 100
+    layers naive_bwd_b1 40 "$NT" "$NJ" COLORIZE_CUDA_NAIVE=1 -- --pass bwd --batch 1 --dtype fp32 --min-ms 100
+    cp "$NT" "$NJ" "$RESULTS/" 2>/dev/null
     cp "$LT" "$LJ" "$RESULTS/" 2>/dev/null
   else
     echo "(no $BIN/bench_layers in the bundle: per-layer table skipped)"
@@ -462,8 +471,9 @@ EOF
 fi
 
 # Where an op-by-op step's device time goes, launch by launch (COLORIZE_CUDA_PROFILE,
-# kernels/backend_cuda_prof.c): the bf16 training step at batch 64 and the forward pass at 64
-# with graphs off; whole tables to profile_*.txt beside the other results
+# kernels/backend_cuda_prof.c): the bf16 training step at batch 64, the forward pass at 64 with
+# graphs off and the fp32 training step at batch 1; whole tables to profile_*.txt beside the
+# other results
 if want 4 && [ "${CZ_GPU_SKIP_BENCH:-0}" != 1 ]; then
   step "4. speed: where the device time goes, launch by launch (COLORIZE_CUDA_PROFILE)"
   COLORIZE_CUDA_PROFILE=1 timeout 60 "$BIN/colorize" bench --train --unrecorded --backend cuda --precision bf16 --ngf 64 \
@@ -472,7 +482,11 @@ if want 4 && [ "${CZ_GPU_SKIP_BENCH:-0}" != 1 ]; then
   COLORIZE_CUDA_PROFILE=1 COLORIZE_CUDA_GRAPHS=0 timeout 60 "$BIN/colorize" bench --backend cuda --precision bf16 --ngf 64 \
     --batch 64 --size 256 --min-time 1 > /dev/null 2> "$WORK/profile_fwd_b64.txt" ||
     bad "profiled forward bench (see $WORK/profile_fwd_b64.txt)"
-  for f in profile_train_b64 profile_fwd_b64; do
+  # the fp32 training step at batch 1, the setting of the 300 images/s goal
+  COLORIZE_CUDA_PROFILE=1 timeout 60 "$BIN/colorize" bench --train --unrecorded --backend cuda --precision fp32 --ngf 64 \
+    --batch 1 --size 256 --min-time 1 > /dev/null 2> "$WORK/profile_train_b1_fp32.txt" ||
+    bad "profiled fp32 batch-1 training bench (see $WORK/profile_train_b1_fp32.txt)"
+  for f in profile_train_b64 profile_fwd_b64 profile_train_b1_fp32; do
     echo "-- $f (top 25; the whole table in $f.txt):"
     grep -A26 "^cuda profile" "$WORK/$f.txt"
     cp "$WORK/$f.txt" "$RESULTS/" 2>/dev/null
