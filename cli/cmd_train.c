@@ -68,7 +68,7 @@ static void usage(void) {
             "         [--ngf N] [--ndf N] [--depth D] [--init WEIGHTS|CHECKPOINT] [-o OUT.safetensors]\n"
             "         [--out-dir DIR] [--backend B] [--threads N] [--seed S] [--validate-every N]\n"
             "         [--checkpoint-every N] [--keep-checkpoints N] [--lr LR] [--lambda-l1 L] [--workers N]\n"
-            "         [--log-every N] [--precision fp32|bf16]\n");
+            "         [--log-every N] [--precision fp32|bf16] [--cache-mb MIB]\n");
 }
 
 static int parse_long(const char *s, long lo, long hi, long *out) {
@@ -92,7 +92,7 @@ int cz_cmd_train(int argc, char **argv) {
         {"lr", required_argument, 0, 'l'},             {"lambda-l1", required_argument, 0, 'L'},
         {"workers", required_argument, 0, 'w'},        {"log-every", required_argument, 0, 'g'},
         {"keep-checkpoints", required_argument, 0, 'K'}, {"help", no_argument, 0, 'h'},
-        {"precision", required_argument, 0, 'P'},
+        {"precision", required_argument, 0, 'P'},      {"cache-mb", required_argument, 0, 'M'},
         {0, 0, 0, 0}};
     cz_trainer_config cfg;
     cz_trainer_config_default(&cfg);
@@ -125,6 +125,7 @@ int cz_cmd_train(int argc, char **argv) {
         case 'l': cfg.lr = strtof(optarg, NULL); bad |= !(cfg.lr > 0); break;
         case 'L': cfg.lambda_l1 = strtof(optarg, NULL); bad |= !(cfg.lambda_l1 >= 0); break;
         case 'w': bad |= parse_long(optarg, 1, 64, &v); cfg.workers = (int)v; break;
+        case 'M': bad |= parse_long(optarg, 0, CZ_TRAIN_MAX_CACHE_MB, &v); cfg.cache_mb = (int)v; break;
         case 'K': bad |= parse_long(optarg, 0, 1000000L, &v); cfg.keep_checkpoints = (int)v; break;
         case 'g': bad |= parse_long(optarg, 1, 100000000L, &log_every); break;
         case 'P': {

@@ -110,6 +110,9 @@ static const key_row k_keys[] = {
     {"train.workers", T_INT, F(train_workers), 0, 0, 64, "0",
      "image decode threads of a running job; 0 = auto: on a GPU one per online CPU less two (2..16), on a CPU "
      "backend 2"},
+    {"train.cache_mb", T_INT, F(train_cache_mb), 0, 0, 1 << 20, "1024",
+     "memory (MiB) a running job keeps its photos in, stretched to the load size (about 245 KB each at "
+     "image_size 256), so that later epochs skip reading and decoding them; 0 = decode every time"},
     {"train.keep_jobs", T_INT, F(train_keep_jobs), 0, 0, 100000, "100",
      "finished jobs kept on disk, with their checkpoints and samples (0 = all); older ones are deleted"},
     {"train.idle_grace_ms", T_INT, F(train_idle_grace_ms), 0, 0, 60000, "100",

@@ -63,6 +63,7 @@ typedef struct cz_config {
     int train_max_image_size;
     int train_keep_checkpoints;        /* default for a job's keep_checkpoints */
     int train_workers;                 /* decode threads per running job */
+    int train_cache_mb;                /* photo cache per running job, MiB */
     int train_keep_jobs;               /* finished jobs kept on disk (0 = all) */
     int train_idle_grace_ms;           /* a training step starts only this long after the last inference batch */
     /* log */

@@ -24,6 +24,14 @@
  * in float. A PNG of any size, or a JPEG still large after 1/8, is area-averaged the same way
  * (each source row is read about once).
  *
+ * Cache (cache_bytes > 0): the first time a file's photo is stretched, a copy of the 8-bit
+ * load x load result is kept, while the bytes reserved stay within cache_bytes (reserved with an
+ * atomic add before the copy; a file is cached once, by whichever worker publishes first with a
+ * compare-and-swap). Later samples of the file, training or validation, start from that copy:
+ * no read, no decode, no stretch, the same bytes as without the cache. Copies are immutable
+ * and freed at cz_dataset_destroy; a file changed on disk after it was cached keeps its first
+ * content for the dataset's life.
+ *
  * Grayscale test: on a grid of at most ~64k pixels, a pixel is colourful when its channel
  * spread max - min exceeds 12 levels; fewer than 1% colourful pixels means gray (this keeps
  * JPEG noise on gray photos out and sepia or muted colour photos in).
@@ -78,6 +86,9 @@ struct cz_dataset {
     size_t non_image, links_refused;
     int truncated;
     _Atomic uint8_t *fstate;
+    _Atomic(uint8_t *) *cache; /* per file: its stretched photo once cached, else NULL */
+    atomic_size_t cache_used, cache_files;
+    atomic_uint_least64_t cache_hits;
     atomic_size_t skipped_bad, skipped_gray;
     atomic_uint logged;
     atomic_uint_least64_t val_served;
@@ -404,16 +415,39 @@ static inline float clampf(float v, float lo, float hi) {
     return v < lo ? lo : v > hi ? hi : v;
 }
 
+/* Keeps a copy of file's stretched photo `rs` when the cache has room (the bytes are reserved
+ * first, so concurrent workers never pass cache_bytes together); a worker that loses the race
+ * to publish the same file gives its copy back. */
+static void cache_put(cz_dataset *ds, uint32_t file, const uint8_t *rs) {
+    const size_t sz = 3 * (size_t)ds->load * ds->load;
+    if (!ds->cache || atomic_load(&ds->cache[file])) return;
+    if (atomic_fetch_add(&ds->cache_used, sz) + sz > ds->cfg.cache_bytes) {
+        atomic_fetch_sub(&ds->cache_used, sz); /* full: this file decodes every time */
+        return;
+    }
+    uint8_t *copy = malloc(sz), *none = NULL;
+    if (copy) {
+        memcpy(copy, rs, sz);
+        if (atomic_compare_exchange_strong(&ds->cache[file], &none, copy)) {
+            atomic_fetch_add(&ds->cache_files, 1);
+            return;
+        }
+    }
+    free(copy);
+    atomic_fetch_sub(&ds->cache_used, sz);
+}
+
 /* Writes one S x S sample from the stretched image: window at (cx, cy), mirrored if flip. The
  * stretch already rounded to 8 bits, as the reference's PIL pipeline does, which lets the
  * conversion start from the 8-bit -> linear table (cz_srgb8_row_to_lab_f: float, a row at a
  * time). */
-static void emit_sample(const cz_dataset *ds, scratch *sc, int cx, int cy, int flip, float *A, float *B) {
+static void emit_sample(const cz_dataset *ds, scratch *sc, const uint8_t *rs, int cx, int cy, int flip, float *A,
+                        float *B) {
     const int S = ds->S, load = ds->load;
     const size_t plane = (size_t)S * S;
     float *L = sc->lab, *a = L + S, *b = a + S;
     for (int y = 0; y < S; y++) {
-        const uint8_t *row = sc->rs + ((size_t)(cy + y) * load + (size_t)cx) * 3;
+        const uint8_t *row = rs + ((size_t)(cy + y) * load + (size_t)cx) * 3;
         if (flip) {
             for (int x = 0; x < S; x++) memcpy(sc->row + 3 * (size_t)x, row + 3 * (size_t)(S - 1 - x), 3);
             row = sc->row;
@@ -443,6 +477,12 @@ static void emit_sample(const cz_dataset *ds, scratch *sc, int cx, int cy, int f
 static int load_sample(cz_dataset *ds, uint32_t file, scratch *sc, int cx, int cy, int flip, float *A,
                        float *B) {
     if (atomic_load(&ds->fstate[file]) >= FILE_BAD) return 0;
+    const uint8_t *cached = ds->cache ? atomic_load(&ds->cache[file]) : NULL;
+    if (cached) { /* immutable once published: any number of workers read it at once */
+        atomic_fetch_add(&ds->cache_hits, 1);
+        emit_sample(ds, sc, cached, cx, cy, flip, A, B);
+        return 1;
+    }
     uint8_t *data = NULL;
     size_t len = 0;
     cz_image img = {0};
@@ -469,7 +509,8 @@ static int load_sample(cz_dataset *ds, uint32_t file, scratch *sc, int cx, int c
     }
     uint8_t unk = FILE_UNKNOWN;
     atomic_compare_exchange_strong(&ds->fstate[file], &unk, (uint8_t)FILE_OK);
-    emit_sample(ds, sc, cx, cy, flip, A, B);
+    cache_put(ds, file, sc->rs);
+    emit_sample(ds, sc, sc->rs, cx, cy, flip, A, B);
     return 1;
 }
 
@@ -697,7 +738,11 @@ cz_status cz_dataset_open(const cz_dataset_config *cfg, cz_dataset **out) {
         ds->fstate = calloc(ds->nfiles, sizeof *ds->fstate);
         ds->slots = calloc((size_t)ds->ring_n, sizeof *ds->slots);
         ds->threads = calloc((size_t)cfg->workers, sizeof *ds->threads);
-        if (!ds->fstate || !ds->slots || !ds->threads)
+        if (cfg->cache_bytes) {
+            ds->cache = malloc(ds->nfiles * sizeof *ds->cache);
+            for (size_t i = 0; ds->cache && i < ds->nfiles; i++) atomic_init(&ds->cache[i], NULL);
+        }
+        if (!ds->fstate || !ds->slots || !ds->threads || (cfg->cache_bytes && !ds->cache))
             s = cz_error_set(CZ_ERR_NOMEM, "dataset: out of memory");
         const size_t plane = (size_t)ds->S * ds->S;
         for (int i = 0; s == CZ_OK && i < ds->ring_n; i++) {
@@ -746,6 +791,9 @@ void cz_dataset_destroy(cz_dataset *ds) {
     free(ds->train);
     free(ds->val);
     free((void *)ds->fstate);
+    if (ds->cache)
+        for (size_t i = 0; i < ds->nfiles; i++) free(atomic_load(&ds->cache[i]));
+    free((void *)ds->cache);
     pthread_cond_destroy(&ds->cv_ready);
     pthread_cond_destroy(&ds->cv_space);
     pthread_mutex_destroy(&ds->mu);
@@ -839,6 +887,9 @@ void cz_dataset_get_stats(cz_dataset *ds, cz_dataset_stats *st) {
     st->skipped_unreadable = atomic_load(&ds->skipped_bad);
     st->skipped_gray = atomic_load(&ds->skipped_gray);
     st->val_served = atomic_load(&ds->val_served);
+    st->cached_files = atomic_load(&ds->cache_files);
+    st->cache_bytes = atomic_load(&ds->cache_used);
+    st->cache_hits = atomic_load(&ds->cache_hits);
     pthread_mutex_lock(&ds->mu);
     st->samples_served = ds->served;
     st->batches = ds->batches;

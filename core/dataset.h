@@ -58,6 +58,9 @@ typedef struct cz_dataset_config {
     size_t max_files;       /* cap on listed images, per directory given (default 1000000) */
     size_t max_file_bytes;  /* per-file byte cap (default 64 MiB) */
     cz_image_limits limits; /* per-file pixel caps (zeroes = cz_image_limits_default) */
+    size_t cache_bytes;     /* memory for photos kept stretched between epochs (load x load x 3
+                               bytes each, training and validation files alike); 0 = none, the
+                               default: every sample decodes its file */
 } cz_dataset_config;
 
 void cz_dataset_config_default(cz_dataset_config *cfg);
@@ -128,6 +131,9 @@ typedef struct cz_dataset_stats {
     int ring_capacity;
     int ring_ready;            /* samples ready in order at the head of the ring right now */
     int ready_at_last_request; /* ring_ready when the latest next_batch began */
+    size_t cached_files;       /* photos held stretched in the cache */
+    size_t cache_bytes;        /* the bytes they take (at most cache_bytes of the config) */
+    uint64_t cache_hits;       /* samples made from the cache instead of the file */
     int64_t epoch;             /* epoch of the next training sample */
 } cz_dataset_stats;
 

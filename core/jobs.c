@@ -750,6 +750,7 @@ static cz_status start_trainer(cz_jobs *J, job *a, cz_backend *be, cz_trainer **
     c.keep_checkpoints = a->p.keep;
     c.lr_decay_steps = a->p.lr_decay_steps;
     c.workers = J->o.workers;
+    c.cache_mb = J->o.cache_mb;
     c.precision = a->p.bf16 ? CZ_BF16 : CZ_F32;
     c.max_total_steps = J->o.max_steps; /* epochs are turned into steps only here */
     if (a->resume_from[0]) {

@@ -32,6 +32,7 @@ typedef struct cz_jobs_opts {
     int max_steps, max_batch, max_image_size;
     int keep_checkpoints;   /* default of a job's keep_checkpoints */
     int workers;            /* decode threads of a running job */
+    int cache_mb;           /* photo cache of a running job, MiB (cz_trainer_config.cache_mb) */
     int keep_jobs;          /* finished jobs kept on disk (0 = all): older ones are deleted, except
                              * the one whose checkpoint is in service and init sources of queued jobs */
 } cz_jobs_opts;

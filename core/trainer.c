@@ -99,6 +99,7 @@ void cz_trainer_config_default(cz_trainer_config *c) {
     c->sample_images = 4;
     c->val_max_images = 64;
     c->workers = 0;
+    c->cache_mb = 1024;
     c->init = CZ_TRAIN_INIT_AUTO;
 }
 
@@ -418,6 +419,8 @@ static cz_status check_config(const cz_trainer_config *c) {
     if (c->sample_images < 0 || c->sample_images > 64) return cz_error_set(CZ_ERR_CONFIG, "sample_images: 0..64");
     if (c->val_max_images < 0) return cz_error_set(CZ_ERR_CONFIG, "val_max_images: negative");
     if (c->workers < 0 || c->workers > 64) return cz_error_set(CZ_ERR_CONFIG, "workers: 0..64");
+    if (c->cache_mb < 0 || c->cache_mb > CZ_TRAIN_MAX_CACHE_MB)
+        return cz_error_set(CZ_ERR_CONFIG, "cache_mb: 0..%d", CZ_TRAIN_MAX_CACHE_MB);
     if (c->precision != CZ_F32 && c->precision != CZ_BF16)
         return cz_error_set(CZ_ERR_CONFIG, "precision: fp32 or bf16 (fp16 training would need loss scaling)");
     if (c->init != CZ_TRAIN_INIT_SCRATCH && !c->init_path && c->init != CZ_TRAIN_INIT_AUTO)
@@ -499,6 +502,7 @@ static cz_status build(cz_trainer *t, const cz_trainer_config *c) {
     dc.image_size = t->size;
     dc.batch_size = t->nb;
     dc.workers = c->workers ? c->workers : cz_trainer_auto_workers(t->be);
+    dc.cache_bytes = (size_t)c->cache_mb << 20;
     dc.seed = t->seed;
     CZ_TRY(cz_dataset_open(&dc, &t->ds));
     /* training batches in the backend's page-locked memory, so that their upload overlaps the
@@ -535,9 +539,9 @@ static cz_status build(cz_trainer *t, const cz_trainer_config *c) {
     CZ_TRY(write_state(t));
     CZ_LOGI(MOD,
             "run: %s, %zu train / %zu val images, ngf %d depth %d, %dx%d batch %d, steps %ld..%ld, backend %s, "
-            "%d decode threads",
+            "%d decode threads, photo cache %d MiB",
             resume ? "resumed" : "new", ntrain, cz_dataset_val_count(t->ds), t->arch.ngf, t->arch.depth, t->size,
-            t->size, t->nb, t->step, t->total, t->be->ops->name, dc.workers);
+            t->size, t->nb, t->step, t->total, t->be->ops->name, dc.workers, c->cache_mb);
     return CZ_OK;
 }
 

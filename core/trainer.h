@@ -112,6 +112,8 @@ typedef struct cz_trainer_config {
     int sample_images;      /* rows in a sample sheet (4) */
     int val_max_images;     /* validation images per validation (64; 0 = all) */
     int workers;            /* decode threads; 0 = cz_trainer_auto_workers (the default) */
+    int cache_mb;           /* MiB of photos kept stretched between epochs (1024; 0 = decode every
+                               sample again); see cz_dataset_config.cache_bytes */
     cz_dtype precision;     /* activations: CZ_F32, or CZ_BF16 (mixed precision, fp32 master weights) */
     long max_total_steps;   /* 0 = none; else a run whose total (from steps or epochs) is larger is refused */
     cz_train_init init;     /* SCRATCH unless init_path is given (then AUTO by default) */
@@ -122,6 +124,7 @@ typedef struct cz_trainer_config {
 } cz_trainer_config;
 
 void cz_trainer_config_default(cz_trainer_config *c);
+#define CZ_TRAIN_MAX_CACHE_MB (1 << 20) /* cache_mb's ceiling: 1 TiB */
 
 typedef struct cz_trainer cz_trainer;
 

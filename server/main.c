@@ -286,6 +286,7 @@ int main(int argc, char **argv) {
                            .max_image_size = s.cfg.train_max_image_size,
                            .keep_checkpoints = s.cfg.train_keep_checkpoints,
                            .workers = s.cfg.train_workers,
+                           .cache_mb = s.cfg.train_cache_mb,
                            .keep_jobs = s.cfg.train_keep_jobs};
         if (cz_jobs_open(&jo, &s.jobs) != CZ_OK) {
             CZ_LOGE("main", "training jobs: %s", cz_error_detail());

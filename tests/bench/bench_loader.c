@@ -10,8 +10,9 @@
  *
  * What is timed, for each worker count in --workers:
  *   cz_dataset_open on the directory (lab mode, S = --image-size, B = --batch, val_fraction 0
- *   so every file is a training file, default ring of 4 x B samples), one warm-up
- *   cz_dataset_next_batch (untimed: the workers start cold), then cz_dataset_next_batch calls
+ *   so every file is a training file, default ring of 4 x B samples, --cache-mb), one warm-up
+ *   cz_dataset_next_batch (untimed: the workers start cold; with --cache-mb, a whole epoch's
+ *   batches, so that what is timed comes from the cache), then cz_dataset_next_batch calls
  *   until at least --min-time seconds AND at least --min-batches batches have been served.
  *   Each sample is a full trip through the loader: read the file, JPEG decode, grayscale test,
  *   box reduce + resize to load x load (286 for S = 256), S x S crop, flip, 8-bit rounding and
@@ -36,7 +37,7 @@
  * --batch B (16), --min-time SECONDS (2), --min-batches N (8), --json (one JSON object per row
  * instead of the table; fields engine "colorize", bench "loader", cpu, workers, files, width,
  * height, image_size, batch, samples_per_s, ms_per_sample_per_worker, consumer_waits, and also
- * batches, seconds, jpeg_decode_ms, decoded_width, decoded_height, stretch_ms, lab_ms).
+ * batches, seconds, jpeg_decode_ms, decoded_width, decoded_height, stretch_ms, lab_ms, cache_mb).
  *
  * Build: tests/bench/CMakeLists.txt, target bench_loader (build-dir/tests/bench/bench_loader).
  * A benchmark prints numbers; it asserts nothing (it exits non-zero only when a call fails or
@@ -202,6 +203,7 @@ typedef struct {
     int files, width, height, image_size, batch, min_batches, json;
     double min_s;
     const char *cpu;
+    int cache_mb;
     double dec_ms, stretch_ms, lab_ms;
     int dec_w, dec_h; /* the reduced decode's size */
 } opts;
@@ -216,6 +218,7 @@ static void bench_row(const opts *o, int workers) {
     cfg.batch_size = o->batch;
     cfg.workers = workers;
     cfg.seed = 1;
+    cfg.cache_bytes = (size_t)o->cache_mb << 20;
     cz_dataset *ds = NULL;
     BU_CHECK("cz_dataset_open", cz_dataset_open(&cfg, &ds));
     if (cz_dataset_train_count(ds) != (size_t)o->files) {
@@ -231,7 +234,11 @@ static void bench_row(const opts *o, int workers) {
         cz_dataset_destroy(ds);
         bu_fail("cz_dataset_batch_alloc", s);
     }
-    s = cz_dataset_next_batch(ds, &b); /* warm-up */
+    /* warm-up: one batch (the workers start cold), or with the cache a whole epoch, so that the
+     * timed batches are made from it */
+    const int warm = o->cache_mb ? (o->files + o->batch - 1) / o->batch : 1;
+    s = CZ_OK;
+    for (int k = 0; k < warm && s == CZ_OK; k++) s = cz_dataset_next_batch(ds, &b);
     cz_dataset_stats st0, st1;
     cz_dataset_get_stats(ds, &st0);
     const double t0 = bu_now_s();
@@ -260,10 +267,10 @@ static void bench_row(const opts *o, int workers) {
                "\"width\":%d,\"height\":%d,\"image_size\":%d,\"batch\":%d,\"samples_per_s\":%.6g,"
                "\"ms_per_sample_per_worker\":%.6g,\"consumer_waits\":%llu,\"batches\":%llu,\"seconds\":%.6g,"
                "\"jpeg_decode_ms\":%.6g,\"decoded_width\":%d,\"decoded_height\":%d,\"stretch_ms\":%.6g,"
-               "\"lab_ms\":%.6g}\n",
+               "\"lab_ms\":%.6g,\"cache_mb\":%d}\n",
                cpu, workers, o->files, o->width, o->height, o->image_size, o->batch, rate, ms_worker,
                (unsigned long long)waits, (unsigned long long)batches, secs, o->dec_ms, o->dec_w, o->dec_h,
-               o->stretch_ms, o->lab_ms);
+               o->stretch_ms, o->lab_ms, o->cache_mb);
     } else {
         printf("%7d %10.1f %14.3f %8llu %8llu %8.2f %8zu\n", workers, rate, ms_worker, (unsigned long long)waits,
                (unsigned long long)batches, secs, skipped);
@@ -284,7 +291,7 @@ static void bench_row(const opts *o, int workers) {
 static void usage(FILE *f) {
     fprintf(f,
             "usage: bench_loader [--files 32] [--size 1024x768] [--workers 1,2] [--image-size 256] [--batch 16]\n"
-            "                    [--min-time 2] [--min-batches 8] [--json]\n"
+            "                    [--min-time 2] [--min-batches 8] [--cache-mb 0] [--json]\n"
             "  --files        synthetic JPEG photos written to a temporary directory (default 32)\n"
             "  --size         their size, WxH (default 1024x768)\n"
             "  --workers      comma-separated worker thread counts, one row each, 1..64 (default 1,2)\n"
@@ -292,6 +299,9 @@ static void usage(FILE *f) {
             "  --batch        batch size (default 16)\n"
             "  --min-time     seconds of timed batches per row (default 2)\n"
             "  --min-batches  timed batches per row, at least (default 8)\n"
+            "  --cache-mb     the loader's photo cache (cz_dataset_config.cache_bytes; colorize train's\n"
+            "                 default is 1024): with room for every file, the rows after the warm-up\n"
+            "                 epoch time samples made from the cache (default 0: every sample decodes)\n"
             "  --json         one JSON object per row instead of the table\n"
             "Training samples per second the data loader delivers, per worker count.\n");
 }
@@ -379,6 +389,9 @@ int main(int argc, char **argv) {
         } else if (!strcmp(a, "--min-batches")) {
             bad = (x = parse_int(v, 1, 1000000)) < 0;
             o.min_batches = (int)x;
+        } else if (!strcmp(a, "--cache-mb")) {
+            bad = (x = parse_int(v, 0, 1 << 20)) < 0;
+            o.cache_mb = (int)x;
         } else {
             fprintf(stderr, "bench_loader: unknown option %s\n", a);
             usage(stderr);
@@ -422,8 +435,10 @@ int main(int argc, char **argv) {
     if (!o.json) {
         printf("== training data loader (core/dataset.c), %s, %ld online CPUs ==\n", cpu, ncpu);
         printf("%d synthetic colour JPEGs (q%d) of %dx%d; lab mode, S %d (load %d), batch %d; wall clock,\n"
-               "one warm-up batch, then >= %.3g s and >= %d batches per row\n",
-               o.files, JPEG_QUALITY, o.width, o.height, o.image_size, load, o.batch, o.min_s, o.min_batches);
+               "%s, then >= %.3g s and >= %d batches per row\n",
+               o.files, JPEG_QUALITY, o.width, o.height, o.image_size, load, o.batch,
+               o.cache_mb ? "photo cache on (--cache-mb), one warm-up epoch" : "no photo cache, one warm-up batch",
+               o.min_s, o.min_batches);
         printf("parts, one core, median of single calls (not per row): jpg dec at %dx%d %.3f ms, "
                "stretch to %dx%d %.3f ms, lab of %dx%d %.3f ms\n",
                o.dec_w, o.dec_h, o.dec_ms, load, load, o.stretch_ms, o.image_size, o.image_size, o.lab_ms);

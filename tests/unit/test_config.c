@@ -19,6 +19,7 @@ static void test_defaults_valid(void **state) {
     assert_int_equal(c.max_pixels, 40000000);
     assert_int_equal(c.render, 256);
     assert_string_equal(c.backend, "auto");
+    assert_int_equal(c.train_cache_mb, 1024);
     /* the JSON dump of the defaults loads back to the same struct */
     char *j = cz_config_to_json(&c);
     cz_config d;
@@ -61,6 +62,7 @@ static void test_errors(void **state) {
     expect_error("{\"model\": {\"backend\": 3}}", "model.backend must be a string");
     expect_error("{\"image\": {\"render\": 256, \"render\": 512}}", "cfg.json");
     expect_error("[1,2]", "top level");
+    expect_error("{\"train\": {\"cache_mb\": -1}}", "train.cache_mb");
     expect_error("{\"image\": ", "cfg.json:1");
     cz_config c;
     cz_config_defaults(&c);

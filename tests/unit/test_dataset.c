@@ -342,7 +342,9 @@ static void test_shapes_and_ranges(void **state) {
     cz_dataset_destroy(ds);
 }
 
-static void draw(const cz_dataset_config *c, int nb, float **A, float **B, cz_sample_info **info) {
+/* nb batches of a fresh dataset copied out; its final stats into *st when st is not NULL */
+static void draw_st(const cz_dataset_config *c, int nb, float **A, float **B, cz_sample_info **info,
+                    cz_dataset_stats *st) {
     cz_dataset *ds = open_ok(c);
     cz_batch b;
     assert_int_equal(cz_dataset_batch_alloc(ds, &b), CZ_OK);
@@ -357,8 +359,13 @@ static void draw(const cz_dataset_config *c, int nb, float **A, float **B, cz_sa
         memcpy(*B + i * bsz, b.B, bsz * sizeof(float));
         memcpy(*info + i * b.cap, b.info, b.cap * sizeof **info);
     }
+    if (st) cz_dataset_get_stats(ds, st);
     cz_batch_free(&b);
     cz_dataset_destroy(ds);
+}
+
+static void draw(const cz_dataset_config *c, int nb, float **A, float **B, cz_sample_info **info) {
+    draw_st(c, nb, A, B, info, NULL);
 }
 
 static void test_reproducible(void **state) {
@@ -519,6 +526,116 @@ static void test_validation_split(void **state) {
     cz_dataset_destroy(ds);
 }
 
+/* The photo cache (cache_bytes): the same training and validation batches as without it over
+ * three epochs, the later ones served from it; a cache with room for one photo holds one; and a
+ * cached photo is not read again, so files replaced by garbage after the first epoch still
+ * train (without the cache they are skipped). */
+static void test_cache(void **state) {
+    (void)state;
+    const int B = 4, S = 16, nb = 9; /* 12 files: three epochs */
+    const size_t asz = (size_t)nb * B * S * S, bsz = 2 * asz, one = 3 * 18 * 18; /* load 18 */
+    cz_dataset_config c = config(g_clean, S, B, 11);
+    c.val_fraction = 0;
+    c.workers = 3;
+    float *A0, *B0, *A1, *B1, *A2, *B2;
+    cz_sample_info *i0, *i1, *i2;
+    cz_dataset_stats st;
+    draw_st(&c, nb, &A0, &B0, &i0, &st);
+    assert_int_equal(st.cached_files, 0);
+    assert_int_equal(st.cache_hits, 0);
+    c.cache_bytes = (size_t)64 << 20;
+    draw_st(&c, nb, &A1, &B1, &i1, &st);
+    assert_memory_equal(A0, A1, asz * sizeof(float));
+    assert_memory_equal(B0, B1, bsz * sizeof(float));
+    assert_memory_equal(i0, i1, (size_t)nb * B * sizeof *i0);
+    assert_int_equal(st.cached_files, 12);
+    assert_int_equal(st.cache_bytes, 12 * one);
+    assert_true(st.cache_hits > 0); /* how many depends on how far the three workers overlap */
+    free(A1), free(B1), free(i1);
+    /* one worker: epoch 0 is done before epoch 1 starts, so every later sample is a hit */
+    c.workers = 1;
+    draw_st(&c, nb, &A1, &B1, &i1, &st);
+    assert_memory_equal(A0, A1, asz * sizeof(float));
+    assert_int_equal(st.cached_files, 12);
+    assert_true(st.cache_hits >= 24);
+    c.cache_bytes = one + one / 2; /* room for one photo: the first one decoded */
+    draw_st(&c, nb, &A2, &B2, &i2, &st);
+    assert_memory_equal(A0, A2, asz * sizeof(float));
+    assert_memory_equal(B0, B2, bsz * sizeof(float));
+    assert_int_equal(st.cached_files, 1);
+    assert_int_equal(st.cache_bytes, one);
+    assert_true(st.cache_hits >= 2);
+    free(A0), free(B0), free(A1), free(B1), free(A2), free(B2), free(i0), free(i1), free(i2);
+
+    /* validation batches from the cache equal the decoded ones */
+    c = config(g_clean, S, 2, 5);
+    c.val_dir = g_valdir;
+    cz_dataset *dn = open_ok(&c);
+    c.cache_bytes = (size_t)1 << 20;
+    cz_dataset *dc = open_ok(&c);
+    cz_batch v0, v1;
+    assert_int_equal(cz_batch_alloc(&v0, 5, S, 1, 2), CZ_OK);
+    assert_int_equal(cz_batch_alloc(&v1, 5, S, 1, 2), CZ_OK);
+    for (int pass = 0; pass < 2; pass++) {
+        size_t k0 = 0, k1 = 0;
+        assert_int_equal(cz_dataset_val_batch(dn, &k0, &v0), CZ_OK);
+        assert_int_equal(cz_dataset_val_batch(dc, &k1, &v1), CZ_OK);
+        assert_int_equal(v0.n, 5);
+        assert_int_equal(v1.n, 5);
+        assert_memory_equal(v0.A, v1.A, (size_t)5 * S * S * sizeof(float));
+        assert_memory_equal(v0.B, v1.B, (size_t)5 * 2 * S * S * sizeof(float));
+    }
+    cz_dataset_get_stats(dc, &st);
+    assert_true(st.cached_files >= 5); /* and the training files the workers prefetched meanwhile */
+    assert_true(st.cache_hits >= 5);   /* the second validation pass */
+    cz_batch_free(&v0);
+    cz_batch_free(&v1);
+    cz_dataset_destroy(dn);
+    cz_dataset_destroy(dc);
+
+    /* files replaced after they were cached: still served, from the cache */
+    char dir[320], name[32];
+    snprintf(dir, sizeof dir, "%s/cached", g_tmp);
+    mkdir_p(dir);
+    for (int i = 0; i < 3; i++) {
+        snprintf(name, sizeof name, "p%d.png", i);
+        colour_file(dir, name, 300 + i, CZ_FMT_PNG);
+    }
+    for (int cached = 0; cached < 2; cached++) {
+        for (int i = 0; i < 3; i++) { /* fresh copies */
+            snprintf(name, sizeof name, "p%d.png", i);
+            colour_file(dir, name, 300 + i, CZ_FMT_PNG);
+        }
+        c = config(dir, S, 3, 9);
+        c.val_fraction = 0;
+        c.ring = 3; /* the workers run at most one batch ahead */
+        c.cache_bytes = cached ? (size_t)1 << 20 : 0;
+        cz_dataset *ds = open_ok(&c);
+        cz_batch b;
+        assert_int_equal(cz_dataset_batch_alloc(ds, &b), CZ_OK);
+        assert_int_equal(cz_dataset_next_batch(ds, &b), CZ_OK); /* epoch 0: all three decoded */
+        for (int i = 0; i < 3; i++) {
+            snprintf(name, sizeof name, "p%d.png", i);
+            write_bytes(dir, name, "not a png any more", 18);
+        }
+        /* two more batches: the second needs samples claimed after the files were replaced
+         * (the first may come from samples the workers had already read) */
+        cz_status s = CZ_OK;
+        for (int k = 0; k < 2 && s == CZ_OK; k++) s = cz_dataset_next_batch(ds, &b);
+        if (cached) {
+            assert_int_equal(s, CZ_OK);
+            assert_int_equal(b.n, 3);
+            cz_dataset_get_stats(ds, &st);
+            assert_int_equal(st.skipped_unreadable, 0);
+            assert_true(st.cache_hits >= 3);
+        } else {
+            assert_int_equal(s, CZ_ERR_NOT_FOUND); /* every file now fails to decode */
+        }
+        cz_batch_free(&b);
+        cz_dataset_destroy(ds);
+    }
+}
+
 static void test_workers_keep_up(void **state) {
     (void)state;
     cz_dataset_config c = config(g_clean, 32, 4, 11);
@@ -605,6 +722,7 @@ int main(void) {
         cmocka_unit_test(test_reproducible),     cmocka_unit_test(test_crop_and_flip),
         cmocka_unit_test(test_validation_split), cmocka_unit_test(test_workers_keep_up),
         cmocka_unit_test(test_destroy_anytime),  cmocka_unit_test(test_bad_inputs),
+        cmocka_unit_test(test_cache),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
