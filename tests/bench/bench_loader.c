@@ -14,9 +14,10 @@
  *   cz_dataset_next_batch (untimed: the workers start cold; with --cache-mb, a whole epoch's
  *   batches, so that what is timed comes from the cache), then cz_dataset_next_batch calls
  *   until at least --min-time seconds AND at least --min-batches batches have been served.
- *   Each sample is a full trip through the loader: read the file, JPEG decode, grayscale test,
- *   box reduce + resize to load x load (286 for S = 256), S x S crop, flip, 8-bit rounding and
- *   sRGB -> Lab per pixel, plus the consumer's copy into the batch.
+ *   Each sample is a full trip through the loader: read the file, JPEG decode (at a reduced
+ *   DCT scale when the photo is large), grayscale test, stretch to 8-bit load x load (286 for
+ *   S = 256), S x S crop, flip and sRGB -> Lab, plus the consumer's copy into the batch; from the
+ *   cache, only the crop, flip, Lab and copy.
  *     samples/s      samples served / wall time of the timed calls (CLOCK_MONOTONIC)
  *     ms/smp/worker  workers / (samples/s) * 1000: the CPU time one sample costs a worker,
  *                    when the workers are the bottleneck and each has a core of its own
@@ -34,7 +35,7 @@
  * normalization into the batch.
  *
  * Options: --files N (32), --size WxH (1024x768), --workers LIST (1,2), --image-size S (256),
- * --batch B (16), --min-time SECONDS (2), --min-batches N (8), --json (one JSON object per row
+ * --batch B (16), --min-time SECONDS (2), --min-batches N (8), --cache-mb MIB (0), --json (one JSON object per row
  * instead of the table; fields engine "colorize", bench "loader", cpu, workers, files, width,
  * height, image_size, batch, samples_per_s, ms_per_sample_per_worker, consumer_waits, and also
  * batches, seconds, jpeg_decode_ms, decoded_width, decoded_height, stretch_ms, lab_ms, cache_mb).
