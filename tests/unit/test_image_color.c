@@ -385,6 +385,8 @@ static void test_srgb8_row_exhaustive(void **state) {
     float worst_f[3] = {0.0f, 0.0f, 0.0f}; /* cz_srgb8_row_to_lab_f's largest errors */
     uint8_t *rgb = malloc(3 * ROW);
     float *L = malloc(ROW * sizeof(float)), *a = malloc(ROW * sizeof(float)), *b = malloc(ROW * sizeof(float));
+    float *Lf = malloc(ROW * sizeof(float)), *af = malloc(ROW * sizeof(float)), *bf = malloc(ROW * sizeof(float));
+    assert_true(Lf && af && bf);
     assert_non_null(rgb);
     assert_non_null(L);
     assert_non_null(a);
@@ -407,8 +409,6 @@ static void test_srgb8_row_exhaustive(void **state) {
                          (double)want[0], (double)want[1], (double)want[2]);
         }
         /* the float rows (odd n: their padded last octet) against the same scalar results */
-        float *Lf = malloc(ROW * sizeof(float)), *af = malloc(ROW * sizeof(float)), *bf = malloc(ROW * sizeof(float));
-        assert_true(Lf && af && bf);
         cz_srgb8_row_to_lab_f(rgb, n, Lf, af, bf);
         /* cz_image_lightness (its own vector path, the same float operations) gives their L */
         cz_image img = {.width = (int)n, .height = 1, .channels = 3, .px = rgb};
@@ -420,14 +420,14 @@ static void test_srgb8_row_exhaustive(void **state) {
             for (int c = 0; c < 3; c++)
                 if (!(d[c] <= worst_f[c])) worst_f[c] = d[c]; /* NaN lands here too */
         }
-        free(Lf);
-        free(af);
-        free(bf);
     }
     print_message("float sRGB -> Lab rows, all 2^24 colours: largest error L %.3g, a %.3g, b %.3g\n",
                   (double)worst_f[0], (double)worst_f[1], (double)worst_f[2]);
     for (int c = 0; c < 3; c++)
         if (!(worst_f[c] < 5e-4f)) fail_msg("float rows: channel %d off by %g from the double conversion", c, (double)worst_f[c]);
+    free(Lf);
+    free(af);
+    free(bf);
     free(rgb);
     free(L);
     free(a);
