@@ -346,6 +346,9 @@ enum { ROW_CHUNK = 256 }; /* pixels per pass: 3 planes of doubles stay in the L1
 /* lanes of x that are finite (false for NaN and the infinities) */
 #define V4D_FINITE(x) (((x) == (x)) & ((x) < V4D_SPLAT(INFINITY)) & ((x) > V4D_SPLAT(-INFINITY)))
 
+/* x clamped to [0, 1] (the scalar code's v < 0 ? 0 : v > 1 ? 1 : v) */
+#define V4D_CLAMP01(x) V4D_SEL((x) < 0.0, V4D_SPLAT(0.0), V4D_SEL((x) > 1.0, V4D_SPLAT(1.0), (x)))
+
 /* cz_lx_finv on a vector */
 static inline void finv_v(const v4d *fp, v4d *out) {
     const v4d f = *fp, f3 = f * f * f;
@@ -362,12 +365,9 @@ static inline void gamut_limit_v(const v4d *vp, const v4d *grayp, v4d *s) {
 
 /* One channel's result: in gamut, clamped; otherwise moved toward gray by s, then clamped. */
 static inline void gamut_apply_v(const v4d *vp, const v4d *grayp, const v4d *sp, const v4l *insidep, v4d *out) {
-    const v4d v = *vp, gray = *grayp, s = *sp, zero = V4D_SPLAT(0.0), one = V4D_SPLAT(1.0);
-    const v4l inside = *insidep;
-    const v4d in = V4D_SEL(v < 0.0, zero, V4D_SEL(v > 1.0, one, v));
-    v4d o = V4D_SEL(s > 0.0, gray + s * (v - gray), gray);
-    o = V4D_SEL(o < 0.0, zero, V4D_SEL(o > 1.0, one, o));
-    *out = V4D_SEL(inside, in, o);
+    const v4d v = *vp, gray = *grayp, s = *sp;
+    const v4d o = V4D_SEL(s > 0.0, gray + s * (v - gray), gray);
+    *out = V4D_SEL(*insidep, V4D_CLAMP01(v), V4D_CLAMP01(o));
 }
 
 /* Pass 1 over `quads` groups of four pixels: clipped linear RGB into lin (3 planes of ROW_CHUNK)
@@ -409,8 +409,7 @@ CZ_SIMD_CLONES static void lab_quads_linear(const float *Lp, const float *Ap, co
         inside &= (r[2] >= -tol) & (r[2] <= 1.0 + tol);
         v4d o[3];
         if ((inside[0] & inside[1] & inside[2] & inside[3]) != 0) {
-            for (int i = 0; i < 3; i++)
-                o[i] = V4D_SEL(r[i] < 0.0, zero, V4D_SEL(r[i] > 1.0, V4D_SPLAT(1.0), r[i]));
+            for (int i = 0; i < 3; i++) o[i] = V4D_CLAMP01(r[i]);
         } else {
             v4d gray = y / t->ysum;
             gray = V4D_SEL(gray > 1.0, V4D_SPLAT(1.0), gray);
@@ -434,18 +433,13 @@ void cz_lab_row_to_srgb8(const float *L, const float *a, const float *b, size_t 
     for (size_t base = 0; base < n; base += ROW_CHUNK) {
         const int m = n - base < ROW_CHUNK ? (int)(n - base) : ROW_CHUNK, quads = m / 4, rest = m - 4 * quads;
         lab_quads_linear(L + base, a + base, b + base, quads, lin, cell);
-        if (rest) { /* the last pixels through a zero-padded quad */
+        if (rest) { /* the last pixels through a zero-padded quad, into the lanes after the full
+                     * quads (a partial chunk is shorter than ROW_CHUNK, a multiple of 4) */
             float pad[3][4] = {{0}};
             memcpy(pad[0], L + base + 4 * quads, (size_t)rest * sizeof *L);
             memcpy(pad[1], a + base + 4 * quads, (size_t)rest * sizeof *a);
             memcpy(pad[2], b + base + 4 * quads, (size_t)rest * sizeof *b);
-            double tl[3 * ROW_CHUNK];
-            int32_t tc[3 * ROW_CHUNK];
-            lab_quads_linear(pad[0], pad[1], pad[2], 1, tl, tc);
-            for (int c = 0; c < 3; c++) {
-                memcpy(lin + (size_t)c * ROW_CHUNK + 4 * quads, tl + (size_t)c * ROW_CHUNK, (size_t)rest * sizeof *lin);
-                memcpy(cell + (size_t)c * ROW_CHUNK + 4 * quads, tc + (size_t)c * ROW_CHUNK, (size_t)rest * sizeof *cell);
-            }
+            lab_quads_linear(pad[0], pad[1], pad[2], 1, lin + 4 * quads, cell + 4 * quads);
         }
         /* pass 2: linear_to_code, whose range checks pass 1's [0, 1] values never need (0 and 1
          * fall in cells of one code); about 1.5% of cells hold a threshold and take its search */

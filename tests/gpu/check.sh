@@ -489,23 +489,23 @@ fi
 # other results
 if want 4 && [ "${CZ_GPU_SKIP_BENCH:-0}" != 1 ]; then
   step "4. speed: where the device time goes, launch by launch (COLORIZE_CUDA_PROFILE)"
-fi
-if want 4 && [ "${CZ_GPU_SKIP_BENCH:-0}" != 1 ] && in_budget 100 "the launch-by-launch profiles"; then
-  COLORIZE_CUDA_PROFILE=1 timeout 60 "$BIN/colorize" bench --train --unrecorded --backend cuda --precision bf16 --ngf 64 \
-    --batch 64 --size 256 --min-time 1 > /dev/null 2> "$WORK/profile_train_b64.txt" ||
-    bad "profiled training bench (see $WORK/profile_train_b64.txt)"
-  COLORIZE_CUDA_PROFILE=1 COLORIZE_CUDA_GRAPHS=0 timeout 60 "$BIN/colorize" bench --backend cuda --precision bf16 --ngf 64 \
-    --batch 64 --size 256 --min-time 1 > /dev/null 2> "$WORK/profile_fwd_b64.txt" ||
-    bad "profiled forward bench (see $WORK/profile_fwd_b64.txt)"
-  # the fp32 training step at batch 1, the setting of the 300 images/s goal
-  COLORIZE_CUDA_PROFILE=1 timeout 60 "$BIN/colorize" bench --train --unrecorded --backend cuda --precision fp32 --ngf 64 \
-    --batch 1 --size 256 --min-time 1 > /dev/null 2> "$WORK/profile_train_b1_fp32.txt" ||
-    bad "profiled fp32 batch-1 training bench (see $WORK/profile_train_b1_fp32.txt)"
-  for f in profile_train_b64 profile_fwd_b64 profile_train_b1_fp32; do
-    echo "-- $f (top 25; the whole table in $f.txt):"
-    grep -A26 "^cuda profile" "$WORK/$f.txt"
-    cp "$WORK/$f.txt" "$RESULTS/" 2>/dev/null
-  done
+  if in_budget 100 "the launch-by-launch profiles"; then
+    COLORIZE_CUDA_PROFILE=1 timeout 60 "$BIN/colorize" bench --train --unrecorded --backend cuda --precision bf16 --ngf 64 \
+      --batch 64 --size 256 --min-time 1 > /dev/null 2> "$WORK/profile_train_b64.txt" ||
+      bad "profiled training bench (see $WORK/profile_train_b64.txt)"
+    COLORIZE_CUDA_PROFILE=1 COLORIZE_CUDA_GRAPHS=0 timeout 60 "$BIN/colorize" bench --backend cuda --precision bf16 --ngf 64 \
+      --batch 64 --size 256 --min-time 1 > /dev/null 2> "$WORK/profile_fwd_b64.txt" ||
+      bad "profiled forward bench (see $WORK/profile_fwd_b64.txt)"
+    # the fp32 training step at batch 1, the setting of the 300 images/s goal
+    COLORIZE_CUDA_PROFILE=1 timeout 60 "$BIN/colorize" bench --train --unrecorded --backend cuda --precision fp32 --ngf 64 \
+      --batch 1 --size 256 --min-time 1 > /dev/null 2> "$WORK/profile_train_b1_fp32.txt" ||
+      bad "profiled fp32 batch-1 training bench (see $WORK/profile_train_b1_fp32.txt)"
+    for f in profile_train_b64 profile_fwd_b64 profile_train_b1_fp32; do
+      echo "-- $f (top 25; the whole table in $f.txt):"
+      grep -A26 "^cuda profile" "$WORK/$f.txt"
+      cp "$WORK/$f.txt" "$RESULTS/" 2>/dev/null
+    done
+  fi
 fi
 
 # Can the photo loader feed that training step on this machine? bench_loader with the worker
