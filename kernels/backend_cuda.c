@@ -481,12 +481,13 @@ cz_status cz_backend_cuda_create(const cz_backend_options *opt, cz_backend **out
         return s;
     }
     cu_prof_start(b);
-    CZ_LOGI("cuda", "device %d: %s (sm_%d%d, %d SMs, %.1f GiB), cuDNN %s%s%s%s%s", dev, prop.name, prop.major,
+    CZ_LOGI("cuda", "device %d: %s (sm_%d%d, %d SMs, %.1f GiB), cuDNN %s%s%s%s%s%s", dev, prop.name, prop.major,
             prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0),
             cdn_version_string(), b->allow_tf32 ? ", TF32 allowed" : "",
             cdn_any_determinism(b) ? ", non-deterministic cuDNN algorithms allowed" : "",
             b->force_naive ? ", naive convs" : "",
-            b->thin == 3 ? ", thin convs and transposed convs" : b->thin || b->force_naive ? "" : ", no thin convs");
+            b->thin == 3 ? ", thin convs and transposed convs" : b->thin || b->force_naive ? "" : ", no thin convs",
+            cdn_direct_note(b));
     *out = &b->base;
     return CZ_OK;
 }

@@ -10,7 +10,8 @@
  * milliseconds per call. Our launches are tagged by launcher name (cuk_...); cuDNN's by
  * direction and shape in cuDNN's terms of the backend: "cudnn fwd C->K HxW->OHxOW" is a conv of
  * C input and K output channels, and a transposed conv's forward is a "cudnn bwd-data" of the
- * conv it transposes (K of its input channels to C of its output ones).
+ * conv it transposes (K of its input channels to C of its output ones); our convolution kernels
+ * in the same terms, "direct ..." (conv_small.cu, where it won its race) or "naive ...".
  *
  * Nothing is marked while a recording is being made (a CUDA graph holds no timing), so profile
  * the unrecorded path: `COLORIZE_CUDA_PROFILE=1 colorize bench --train --unrecorded ...` or a

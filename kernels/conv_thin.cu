@@ -31,30 +31,6 @@
  * bf16 and fp16, channel views) against the ref backend. */
 #include "cu_common.cuh"
 
-#ifdef CZ_CUDA_EMU
-#include <cstring>
-#endif
-
-/* ---- element access in the tensor's own type ---- */
-
-static __device__ __forceinline__ float to_f(float v) { return v; }
-static __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-static __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-
-template <typename T> static __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-
-/* 16 aligned bytes from src to dst: one vector access on the device (the emulator copies) */
-static __device__ __forceinline__ void copy16(void *dst, const void *src) {
-#ifdef CZ_CUDA_EMU
-    std::memcpy(dst, src, 16);
-#else
-    *(uint4 *)dst = *(const uint4 *)src;
-#endif
-}
-
 /* 8 consecutive elements, 16-byte aligned in fp16/bf16 (32 in fp32), widened to fp32 */
 template <typename T> static __device__ __forceinline__ void load8(const T *p, float *f) {
     alignas(16) T v[8];

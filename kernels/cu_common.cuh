@@ -8,6 +8,8 @@
 #define CZ_CU_COMMON_CUH
 
 #ifdef CZ_CUDA_EMU
+#include <cstring>
+
 #include "emu/cuemu.h"
 #else
 #include <cuda_bf16.h>
@@ -39,6 +41,25 @@ static __device__ __forceinline__ void cuk_st(void *p, int dt, size_t i, float v
         ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn(v);
     else
         ((__half *)p)[i] = __float2half_rn(v);
+}
+
+/* The same, typed: element access in the tensor's own type (templated kernels). */
+static __device__ __forceinline__ float to_f(float v) { return v; }
+static __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+static __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+
+template <typename T> static __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+
+/* 16 aligned bytes from src to dst: one vector access on the device (the emulator copies) */
+static __device__ __forceinline__ void copy16(void *dst, const void *src) {
+#ifdef CZ_CUDA_EMU
+    std::memcpy(dst, src, 16);
+#else
+    *(uint4 *)dst = *(const uint4 *)src;
+#endif
 }
 
 /* Stores a double with the ref backend's rounding (double -> float -> dtype). */

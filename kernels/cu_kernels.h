@@ -149,6 +149,13 @@ int cuk_conv_bwd_data_naive(const cuk_conv *p, const void *wt, const void *dy, v
 int cuk_conv_bwd_filter_naive(const cuk_conv *p, const void *x, const void *dy, void *dw, int accumulate,
                               cuk_stream s);
 
+/* ---- conv_small.cu: direct convolutions for small images with many channels ----
+ * Same terms as conv_naive.cu (no accumulate); cudnn_ops.c times them against cuDNN on small
+ * problems and keeps the faster. cudaErrorInvalidValue for a grid past the device's limits. */
+int cuk_conv_small_ok(const cuk_conv *p, int bwd_data); /* whether the grid fits the device's limits */
+int cuk_conv_fwd_small(const cuk_conv *p, const void *x, const void *wt, void *y, cuk_stream s);
+int cuk_conv_bwd_data_small(const cuk_conv *p, const void *wt, const void *dy, void *dx, cuk_stream s);
+
 /* ---- conv_thin.cu: the convolutions with few channels on one side ----
  * y = act(conv(x, w) + bias) with a 4x4 kernel, written into y at pixel stride ys, first channel
  * yo (a channel view, or (k, 0) dense); w in fp32, 16-byte aligned. p is in the backend's cuDNN

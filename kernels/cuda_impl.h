@@ -202,6 +202,8 @@ cz_status cdn_conv_bwd_filter(cu_backend *b, const cuk_conv *p, const void *x, c
 /* Plans cached so far (for logs and tests). */
 int cdn_plan_count(const cu_backend *b);
 int cdn_any_determinism(const cu_backend *b); /* COLORIZE_CUDA_NONDET=1 in effect */
+/* For the start-up line: how conv_small.cu's kernels are used when not by race ("" when raced). */
+const char *cdn_direct_note(const cu_backend *b);
 const char *cdn_version_string(void);
 
 /* The op table: backend_cuda_ops.c fills every slot (calling cu_fill_mem_ops from

@@ -28,6 +28,15 @@
  * - When cuDNN has no deterministic algorithm for a problem, or refuses the chosen one at run
  *   time with a NOT_SUPPORTED status, the plan falls back to conv_naive.cu for good (logged
  *   once per plan). COLORIZE_CUDA_NAIVE=1 forces the fallback everywhere.
+ * - Direct candidates: on small problems (a few pixels, many channels: the U-Net's innermost
+ *   layers, where cuDNN's deterministic fp32 algorithms were seen taking 0.27-0.42 ms for what
+ *   reading the weights does in 5-10 us) our own kernels race the chosen algorithm once, on the
+ *   call's own inputs, and the faster is kept for the plan (and so for every batch size of the
+ *   problem, as above): conv_small.cu for forward and backward data, conv_naive.cu for backward
+ *   filter. Limits in direct_admits. Each race is logged with both times and the winner.
+ *   Only with the search (the heuristic mode times nothing). COLORIZE_CUDA_DIRECT=0 turns this
+ *   off, =force gives them every problem the race would take, untimed (tests: their parity
+ *   and batch invariance; the per-layer tables of tests/gpu/check.sh).
  * - A batch whose x or y would hold more than INT32_MAX elements runs as sub-batches under
  *   that (sub_batch); COLORIZE_CUDNN_MAX_ELEMS lowers the limit so that tests reach the path
  *   (and, for images above it, the direct kernels).
@@ -45,7 +54,10 @@
 #include "log.h"
 
 enum { CDN_FWD = 0, CDN_BWD_DATA = 1, CDN_BWD_FILTER = 2 };
+enum { DIRECT_OFF = 0, DIRECT_RACE = 1, DIRECT_FORCE = 2 };
 static const char *const k_kind_name[3] = {"forward", "backward-data", "backward-filter"};
+static const char *const k_call[3] = {"cudnnConvolutionForward", "cudnnConvolutionBackwardData",
+                                      "cudnnConvolutionBackwardFilter"};
 
 typedef struct cdn_plan {
     int kind;
@@ -57,7 +69,8 @@ typedef struct cdn_plan {
     int algo;
     cudnnMathType_t math; /* the math type the algorithm was chosen with */
     size_t ws;
-    int naive;
+    int naive;  /* cuDNN cannot: conv_naive.cu's kernels */
+    int direct; /* our kernels won the race (or COLORIZE_CUDA_DIRECT=force): direct_run */
 } cdn_plan;
 
 struct cu_dnn {
@@ -67,6 +80,7 @@ struct cu_dnn {
     int use_find;
     int per_batch; /* COLORIZE_CUDA_ALGO_PER_BATCH=1 */
     int any_determinism; /* COLORIZE_CUDA_NONDET=1: non-deterministic algorithms may be chosen */
+    int direct_mode;     /* DIRECT_OFF / DIRECT_RACE / DIRECT_FORCE (COLORIZE_CUDA_DIRECT) */
     int64_t max_elems; /* most elements of x or y in one cuDNN call (sub_batch) */
     int warned_large;  /* logged that an image exceeded it */
 };
@@ -123,6 +137,15 @@ cz_status cdn_create(cu_backend *b) {
     d->per_batch = pb && *pb && strcmp(pb, "0") != 0;
     const char *nd = getenv("COLORIZE_CUDA_NONDET");
     d->any_determinism = nd && *nd && strcmp(nd, "0") != 0;
+    const char *dm = getenv("COLORIZE_CUDA_DIRECT");
+    if (!dm || !*dm || !strcmp(dm, "1") || !strcmp(dm, "auto"))
+        d->direct_mode = DIRECT_RACE;
+    else if (!strcmp(dm, "0"))
+        d->direct_mode = DIRECT_OFF;
+    else if (!strcmp(dm, "force"))
+        d->direct_mode = DIRECT_FORCE;
+    else
+        return cz_error_set(CZ_ERR_CONFIG, "COLORIZE_CUDA_DIRECT=%s: expected auto, 0 or force", dm);
     d->max_elems = INT32_MAX;
     /* a lower limit, for tests: the emulator cannot hold tensors of 2^31 elements */
     const char *me = getenv("COLORIZE_CUDNN_MAX_ELEMS");
@@ -170,6 +193,13 @@ void cdn_destroy(cu_backend *b) {
 int cdn_plan_count(const cu_backend *b) { return b->dnn ? b->dnn->n : 0; }
 
 int cdn_any_determinism(const cu_backend *b) { return b->dnn ? b->dnn->any_determinism : 0; }
+
+const char *cdn_direct_note(const cu_backend *b) {
+    if (!b->dnn || b->force_naive) return "";
+    if (b->dnn->direct_mode == DIRECT_FORCE) return ", small-conv kernels on every conv";
+    if (b->dnn->direct_mode == DIRECT_OFF || !b->dnn->use_find) return ", no small-conv kernels";
+    return "";
+}
 
 static cudnnDataType_t dnn_type(int dt) {
     return dt == CZ_BF16 ? CUDNN_DATA_BFLOAT16 : dt == CZ_F16 ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT;
@@ -288,7 +318,136 @@ static const cdn_plan *sibling(const cu_dnn *d, int kind, int tf32, const cuk_co
     return NULL;
 }
 
-static cz_status plan_init(cu_backend *b, cdn_plan *pl, const cdn_plan *sib) {
+/* ---- Direct candidates (see the top of the file) ---- */
+
+/* The largest problems raced: pixels of the side a block of conv_small.cu sums into (y for the
+ * forward, dx for backward data), or the length of conv_naive.cu's backward-filter loop over
+ * the pixels of dy; and multiply-adds, so that timing a loser stays cheap (2^30 of them at a
+ * pessimistic 1 TFLOP/s is 2 ms a run). The U-Net's innermost layers at batch 1 are 1x1 to 8x8. */
+#define DIRECT_FWD_PIXELS 64
+#define DIRECT_BWD_DATA_PIXELS 256
+#define DIRECT_FILTER_PIXELS 64
+#define DIRECT_MAX_MACS ((int64_t)1 << 30)
+#define RACE_RUNS 5 /* timed calls per contestant, after one untimed */
+
+static const char *const k_short[3] = {"fwd", "bwd-data", "bwd-filter"};
+
+static int direct_admits(const cu_dnn *d, int kind, const cuk_conv *p) {
+    if (d->direct_mode == DIRECT_OFF || !cuk_conv_small_ok(p, kind == CDN_BWD_DATA)) return 0;
+    int64_t out_pix = (int64_t)p->n * p->oh * p->ow, in_pix = (int64_t)p->n * p->h * p->w;
+    if (out_pix * p->k * p->r * p->r * p->c > DIRECT_MAX_MACS) return 0;
+    if (kind == CDN_FWD) return out_pix <= DIRECT_FWD_PIXELS;
+    if (kind == CDN_BWD_DATA) return in_pix <= DIRECT_BWD_DATA_PIXELS;
+    return out_pix <= DIRECT_FILTER_PIXELS;
+}
+
+/* The operands of every primitive, in cuDNN's order: (in0, in1) = (x, w) forward, (w, dy)
+ * backward data, (x, dy) backward filter; out = y, dx, dw (added to when accumulate, backward
+ * filter only). */
+static int direct_run(const cu_backend *b, int kind, const cuk_conv *p, const void *in0, const void *in1, void *out,
+                      int accumulate) {
+    if (kind == CDN_FWD) return cuk_conv_fwd_small(p, in0, in1, out, b->stream);
+    if (kind == CDN_BWD_DATA) return cuk_conv_bwd_data_small(p, in0, in1, out, b->stream);
+    return cuk_conv_bwd_filter_naive(p, in0, in1, out, accumulate, b->stream);
+}
+
+static int naive_run(const cu_backend *b, int kind, const cuk_conv *p, const void *in0, const void *in1, void *out,
+                     int accumulate) {
+    if (kind == CDN_FWD) return cuk_conv_fwd_naive(p, in0, in1, out, b->stream);
+    if (kind == CDN_BWD_DATA) return cuk_conv_bwd_data_naive(p, in0, in1, out, b->stream);
+    return cuk_conv_bwd_filter_naive(p, in0, in1, out, accumulate, b->stream);
+}
+
+static cudnnStatus_t cudnn_run(const cu_backend *b, const cdn_plan *pl, const void *in0, const void *in1, void *out,
+                               int accumulate, void *ws) {
+    const float one = 1.f, beta = accumulate ? 1.f : 0.f;
+    cudnnHandle_t h = b->dnn->h;
+    if (pl->kind == CDN_FWD)
+        return cudnnConvolutionForward(h, &one, pl->xd, in0, pl->wd, in1, pl->cd, (cudnnConvolutionFwdAlgo_t)pl->algo,
+                                       ws, pl->ws, &beta, pl->yd, out);
+    if (pl->kind == CDN_BWD_DATA)
+        return cudnnConvolutionBackwardData(h, &one, pl->wd, in0, pl->yd, in1, pl->cd,
+                                            (cudnnConvolutionBwdDataAlgo_t)pl->algo, ws, pl->ws, &beta, pl->xd, out);
+    return cudnnConvolutionBackwardFilter(h, &one, pl->xd, in0, pl->yd, in1, pl->cd,
+                                          (cudnnConvolutionBwdFilterAlgo_t)pl->algo, ws, pl->ws, &beta, pl->wd, out);
+}
+
+/* Times one contestant (our kernels or the plan's algorithm): an untimed call (lazy loading,
+ * caches), then RACE_RUNS calls queued back to back between two events; *ms = their mean. Back
+ * to back, the host's cost of queuing a call hides behind the previous one on the device, as in
+ * a recorded (CUDA graph) pass, so what is compared is device time. A cuDNN status other than
+ * success comes back in *st, untimed. */
+static cz_status race_time(cu_backend *b, const cdn_plan *pl, int direct, const void *in0, const void *in1, void *out,
+                           cudaEvent_t ev[2], float *ms, cudnnStatus_t *st) {
+    void *ws = NULL;
+    if (!direct && pl->ws) CZ_TRY(cu_scratch_get(b, &b->ws, pl->ws, &ws));
+    *st = CUDNN_STATUS_SUCCESS;
+    for (int i = 0; i <= RACE_RUNS; i++) {
+        if (i == 1) CU_CHECK(b, cudaEventRecord(ev[0], b->stream));
+        if (direct)
+            CU_CHECK(b, (cudaError_t)direct_run(b, pl->kind, &pl->p, in0, in1, out, 0));
+        else if ((*st = cudnn_run(b, pl, in0, in1, out, 0, ws)) != CUDNN_STATUS_SUCCESS)
+            return CZ_OK;
+        if (i == 0) CU_CHECK(b, cudaStreamSynchronize(b->stream));
+    }
+    CU_CHECK(b, cudaEventRecord(ev[1], b->stream));
+    CU_CHECK(b, cudaEventSynchronize(ev[1]));
+    float t = 0.f;
+    CU_CHECK(b, cudaEventElapsedTime(&t, ev[0], ev[1]));
+    *ms = t / RACE_RUNS;
+    return CZ_OK;
+}
+
+/* Races our kernels against the plan's cuDNN algorithm on the call's own inputs, into a scratch
+ * output (the call's output, or dw's sum, must not see the runs), and sets pl->direct. A device
+ * without room for the scratch output keeps cuDNN. */
+static cz_status race(cu_backend *b, cdn_plan *pl, const void *in0, const void *in1) {
+    const cuk_conv *p = &pl->p;
+    size_t el = pl->kind == CDN_FWD        ? (size_t)p->n * p->oh * p->ow * p->k
+                : pl->kind == CDN_BWD_DATA ? (size_t)p->n * p->h * p->w * p->c
+                                           : (size_t)p->k * p->r * p->r * p->c;
+    void *out = NULL;
+    if (cudaMalloc(&out, el * cz_dtype_size((cz_dtype)p->dt)) != cudaSuccess) {
+        (void)cudaGetLastError(); /* out of memory is not sticky */
+        CZ_LOGW("cuda", "no device memory to time the direct kernel for cudnn %s n%d c%d %dx%d k%d: keeping cuDNN",
+                k_kind_name[pl->kind], p->n, p->c, p->h, p->w, p->k);
+        return CZ_OK;
+    }
+    cudaEvent_t ev[2] = {NULL, NULL};
+    float t_dnn = 0.f, t_dir = 0.f;
+    cudnnStatus_t st = CUDNN_STATUS_SUCCESS, st_dir; /* (our kernels have no cuDNN status) */
+    cz_status s = CZ_OK;
+    cudaError_t e = cudaEventCreate(&ev[0]);
+    if (e == cudaSuccess) e = cudaEventCreate(&ev[1]);
+    if (e != cudaSuccess) s = cu_fail(b, e, __FILE__, __LINE__, "cudaEventCreate");
+    if (s == CZ_OK) s = race_time(b, pl, 0, in0, in1, out, ev, &t_dnn, &st);
+    if (s == CZ_OK && st == CUDNN_STATUS_SUCCESS) s = race_time(b, pl, 1, in0, in1, out, ev, &t_dir, &st_dir);
+    for (int i = 0; i < 2; i++)
+        if (ev[i]) cudaEventDestroy(ev[i]);
+    cudaFree(out); /* waits for the device */
+    if (s != CZ_OK) return s;
+    if (st != CUDNN_STATUS_SUCCESS) {
+        /* cuDNN refused its own choice: our kernel takes the plan for good, as fall_back would
+         * give it to the slower naive one */
+        if (!not_supported(st)) return dnn_fail(st, __FILE__, __LINE__, "cudnn call (timing the direct kernel)");
+        CZ_LOGW("cuda", "cudnn refused %s algo %d (%s): using the direct kernel for this shape", k_kind_name[pl->kind],
+                pl->algo, cudnnGetErrorString(st));
+        pl->direct = 1;
+        return CZ_OK;
+    }
+    pl->direct = t_dir < t_dnn;
+    /* logged either way: the measurement that decides the path, once per shape */
+    CZ_LOGI("cuda", "race %s %s n%d c%d %dx%d -> k%d %dx%d: direct kernel %.4f ms, cudnn algo %d %.4f ms: %s kept",
+            k_short[pl->kind], cz_dtype_name((cz_dtype)p->dt), p->n, p->c, p->h, p->w, p->k, p->oh, p->ow,
+            (double)t_dir, pl->algo, (double)t_dnn, pl->direct ? "direct kernel" : "cudnn");
+    return CZ_OK;
+}
+
+/* Chooses how the plan runs: a sibling's choice, the direct kernels when forced, else cuDNN's
+ * algorithm (raced against the direct kernels on a small problem). in0 and in1 are the call's
+ * inputs (race). */
+static cz_status plan_init(cu_backend *b, cdn_plan *pl, const cdn_plan *sib, const void *in0, const void *in1) {
+    cu_dnn *d = b->dnn;
     const cuk_conv *p = &pl->p;
     cudnnDataType_t t = dnn_type(p->dt);
     DNN_CHECK(cudnnCreateTensorDescriptor(&pl->xd));
@@ -313,8 +472,9 @@ static cz_status plan_init(cu_backend *b, cdn_plan *pl, const cdn_plan *sib) {
         return CZ_OK;
     }
     if (sib) {
-        if (sib->naive) {
-            pl->naive = 1;
+        if (sib->naive || sib->direct) {
+            pl->naive = sib->naive;
+            pl->direct = sib->direct;
             return CZ_OK;
         }
         size_t ws = 0;
@@ -333,10 +493,20 @@ static cz_status plan_init(cu_backend *b, cdn_plan *pl, const cdn_plan *sib) {
                 k_kind_name[pl->kind], sib->algo, p->n,
                 st == CUDNN_STATUS_SUCCESS ? "workspace over the limit" : cudnnGetErrorString(st));
     }
-    return choose_algo(b, pl);
+    int admit = direct_admits(d, pl->kind, p);
+    if (admit && d->direct_mode == DIRECT_FORCE) {
+        pl->direct = 1;
+        CZ_LOGI("cuda", "small conv %s %s n%d c%d %dx%d -> k%d %dx%d: direct kernel (forced)", k_short[pl->kind],
+                cz_dtype_name((cz_dtype)p->dt), p->n, p->c, p->h, p->w, p->k, p->oh, p->ow);
+        return CZ_OK;
+    }
+    CZ_TRY(choose_algo(b, pl));
+    if (admit && d->use_find && !pl->naive) CZ_TRY(race(b, pl, in0, in1));
+    return CZ_OK;
 }
 
-static cz_status get_plan(cu_backend *b, int kind, const cuk_conv *p, cdn_plan **out) {
+static cz_status get_plan(cu_backend *b, int kind, const cuk_conv *p, const void *in0, const void *in1,
+                          cdn_plan **out) {
     cu_dnn *d = b->dnn;
     int tf32 = p->dt == CZ_F32 && b->allow_tf32;
     for (int i = 0; i < d->n; i++) {
@@ -360,7 +530,7 @@ static cz_status get_plan(cu_backend *b, int kind, const cuk_conv *p, cdn_plan *
     pl->kind = kind;
     pl->tf32 = tf32;
     pl->p = *p;
-    cz_status s = plan_init(b, pl, sibling(d, kind, tf32, p));
+    cz_status s = plan_init(b, pl, sibling(d, kind, tf32, p), in0, in1);
     if (s != CZ_OK) {
         plan_free(pl);
         return s;
@@ -379,57 +549,32 @@ static int fall_back(cdn_plan *pl, cudnnStatus_t st) {
     return 1;
 }
 
-static cz_status fwd_one(cu_backend *b, const cuk_conv *p, const void *x, const void *w, void *y) {
-    cdn_plan *pl;
-    CZ_TRY(get_plan(b, CDN_FWD, p, &pl));
-    if (!pl->naive) {
-        void *ws = NULL;
-        if (pl->ws) CZ_TRY(cu_scratch_get(b, &b->ws, pl->ws, &ws));
-        const float one = 1.f, zero = 0.f;
-        cu_prof_markf(b, "cudnn fwd %d->%d %dx%d->%dx%d", p->c, p->k, p->h, p->w, p->oh, p->ow);
-        cudnnStatus_t st = cudnnConvolutionForward(b->dnn->h, &one, pl->xd, x, pl->wd, w, pl->cd,
-                                                   (cudnnConvolutionFwdAlgo_t)pl->algo, ws, pl->ws, &zero, pl->yd, y);
-        if (st == CUDNN_STATUS_SUCCESS) return CZ_OK;
-        if (!fall_back(pl, st)) return dnn_fail(st, __FILE__, __LINE__, "cudnnConvolutionForward");
-    }
-    CUK_CHECK(b, cuk_conv_fwd_naive(p, x, w, y, b->stream));
-    return CZ_OK;
-}
+/* Tags the device work queued next in the profile (backend_cuda_prof.c): path, direction and
+ * shape in cuDNN's terms. */
+#define PROF_MARK(b, path, kind, p)                                                                \
+    cu_prof_markf((b), "%s %s %d->%d %dx%d->%dx%d", (path), k_short[kind], (p)->c, (p)->k, (p)->h, (p)->w,    \
+                  (p)->oh, (p)->ow)
 
-static cz_status bwd_data_one(cu_backend *b, const cuk_conv *p, const void *w, const void *dy, void *dx) {
-    cdn_plan *pl;
-    CZ_TRY(get_plan(b, CDN_BWD_DATA, p, &pl));
+/* One call of a primitive (operands as in direct_run) on its plan's path. */
+static cz_status conv_one(cu_backend *b, int kind, const cuk_conv *p, const void *in0, const void *in1, void *out,
+                          int accumulate) {
+    cdn_plan *pl = NULL;
+    CZ_TRY(get_plan(b, kind, p, in0, in1, &pl));
+    if (pl->direct) {
+        PROF_MARK(b, "direct", kind, p);
+        CU_CHECK(b, (cudaError_t)direct_run(b, kind, p, in0, in1, out, accumulate));
+        return CZ_OK;
+    }
     if (!pl->naive) {
         void *ws = NULL;
         if (pl->ws) CZ_TRY(cu_scratch_get(b, &b->ws, pl->ws, &ws));
-        const float one = 1.f, zero = 0.f;
-        cu_prof_markf(b, "cudnn bwd-data %d->%d %dx%d->%dx%d", p->c, p->k, p->h, p->w, p->oh, p->ow);
-        cudnnStatus_t st = cudnnConvolutionBackwardData(b->dnn->h, &one, pl->wd, w, pl->yd, dy, pl->cd,
-                                                        (cudnnConvolutionBwdDataAlgo_t)pl->algo, ws, pl->ws, &zero,
-                                                        pl->xd, dx);
+        PROF_MARK(b, "cudnn", kind, p);
+        cudnnStatus_t st = cudnn_run(b, pl, in0, in1, out, accumulate, ws);
         if (st == CUDNN_STATUS_SUCCESS) return CZ_OK;
-        if (!fall_back(pl, st)) return dnn_fail(st, __FILE__, __LINE__, "cudnnConvolutionBackwardData");
+        if (!fall_back(pl, st)) return dnn_fail(st, __FILE__, __LINE__, k_call[kind]);
     }
-    CUK_CHECK(b, cuk_conv_bwd_data_naive(p, w, dy, dx, b->stream));
-    return CZ_OK;
-}
-
-static cz_status bwd_filter_one(cu_backend *b, const cuk_conv *p, const void *x, const void *dy, void *dw,
-                                int accumulate) {
-    cdn_plan *pl;
-    CZ_TRY(get_plan(b, CDN_BWD_FILTER, p, &pl));
-    if (!pl->naive) {
-        void *ws = NULL;
-        if (pl->ws) CZ_TRY(cu_scratch_get(b, &b->ws, pl->ws, &ws));
-        const float one = 1.f, beta = accumulate ? 1.f : 0.f;
-        cu_prof_markf(b, "cudnn bwd-filter %d->%d %dx%d->%dx%d", p->c, p->k, p->h, p->w, p->oh, p->ow);
-        cudnnStatus_t st = cudnnConvolutionBackwardFilter(b->dnn->h, &one, pl->xd, x, pl->yd, dy, pl->cd,
-                                                          (cudnnConvolutionBwdFilterAlgo_t)pl->algo, ws, pl->ws,
-                                                          &beta, pl->wd, dw);
-        if (st == CUDNN_STATUS_SUCCESS) return CZ_OK;
-        if (!fall_back(pl, st)) return dnn_fail(st, __FILE__, __LINE__, "cudnnConvolutionBackwardFilter");
-    }
-    CUK_CHECK(b, cuk_conv_bwd_filter_naive(p, x, dy, dw, accumulate, b->stream));
+    PROF_MARK(b, "naive", kind, p);
+    CU_CHECK(b, (cudaError_t)naive_run(b, kind, p, in0, in1, out, accumulate));
     return CZ_OK;
 }
 
@@ -455,48 +600,39 @@ static int sub_batch(const cu_backend *b, const cuk_conv *p, size_t *xs, size_t 
     return (int64_t)p->n * per <= most ? p->n : (int)(most / per);
 }
 
-cz_status cdn_conv_fwd(cu_backend *b, const cuk_conv *p, const void *x, const void *w, void *y) {
+/* A primitive over the whole batch (operands as in direct_run): sub-batches under max_elems, or
+ * the naive kernel when one image is over it. */
+static cz_status conv_split(cu_backend *b, int kind, const cuk_conv *p, const void *in0, const void *in1, void *out,
+                            int accumulate) {
     size_t xs, ys;
     int sub = sub_batch(b, p, &xs, &ys);
     if (!sub) {
-        CUK_CHECK(b, cuk_conv_fwd_naive(p, x, w, y, b->stream));
+        PROF_MARK(b, "naive", kind, p);
+        CU_CHECK(b, (cudaError_t)naive_run(b, kind, p, in0, in1, out, accumulate));
         return CZ_OK;
     }
+    /* bytes from one image to the next in each operand (none in the weights, dw included) */
+    const size_t s0 = kind == CDN_BWD_DATA ? 0 : xs, s1 = kind == CDN_FWD ? 0 : ys;
+    const size_t so = kind == CDN_FWD ? ys : kind == CDN_BWD_DATA ? xs : 0;
     for (int i = 0; i < p->n; i += sub) {
         cuk_conv q = *p;
         q.n = p->n - i < sub ? p->n - i : sub;
-        CZ_TRY(fwd_one(b, &q, (const char *)x + i * xs, w, (char *)y + i * ys));
+        /* the sub-batches after the first add to dw */
+        CZ_TRY(conv_one(b, kind, &q, (const char *)in0 + i * s0, (const char *)in1 + i * s1, (char *)out + i * so,
+                        accumulate || (kind == CDN_BWD_FILTER && i > 0)));
     }
     return CZ_OK;
 }
 
+cz_status cdn_conv_fwd(cu_backend *b, const cuk_conv *p, const void *x, const void *w, void *y) {
+    return conv_split(b, CDN_FWD, p, x, w, y, 0);
+}
+
 cz_status cdn_conv_bwd_data(cu_backend *b, const cuk_conv *p, const void *w, const void *dy, void *dx) {
-    size_t xs, ys;
-    int sub = sub_batch(b, p, &xs, &ys);
-    if (!sub) {
-        CUK_CHECK(b, cuk_conv_bwd_data_naive(p, w, dy, dx, b->stream));
-        return CZ_OK;
-    }
-    for (int i = 0; i < p->n; i += sub) {
-        cuk_conv q = *p;
-        q.n = p->n - i < sub ? p->n - i : sub;
-        CZ_TRY(bwd_data_one(b, &q, w, (const char *)dy + i * ys, (char *)dx + i * xs));
-    }
-    return CZ_OK;
+    return conv_split(b, CDN_BWD_DATA, p, w, dy, dx, 0);
 }
 
 cz_status cdn_conv_bwd_filter(cu_backend *b, const cuk_conv *p, const void *x, const void *dy, void *dw,
                               int accumulate) {
-    size_t xs, ys;
-    int sub = sub_batch(b, p, &xs, &ys);
-    if (!sub) {
-        CUK_CHECK(b, cuk_conv_bwd_filter_naive(p, x, dy, dw, accumulate, b->stream));
-        return CZ_OK;
-    }
-    for (int i = 0; i < p->n; i += sub) { /* the sub-batches after the first add to dw */
-        cuk_conv q = *p;
-        q.n = p->n - i < sub ? p->n - i : sub;
-        CZ_TRY(bwd_filter_one(b, &q, (const char *)x + i * xs, (const char *)dy + i * ys, dw, accumulate || i > 0));
-    }
-    return CZ_OK;
+    return conv_split(b, CDN_BWD_FILTER, p, x, dy, dw, accumulate);
 }

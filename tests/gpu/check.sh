@@ -7,8 +7,10 @@
 #
 #   1. parity: test_ops runs every op of the cuda backend (forward and backward) against the ref
 #      oracle in fp32, bf16 and fp16 (rel. error < 1e-4 / 2e-2, NaN never passes, batch views bit
-#      for bit), once with cuDNN and once with the direct-convolution fallback forced; then
-#      test_unet: batch invariance, CUDA-graph recordings and pipelined passes on cuda;
+#      for bit), as configured (cuDNN, and kernels/conv_small.cu where it wins the race on a small
+#      convolution), with the direct-convolution fallback forced, and with conv_small.cu forced on
+#      every small convolution; then test_unet: batch invariance, CUDA-graph recordings and
+#      pipelined passes on cuda, as configured and (batch invariance) with conv_small.cu forced;
 #   2. PyTorch: test_unet_golden (whole generator) and test_train_golden (a full pix2pix step:
 #      losses, every gradient, five steps of losses) against PyTorch fixtures from the same
 #      weights, now including the cuda backend (steps 2-5 replay the recorded step); test_train:
@@ -24,7 +26,7 @@
 #      PyTorch (tests/bench/torch_gpu_bench.py) measured in the same run, with the ratio; then
 #      bench_layers' per-layer times and roofline fraction (bf16, ngf 64, batch 64 and 1) and its
 #      per-layer training backward times (bf16 batch 64, fp32 batch 1), the direct kernels'
-#      per-layer times at fp32 batch 1, launch-by-launch profiles, and the training photo
+#      per-layer times at fp32 batch 1 (COLORIZE_CUDA_DIRECT=force), launch-by-launch profiles, and the training photo
 #      loader's samples/s with the cuda default worker count.
 #      Numbers are printed, never asserted.
 # Budget: under 8 minutes on an H100/H200 (step 4's diagnostic parts skip themselves past
@@ -105,9 +107,14 @@ parity() { # parity LABEL [ENV...]
   grep -m1 -o '"msg":"device 0: [^"]*"' "$log" | sed 's/^"msg":"/     /; s/"$//'
   local direct; direct=$(grep -c "using the direct kernel" "$log")
   [ "$label" = cudnn ] && echo "     $direct convolution plan(s) fell back to the direct kernels (cuDNN refused or had no deterministic algorithm)"
+  [ "$label" = direct ] && echo "     $(grep -c 'direct kernel (forced)' "$log") convolution plan(s) on conv_small.cu's kernels"
+  [ "$label" = cudnn ] && echo "     $(grep -c 'direct kernel kept' "$log") of $(grep -c '"msg":"race ' "$log") small convolution plan(s) raced went to conv_small.cu's kernels (faster than cuDNN's algorithm)"
 }
 parity cudnn
 parity naive COLORIZE_CUDA_NAIVE=1
+# every small convolution on conv_small.cu's kernels, untimed (the default races them against
+# cuDNN there and keeps whichever is faster: here they must be right whatever the race says)
+parity direct COLORIZE_CUDA_DIRECT=force
 # and with conv_thin.cu's transposed-conv kernel too (off by default; emu_check.sh covers it in
 # its capped-grid run and sets CZ_GPU_THIN_ALL=0)
 [ "${CZ_GPU_THIN_ALL:-1}" = 1 ] && parity thin_all COLORIZE_CUDA_THIN=all
@@ -125,6 +132,17 @@ if [ -x "$BIN/test_unet" ]; then
     bad "test_unet on cuda (exit $rc, log $WORK/test_unet.log)"; grep -E "FAIL|ERROR|LINE" "$WORK/test_unet.log" | head
   fi
   cp "$WORK/test_unet.log" "$RESULTS/" 2>/dev/null
+  # and with conv_small.cu's kernels on every small convolution (the innermost layers), untimed
+  CZ_TEST_FILTER=test_batch_invariance COLORIZE_CUDA_DIRECT=force timeout 120 "$BIN/test_unet" \
+    > "$WORK/test_unet_direct.log" 2>&1; rc=$?
+  if [ $rc -eq 0 ] && [ "$(grep -c "batch invariance ok: cuda" "$WORK/test_unet_direct.log")" -ge 2 ] &&
+     grep -q "direct kernel (forced)" "$WORK/test_unet_direct.log"; then
+    ok "test_unet on cuda with conv_small.cu forced: batch invariance (fp32, bf16; $(grep -c "direct kernel (forced)" "$WORK/test_unet_direct.log") plans on it)"
+  else
+    bad "test_unet on cuda with conv_small.cu forced (exit $rc, log $WORK/test_unet_direct.log)"
+    grep -E "FAIL|ERROR|LINE" "$WORK/test_unet_direct.log" | head
+  fi
+  cp "$WORK/test_unet_direct.log" "$RESULTS/" 2>/dev/null
 else
   echo "warn: no $BIN/test_unet in the bundle: recordings and pipelined passes not checked (see tests/gpu/README.md)"
 fi
@@ -367,12 +385,17 @@ else
   # what our two precision rules cost in training: any cuDNN algorithm instead of deterministic
   # ones only (bf16, batch 64), and TF32 allowed in fp32 (batch 1); torch_gpu_bench.py times
   # the same two settings on its side (eager-bf16-det, eager-tf32)
-  for v in "nondet COLORIZE_CUDA_NONDET=1 bf16 64" "tf32 COLORIZE_CUDA_TF32=1 fp32 1"; do
+  # and what conv_small.cu's kernels bring where they win the race (the fp32 batch-1 step; the
+  # bf16 batch-1 forward below): the same runs with COLORIZE_CUDA_DIRECT=0
+  for v in "nondet COLORIZE_CUDA_NONDET=1 bf16 64" "tf32 COLORIZE_CUDA_TF32=1 fp32 1" "nodirect COLORIZE_CUDA_DIRECT=0 fp32 1"; do
     set -- $v
     env "$2" timeout 40 "$BIN/colorize" bench --train --backend cuda --precision $3 --ngf 64 --batch $4 --size 256 \
       --min-time 1 --json 2>> "$WORK/bench_variant.err" | sed "s/^{/{\"variant\":\"$1\",/" >> "$B" ||
       bad "colorize bench --train $2 (see $WORK/bench_variant.err)"
   done
+  COLORIZE_CUDA_DIRECT=0 timeout 40 "$BIN/colorize" bench --backend cuda --precision bf16 --ngf 64 --batch 1 --size 256 \
+    --min-time 1 --json 2>> "$WORK/bench_variant.err" | sed 's/^{/{"variant":"nodirect",/' >> "$B" ||
+    bad "colorize bench COLORIZE_CUDA_DIRECT=0 (see $WORK/bench_variant.err)"
   PYTHONUNBUFFERED=1 timeout 360 $PY tests/bench/torch_gpu_bench.py --ngf 64,32 --batch 1,16,64,256 \
     --train-batch 1,16,64 --compile-budget "${CZ_GPU_COMPILE_BUDGET:-150}" --json >> "$B" 2> "$WORK/torch_bench.err" ||
     bad "torch_gpu_bench.py (see $WORK/torch_bench.err)"
@@ -431,11 +454,16 @@ print(f"{'train ngf 64 batch 64 bf16, cuDNN':<34} ours deterministic {cell(o)} a
 o, t = get("colorize", "train", 64, 1, prec="fp32"), get("colorize", "train", 64, 1, prec="fp32", variant="tf32")
 f, ft = get("torch", "train", 64, 1, "eager-fp32"), get("torch", "train", 64, 1, "eager-tf32")
 print(f"{'train ngf 64 batch 1 fp32, TF32':<34} ours off {cell(o)} on {cell(t)} {ratio(t, o)}   torch off {cell(f)} on {cell(ft)} {ratio(ft, f)}   ours/torch with TF32 {ratio(t, ft)}")
+o, n = get("colorize", "train", 64, 1, prec="fp32"), get("colorize", "train", 64, 1, prec="fp32", variant="nodirect")
+print(f"{'train ngf 64 batch 1 fp32, direct':<34} ours off {cell(n)} raced (default) {cell(o)} {ratio(o, n)}")
+o, n = get("colorize", "fwd", 64, 1, prec="bf16"), get("colorize", "fwd", 64, 1, prec="bf16", variant="nodirect")
+print(f"{'forward ngf 64 batch 1 bf16, direct':<34} ours off {ms(dev(n))} ms raced (default) {ms(dev(o))} ms {ratio(dev(o), dev(n))}")
 print("ours: colorize bench, bf16; forward 'ours' = the recorded forward pass alone (input already on the device),")
 print("      'ours e2e' = with the host upload and download from page-locked buffers, one pass at a time;")
 print("      'ours pipe' = the same, the next batch launched before this one is waited for (copies overlap compute);")
 print("      training: one G+D step, bf16 mixed and fp32, replaying the step recorded as a CUDA graph ('op by op': --unrecorded);")
 print("      thin convs: COLORIZE_CUDA_THIN=0 / default / all (kernels/conv_thin.cu against cuDNN for the <= 4-channel layers);")
+print("      direct: COLORIZE_CUDA_DIRECT=0 (off) / default (kernels/conv_small.cu raced against cuDNN on small convolutions);")
 print("      cuDNN 'any': COLORIZE_CUDA_NONDET=1 (non-deterministic algorithms allowed, as in PyTorch's default); TF32 on: COLORIZE_CUDA_TF32=1;")
 print("torch: tests/bench/torch_gpu_bench.py, device-resident tensors, bf16 channels_last (training: autocast bf16; fp32 with TF32 off,")
 print("       and the two rows above: cudnn.deterministic on, TF32 on)")
@@ -465,17 +493,18 @@ EOF
     step "4. speed: where the training backward time goes (bench_layers --pass bwd, ngf 64)"
     layers bwd_b64 45 "$LT" "$LJ" -- --pass bwd --batch 64 --dtype bf16 --min-ms 100
     layers bwd_b1 20 "$LT" "$LJ" -- --pass bwd --batch 1 --dtype fp32 --min-ms 100
-    # the fp32 batch-1 setting layer by layer with cuDNN and with the direct kernels
-    # (COLORIZE_CUDA_NAIVE=1, kernels/conv_naive.cu): in session 9 cuDNN's backward-data took
-    # 0.27-0.42 ms on each innermost layer (1x1 to 4x4 pixels, under 1.1 GFLOP), far from what
-    # reading their weights costs; where the direct kernels win, a per-shape choice pays
+    # the fp32 batch-1 setting layer by layer as it runs (cuDNN, or conv_small.cu's kernels where
+    # they won the race) and with every small convolution on the direct kernels (COLORIZE_CUDA_DIRECT=force:
+    # conv_small.cu forward and backward data, conv_naive.cu backward filter). In session 9 cuDNN's
+    # backward-data took 0.27-0.42 ms on each innermost layer (1x1 to 4x4 pixels, under 1.1 GFLOP),
+    # far from what reading their weights costs: the race is meant to catch that
     step "4. speed: cuDNN against the direct kernels layer by layer, fp32 batch 1"
     if in_budget 110 "the direct-kernel layer tables"; then
-      NT=$WORK/bench_layers_naive.txt NJ=$WORK/bench_layers_naive.jsonl; : > "$NT"; : > "$NJ"
+      DT=$WORK/bench_layers_direct.txt DJ=$WORK/bench_layers_direct.jsonl; : > "$DT"; : > "$DJ"
       layers fwd_b1_fp32 30 "$LT" "$LJ" -- --batch 1 --dtype fp32 --min-ms 100
-      layers naive_fwd_b1 40 "$NT" "$NJ" COLORIZE_CUDA_NAIVE=1 -- --batch 1 --dtype fp32 --min-ms 100
-      layers naive_bwd_b1 40 "$NT" "$NJ" COLORIZE_CUDA_NAIVE=1 -- --pass bwd --batch 1 --dtype fp32 --min-ms 100
-      cp "$NT" "$NJ" "$RESULTS/" 2>/dev/null
+      layers direct_fwd_b1 40 "$DT" "$DJ" COLORIZE_CUDA_DIRECT=force -- --batch 1 --dtype fp32 --min-ms 100
+      layers direct_bwd_b1 40 "$DT" "$DJ" COLORIZE_CUDA_DIRECT=force -- --pass bwd --batch 1 --dtype fp32 --min-ms 100
+      cp "$DT" "$DJ" "$RESULTS/" 2>/dev/null
     fi
     cp "$LT" "$LJ" "$RESULTS/" 2>/dev/null
   else

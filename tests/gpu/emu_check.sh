@@ -33,6 +33,11 @@ if [ $build = 1 ]; then
   cmake --build "$BUILD" -j"$(nproc)" --target "${targets[@]}" || exit 1
 fi
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+# No race between conv_small.cu's kernels and cuDNN when a small convolution is planned (the
+# emulator's timings mean nothing, and each race runs the kernels' thread blocks as fibers six
+# times per plan: test_ops alone took 27 -> 90 s): check.sh's parity forces them on every small
+# convolution instead, and one short run below races (COLORIZE_CUDA_DIRECT=auto) for the race's code.
+export COLORIZE_CUDA_DIRECT=${COLORIZE_CUDA_DIRECT:-0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 if ! grep -q "^CZ_CUDA:STRING=EMU" "$BUILD/CMakeCache.txt" 2>/dev/null; then
   echo "emu_check: $BUILD is not a CZ_CUDA=EMU build (bash scripts/build.sh build-cuemu -DCZ_CUDA=EMU)" >&2
@@ -71,6 +76,19 @@ for t in test_batcher test_train test_unet test_colorize test_trainer; do
 done
 
 echo
+echo "=== emulator: an image alone == in a batch with conv_small.cu's kernels on every small convolution"
+echo "    (COLORIZE_CUDA_DIRECT=force: the U-Net's innermost layers)"
+t1=$(date +%s)
+if CZ_SOURCE_DIR=$PWD CZ_TEST_BACKEND=cuda CZ_TEST_FILTER=test_batch_invariance COLORIZE_CUDA_DIRECT=force \
+     "$BUILD/tests/test_unet" > "$WORK/test_unet_direct.log" 2>&1 &&
+   [ "$(grep -c "batch invariance ok: cuda" "$WORK/test_unet_direct.log")" -ge 2 ] &&
+   grep -q "direct kernel (forced)" "$WORK/test_unet_direct.log"; then
+  echo "ok   test_unet batch invariance, fp32 and bf16, $(grep -c "direct kernel (forced)" "$WORK/test_unet_direct.log") plans on conv_small.cu ($(since "$t1"))"
+else
+  fail=1; echo "FAIL test_unet batch invariance with conv_small.cu forced (log below)"; tail -30 "$WORK/test_unet_direct.log"
+fi
+
+echo
 echo "=== emulator: op parity again with grids capped at 3 blocks and 2 partial sums, threads run last to first"
 echo "    (small tensors then take the several-passes paths of real sizes; a race between threads changes results),"
 echo "    and both of conv_thin.cu's kernels in use (COLORIZE_CUDA_THIN=all; check.sh ran the default)"
@@ -80,6 +98,17 @@ if COLORIZE_CUDA_THIN=all CZ_CUEMU_ORDER=reverse CZ_CUEMU_MAX_BLOCKS=3 CZ_CUEMU_
   echo "ok   test_ops, capped grids, reverse order: $(grep -m1 '^parity:' "$WORK/test_ops_capped.log") ($(since "$t1"))"
 else
   fail=1; echo "FAIL test_ops with capped grids (log below)"; grep -E "FAIL|parity:" "$WORK/test_ops_capped.log" | head -20
+fi
+
+echo
+echo "=== emulator: the race between conv_small.cu's kernels and cuDNN's algorithm (COLORIZE_CUDA_DIRECT=auto, the GPU"
+echo "    default) on test_ops' channel-view convolutions: every race logged, results right whichever path won"
+t1=$(date +%s)
+if CZ_TEST_FILTER=test_backend_views COLORIZE_CUDA_DIRECT=auto "$BUILD/tests/test_ops" > "$WORK/test_ops_race.log" 2>&1 &&
+   ! grep -q "skipped: cuda not available" "$WORK/test_ops_race.log" && grep -q '"msg":"race ' "$WORK/test_ops_race.log"; then
+  echo "ok   test_ops views with races: $(grep -c '"msg":"race ' "$WORK/test_ops_race.log") raced, $(grep -c 'direct kernel kept' "$WORK/test_ops_race.log") kept the direct kernel ($(since "$t1"))"
+else
+  fail=1; echo "FAIL test_ops views with races (log below)"; grep -E "FAIL|race|error" "$WORK/test_ops_race.log" | head -20
 fi
 
 echo

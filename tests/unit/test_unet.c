@@ -553,5 +553,7 @@ int main(void) {
         cmocka_unit_test(test_pipelined),
         cmocka_unit_test(test_shared_stores),
     };
+    const char *only = getenv("CZ_TEST_FILTER"); /* e.g. test_batch_invariance (tests/gpu/check.sh) */
+    if (only && *only) cmocka_set_test_filter(only);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
