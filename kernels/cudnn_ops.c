@@ -196,7 +196,7 @@ int cdn_any_determinism(const cu_backend *b) { return b->dnn ? b->dnn->any_deter
 
 const char *cdn_direct_note(const cu_backend *b) {
     if (!b->dnn || b->force_naive) return "";
-    if (b->dnn->direct_mode == DIRECT_FORCE) return ", small-conv kernels on every conv";
+    if (b->dnn->direct_mode == DIRECT_FORCE) return ", small-conv kernels forced";
     if (b->dnn->direct_mode == DIRECT_OFF || !b->dnn->use_find) return ", no small-conv kernels";
     return "";
 }

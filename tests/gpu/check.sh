@@ -14,7 +14,7 @@
 #   2. PyTorch: test_unet_golden (whole generator) and test_train_golden (a full pix2pix step:
 #      losses, every gradient, five steps of losses) against PyTorch fixtures from the same
 #      weights, now including the cuda backend (steps 2-5 replay the recorded step); test_train:
-#      recorded training steps == op by op, bit for bit; plus torch on this GPU against the same
+#      recorded training steps == op by op, bit for bit (also with conv_small.cu forced); plus torch on this GPU against the same
 #      fixture;
 #   3. serving: colorized --backend cuda on 127.0.0.1:0, concurrent curl uploads, outputs against
 #      a CPU (dnnl) daemon within tolerance, batched == alone byte for byte (pipelined passes),
@@ -164,14 +164,19 @@ done
 # recorded training steps (CUDA graphs replayed with each step's variables) == op-by-op steps,
 # bit for bit (test_train's cuda-only test; its ref tests ran in CI)
 if [ -x "$BIN/test_train" ]; then
-  CZ_TEST_FILTER=test_recorded_steps timeout 120 "$BIN/test_train" > "$WORK/test_train.log" 2>&1; rc=$?
-  grep -E "checkpoints after|step 9|skipped" "$WORK/test_train.log" | head -6
-  if [ $rc -eq 0 ] && grep -q "cuda bf16: checkpoints after .*: identical" "$WORK/test_train.log"; then
-    ok "test_train: recorded training steps == op by op on cuda (fp32, bf16)"
-  else
-    bad "test_train recorded steps (exit $rc, log $WORK/test_train.log)"; tail -20 "$WORK/test_train.log"
-  fi
-  cp "$WORK/test_train.log" "$RESULTS/" 2>/dev/null
+  # as configured, then with conv_small.cu's kernels on every small convolution (inside the graphs)
+  for dm in "" force; do
+    tl=$WORK/test_train${dm:+_direct}.log
+    COLORIZE_CUDA_DIRECT=$dm CZ_TEST_FILTER=test_recorded_steps timeout 120 "$BIN/test_train" > "$tl" 2>&1; rc=$?
+    grep -E "checkpoints after|step 9|skipped" "$tl" | head -6
+    if [ $rc -eq 0 ] && grep -q "cuda bf16: checkpoints after .*: identical" "$tl" &&
+       { [ -z "$dm" ] || grep -q "direct kernel (forced)" "$tl"; }; then
+      ok "test_train: recorded training steps == op by op on cuda (fp32, bf16)${dm:+, conv_small.cu forced}"
+    else
+      bad "test_train recorded steps${dm:+ with conv_small.cu forced} (exit $rc, log $tl)"; tail -20 "$tl"
+    fi
+    cp "$tl" "$RESULTS/" 2>/dev/null
+  done
 else
   echo "warn: no $BIN/test_train in the bundle: recorded training steps not checked (see tests/gpu/README.md)"
 fi

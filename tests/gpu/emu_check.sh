@@ -76,8 +76,8 @@ for t in test_batcher test_train test_unet test_colorize test_trainer; do
 done
 
 echo
-echo "=== emulator: an image alone == in a batch with conv_small.cu's kernels on every small convolution"
-echo "    (COLORIZE_CUDA_DIRECT=force: the U-Net's innermost layers)"
+echo "=== emulator: an image alone == in a batch, and recorded training steps == op by op, with conv_small.cu's"
+echo "    kernels on every small convolution (COLORIZE_CUDA_DIRECT=force: the innermost layers)"
 t1=$(date +%s)
 if CZ_SOURCE_DIR=$PWD CZ_TEST_BACKEND=cuda CZ_TEST_FILTER=test_batch_invariance COLORIZE_CUDA_DIRECT=force \
      "$BUILD/tests/test_unet" > "$WORK/test_unet_direct.log" 2>&1 &&
@@ -86,6 +86,16 @@ if CZ_SOURCE_DIR=$PWD CZ_TEST_BACKEND=cuda CZ_TEST_FILTER=test_batch_invariance 
   echo "ok   test_unet batch invariance, fp32 and bf16, $(grep -c "direct kernel (forced)" "$WORK/test_unet_direct.log") plans on conv_small.cu ($(since "$t1"))"
 else
   fail=1; echo "FAIL test_unet batch invariance with conv_small.cu forced (log below)"; tail -30 "$WORK/test_unet_direct.log"
+fi
+# and inside recorded training steps (CUDA graphs), which must equal op-by-op ones bit for bit
+t1=$(date +%s)
+if CZ_SOURCE_DIR=$PWD CZ_TEST_BACKEND=cuda CZ_TEST_FILTER=test_recorded_steps COLORIZE_CUDA_DIRECT=force \
+     "$BUILD/tests/test_train" > "$WORK/test_train_direct.log" 2>&1 &&
+   grep -q "cuda bf16: checkpoints after .*: identical" "$WORK/test_train_direct.log" &&
+   grep -q "direct kernel (forced)" "$WORK/test_train_direct.log"; then
+  echo "ok   test_train recorded steps == op by op, $(grep -c "direct kernel (forced)" "$WORK/test_train_direct.log") plans on conv_small.cu ($(since "$t1"))"
+else
+  fail=1; echo "FAIL test_train recorded steps with conv_small.cu forced (log below)"; tail -30 "$WORK/test_train_direct.log"
 fi
 
 echo
