@@ -12,13 +12,15 @@
  * one dtype, fp32 accumulation), and both keep a warp's weight reads contiguous: its 32 lanes
  * walk adjacent input channels of one weight row, 16 bytes per lane (4 fp32 or 8 bf16/fp16
  * channels, a "chunk") when that many divide c, else one channel per lane.
- * - forward: a block takes one output pixel and SF_KB output channels; lane l of channel k sums
- *   x * w over the valid taps (r, s in order) and the chunks l, l + 32, ... of input channels
- *   (a chunk's channels in order); lane 0 then adds the channel's 32 partial sums from shared
+ * - forward: a block takes a tile of output pixels (1, or 8 once there are 16) and 4 or 8
+ *   output channels; lane l of channel k sums x * w over the valid taps (r, s in order) and the
+ *   chunks l, l + 32, ... of input channels (a chunk's channels in order), each weight chunk
+ *   loaded once for the tile's pixels; a channel's 32 partial sums are then added from shared
  *   memory in lane order.
- * - backward data: a block takes one pixel of dx and 32 adjacent chunks of input channels, each
- *   channel with its own sum; its SB_KS rows of lanes split the output channels (row j takes
- *   k = j, j + SB_KS, ...) over the valid taps (r, s in order); the SB_KS partial sums of a
+ * - backward data: a block takes a tile of dx pixels (1, or 4-8 once there are 16) and 32
+ *   adjacent chunks of input channels, each channel with its own sum; its SB_KS rows of lanes
+ *   split the output channels (row j takes k = j, j + SB_KS, ...) over the valid taps (r, s in
+ *   order), each weight chunk loaded once for the tile's pixels; the SB_KS partial sums of a
  *   channel are then added in row order.
  * Every output element is thus summed in one fixed order that depends on the shape of one image
  * only: deterministic, and an image gives the same bits alone or in a batch (a requirement of
@@ -29,7 +31,7 @@
  * tests/gpu/emu_check.sh). */
 #include "cu_common.cuh"
 
-#define SF_KB 4 /* forward: output channels per block (blockDim (32, SF_KB)) */
+#define SF_KB 4 /* forward: output channels per block of one pixel (blockDim (32, SF_KB)) */
 #define SB_KS 8 /* backward data: rows splitting the output channels (blockDim (32, SB_KS)) */
 
 /* V consecutive elements widened to fp32, and the reverse (rounded once). When V elements make
@@ -58,97 +60,137 @@ CUK_UNROLL
     }
 }
 
-/* Forward. grid (n oh ow, ceil(k / SF_KB)), block (32, SF_KB). A lane takes chunks of V input
- * channels (V = 16 bytes' worth when V divides c, else 1): chunks l, l + 32, ... of each valid
- * tap, each chunk's channels in order. */
-template <typename T, int V, bool A> static __global__ void k_small_fwd(cuk_conv p, const T *x, const T *w, T *y) {
-    __shared__ float red[SF_KB][32];
+/* Forward. grid (ceil(n oh ow / P), ceil(k / KB)), block (32, KB). A block takes P consecutive
+ * output pixels (of the whole batch) and KB output channels: each weight chunk it reads serves
+ * its P pixels. A lane takes chunks of V input channels (V = 16 bytes' worth when V divides c,
+ * else 1): chunks l, l + 32, ... of each valid tap, each chunk's channels in order. P and KB only
+ * decide which thread computes an output, never its order of summation, so the launcher may
+ * pick them by size. */
+template <typename T, int V, bool A, int P, int KB>
+static __global__ void k_small_fwd(cuk_conv p, const T *x, const T *w, T *y) {
+    __shared__ float red[P][KB][32];
     const int lane = (int)threadIdx.x, kk = (int)threadIdx.y;
-    const int k = (int)blockIdx.y * SF_KB + kk;
-    const size_t pix = blockIdx.x;
-    const int ox = (int)(pix % (size_t)p.ow);
-    const size_t t = pix / (size_t)p.ow;
-    const int oy = (int)(t % (size_t)p.oh);
-    const size_t n = t / (size_t)p.oh;
+    const int k = (int)blockIdx.y * KB + kk;
+    const size_t total = (size_t)p.n * (size_t)p.oh * (size_t)p.ow, pix0 = (size_t)blockIdx.x * P;
     const int chunks = p.c / V;
-    float acc = 0.f;
+    float acc[P];
+CUK_UNROLL
+    for (int i = 0; i < P; i++) acc[i] = 0.f;
     if (k < p.k) {
         for (int r = 0; r < p.r; r++) {
-            const int iy = oy * p.stride - p.pad + r;
-            if (iy < 0 || iy >= p.h) continue;
             for (int s = 0; s < p.r; s++) {
-                const int ix = ox * p.stride - p.pad + s;
-                if (ix < 0 || ix >= p.w) continue;
-                const T *xr = x + ((n * (size_t)p.h + (size_t)iy) * (size_t)p.w + (size_t)ix) * (size_t)p.c;
+                /* where each pixel of the tile reads this tap (NULL: outside the image, or past
+                 * the last pixel) */
+                const T *xr[P];
+                bool any = false;
+CUK_UNROLL
+                for (int i = 0; i < P; i++) {
+                    const size_t pix = pix0 + (size_t)i;
+                    const int ox = (int)(pix % (size_t)p.ow);
+                    const size_t t = pix / (size_t)p.ow;
+                    const int oy = (int)(t % (size_t)p.oh);
+                    const size_t n = t / (size_t)p.oh;
+                    const int iy = oy * p.stride - p.pad + r, ix = ox * p.stride - p.pad + s;
+                    const bool in = pix < total && iy >= 0 && iy < p.h && ix >= 0 && ix < p.w;
+                    xr[i] = in ? x + ((n * (size_t)p.h + (size_t)iy) * (size_t)p.w + (size_t)ix) * (size_t)p.c : nullptr;
+                    any = any || in;
+                }
+                if (!any) continue;
                 const T *wr = w + (((size_t)k * (size_t)p.r + (size_t)r) * (size_t)p.r + (size_t)s) * (size_t)p.c;
                 for (int q = lane; q < chunks; q += 32) {
-                    float xv[V], wv[V];
-                    ldv<T, V, A>(xr + (size_t)q * V, xv);
+                    float wv[V];
                     ldv<T, V, A>(wr + (size_t)q * V, wv);
 CUK_UNROLL
-                    for (int j = 0; j < V; j++) acc += xv[j] * wv[j];
+                    for (int i = 0; i < P; i++) {
+                        if (!xr[i]) continue;
+                        float xv[V];
+                        ldv<T, V, A>(xr[i] + (size_t)q * V, xv);
+CUK_UNROLL
+                        for (int j = 0; j < V; j++) acc[i] += xv[j] * wv[j];
+                    }
                 }
             }
         }
     }
-    red[kk][lane] = acc;
+CUK_UNROLL
+    for (int i = 0; i < P; i++) red[i][kk][lane] = acc[i];
     __syncthreads();
-    if (lane == 0 && k < p.k) {
-        float v = red[kk][0];
-        for (int l = 1; l < 32; l++) v += red[kk][l];
-        y[pix * (size_t)p.k + (size_t)k] = from_f<T>(v);
+    /* lane i adds pixel i's 32 partial sums in lane order */
+    if (lane < P && k < p.k && pix0 + (size_t)lane < total) {
+        float v = red[lane][kk][0];
+        for (int l = 1; l < 32; l++) v += red[lane][kk][l];
+        y[(pix0 + (size_t)lane) * (size_t)p.k + (size_t)k] = from_f<T>(v);
     }
 }
 
-/* Backward data. grid (n h w, ceil(c / (32 V))), block (32, SB_KS). A lane takes V adjacent
- * input channels (V as above), each with its own sum; rows split the output channels. */
-template <typename T, int V, bool A> static __global__ void k_small_bwd_data(cuk_conv p, const T *w, const T *dy, T *dx) {
-    __shared__ float red[SB_KS][32][V];
+/* Backward data. grid (ceil(n h w / P), ceil(c / (32 V))), block (32, SB_KS). A block takes P
+ * consecutive pixels of dx (of the whole batch) and 32 chunks of V adjacent input channels (V
+ * as above), each channel of each pixel with its own sum: each weight chunk it reads serves the
+ * tile's pixels that use that tap. Row j of lanes takes the output channels k = j, j + SB_KS,
+ * ...; for each pixel and channel the rows' sums are then added in row order. P only decides
+ * which thread computes an output, never its order of summation. */
+template <typename T, int V, bool A, int P>
+static __global__ void k_small_bwd_data(cuk_conv p, const T *w, const T *dy, T *dx) {
+    __shared__ float red[SB_KS][32][P * V];
     const int lane = (int)threadIdx.x, j = (int)threadIdx.y;
     const int c = ((int)blockIdx.y * 32 + lane) * V;
-    const size_t pix = blockIdx.x;
-    const int ix = (int)(pix % (size_t)p.w);
-    const size_t t = pix / (size_t)p.w;
-    const int iy = (int)(t % (size_t)p.h);
-    const size_t n = t / (size_t)p.h;
+    const size_t total = (size_t)p.n * (size_t)p.h * (size_t)p.w, pix0 = (size_t)blockIdx.x * P;
     const size_t kstep = (size_t)p.r * (size_t)p.r * (size_t)p.c; /* from w[k][r][s][c] to w[k + 1][r][s][c] */
-    float acc[V];
+    float acc[P][V];
 CUK_UNROLL
-    for (int i = 0; i < V; i++) acc[i] = 0.f;
+    for (int i = 0; i < P; i++)
+CUK_UNROLL
+        for (int v = 0; v < V; v++) acc[i][v] = 0.f;
     if (c < p.c) {
         for (int r = 0; r < p.r; r++) {
-            const int ny = iy + p.pad - r;
-            if (ny < 0 || ny % p.stride) continue;
-            const int oy = ny / p.stride;
-            if (oy >= p.oh) continue;
             for (int s = 0; s < p.r; s++) {
-                const int nx = ix + p.pad - s;
-                if (nx < 0 || nx % p.stride) continue;
-                const int ox = nx / p.stride;
-                if (ox >= p.ow) continue;
-                const T *dr = dy + ((n * (size_t)p.oh + (size_t)oy) * (size_t)p.ow + (size_t)ox) * (size_t)p.k;
+                /* the dy pixel each pixel of the tile takes from this tap (NULL: none) */
+                const T *dr[P];
+                bool any = false;
+CUK_UNROLL
+                for (int i = 0; i < P; i++) {
+                    const size_t pix = pix0 + (size_t)i;
+                    const int ix = (int)(pix % (size_t)p.w);
+                    const size_t t = pix / (size_t)p.w;
+                    const int iy = (int)(t % (size_t)p.h);
+                    const size_t n = t / (size_t)p.h;
+                    const int ny = iy + p.pad - r, nx = ix + p.pad - s;
+                    const int oy = ny / p.stride, ox = nx / p.stride;
+                    const bool in = pix < total && ny >= 0 && ny % p.stride == 0 && oy < p.oh && nx >= 0 &&
+                                    nx % p.stride == 0 && ox < p.ow;
+                    dr[i] = in ? dy + ((n * (size_t)p.oh + (size_t)oy) * (size_t)p.ow + (size_t)ox) * (size_t)p.k : nullptr;
+                    any = any || in;
+                }
+                if (!any) continue;
                 const T *wr = w + ((size_t)r * (size_t)p.r + (size_t)s) * (size_t)p.c + (size_t)c;
                 for (int k = j; k < p.k; k += SB_KS) {
-                    const float d = to_f(dr[k]);
                     float wv[V];
                     ldv<T, V, A>(wr + (size_t)k * kstep, wv);
 CUK_UNROLL
-                    for (int i = 0; i < V; i++) acc[i] += d * wv[i];
+                    for (int i = 0; i < P; i++) {
+                        if (!dr[i]) continue;
+                        const float d = to_f(dr[i][k]);
+CUK_UNROLL
+                        for (int v = 0; v < V; v++) acc[i][v] += d * wv[v];
+                    }
                 }
             }
         }
     }
 CUK_UNROLL
-    for (int i = 0; i < V; i++) red[j][lane][i] = acc[i];
-    __syncthreads();
-    if (j == 0 && c < p.c) {
-        float v[V];
+    for (int i = 0; i < P; i++)
 CUK_UNROLL
-        for (int i = 0; i < V; i++) {
-            v[i] = red[0][lane][i];
-            for (int q = 1; q < SB_KS; q++) v[i] += red[q][lane][i];
+        for (int v = 0; v < V; v++) red[j][lane][i * V + v] = acc[i][v];
+    __syncthreads();
+    /* row i (< P) writes pixel i */
+    if (j < P && c < p.c && pix0 + (size_t)j < total) {
+        float o[V];
+CUK_UNROLL
+        for (int v = 0; v < V; v++) {
+            o[v] = red[0][lane][j * V + v];
+            for (int q = 1; q < SB_KS; q++) o[v] += red[q][lane][j * V + v];
         }
-        stv<T, V, A>(dx + pix * (size_t)p.c + (size_t)c, v);
+        stv<T, V, A>(dx + (pix0 + (size_t)j) * (size_t)p.c + (size_t)c, o);
     }
 }
 
@@ -176,11 +218,29 @@ extern "C" int cuk_conv_small_ok(const cuk_conv *p, int bwd_data) {
 }
 
 /* through pointers: the launch macro cannot take a template's commas */
-template <typename T, int V> static void fwd_v(const cuk_conv *p, const void *x, const void *w, void *y, cuk_stream s) {
+template <typename T, int V, int P, int KB>
+static void fwd_tile(const cuk_conv *p, const void *x, const void *w, void *y, cuk_stream s) {
     void (*kern)(cuk_conv, const T *, const T *, T *) =
-        aligned16(x) && aligned16(w) ? k_small_fwd<T, V, true> : k_small_fwd<T, V, false>;
-    CUK_LAUNCH_SYNC(kern, dim3((unsigned)fwd_pixels(p), (unsigned)fwd_groups(p)), dim3(32, SF_KB), 0, s)(
-        *p, (const T *)x, (const T *)w, (T *)y);
+        aligned16(x) && aligned16(w) ? k_small_fwd<T, V, true, P, KB> : k_small_fwd<T, V, false, P, KB>;
+    const size_t tiles = (fwd_pixels(p) + P - 1) / P, groups = ((size_t)p->k + KB - 1) / KB;
+    CUK_LAUNCH_SYNC(kern, dim3((unsigned)tiles, (unsigned)groups), dim3(32, KB), 0, s)(*p, (const T *)x, (const T *)w,
+                                                                                     (T *)y);
+}
+
+/* Tiles of SF_P pixels and SF_PKB channels once there are SF_TILE_MIN pixels (the weights are
+ * then read once per 8 pixels instead of once per pixel), else one pixel and SF_KB channels
+ * per block (more blocks for the 1x1 and 2x2 layers) */
+#define SF_P 8
+/* Blocks stay at 256 threads or fewer, so that they launch whatever registers ptxas gives a
+ * thread (at most 255; 255 x 256 < 64K): a first version of 32 x 16 threads needed 168 a thread
+ * in fp32, more than an SM holds for 512 threads. */
+#define SF_PKB 8
+#define SF_TILE_MIN 16
+template <typename T, int V> static void fwd_v(const cuk_conv *p, const void *x, const void *w, void *y, cuk_stream s) {
+    if (fwd_pixels(p) >= SF_TILE_MIN)
+        fwd_tile<T, V, SF_P, SF_PKB>(p, x, w, y, s);
+    else
+        fwd_tile<T, V, 1, SF_KB>(p, x, w, y, s);
 }
 
 template <typename T> static int fwd_t(const cuk_conv *p, const void *x, const void *w, void *y, cuk_stream s) {
@@ -192,12 +252,23 @@ template <typename T> static int fwd_t(const cuk_conv *p, const void *x, const v
     return cuk_last();
 }
 
+/* Tiles of 32 / V pixels of dx (8 in fp32, 4 in bf16/fp16: 32 floats of shared memory a lane and
+ * row) once there are SF_TILE_MIN, else one pixel per block. */
+template <typename T, int V, int P>
+static void bwd_data_tile(const cuk_conv *p, const void *w, const void *dy, void *dx, cuk_stream s) {
+    void (*kern)(cuk_conv, const T *, const T *, T *) =
+        aligned16(w) && aligned16(dx) ? k_small_bwd_data<T, V, true, P> : k_small_bwd_data<T, V, false, P>;
+    const size_t tiles = (bwd_pixels(p) + P - 1) / P;
+    CUK_LAUNCH_SYNC(kern, dim3((unsigned)tiles, (unsigned)bwd_groups(p)), dim3(32, SB_KS), 0, s)(
+        *p, (const T *)w, (const T *)dy, (T *)dx);
+}
+
 template <typename T, int V>
 static void bwd_data_v(const cuk_conv *p, const void *w, const void *dy, void *dx, cuk_stream s) {
-    void (*kern)(cuk_conv, const T *, const T *, T *) =
-        aligned16(w) && aligned16(dx) ? k_small_bwd_data<T, V, true> : k_small_bwd_data<T, V, false>;
-    CUK_LAUNCH_SYNC(kern, dim3((unsigned)bwd_pixels(p), (unsigned)bwd_groups(p)), dim3(32, SB_KS), 0, s)(
-        *p, (const T *)w, (const T *)dy, (T *)dx);
+    if (bwd_pixels(p) >= SF_TILE_MIN)
+        bwd_data_tile<T, V, (V > 1 ? 32 / V : 8)>(p, w, dy, dx, s);
+    else
+        bwd_data_tile<T, V, 1>(p, w, dy, dx, s);
 }
 
 template <typename T> static int bwd_data_t(const cuk_conv *p, const void *w, const void *dy, void *dx, cuk_stream s) {
