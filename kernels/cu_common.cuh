@@ -1,6 +1,7 @@
 /* cu_common.cuh: device helpers shared by the .cu files: element load/store for the three
  * dtypes (everything is computed in fp32 or fp64 and rounded once on store, round to nearest
- * even, as the ref backend does), grid sizing, the launch macros and the launch-error idiom.
+ * even, as the ref backend does), by dtype code or typed (templated kernels), 16-byte copies,
+ * grid sizing, the launch macros and the launch-error idiom.
  * Header-only, included by the .cu files: under nvcc, or as C++ under the host compiler in the
  * emulator build (CZ_CUDA_EMU, see emu/cuemu.h). Tested through tests/unit/test_ops.c on a GPU
  * and in the emulator. */
