@@ -60,6 +60,14 @@ CUK_UNROLL
     }
 }
 
+/* A pixel's image (returned), row and column from its index in a batch of h x w images. */
+static __device__ __forceinline__ size_t split_pix(size_t pix, int h, int w, int *y, int *x) {
+    *x = (int)(pix % (size_t)w);
+    const size_t t = pix / (size_t)w;
+    *y = (int)(t % (size_t)h);
+    return t / (size_t)h;
+}
+
 /* Forward. grid (ceil(n oh ow / P), ceil(k / KB)), block (32, KB). A block takes P consecutive
  * output pixels (of the whole batch) and KB output channels: each weight chunk it reads serves
  * its P pixels. A lane takes chunks of V input channels (V = 16 bytes' worth when V divides c,
@@ -86,10 +94,8 @@ CUK_UNROLL
 CUK_UNROLL
                 for (int i = 0; i < P; i++) {
                     const size_t pix = pix0 + (size_t)i;
-                    const int ox = (int)(pix % (size_t)p.ow);
-                    const size_t t = pix / (size_t)p.ow;
-                    const int oy = (int)(t % (size_t)p.oh);
-                    const size_t n = t / (size_t)p.oh;
+                    int oy, ox;
+                    const size_t n = split_pix(pix, p.oh, p.ow, &oy, &ox);
                     const int iy = oy * p.stride - p.pad + r, ix = ox * p.stride - p.pad + s;
                     const bool in = pix < total && iy >= 0 && iy < p.h && ix >= 0 && ix < p.w;
                     xr[i] = in ? x + ((n * (size_t)p.h + (size_t)iy) * (size_t)p.w + (size_t)ix) * (size_t)p.c : nullptr;
@@ -150,10 +156,8 @@ CUK_UNROLL
 CUK_UNROLL
                 for (int i = 0; i < P; i++) {
                     const size_t pix = pix0 + (size_t)i;
-                    const int ix = (int)(pix % (size_t)p.w);
-                    const size_t t = pix / (size_t)p.w;
-                    const int iy = (int)(t % (size_t)p.h);
-                    const size_t n = t / (size_t)p.h;
+                    int iy, ix;
+                    const size_t n = split_pix(pix, p.h, p.w, &iy, &ix);
                     const int ny = iy + p.pad - r, nx = ix + p.pad - s;
                     const int oy = ny / p.stride, ox = nx / p.stride;
                     const bool in = pix < total && ny >= 0 && ny % p.stride == 0 && oy < p.oh && nx >= 0 &&
