@@ -371,12 +371,21 @@ else
     timeout 150 "$BIN/colorize" bench --backend cuda --precision bf16 --ngf $ngf --batch 1,16,64,256 --size 256 \
       --min-time 1 --json >> "$B" 2> "$WORK/bench_fwd_$ngf.err" || bad "colorize bench ngf $ngf (see $WORK/bench_fwd_$ngf.err)"
   done
-  timeout 150 "$BIN/colorize" bench --train --backend cuda --precision bf16,fp32 --ngf 64 --batch 1,16,64 --size 256 --min-time 1 --json \
-    >> "$B" 2> "$WORK/bench_train.err" || bad "colorize bench --train (see $WORK/bench_train.err)"
+  # one process per batch size: `bench --train` keeps one backend for all its batch sizes, and a
+  # backend keeps the convolution path chosen at the first batch size of a shape for every other
+  # (cuDNN's algorithm, or conv_small.cu where it won the race at batch 1); a training job runs
+  # one batch size, so each is measured with its own choices, as the forward bench does itself
+  : > "$WORK/bench_train.err"
+  for b in 1 16 64; do
+    timeout 60 "$BIN/colorize" bench --train --backend cuda --precision bf16,fp32 --ngf 64 --batch $b --size 256 \
+      --min-time 1 --json >> "$B" 2>> "$WORK/bench_train.err" || bad "colorize bench --train batch $b (see $WORK/bench_train.err)"
+  done
   # the same steps op by op at batch 1 and 16: what recording the step as a CUDA graph brings
-  timeout 60 "$BIN/colorize" bench --train --unrecorded --backend cuda --precision bf16,fp32 --ngf 64 --batch 1,16 --size 256 \
-    --min-time 1 --json 2>> "$WORK/bench_train.err" | sed 's/^{/{"unrecorded_run":true,/' >> "$B" ||
-    bad "colorize bench --train --unrecorded (see $WORK/bench_train.err)"
+  for b in 1 16; do
+    timeout 40 "$BIN/colorize" bench --train --unrecorded --backend cuda --precision bf16,fp32 --ngf 64 --batch $b --size 256 \
+      --min-time 1 --json 2>> "$WORK/bench_train.err" | sed 's/^{/{"unrecorded_run":true,/' >> "$B" ||
+      bad "colorize bench --train --unrecorded batch $b (see $WORK/bench_train.err)"
+  done
   # conv_thin.cu's kernels against cuDNN for the thin layers: none (0), the conv only (the
   # default, above) and both (all), forward at batch 1 and 64 and the bf16 training step at 64
   for thin in 0 all; do
